@@ -7,4 +7,4 @@ class UserError(Exception):
     def __init__(self, what: str, fix: str = ""):
         self.what = what
         self.fix = fix
-        super().__init__(f"{what}. {fix}".strip() if fix else what)
+        super().__init__(f"{what.rstrip('.')}. {fix}" if fix else what)

@@ -196,12 +196,28 @@ def resolve_model_directory(spec: str = DEFAULT_MODEL) -> Path | None:
         return gguf_to_hf_directory(path, _file_cache_key(path))
     if path.exists():
         raise UserError(f"model {spec} is a file but not a .gguf file", "pass a directory, a .gguf file or a name")
+    if spec.startswith((".", "/", "~")) or path.is_absolute():  # a path, not a hub id: './x' matches org/name
+        raise UserError(f"model path {path} does not exist", "check the path")
     if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         return None
     raise UserError(
         f"unknown model '{spec}'",
         f"use a built-in ({', '.join(BUILTIN_MODELS)}), a local directory, a .gguf file or a hub id org/name",
     )
+
+
+def load_facts(spec: str = DEFAULT_MODEL) -> ModelFacts:
+    """Returns the facts of the model named by `spec` without loading its weights (built on the meta device)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    directory = resolve_model_directory(spec)
+    try:
+        config = AutoConfig.from_pretrained(str(directory) if directory else spec)
+    except OSError as error:
+        raise UserError(f"cannot read the config of model '{spec}': {error}", "check the model name or path") from error
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return model_facts(model, spec)
 
 
 def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:

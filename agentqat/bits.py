@@ -1,0 +1,126 @@
+"""Effective bits per weight and bytes: what storing a strategy's quantized model would cost.
+
+Per linear module with n = out x in weights and G groups (G = out x in / group_size; out for per-channel):
+
+    code bits      bits x n                           (16 x n when bits is 16: the weight stays fp16/bf16)
+    scale bits     G x 16 for fp16 scales, G x 8 for power-of-two scales (an exponent byte);
+                   nf4 / fp4 store an fp32 absmax per block (G x 32), llm_int8 an fp32 scale per row (out x 32)
+    zero bits      asymmetric int grids only: G x bits (rtn, gptq, awq), G x 16 (hqq keeps a float zero)
+    outlier bits   keep_fp16: per kept entry 16 (its fp16 value) + 32 (its int32 position);
+                   llm_int8: per kept entry 16 + per kept column 32 (its index)
+    smoothing bits 16 x in when SmoothQuant scales are applied (an fp16 divisor per input channel)
+
+Quantized codes are counted for every weight, outliers included (dense codes plus sparse corrections).
+Effective bits per weight = the sum over quantizable linears / their weight count. Model bytes add every
+other parameter (embeddings, norms, an untied output head) at 16 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentqat.models import LinearInfo, ModelFacts
+from agentqat.quant.base import LayerStats, OutlierPolicy
+from agentqat.resolve import ModuleConfig, ResolvedStrategy
+
+SCALE_BITS = {"fp16": 16, "pow2": 8}
+BNB_ABSMAX_BITS = 32
+OUTLIER_VALUE_BITS = 16
+OUTLIER_INDEX_BITS = 32
+UNQUANTIZED_BITS = 16
+
+
+@dataclass(frozen=True)
+class ModuleBits:
+    """Storage of one linear module, in bits, by component."""
+
+    name: str
+    weights: int
+    code_bits: int
+    scale_bits: int
+    zero_bits: int
+    outlier_bits: int
+    smoothing_bits: int
+
+    @property
+    def total(self) -> int:
+        return self.code_bits + self.scale_bits + self.zero_bits + self.outlier_bits + self.smoothing_bits
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.total / self.weights
+
+
+@dataclass(frozen=True)
+class StrategyBits:
+    """Storage of a whole quantized model."""
+
+    modules: tuple[ModuleBits, ...]
+    other_parameters: int
+
+    @property
+    def linear_weights(self) -> int:
+        return sum(m.weights for m in self.modules)
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Effective bits per weight over the quantizable linear modules."""
+        return sum(m.total for m in self.modules) / self.linear_weights
+
+    @property
+    def model_bytes(self) -> int:
+        return (sum(m.total for m in self.modules) + UNQUANTIZED_BITS * self.other_parameters) // 8
+
+
+def expected_outlier_count(policy: OutlierPolicy, info: LinearInfo, stats: LayerStats | None) -> int:
+    """Returns how many weights the outlier policy keeps in fp16 (llm_int8 needs calibration stats)."""
+    if policy.method == "keep_fp16":
+        return round(policy.fraction * info.in_features * info.out_features)
+    if policy.method == "llm_int8" and stats is not None:
+        return int((stats.abs_max > policy.threshold).sum()) * info.out_features
+    return 0
+
+
+def module_bits(config: ModuleConfig, info: LinearInfo, outlier_count: int) -> ModuleBits:
+    """Returns the storage of one module under `config`, following the formula in this module's docstring."""
+    weight = config.weight
+    n = info.in_features * info.out_features
+    if weight.bits == 16:
+        return ModuleBits(info.name, n, UNQUANTIZED_BITS * n, 0, 0, 0, 0)
+    groups = info.out_features * (info.in_features // weight.group_size) if weight.group_size else info.out_features
+    if weight.format in ("nf4", "fp4"):
+        scale_bits = BNB_ABSMAX_BITS * groups
+    elif weight.format == "llm_int8":
+        scale_bits = BNB_ABSMAX_BITS * info.out_features
+    else:
+        scale_bits = SCALE_BITS[weight.scale] * groups
+    zero_bits = 0
+    if weight.format == "int" and not weight.symmetric:
+        zero_bits = (16 if weight.rounding == "hqq" else weight.bits) * groups
+    outlier_bits = OUTLIER_VALUE_BITS * outlier_count
+    if config.outliers.method == "llm_int8":
+        outlier_bits += OUTLIER_INDEX_BITS * (outlier_count // info.out_features)
+    else:
+        outlier_bits += OUTLIER_INDEX_BITS * outlier_count
+    smoothing_bits = 16 * info.in_features if config.activation.smooth_alpha is not None else 0
+    return ModuleBits(info.name, n, weight.bits * n, scale_bits, zero_bits, outlier_bits, smoothing_bits)
+
+
+def strategy_bits(
+    resolved: ResolvedStrategy,
+    facts: ModelFacts,
+    outlier_counts: dict[str, int] | None = None,
+    stats: dict[str, LayerStats] | None = None,
+) -> StrategyBits:
+    """Returns the storage of the whole model; outlier counts are measured ones if given, else expected."""
+    modules = []
+    for info in facts.linears:
+        config = resolved.modules[info.name]
+        if outlier_counts is not None and info.name in outlier_counts:
+            count = outlier_counts[info.name]
+        else:
+            count = expected_outlier_count(config.outliers, info, (stats or {}).get(info.name))
+        modules.append(module_bits(config, info, count))
+    linear_weights = sum(m.weights for m in modules)
+    return StrategyBits(tuple(modules), facts.num_parameters - linear_weights)
+

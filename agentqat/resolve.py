@@ -1,0 +1,185 @@
+"""Resolves a Strategy against a concrete model: one complete, checked config per linear module.
+
+Resolution layers the base default, the strategy's default and then each matching rule in order; every
+field remembers the JSON path that set it, so an error names the rule to fix.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, fields
+from typing import get_args
+
+from agentqat.models import LinearInfo, ModelFacts
+from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.strategy import BASE_DEFAULT, GroupSize, Genes, Strategy, StrategyError
+
+ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
+GENE_TARGETS = {"weight": WeightQuant, "activation": ActivationQuant, "outliers": OutlierPolicy}
+GROUP_SIZES = get_args(GroupSize)
+
+
+@dataclass(frozen=True)
+class ModuleConfig:
+    """The complete quantization config of one linear module."""
+
+    weight: WeightQuant
+    activation: ActivationQuant
+    outliers: OutlierPolicy
+
+
+@dataclass(frozen=True)
+class ResolvedStrategy:
+    """A strategy resolved for one model: module name -> config, plus the compute dtype."""
+
+    strategy: Strategy
+    model: str
+    modules: dict[str, ModuleConfig]
+    compute_dtype: str
+
+
+def parse_layers(spec: str, num_layers: int) -> tuple[int, ...]:
+    """Returns the layer indices a selection like "all" or "0-3,7" names; raises ValueError when out of range."""
+    if spec == "all":
+        return tuple(range(num_layers))
+    indices: list[int] = []
+    for part in spec.split(","):
+        first, _, last = part.partition("-")
+        start, stop = int(first), int(last or first)
+        if start > stop:
+            raise ValueError(f"range {part!r} runs backwards; write it as {stop}-{start}")
+        if stop >= num_layers:
+            raise ValueError(f"layer {stop} does not exist; the model has layers 0-{num_layers - 1}")
+        indices.extend(range(start, stop + 1))
+    return tuple(sorted(set(indices)))
+
+
+def module_role_name(info: LinearInfo) -> str:
+    """Returns the module's name inside its decoder layer, e.g. "self_attn.q_proj"."""
+    return info.name.split(f".layers.{info.layer}.", 1)[1]
+
+
+def pattern_matches(pattern: str, info: LinearInfo) -> bool:
+    """Returns whether a module pattern (role, full name in the layer, or last name part) selects `info`."""
+    relative = module_role_name(info)
+    pattern = ROLE_PATTERNS.get(pattern, pattern)
+    target = relative if "." in pattern or pattern == "*" else relative.rsplit(".", 1)[-1]
+    return fnmatch.fnmatchcase(target, pattern)
+
+
+def _merge(values: dict, origins: dict, genes: Genes, path: str) -> None:
+    for group in GENE_TARGETS:
+        for key, value in getattr(genes, group).model_dump(exclude_none=True).items():
+            values[group][key] = value
+            origins[group][key] = f"{path}.{group}.{key}"
+
+
+def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list[str]:
+    """Returns one line per impossible combination in a module's resolved config (module not named)."""
+    problems, weight = [], config.weight
+    where = lambda group, key: origins[group].get(key, "default")  # noqa: E731 - a tiny local formatter
+
+    if weight.bits != 16:
+        if weight.group_size and info.in_features % weight.group_size:
+            divisors = [g for g in GROUP_SIZES if g and info.in_features % g == 0]
+            problems.append(
+                f"{where('weight', 'group_size')}: group_size {weight.group_size} does not divide the input width "
+                f"{info.in_features}; use one of {divisors} or 0 (per channel)"
+            )
+        needed_bits = {"nf4": 4, "fp4": 4, "fp8_e4m3": 8, "llm_int8": 8}.get(weight.format)
+        if needed_bits and weight.bits != needed_bits:
+            problems.append(
+                f"{where('weight', 'bits')}: format {weight.format} stores {needed_bits}-bit codes but bits is "
+                f"{weight.bits}; set bits to {needed_bits} or format to int"
+            )
+        if weight.format != "int" and weight.rounding != "rtn":
+            problems.append(
+                f"{where('weight', 'rounding')}: rounding {weight.rounding} works on integer grids only, not on "
+                f"format {weight.format}; use rounding rtn or format int"
+            )
+        if weight.format == "llm_int8" and weight.group_size != 0:
+            problems.append(
+                f"{where('weight', 'group_size')}: llm_int8 scales each output row; set group_size 0, "
+                f"not {weight.group_size}"
+            )
+        if weight.format in ("nf4", "fp4", "llm_int8") and weight.scale == "pow2":
+            problems.append(
+                f"{where('weight', 'scale')}: bitsandbytes' {weight.format} keeps its own absmax scales; "
+                f"power-of-two scales apply to int and fp8_e4m3; set scale fp16"
+            )
+    activation = config.activation
+    if activation.format == "fp8_e4m3" and activation.bits not in (8, 16):
+        problems.append(
+            f"{where('activation', 'bits')}: fp8_e4m3 activations are 8-bit, not {activation.bits}; set bits to 8"
+        )
+    return problems
+
+
+def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
+    """Returns the strategy resolved for the model, or raises StrategyError listing every problem."""
+    problems: list[str] = []
+    selections: list[tuple[int, set[str]]] = []
+    for index, rule in enumerate(strategy.rules):
+        path = f"rules[{index}]"
+        try:
+            layers = set(parse_layers(rule.layers, facts.num_layers))
+        except ValueError as error:
+            problems.append(f"{path}.layers: {error}")
+            continue
+        selected = set()
+        for position, pattern in enumerate(rule.modules):
+            matched = {i.name for i in facts.linears if i.layer in layers and pattern_matches(pattern, i)}
+            if not matched:
+                examples = sorted({module_role_name(i) for i in facts.linears})[:4]
+                problems.append(
+                    f"{path}.modules[{position}]: {pattern!r} matches no linear module in layers {rule.layers} of "
+                    f"{facts.name}; use a role (attn, mlp, all), a name like {examples[0]} or a pattern like mlp.*"
+                )
+            selected |= matched
+        selections.append((index, selected))
+
+    modules: dict[str, ModuleConfig] = {}
+    module_problems: dict[str, list[str]] = {}
+    for info in facts.linears:
+        values = {group: {} for group in GENE_TARGETS}
+        origins = {group: {} for group in GENE_TARGETS}
+        _merge(values, origins, BASE_DEFAULT, "base")
+        origins = {group: {} for group in GENE_TARGETS}
+        _merge(values, origins, strategy.default, "default")
+        for index, selected in selections:
+            if info.name in selected:
+                _merge(values, origins, strategy.rules[index], f"rules[{index}]")
+        if strategy.arithmetic.shift_scales:
+            values["weight"]["scale"] = "pow2" if values["weight"]["format"] in ("int", "fp8_e4m3") else "fp16"
+        config = ModuleConfig(**{group: GENE_TARGETS[group](**values[group]) for group in GENE_TARGETS})
+        for problem in _check_module(config, info, origins):
+            module_problems.setdefault(problem, []).append(info.name)
+        modules[info.name] = config
+    for problem, names in module_problems.items():
+        where = f"module {names[0]}" if len(names) == 1 else f"{len(names)} modules, e.g. {names[0]}"
+        problems.append(f"{problem} ({where})")
+    if problems:
+        raise StrategyError(strategy.name, problems)
+    return ResolvedStrategy(strategy, facts.name, modules, strategy.arithmetic.compute_dtype)
+
+
+def config_fields(config: ModuleConfig) -> dict:
+    """Returns the module config as a flat JSON-ready dict (weight.*, activation.*, outliers.*)."""
+    return {
+        f"{group}.{f.name}": getattr(getattr(config, group), f.name)
+        for group in GENE_TARGETS
+        for f in fields(GENE_TARGETS[group])
+    }
+
+
+def needs_calibration(resolved: ResolvedStrategy) -> bool:
+    """Returns whether any module's config reads calibration statistics."""
+    from agentqat.quant.base import NEEDS_CALIBRATION
+
+    return any(
+        c.weight.bits != 16 and c.weight.quantizer_name in NEEDS_CALIBRATION
+        or c.activation.smooth_alpha is not None
+        or c.outliers.method == "llm_int8"
+        or (c.outliers.method == "keep_fp16" and c.outliers.criterion == "saliency")
+        for c in resolved.modules.values()
+    )

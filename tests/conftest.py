@@ -1,0 +1,81 @@
+"""Session fixtures: tiny real models built in the session, and a cache directory that is never the user's.
+
+Fixtures:
+- `agentqat_cache_dir` (session, autouse): a session tmp dir that $AGENTQAT_CACHE_DIR points at for the whole
+  run (restored afterwards). Tests that need an empty cache set their own with `monkeypatch.setenv`.
+- `tiny_llama_dir` (session): a Hugging Face directory with the default tiny Llama (see `tiny_models`).
+- `tiny_gguf_path` (session): the same model as an F32 llama GGUF file.
+- `make_tiny_llama(**kwargs) -> Path`, `make_tiny_gguf(**kwargs) -> Path` (session): other variants, e.g.
+  `make_tiny_llama(hidden=96)` (group 64 does not divide 96) or `make_tiny_gguf(tensor_type="Q8_0")`; built
+  once per distinct arguments and shared by the session, so do not modify what they return.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Nothing in the tests may reach a model hub (the machines have no internet; an attempt retries for ~25 s).
+# huggingface_hub reads this once at import, so it is set before anything imports it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from agentqat.defaults import CACHE_ENV  # noqa: E402
+from tiny_models import write_tiny_gguf, write_tiny_llama  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def agentqat_cache_dir(tmp_path_factory):
+    """Points $AGENTQAT_CACHE_DIR at a session tmp dir, so no test reads or writes the user's cache."""
+    directory = tmp_path_factory.mktemp("agentqat-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(directory))
+        yield directory
+
+
+def _key(kwargs: dict) -> str:
+    return "-".join(f"{name}={kwargs[name]}" for name in sorted(kwargs)) or "default"
+
+
+@pytest.fixture(scope="session")
+def make_tiny_llama(tmp_path_factory):
+    """Returns `make(**kwargs) -> Path`: `write_tiny_llama` into a session tmp dir, once per distinct kwargs."""
+    built = {}
+
+    def make(**kwargs):
+        key = _key(kwargs)
+        if key not in built:
+            built[key] = write_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "model", **kwargs)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def make_tiny_gguf(tmp_path_factory):
+    """Returns `make(**kwargs) -> Path`: `write_tiny_gguf` into a session tmp dir, once per distinct kwargs."""
+    built = {}
+
+    def make(**kwargs):
+        key = _key(kwargs)
+        if key not in built:
+            built[key] = write_tiny_gguf(tmp_path_factory.mktemp("tiny-gguf") / "tiny-llama.gguf", **kwargs)
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(make_tiny_llama):
+    """A Hugging Face directory: 2-layer Llama, hidden 64, MLP 128, 4 heads / 2 KV heads, 512-token BPE."""
+    return make_tiny_llama()
+
+
+@pytest.fixture(scope="session")
+def tiny_gguf_path(make_tiny_gguf):
+    """An F32 llama GGUF file of the same model as `tiny_llama_dir` (same weights, same tokenizer)."""
+    return make_tiny_gguf()
