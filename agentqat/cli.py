@@ -63,9 +63,70 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Checks strategy files against the schema and a model; exit code 0 when all are valid, 2 otherwise."""
+    from agentqat import ui
+    from agentqat.models import load_facts
+    from agentqat.resolve import resolve_strategy
+    from agentqat.strategy import StrategyError, load_strategy
+
+    facts = load_facts(args.model)
+    failures = 0
+    for path in args.strategies:
+        try:
+            resolved = resolve_strategy(load_strategy(path), facts)
+        except StrategyError as error:
+            failures += 1
+            ui.print_invalid(path, error.lines)
+        else:
+            ui.print_valid(path, resolved, facts)
+    return 2 if failures else 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Applies one strategy and prints its perplexity, KL to the base model and effective bits."""
+    from agentqat import ui
+    from agentqat.apply import strategy_applied
+    from agentqat.bits import strategy_bits
+    from agentqat.calibration import calibration_key, load_or_collect
+    from agentqat.data import load_corpus, sample_windows, tokenize
+    from agentqat.models import load_model
+    from agentqat.quality import compare, reference_of
+    from agentqat.resolve import needs_calibration, resolve_strategy
+    from agentqat.strategy import load_strategy
+
+    strategy = load_strategy(args.strategy)
+    corpus = load_corpus(args.corpus)
+    loaded = load_model(args.model)
+    resolved = resolve_strategy(strategy, loaded.facts)
+    eval_windows = sample_windows(tokenize(loaded.tokenizer, corpus.evaluation), args.window_tokens, args.windows, args.seed)
+    calibration = None
+    if needs_calibration(resolved):
+        calibration_windows = sample_windows(
+            tokenize(loaded.tokenizer, corpus.calibration), args.window_tokens, args.calibration_windows, args.seed
+        )
+        key = calibration_key(loaded.facts.name, loaded.directory, corpus.source, calibration_windows)
+        calibration = load_or_collect(loaded.model, key, calibration_windows)
+    reference = reference_of(loaded.model, eval_windows)
+    started = time.perf_counter()
+    with strategy_applied(loaded.model, resolved, calibration) as applied:
+        quantize_seconds = time.perf_counter() - started
+        result = compare(loaded.model, reference)
+    bits = strategy_bits(resolved, loaded.facts, applied.outlier_counts)
+    report = ui.quantize_report(strategy, reference, result, bits, quantize_seconds, vars(args))
+    print(json.dumps(report, indent=2)) if args.json else ui.print_quantize(report)
+    return 0
+
+
 def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=defaults.DEFAULT_MODEL, help="built-in name, HF directory, .gguf file or hub id (default: %(default)s)")
     parser.add_argument("--corpus", default=defaults.DEFAULT_CORPUS, help="packaged corpus, text file or hf:DATASET[:CONFIG] (default: %(default)s)")
+
+
+def _add_windows(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--windows", type=int, default=defaults.EVAL_WINDOWS, help="evaluation windows (default: %(default)s)")
+    parser.add_argument("--window-tokens", type=int, default=defaults.WINDOW_TOKENS, help="tokens per window (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.SEED, help="seed choosing the windows (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,11 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = commands.add_parser("info", help="model and corpus facts, base perplexity", description=cmd_info.__doc__)
     _add_model_corpus(info)
-    info.add_argument("--windows", type=int, default=defaults.EVAL_WINDOWS, help="evaluation windows (default: %(default)s)")
-    info.add_argument("--window-tokens", type=int, default=defaults.WINDOW_TOKENS, help="tokens per window (default: %(default)s)")
-    info.add_argument("--seed", type=int, default=defaults.SEED, help="seed choosing the windows (default: %(default)s)")
+    _add_windows(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
     info.set_defaults(handler=cmd_info)
+
+    validate = commands.add_parser("validate", help="check strategy files against the schema and a model", description=cmd_validate.__doc__)
+    validate.add_argument("strategies", nargs="+", metavar="STRATEGY.json")
+    validate.add_argument("--model", default=defaults.DEFAULT_MODEL, help="model to resolve against (default: %(default)s)")
+    validate.set_defaults(handler=cmd_validate)
+
+    quantize = commands.add_parser("quantize", help="apply one strategy: perplexity, KL to base, effective bits", description=cmd_quantize.__doc__)
+    quantize.add_argument("--strategy", required=True, metavar="STRATEGY.json")
+    _add_model_corpus(quantize)
+    _add_windows(quantize)
+    quantize.add_argument("--calibration-windows", type=int, default=defaults.CALIBRATION_WINDOWS, help="calibration windows (default: %(default)s)")
+    quantize.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    quantize.set_defaults(handler=cmd_quantize)
     return parser
 
 

@@ -127,19 +127,18 @@ def window_count(num_tokens: int, length: int) -> int:
     return num_tokens // length
 
 
-def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, set_index: int = 0) -> torch.Tensor:
+def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, offset: int = 0) -> torch.Tensor:
     """Returns `count` disjoint windows of `length` tokens, shape (count, length), chosen by `seed`.
 
     Windows sit on a grid of `length` tokens, so no two overlap. The grid's slots are shuffled once per
-    seed; set `k` takes slots [k*count, (k+1)*count), so sets with different indices never share a token.
+    seed and the windows are slots [offset, offset + count) of that order: calls with the same seed and
+    non-overlapping offset ranges never share a token.
     """
     available = window_count(len(ids), length)
-    needed = count * (set_index + 1)
-    if available < needed:
+    if available < offset + count:
         raise UserError(
-            f"the text holds {len(ids)} tokens: {available} windows of {length}, but {needed} are needed",
+            f"the text holds {len(ids)} tokens: {available} windows of {length}, but {offset + count} are needed",
             "use fewer or shorter windows, or a longer corpus",
         )
     order = np.random.default_rng(seed).permutation(available)
-    slots = order[set_index * count : (set_index + 1) * count]
-    return torch.stack([ids[slot * length : (slot + 1) * length] for slot in slots])
+    return torch.stack([ids[slot * length : (slot + 1) * length] for slot in order[offset : offset + count]])

@@ -17,6 +17,7 @@ from agentqat.strategy import BASE_DEFAULT, GroupSize, Genes, Strategy, Strategy
 ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
 GENE_TARGETS = {"weight": WeightQuant, "activation": ActivationQuant, "outliers": OutlierPolicy}
 GROUP_SIZES = get_args(GroupSize)
+BNB_BLOCK_SIZES = tuple(g for g in GROUP_SIZES if g >= 32 and g & (g - 1) == 0)  # powers of two bitsandbytes takes
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,15 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
             problems.append(
                 f"{where('weight', 'rounding')}: rounding {weight.rounding} works on integer grids only, not on "
                 f"format {weight.format}; use rounding rtn or format int"
+            )
+        if weight.format in ("nf4", "fp4") and weight.group_size not in BNB_BLOCK_SIZES:
+            problems.append(
+                f"{where('weight', 'group_size')}: bitsandbytes' {weight.format} takes blocks of "
+                f"{', '.join(map(str, BNB_BLOCK_SIZES))}, not {weight.group_size or 'per channel'}"
+            )
+        if weight.format in ("nf4", "fp4") and weight.clip != 1.0:
+            problems.append(
+                f"{where('weight', 'clip')}: bitsandbytes' {weight.format} scales by the block's absmax; set clip 1.0"
             )
         if weight.format == "llm_int8" and weight.group_size != 0:
             problems.append(

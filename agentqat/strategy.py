@@ -8,6 +8,7 @@ and numbers are bounded by `enum`, which outlines-core and xgrammar both honour 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -188,6 +189,20 @@ def load_strategy(path: str | Path) -> Strategy:
     except UnicodeDecodeError:
         raise StrategyError(str(path), ["the file is not UTF-8 text"]) from None
     return parse_strategy_text(text, str(path))
+
+
+def strategy_id(document: object) -> str:
+    """Returns a 12-hex-digit hash of what a strategy does (name and notes excluded), for de-duplication.
+
+    Valid documents are hashed in canonical form (defaults filled in, keys sorted), so two spellings of the
+    same strategy share an id; invalid ones are hashed as written.
+    """
+    try:
+        canonical = parse_strategy(document).model_dump(mode="json", exclude={"name", "notes"})
+    except StrategyError:
+        canonical = document
+    text = json.dumps(canonical, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def dump_strategy(strategy: Strategy) -> str:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.table import Table
 
 from agentqat.models import ModelFacts
+from agentqat.quality import Comparison, Reference
 
 console = Console()
 
@@ -53,4 +54,59 @@ def print_info(report: dict, facts: ModelFacts) -> None:
     console.print(
         f"[bold]base perplexity[/bold] {ppl['value']:.2f} on {ppl['windows']} x {ppl['window_tokens']} "
         f"{ppl['split']} tokens (seed {ppl['seed']}, {ppl['seconds']:.1f} s)"
+    )
+
+
+def print_invalid(path: str, lines: list[str]) -> None:
+    """Prints why a strategy file is invalid, one line per problem."""
+    console.print(f"[red]invalid[/red] {path}", highlight=False)
+    for line in lines:
+        console.print(f"  {line}", highlight=False, soft_wrap=True)
+
+
+def print_valid(path: str, resolved, facts: ModelFacts) -> None:
+    """Prints that a strategy is valid for a model, with its effective bits per weight."""
+    from agentqat.bits import strategy_bits
+
+    bits = strategy_bits(resolved, facts)
+    console.print(
+        f"[green]valid[/green] {path}: {len(resolved.modules)} modules of {facts.name}, "
+        f"{bits.bits_per_weight:.3f} effective bits per weight (outliers estimated), "
+        f"{bits.model_bytes / 2**20:.1f} MiB",
+        highlight=False,
+    )
+
+
+def _quality(comparison: Comparison) -> dict:
+    return {
+        "perplexity": comparison.perplexity,
+        "kl": comparison.kl.mean().item(),
+        "top1_agreement": comparison.top1.mean().item(),
+        "finite": comparison.finite,
+    }
+
+
+def quantize_report(strategy, reference: Reference, result: Comparison, bits, seconds: float, options: dict) -> dict:
+    """Returns the `agentqat quantize` report as a JSON-ready dict."""
+    return {
+        "strategy": strategy.name,
+        "base": {"perplexity": reference.perplexity, "kl": 0.0, "top1_agreement": 1.0, "finite": True},
+        "quantized": _quality(result),
+        "bits_per_weight": bits.bits_per_weight,
+        "model_bytes": bits.model_bytes,
+        "quantize_seconds": seconds,
+        "options": {k: v for k, v in options.items() if k not in ("handler",)},
+    }
+
+
+def print_quantize(report: dict) -> None:
+    """Prints the `agentqat quantize` report as a table."""
+    table = Table("", "perplexity", "KL to base", "top-1 agreement", title=f"strategy {report['strategy']}")
+    for label in ("base", "quantized"):
+        q = report[label]
+        table.add_row(label, f"{q['perplexity']:.3f}", f"{q['kl']:.4f}", f"{q['top1_agreement']:.3f}")
+    console.print(table)
+    console.print(
+        f"effective bits per weight {report['bits_per_weight']:.3f}, model {report['model_bytes'] / 2**20:.1f} MiB, "
+        f"quantized in {report['quantize_seconds']:.1f} s"
     )

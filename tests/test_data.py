@@ -73,7 +73,7 @@ def test_windows_are_deterministic_per_seed_and_differ_across_seeds():
 
 
 def test_windows_never_overlap_within_or_across_sets():
-    sets = [sample_windows(IDS, 100, 10, seed=0, set_index=k) for k in range(3)]
+    sets = [sample_windows(IDS, 100, 10, seed=0, offset=10 * k) for k in range(3)]
     tokens = torch.cat([s.flatten() for s in sets])
     assert len(torch.unique(tokens)) == len(tokens)
     for window in torch.cat(sets):

@@ -94,6 +94,9 @@ def test_layer_selections(spec, expected):
         ({"default": {"weight": {"format": "llm_int8", "bits": 8}}}, "llm_int8 scales each output row; set group_size 0"),
         ({"default": {"weight": {"format": "nf4", "scale": "pow2"}}}, "default.weight.scale: bitsandbytes' nf4 keeps its own absmax scales"),
         ({"default": {"activation": {"format": "fp8_e4m3", "bits": 4}}}, "default.activation.bits: fp8_e4m3 activations are 8-bit"),
+        ({"default": {"weight": {"format": "nf4", "group_size": 0}}}, "default.weight.group_size: bitsandbytes' nf4 takes blocks of 32, 64, 128, 256"),
+        ({"default": {"weight": {"format": "fp4", "group_size": 192}}}, "bitsandbytes' fp4 takes blocks of"),
+        ({"default": {"weight": {"format": "nf4", "clip": "mse"}}}, "default.weight.clip: bitsandbytes' nf4 scales by the block's absmax"),
     ],
     ids=lambda value: None if isinstance(value, dict) else value[:40],
 )

@@ -1,0 +1,182 @@
+"""Applies a resolved strategy to a model by swapping modules, and restores the base model cheaply.
+
+The caller's base nn.Linear modules are never modified: each quantized module is a new QuantizedLinear
+holding its own fake-quantized weight, and `restore` puts the original module objects back. Quantized
+modules are memoised in a LayerCache keyed by (module, resolved config, compute dtype, calibration), so a
+config seen before costs a dictionary look-up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentqat.calibration import Calibration
+from agentqat.models import quantizable_linears
+from agentqat.quant import fake_quantize_activation, quantize_with_outliers, smoothing_scales
+from agentqat.quant.base import ActivationQuant, LayerStats
+from agentqat.resolve import ModuleConfig, ResolvedStrategy
+
+COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer that computes with a fake-quantized weight in the strategy's compute dtype.
+
+    Inputs are divided by the SmoothQuant scales (when smoothing) and fake-quantized (when activation bits
+    are below 16) before the product; the output is cast back to the input's dtype, so a compute dtype of
+    fp16 simulates fp16 arithmetic in the linear layers (where overflow happens) and nowhere else.
+    """
+
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        activation: ActivationQuant,
+        input_divisor: torch.Tensor | None,
+        compute_dtype: torch.dtype,
+        outlier_count: int,
+    ):
+        super().__init__()
+        self.register_buffer("weight", weight.to(compute_dtype))
+        self.register_buffer("bias", None if bias is None else bias.detach().to(compute_dtype))
+        self.register_buffer("input_divisor", input_divisor)
+        self.activation = activation
+        self.compute_dtype = compute_dtype
+        self.outlier_count = outlier_count
+        self.out_features, self.in_features = weight.shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out_dtype = x.dtype
+        if self.input_divisor is not None:
+            x = x / self.input_divisor
+        x = fake_quantize_activation(x, self.activation)
+        return F.linear(x.to(self.compute_dtype), self.weight, self.bias).to(out_dtype)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, compute={self.compute_dtype}"
+
+
+def _smoothed_stats(stats: LayerStats, scales: torch.Tensor) -> LayerStats:
+    """Returns the statistics of X / s, the input a smoothed module actually sees."""
+    inverse = 1.0 / scales
+    return LayerStats(
+        hessian=stats.hessian * inverse[:, None] * inverse[None, :],
+        abs_mean=stats.abs_mean * inverse,
+        abs_max=stats.abs_max * inverse,
+        tokens=stats.tokens,
+    )
+
+
+def quantize_module(
+    linear: nn.Linear, config: ModuleConfig, stats: LayerStats | None, compute_dtype: torch.dtype
+) -> QuantizedLinear:
+    """Returns a QuantizedLinear computing what `linear` computes under `config` (linear is not modified)."""
+    weight = linear.weight.detach().to(torch.float32)
+    input_divisor = None
+    if config.activation.smooth_alpha is not None and stats is not None:
+        input_divisor = smoothing_scales(stats.abs_max, weight, config.activation.smooth_alpha)
+        weight = weight * input_divisor[None, :]
+        stats = _smoothed_stats(stats, input_divisor)
+    quantized, mask = quantize_with_outliers(weight, config.weight, config.outliers, stats)
+    return QuantizedLinear(quantized, linear.bias, config.activation, input_divisor, compute_dtype, int(mask.sum()))
+
+
+class LayerCache:
+    """Least-recently-used store of quantized modules, bounded in bytes, counting hits and misses."""
+
+    def __init__(self, max_bytes: int = 2 * 2**30):
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple, QuantizedLinear] = OrderedDict()
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    def get_or_make(self, key: tuple, make) -> QuantizedLinear:
+        """Returns the cached module for `key`, making (and caching) it with `make()` on a miss."""
+        if key in self.entries:
+            self.hits += 1
+            self.entries.move_to_end(key)
+            return self.entries[key]
+        self.misses += 1
+        module = make()
+        size = sum(buffer.numel() * buffer.element_size() for buffer in module.buffers())
+        self.entries[key] = module
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.entries) > 1:
+            _, evicted = self.entries.popitem(last=False)
+            self.bytes -= sum(b.numel() * b.element_size() for b in evicted.buffers())
+        return module
+
+    @property
+    def hit_rate(self) -> float:
+        total = self.hits + self.misses
+        return self.hits / total if total else 0.0
+
+
+def _is_identity(config: ModuleConfig, compute_dtype: torch.dtype) -> bool:
+    return (
+        config.weight.bits == 16
+        and config.activation.bits == 16
+        and config.activation.smooth_alpha is None
+        and config.outliers.method == "none"
+        and compute_dtype == torch.float32
+    )
+
+
+@dataclass
+class AppliedStrategy:
+    """What `apply_strategy` swapped in: the original modules (for restore) and per-module outlier counts."""
+
+    originals: dict[str, nn.Linear]
+    outlier_counts: dict[str, int]
+    seconds: float
+
+
+def apply_strategy(
+    model: nn.Module,
+    resolved: ResolvedStrategy,
+    calibration: Calibration | None,
+    cache: LayerCache | None = None,
+) -> AppliedStrategy:
+    """Swaps quantized modules into `model` as `resolved` says; returns what `restore` needs to undo it."""
+    started = time.perf_counter()
+    compute_dtype = COMPUTE_DTYPES[resolved.compute_dtype]
+    calibration_key = calibration.key if calibration else None
+    originals, outlier_counts = {}, {}
+    for name, linear in quantizable_linears(model).items():
+        config = resolved.modules[name]
+        if _is_identity(config, compute_dtype):
+            continue
+        stats = calibration.stats.get(name) if calibration else None
+        make = lambda: quantize_module(linear, config, stats, compute_dtype)  # noqa: E731
+        module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
+        originals[name] = linear
+        outlier_counts[name] = module.outlier_count
+        model.set_submodule(name, module)
+    return AppliedStrategy(originals, outlier_counts, time.perf_counter() - started)
+
+
+def restore(model: nn.Module, applied: AppliedStrategy) -> None:
+    """Puts the base modules back in place of the quantized ones."""
+    for name, linear in applied.originals.items():
+        model.set_submodule(name, linear)
+
+
+@contextmanager
+def strategy_applied(
+    model: nn.Module, resolved: ResolvedStrategy, calibration: Calibration | None, cache: LayerCache | None = None
+) -> Iterator[AppliedStrategy]:
+    """Yields while `model` computes under `resolved`; the base modules are back afterwards, even on error."""
+    applied = apply_strategy(model, resolved, calibration, cache)
+    try:
+        yield applied
+    finally:
+        restore(model, applied)
