@@ -12,8 +12,12 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from agentqat import defaults
+from agentqat.arena.baselines import DEFAULT_BITS as BASELINE_BITS
+from agentqat.arena.baselines import DEFAULT_CALIBRATION_BUDGETS as BASELINE_BUDGETS
+from agentqat.arena.config import DEFAULT_ARENA
 from agentqat.errors import UserError
 
 
@@ -118,9 +122,78 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Plays the baseline matrix (RTN, GPTQ, AWQ, HQQ, SmoothQuant, NF4/FP4, fp8, LLM.int8 at 8/4/3/2 bits and
+    several calibration budgets) on Ray evaluator actors, records every match in runs/<name>/ and prints it.
+    Re-running with the same --run resumes: recorded matches are not played again."""
+    import platform
+
+    from agentqat import ui
+    from agentqat.arena.baselines import baseline_requests
+    from agentqat.arena.config import load_arena
+    from agentqat.arena.pool import EvaluatorPool
+    from agentqat.arena.recorded import RecordedPlayer
+    from agentqat.arena.tournament import play_tournament
+    from agentqat.store import RunStore
+
+    arena = load_arena(args.arena)
+    stage = args.stage or arena.stages[-1].name
+    arena.stage(stage)
+    seed = arena.seed if args.seed is None else args.seed
+    requests = baseline_requests(stage, seed, _int_list(args.bits, "--bits"), _int_list(args.calibration, "--calibration"), _names(args.methods))
+    if not requests:
+        raise UserError("the baseline selection is empty", "check --methods and --bits")
+    directory = args.runs / (args.run or f"baseline-{arena.name}-{stage}-seed{seed}")
+    manifest = {
+        "kind": "baseline",
+        "arena": arena.model_dump(),
+        "stage": stage,
+        "seed": seed,
+        "requests": len(requests),
+        "versions": {"python": platform.python_version(), **_versions()},
+    }
+    store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(directory, manifest)
+    progress = ui.MatchProgress(total=len(requests) * arena.stage(stage).window_sets)
+    pool = EvaluatorPool(arena, workers=args.workers, ray_address=args.ray_address)
+    player = RecordedPlayer(pool.run, store, on_result=progress.update)
+    with progress:
+        outcome = play_tournament(player, arena, requests, seed, stages=[stage])
+    ui.print_leaderboard(outcome.final.rows, title=f"baseline on {arena.name}, stage {stage}, seed {seed}")
+    ui.print_cache_stats(pool.cache_stats(), player.replayed)
+    pool.shutdown()
+    print(f"run directory: {directory}")
+    return 0
+
+
+def _versions() -> dict:
+    from importlib.metadata import version
+
+    return {name: version(name) for name in ("agentqat", "torch", "transformers", "ray", "bitsandbytes")}
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r} is not a comma-separated list of integers", f"e.g. {option} 8,4,3") from None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=defaults.DEFAULT_MODEL, help="built-in name, HF directory, .gguf file or hub id (default: %(default)s)")
     parser.add_argument("--corpus", default=defaults.DEFAULT_CORPUS, help="packaged corpus, text file or hf:DATASET[:CONFIG] (default: %(default)s)")
+
+
+def _add_arena(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, help="seed choosing windows and items (default: the arena's)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray evaluator actors (default: %(default)s)")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--run", default="", help="run name under --runs (default: derived from the job)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
 
 
 def _add_windows(parser: argparse.ArgumentParser) -> None:
@@ -152,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--calibration-windows", type=int, default=defaults.CALIBRATION_WINDOWS, help="calibration windows (default: %(default)s)")
     quantize.add_argument("--json", action="store_true", help="print JSON instead of tables")
     quantize.set_defaults(handler=cmd_quantize)
+
+    baseline = commands.add_parser("baseline", help="the baseline matrix of standard methods, recorded as a run", description=cmd_baseline.__doc__)
+    _add_arena(baseline)
+    baseline.add_argument("--stage", default="", help="arena stage to play (default: the arena's last)")
+    baseline.add_argument("--bits", default=",".join(map(str, BASELINE_BITS)), help="bit widths (default: %(default)s)")
+    baseline.add_argument("--calibration", default=",".join(map(str, BASELINE_BUDGETS)), help="calibration budgets in windows (default: %(default)s)")
+    baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
+    baseline.set_defaults(handler=cmd_baseline)
     return parser
 
 

@@ -141,6 +141,10 @@ def _error_line(error: dict) -> str:
         return f"{path}: unknown key; remove it or check its spelling against schemas/strategy.schema.json"
     if kind == "literal_error" and path == "schema_version":
         return f"schema_version: {error['input']!r} is not supported; this agentqat reads schema_version {SCHEMA_VERSION}"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"{path}: must be a JSON object (got {error.get('input')!r})"
+    if kind in ("tuple_type", "list_type"):
+        return f"{path}: must be a JSON array (got {error.get('input')!r})"
     if kind == "string_pattern_mismatch" and path.endswith(".layers"):
         return f'{path}: {error["input"]!r} is not a layer selection; write "all" or indices and ranges like "0-3,7"'
     return f"{path}: {error['msg']} (got {error.get('input')!r})"
@@ -159,7 +163,8 @@ def parse_strategy(document: object, source: str = "strategy") -> Strategy:
     if not isinstance(document, dict):
         raise StrategyError(source, [f"the document must be a JSON object, not {type(document).__name__}"])
     try:
-        return Strategy.model_validate(document)
+        # Strict JSON-mode validation: "yes" is not a boolean and 4.0 is not an integer bit width.
+        return Strategy.model_validate_json(json.dumps(document), strict=True)
     except ValidationError as error:
         raise StrategyError(source, [_error_line(e) for e in error.errors()]) from None
 

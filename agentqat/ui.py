@@ -110,3 +110,71 @@ def print_quantize(report: dict) -> None:
         f"effective bits per weight {report['bits_per_weight']:.3f}, model {report['model_bytes'] / 2**20:.1f} MiB, "
         f"quantized in {report['quantize_seconds']:.1f} s"
     )
+
+
+class MatchProgress:
+    """A live progress bar of matches with failure counts; plain lines when stdout is not a terminal."""
+
+    def __init__(self, total: int):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.total = total
+        self.failures: Counter = Counter()
+        self.progress = Progress(
+            TextColumn("matches"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("{task.fields[status]}"), console=console, transient=False,
+        )
+        self.task = self.progress.add_task("matches", total=total, status="")
+
+    def __enter__(self) -> "MatchProgress":
+        if console.is_terminal:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if console.is_terminal:
+            self.progress.stop()
+
+    def update(self, result) -> None:
+        """Counts one finished match and shows it."""
+        if result.failed:
+            self.failures[result.outcome] += 1
+        status = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "no failures"
+        self.progress.update(self.task, advance=1, status=status)
+        if not console.is_terminal:
+            quality = result.quality
+            detail = f"ppl {quality.perplexity:.2f} KL {quality.kl:.4f}" if quality else result.message[:80]
+            print(f"match {result.strategy_name} {result.stage}/set{result.window_set}: {result.outcome} {detail} ({result.seconds:.1f} s)", flush=True)
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_leaderboard(rows, title: str) -> None:
+    """Prints a stage's leaderboard: rank, strategy, outcome, quality with CIs, bits, score, Pareto rank."""
+    table = Table("#", "strategy", "outcome", "ppl", "ppl 95% CI", "KL", "top-1", "cloze", "QA", "bits/w", "score", "front", title=title)
+    for row in rows:
+        agg = row.aggregate
+        ci = "-" if agg.perplexity_ci is None else f"{agg.perplexity_ci[0]:.2f}-{agg.perplexity_ci[1]:.2f}"
+        outcome = agg.outcome if agg.failed else ("ok" if row.survives else "over budget")
+        table.add_row(
+            str(row.rank), agg.strategy_name, outcome, _number(agg.perplexity, 2), ci, _number(agg.kl, 4),
+            _number(agg.top1, 3), _number(agg.cloze_accuracy, 3), _number(agg.qa_exact_match, 3),
+            _number(agg.bits_per_weight, 3), "-" if row.score == float("-inf") else f"{row.score:.3f}",
+            "-" if row.pareto_rank is None else str(row.pareto_rank),
+        )
+    console.print(table)
+    for row in rows:
+        if row.aggregate.failed:
+            console.print(f"  {row.aggregate.strategy_name}: {row.reason}", highlight=False, soft_wrap=True)
+
+
+def print_cache_stats(stats: list[dict], replayed: int) -> None:
+    """Prints each worker's layer-cache hit rate and how many matches came from the run record."""
+    for index, worker in enumerate(stats):
+        total = worker["hits"] + worker["misses"]
+        rate = worker["hits"] / total if total else 0.0
+        console.print(f"worker-{index}: layer cache {worker['hits']}/{total} hits ({rate:.0%}), {worker['bytes'] / 2**20:.0f} MiB")
+    if replayed:
+        console.print(f"{replayed} matches were already recorded in the run and not played again")

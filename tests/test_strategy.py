@@ -91,7 +91,12 @@ def test_strategy_is_frozen():
         ('{"rules": [{"modules": ["mlp; rm -rf /"]}]}', "rules[0].modules"),
         ('{"rules": [{"weight": {"bitz": 4}}]}', "rules[0].weight.bitz: unknown key"),
         ('{"arithmetic": {"compute_dtype": "fp64"}}', "arithmetic.compute_dtype"),
-        ('{"rules": "all"}', "rules"),
+        ('{"rules": "all"}', "rules: must be a JSON array"),
+        ('{"default": null}', "default: must be a JSON object"),
+        ('{"rules": [5]}', "rules[0]: must be a JSON object"),
+        ('{"rules": [{"layers": 5}]}', "rules[0].layers"),
+        ('{"default": {"weight": {"symmetric": "yes"}}}', "default.weight.symmetric"),
+        ('{"default": {"weight": {"clip": NaN}}}', "default.weight.clip"),
     ],
     ids=lambda value: value if len(value) < 30 else value[:27] + "...",
 )

@@ -1,0 +1,96 @@
+"""Arena definitions: the TOML files in arena/ that name the model, data, stages, budget and score weights."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agentqat import defaults
+from agentqat.errors import UserError
+
+ARENA_DIR = Path(__file__).resolve().parent.parent.parent / "arena"
+DEFAULT_ARENA = "smollm2-default"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Stage(_Frozen):
+    """One round of evaluation: how many tokens, on how many disjoint window sets, and who moves on."""
+
+    name: str
+    windows: int = Field(ge=1, le=256, description="evaluation windows per window set")
+    window_sets: int = Field(1, ge=1, le=8, description="disjoint, seeded window sets (>= 3 for confidence intervals)")
+    promote: float = Field(0.5, gt=0, le=1, description="share of this stage's survivors evaluated on the next stage")
+    cloze: bool = False
+    qa: bool = False
+
+
+class ScoreWeights(_Frozen):
+    """Weights of the composite survival score (see agentqat.scoring for the formula)."""
+
+    kl: float = 1.0
+    perplexity: float = 0.5
+    bits: float = 0.5
+    latency: float = 0.0
+    cloze: float = 0.5
+    qa: float = 0.5
+
+
+class Arena(_Frozen):
+    """A complete arena: everything a match needs besides the strategy and the seed."""
+
+    name: str
+    model: str = defaults.DEFAULT_MODEL
+    corpus: str = defaults.DEFAULT_CORPUS
+    seed: int = defaults.SEED
+    window_tokens: int = Field(defaults.WINDOW_TOKENS, ge=16, le=4096)
+    calibration_windows: int = Field(defaults.CALIBRATION_WINDOWS, ge=1, le=512)
+    bits_budget: float = Field(4.5, gt=1, le=16, description="effective bits per weight a survivor may use")
+    collapse_ratio: float = Field(10.0, gt=1, description="perplexity above this multiple of the base is collapse")
+    match_seconds: float = Field(600.0, gt=0, description="a match running longer is recorded as a timeout")
+    compute_threads: int = Field(1, ge=1, le=64, description="torch threads per evaluator actor")
+    stages: tuple[Stage, ...] = Field(min_length=1)
+    score: ScoreWeights = ScoreWeights()
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _unique_stage_names(self) -> Arena:
+        names = [stage.name for stage in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        return self
+
+    def stage(self, name: str) -> Stage:
+        """Returns the stage called `name`."""
+        for stage in self.stages:
+            if stage.name == name:
+                return stage
+        raise UserError(f"arena {self.name} has no stage '{name}'", f"use one of {[s.name for s in self.stages]}")
+
+
+def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
+    """Returns the arena in a TOML file, or the packaged arena called `spec` (arena/<spec>.toml)."""
+    path = Path(spec)
+    if not path.suffix:
+        path = ARENA_DIR / f"{spec}.toml"
+    if not path.is_file():
+        known = sorted(p.stem for p in ARENA_DIR.glob("*.toml"))
+        raise UserError(f"arena {spec} does not exist", f"pass a TOML file or one of {known}")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"arena file {path} is not valid TOML: {error}", "fix the syntax") from None
+    document.setdefault("name", path.stem)
+    try:
+        return Arena.model_validate({**document, "source": str(path)})
+    except ValidationError as error:
+        lines = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" + (" (unknown key)" if e["type"] == "extra_forbidden" else "")
+            for e in error.errors()
+        ]
+        raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see arena/README.md for the fields") from None

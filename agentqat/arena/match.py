@@ -1,0 +1,237 @@
+"""A match: (strategy, arena, stage, seed, window set) -> MatchResult, on a Workbench loaded once per worker.
+
+Nothing here raises for a bad strategy or a broken model: invalid documents, NaN/Inf, fp16 overflow,
+collapse, exceptions and overlong matches all come back as a MatchResult with their outcome and message.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+
+import torch
+
+from agentqat.apply import COMPUTE_DTYPES, LayerCache, QuantizedLinear, strategy_applied
+from agentqat.arena.config import Arena, Stage
+from agentqat.arena.request import MatchRequest, request_id
+from agentqat.arena.result import Cost, MatchResult, Quality
+from agentqat.arena.tasks import (
+    ClozeSet,
+    Question,
+    cloze_accuracy,
+    cloze_items,
+    degenerate_share,
+    load_questions,
+    qa_exact_match,
+    qualifying_questions,
+)
+from agentqat.bits import strategy_bits
+from agentqat.calibration import Calibration, calibration_key, load_or_collect
+from agentqat.data import load_corpus, sample_windows, tokenize
+from agentqat.models import load_model
+from agentqat.quality import Reference, compare, reference_of
+from agentqat.resolve import needs_calibration, resolve_strategy
+from agentqat.strategy import Strategy, StrategyError, parse_strategy
+
+CLOZE_ITEMS = 48
+CLOZE_CONTEXT_TOKENS = 128
+DEGENERATE_SHARE = 0.5  # more than half of the QA generations looping on one or two tokens is a collapse
+
+
+class _Timeout(Exception):
+    pass
+
+
+class Workbench:
+    """What one worker loads once per arena: model, tokens, base references, calibrations, layer cache."""
+
+    def __init__(self, arena: Arena, worker: str = "local"):
+        torch.set_num_threads(arena.compute_threads)
+        self.arena = arena
+        self.worker = worker
+        self.loaded = load_model(arena.model)
+        corpus = load_corpus(arena.corpus)
+        self.corpus_source = corpus.source
+        self.eval_ids = tokenize(self.loaded.tokenizer, corpus.evaluation)
+        self.calibration_ids = tokenize(self.loaded.tokenizer, corpus.calibration)
+        self.heldout_text = corpus.heldout
+        self.cache = LayerCache()
+        self._references: dict[tuple, Reference] = {}
+        self._calibrations: dict[int, Calibration] = {}
+        self._cloze: dict[int, tuple[ClozeSet, float]] = {}
+        self._questions: list[Question] | None = None
+
+    def windows(self, stage: Stage, seed: int, window_set: int) -> torch.Tensor:
+        """Returns the evaluation windows of a stage's window set; all stages' sets are disjoint per seed."""
+        offset = 0
+        for earlier in self.arena.stages:
+            if earlier.name == stage.name:
+                break
+            offset += earlier.windows * earlier.window_sets
+        return sample_windows(self.eval_ids, self.arena.window_tokens, stage.windows, seed, offset + window_set * stage.windows)
+
+    def reference(self, stage: Stage, seed: int, window_set: int) -> Reference:
+        """Returns the base model's log-probabilities on a window set (computed once per worker)."""
+        key = (stage.name, seed, window_set)
+        if key not in self._references:
+            self._references[key] = reference_of(self.loaded.model, self.windows(stage, seed, window_set))
+        return self._references[key]
+
+    def calibration(self, windows: int) -> Calibration:
+        """Returns calibration statistics from `windows` calibration windows (cached on disk per budget)."""
+        if windows not in self._calibrations:
+            tokens = sample_windows(self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed)
+            key = calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
+            self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens)
+        return self._calibrations[windows]
+
+    def cloze(self, seed: int) -> tuple[ClozeSet, float]:
+        """Returns the cloze items for `seed` and the base model's accuracy on them."""
+        if seed not in self._cloze:
+            items = cloze_items(self.loaded.tokenizer, self.heldout_text, CLOZE_ITEMS, CLOZE_CONTEXT_TOKENS, seed)
+            self._cloze[seed] = (items, cloze_accuracy(self.loaded.model, items)[0])
+        return self._cloze[seed]
+
+    def questions(self) -> list[Question]:
+        """Returns the packaged questions that the base model answers correctly."""
+        if self._questions is None:
+            self._questions = qualifying_questions(self.loaded.model, self.loaded.tokenizer, load_questions())
+        return self._questions
+
+    def play(self, request: MatchRequest) -> MatchResult:
+        """Returns the result of one match; never raises for anything the strategy or model does."""
+        started = time.perf_counter()
+        stage = self.arena.stage(request.stage)
+        name = str(request.document.get("name", "unnamed")) if isinstance(request.document, dict) else "unnamed"
+        hits, misses = self.cache.hits, self.cache.misses
+        common = dict(
+            strategy_id=request_id(request),
+            strategy_name=name,
+            arena=self.arena.name,
+            stage=stage.name,
+            seed=request.seed,
+            window_set=request.window_set,
+            tokens=stage.windows * self.arena.window_tokens,
+            worker=self.worker,
+        )
+        try:
+            strategy = parse_strategy(request.document)
+            fields = self._evaluate(strategy, stage, request, started)
+        except StrategyError as error:
+            fields = dict(outcome="invalid", message="; ".join(error.lines))
+        except _Timeout as error:
+            fields = dict(outcome="timeout", message=str(error))
+        except Exception as error:  # a crash of any kind is a recorded result, not a crash of the run
+            fields = dict(outcome="error", message=f"{type(error).__name__}: {error}")
+        return MatchResult(
+            **common,
+            **fields,
+            cache_hits=self.cache.hits - hits,
+            cache_misses=self.cache.misses - misses,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _check_time(self, started: float, phase: str) -> None:
+        elapsed = time.perf_counter() - started
+        if elapsed > self.arena.match_seconds:
+            raise _Timeout(f"{phase} ended after {elapsed:.0f} s, over the arena's {self.arena.match_seconds:.0f} s")
+
+    def _evaluate(self, strategy: Strategy, stage: Stage, request: MatchRequest, started: float) -> dict:
+        model = self.loaded.model
+        resolved = resolve_strategy(strategy, self.loaded.facts)
+        calibration = None
+        if needs_calibration(resolved):
+            calibration = self.calibration(request.calibration_windows or self.arena.calibration_windows)
+        # Everything measured on the base model comes first: the strategy replaces its modules below.
+        reference = self.reference(stage, request.seed, request.window_set)
+        cloze_set, base_cloze = self.cloze(request.seed) if stage.cloze else (None, None)
+        questions = self.questions() if stage.qa else []
+        self._check_time(started, "preparation")
+        quantize_started = time.perf_counter()
+        with strategy_applied(model, resolved, calibration, self.cache) as applied:
+            quantize_seconds = time.perf_counter() - quantize_started
+            self._check_time(started, "quantization")
+            with _OverflowWatch(model, COMPUTE_DTYPES[resolved.compute_dtype]) as overflow:
+                evaluate_started = time.perf_counter()
+                comparison = compare(model, reference)
+                evaluate_seconds = time.perf_counter() - evaluate_started
+            self._check_time(started, "evaluation")
+            cloze = qa = None
+            degenerate = 0.0
+            if comparison.finite and cloze_set is not None:
+                cloze = cloze_accuracy(model, cloze_set)[0]
+            if comparison.finite and questions:
+                qa, generations = qa_exact_match(model, self.loaded.tokenizer, questions)
+                tokenizer = self.loaded.tokenizer
+                degenerate = degenerate_share([tokenizer(g, add_special_tokens=False)["input_ids"] for g in generations])
+            self._check_time(started, "tasks")
+        bits = strategy_bits(resolved, self.loaded.facts, applied.outlier_counts)
+        quality = Quality(
+            perplexity=comparison.perplexity if comparison.finite else math.inf,
+            kl=comparison.kl.mean().item(),
+            top1=comparison.top1.mean().item(),
+            window_nll=tuple(comparison.nll.tolist()),
+            window_kl=tuple(comparison.kl.tolist()),
+            base_perplexity=reference.perplexity,
+            cloze_accuracy=cloze,
+            base_cloze_accuracy=base_cloze,
+            qa_exact_match=qa,
+        )
+        tokens = reference.windows.numel()
+        cost = Cost(
+            bits_per_weight=bits.bits_per_weight,
+            model_bytes=bits.model_bytes,
+            bytes_per_token=bits.model_bytes,
+            peak_memory_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            simulated_latency_ms_per_token=1000 * evaluate_seconds / tokens,
+            quantize_seconds=quantize_seconds,
+            evaluate_seconds=evaluate_seconds,
+        )
+        outcome, message = verdict(comparison.finite, overflow.modules, quality, self.arena.collapse_ratio, degenerate)
+        return dict(outcome=outcome, message=message, quality=quality, cost=cost)
+
+
+def verdict(
+    finite: bool, overflowed: list[str], quality: Quality, collapse_ratio: float, degenerate: float
+) -> tuple[str, str]:
+    """Returns the outcome and message of an evaluated match: overflow, nan, collapse or ok."""
+    if overflowed:
+        return "overflow", f"fp16 overflow (inf) in {len(overflowed)} linear outputs, first {overflowed[0]}"
+    if not finite:
+        return "nan", "NaN or Inf in the logits"
+    ratio = quality.perplexity / quality.base_perplexity
+    if ratio > collapse_ratio:
+        return "collapse", f"perplexity {quality.perplexity:.1f} is {ratio:.1f}x the base's {quality.base_perplexity:.1f}"
+    if degenerate > DEGENERATE_SHARE:
+        return "collapse", f"{degenerate:.0%} of the answers loop on one or two tokens"
+    return "ok", ""
+
+
+class _OverflowWatch:
+    """Records the quantized linear modules whose fp16 outputs hold an infinity (fp16 compute only)."""
+
+    def __init__(self, model: torch.nn.Module, compute_dtype: torch.dtype):
+        self.model = model
+        self.active = compute_dtype == torch.float16
+        self.modules: list[str] = []
+        self.handles = []
+
+    def __enter__(self) -> _OverflowWatch:
+        if self.active:
+            for name, module in self.model.named_modules():
+                if isinstance(module, QuantizedLinear):
+                    self.handles.append(module.register_forward_hook(self._hook(name)))
+        return self
+
+    def _hook(self, name: str):
+        def check(_module, _inputs, output):
+            if name not in self.modules and torch.isinf(output).any():
+                self.modules.append(name)
+
+        return check
+
+    def __exit__(self, *exc) -> None:
+        for handle in self.handles:
+            handle.remove()
+

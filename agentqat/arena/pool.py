@@ -1,0 +1,149 @@
+"""Ray evaluator actors: each loads the arena's Workbench once and plays matches on request.
+
+A dead actor is restarted by Ray (max_restarts) and its match retried once; a match that dies twice, or
+runs past the arena's hard limit (the actor is then killed and restarted), is recorded as a failed result.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+
+from agentqat.arena.config import Arena
+from agentqat.arena.request import MatchRequest, request_id
+from agentqat.arena.result import MatchResult
+
+HARD_LIMIT_FACTOR = 1.5  # the cooperative timeout inside a match comes first; this catches a stuck kernel
+MAX_ATTEMPTS = 2
+
+
+def _evaluator_class():
+    import ray
+
+    @ray.remote(max_restarts=-1, max_task_retries=0)
+    class Evaluator:
+        """One worker process holding a Workbench."""
+
+        def __init__(self, arena_json: str, name: str, threads: int):
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+            from agentqat.arena.config import Arena as ArenaModel
+            from agentqat.arena.match import Workbench
+
+            self.name = name
+            self.workbench = Workbench(ArenaModel.model_validate_json(arena_json), worker=name)
+
+        def play(self, request: MatchRequest) -> dict:
+            return asdict(self.workbench.play(request))
+
+        def pid(self) -> int:
+            return os.getpid()
+
+        def cache_stats(self) -> dict:
+            cache = self.workbench.cache
+            return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.bytes, "entries": len(cache.entries)}
+
+    return Evaluator
+
+
+def start_ray(address: str | None, num_cpus: int) -> None:
+    """Connects to the Ray cluster at `address`, or starts a local one with `num_cpus` CPUs."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+
+
+class EvaluatorPool:
+    """A fixed number of evaluator actors sharing one queue of match requests."""
+
+    def __init__(self, arena: Arena, workers: int = 1, ray_address: str | None = None):
+        import ray
+
+        start_ray(ray_address, num_cpus=max(workers, 1) * arena.compute_threads)
+        self.arena = arena
+        evaluator = _evaluator_class()
+        self.actors = [
+            evaluator.options(num_cpus=arena.compute_threads, name=None).remote(
+                arena.model_dump_json(), f"worker-{index}", arena.compute_threads
+            )
+            for index in range(workers)
+        ]
+        ray.get([actor.pid.remote() for actor in self.actors])  # wait until every model is loaded
+
+    def run(
+        self, requests: Iterable[MatchRequest], on_result: Callable[[MatchResult], None] | None = None
+    ) -> list[MatchResult]:
+        """Plays every request, returning results in completion order; `on_result` sees each as it lands."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        queue = deque((request, 1) for request in requests)
+        idle = list(self.actors)
+        running: dict = {}  # ObjectRef -> (actor, request, attempt, started)
+        results: list[MatchResult] = []
+        hard_limit = self.arena.match_seconds * HARD_LIMIT_FACTOR
+
+        def finish(result: MatchResult) -> None:
+            results.append(result)
+            if on_result:
+                on_result(result)
+
+        while queue or running:
+            while queue and idle:
+                request, attempt = queue.popleft()
+                actor = idle.pop()
+                running[actor.play.remote(request)] = (actor, request, attempt, time.monotonic())
+            done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
+            for ref in done:
+                actor, request, attempt, _started = running.pop(ref)
+                try:
+                    finish(MatchResult.from_dict(ray.get(ref)))
+                except RayActorError as error:
+                    if attempt < MAX_ATTEMPTS:
+                        queue.appendleft((request, attempt + 1))
+                    else:
+                        finish(_failed(self.arena, request, "error", f"worker died {attempt} times: {error}"))
+                idle.append(actor)
+            for ref, (actor, request, attempt, started) in list(running.items()):
+                if time.monotonic() - started > hard_limit:
+                    ray.kill(actor, no_restart=False)
+                    running.pop(ref)
+                    finish(_failed(self.arena, request, "timeout", f"killed after {hard_limit:.0f} s"))
+                    idle.append(actor)
+        return results
+
+    def cache_stats(self) -> list[dict]:
+        """Returns each actor's layer-cache counters."""
+        import ray
+
+        return ray.get([actor.cache_stats.remote() for actor in self.actors])
+
+    def shutdown(self) -> None:
+        """Stops the actors (the Ray runtime stays for the process)."""
+        import ray
+
+        for actor in self.actors:
+            ray.kill(actor, no_restart=True)
+
+
+def _failed(arena: Arena, request: MatchRequest, outcome: str, message: str) -> MatchResult:
+    document = request.document if isinstance(request.document, dict) else {}
+    stage = arena.stage(request.stage)
+    return MatchResult(
+        strategy_id=request_id(request),
+        strategy_name=str(document.get("name", "unnamed")),
+        arena=arena.name,
+        stage=stage.name,
+        seed=request.seed,
+        window_set=request.window_set,
+        tokens=stage.windows * arena.window_tokens,
+        outcome=outcome,
+        message=message,
+    )
