@@ -28,10 +28,17 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> 
 
 @dataclass(frozen=True)
 class Reference:
-    """The base model's next-token log-probabilities on some windows (fp16 to halve their memory)."""
+    """What comparisons need of the base model on some windows, precomputed once.
+
+    KL(p || q) = sum p log p - sum p log q, and log q = logits - logsumexp(logits), so per position
+    KL = neg_entropy - (p . logits) + logsumexp(logits): one product with the stored probabilities and one
+    logsumexp per comparison, instead of a full log-softmax and several passes over the vocabulary.
+    """
 
     windows: torch.Tensor
-    log_probs: torch.Tensor  # (windows, tokens - 1, vocab), float16
+    probs: torch.Tensor  # (windows, tokens - 1, vocab) base next-token probabilities, float16
+    neg_entropy: torch.Tensor  # (windows, tokens - 1) sum p log p, float32
+    argmax: torch.Tensor  # (windows, tokens - 1) the base's most likely next token
     nll: torch.Tensor  # the base model's mean next-token NLL per window
 
     @property
@@ -55,25 +62,36 @@ class Comparison:
 
 @torch.inference_mode()
 def reference_of(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> Reference:
-    """Returns the base model's log-probabilities on `windows`."""
-    log_probs, nll = [], []
+    """Returns the base model's next-token distributions on `windows`, in the form `compare` needs."""
+    probs, neg_entropy, argmax, nll = [], [], [], []
     for batch in windows.split(batch_size):
-        batch_log_probs = F.log_softmax(model(input_ids=batch).logits[:, :-1].float(), dim=-1)
-        nll.append(F.nll_loss(batch_log_probs.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1))
-        log_probs.append(batch_log_probs.to(torch.float16))
-    return Reference(windows, torch.cat(log_probs), torch.cat(nll))
+        log_probs = F.log_softmax(model(input_ids=batch).logits[:, :-1].float(), dim=-1)
+        p = log_probs.exp()
+        probs.append(p.to(torch.float16))
+        neg_entropy.append((p * log_probs).sum(-1))
+        argmax.append(log_probs.argmax(-1))
+        nll.append(-log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1).mean(dim=1))
+    return Reference(windows, torch.cat(probs), torch.cat(neg_entropy), torch.cat(argmax), torch.cat(nll))
 
 
 @torch.inference_mode()
 def compare(model: nn.Module, reference: Reference, batch_size: int = 4) -> Comparison:
     """Returns NLL, KL(base || model) and top-1 agreement of `model` on the reference's windows."""
     nll, kl, top1, finite = [], [], [], True
-    for batch, base in zip(reference.windows.split(batch_size), reference.log_probs.split(batch_size)):
+    batches = zip(
+        reference.windows.split(batch_size),
+        reference.probs.split(batch_size),
+        reference.neg_entropy.split(batch_size),
+        reference.argmax.split(batch_size),
+    )
+    for batch, probs, neg_entropy, base_argmax in batches:
         logits = model(input_ids=batch).logits[:, :-1].float()
         finite = finite and bool(torch.isfinite(logits).all())
-        log_probs = F.log_softmax(logits, dim=-1)
-        base = base.float()
-        nll.append(F.nll_loss(log_probs.transpose(1, 2), batch[:, 1:], reduction="none").mean(dim=1))
-        kl.append((base.exp() * (base - log_probs)).sum(-1).mean(dim=1))
-        top1.append((base.argmax(-1) == log_probs.argmax(-1)).float().mean(dim=1))
+        log_normalizer = torch.logsumexp(logits, dim=-1)
+        expected_logit = torch.einsum("btv,btv->bt", probs.float(), logits)
+        # KL is never negative; rounding can take a near-zero position a hair below zero.
+        kl.append((neg_entropy - expected_logit + log_normalizer).clamp_min(0).mean(dim=1))
+        target_logit = logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
+        nll.append((log_normalizer - target_logit).mean(dim=1))
+        top1.append((logits.argmax(-1) == base_argmax).float().mean(dim=1))
     return Comparison(torch.cat(nll), torch.cat(kl), torch.cat(top1), finite)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -11,7 +12,8 @@ from rich.table import Table
 from agentqat.models import ModelFacts
 from agentqat.quality import Comparison, Reference
 
-console = Console()
+# Piped output (CI logs, `| tee`) gets wide tables instead of rich's 80-column default.
+console = Console() if sys.stdout.isatty() else Console(width=160)
 
 
 def facts_dict(facts: ModelFacts, directory: Path | None) -> dict:

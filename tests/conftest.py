@@ -79,3 +79,9 @@ def tiny_llama_dir(make_tiny_llama):
 def tiny_gguf_path(make_tiny_gguf):
     """An F32 llama GGUF file of the same model as `tiny_llama_dir` (same weights, same tokenizer)."""
     return make_tiny_gguf()
+
+
+@pytest.fixture(scope="session")
+def sensitive_llama_dir(make_tiny_llama):
+    """The tiny Llama with linear weights N(0, 0.25^2): quantizing them moves its KL and top-1 measurably."""
+    return make_tiny_llama(weight_std=0.25)

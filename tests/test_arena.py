@@ -31,10 +31,10 @@ def corpus_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def arena(tiny_llama_dir, corpus_file):
+def arena(sensitive_llama_dir, corpus_file):
     return Arena(
         name="tiny",
-        model=str(tiny_llama_dir),
+        model=str(sensitive_llama_dir),
         corpus=str(corpus_file),
         window_tokens=64,
         calibration_windows=4,
@@ -106,7 +106,7 @@ def quality(perplexity, base=10.0):
         (True, [], 12.0, 0.6, ("collapse", "60% of the answers loop on one or two tokens")),
         (True, [], 12.0, 0.5, ("ok", "")),
         (False, [], math.inf, 0.0, ("nan", "NaN or Inf in the logits")),
-        (False, ["model.layers.3.mlp.down_proj"], math.inf, 0.0, ("overflow", "fp16 overflow (inf) in 1 linear outputs, first model.layers.3.mlp.down_proj")),
+        (False, ["model.layers.3.mlp.down_proj"], math.inf, 0.0, ("overflow", "fp16 overflow (inf/NaN) in 1 linear outputs, first model.layers.3.mlp.down_proj")),
     ],
     ids=["ok", "just-below-collapse", "collapse", "degenerate", "half-degenerate", "nan", "overflow-first"],
 )

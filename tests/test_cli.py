@@ -64,13 +64,14 @@ def test_info_json_on_the_tiny_model(tiny_llama_dir, tmp_path, capsys):
     assert report["base_perplexity"]["value"] > 1
 
 
-def test_quantize_json_on_the_tiny_model(tiny_llama_dir, strategies, tmp_path, capsys):
+def test_quantize_json_on_the_tiny_model(sensitive_llama_dir, strategies, tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(f"line {i} with some words to predict and a few more" for i in range(400)))
     gptq = strategies / "gptq.json"
     gptq.write_text('{"default": {"weight": {"bits": 4, "group_size": 32, "rounding": "gptq"}}}')
-    args = ["--model", str(tiny_llama_dir), "--corpus", str(corpus), "--windows", "2", "--window-tokens", "64", "--calibration-windows", "2", "--json"]
+    args = ["--model", str(sensitive_llama_dir), "--corpus", str(corpus), "--windows", "2", "--window-tokens", "64", "--calibration-windows", "2", "--json"]
     assert main(["quantize", "--strategy", str(gptq), *args]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["bits_per_weight"] == pytest.approx(4 + 20 / 32)
-    assert report["quantized"]["kl"] > 0 and report["quantized"]["finite"]
+    assert report["quantized"]["kl"] > 0.01 and report["quantized"]["finite"]
+    assert report["quantized"]["top1_agreement"] < 1.0

@@ -37,9 +37,20 @@ def heldout():
     return load_corpus().heldout
 
 
+def _sharpened(directory):
+    """The tiny Llama with its decoder layers' matrices scaled by 10: at the default scale (0.02) attention barely
+    moves the residual stream, so its outputs hardly depend on earlier tokens and padding mistakes would not show."""
+    loaded = load_model(str(directory))
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if ".layers." in name and parameter.ndim == 2:
+                parameter.mul_(10)
+    return loaded
+
+
 @pytest.fixture(scope="module")
 def tiny(tiny_llama_dir):
-    return load_model(str(tiny_llama_dir))
+    return _sharpened(tiny_llama_dir)
 
 
 @pytest.fixture(scope="module")
@@ -169,11 +180,24 @@ def test_generation_is_deterministic_and_independent_of_batch_size(tiny):
     single = generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=1)
     for batch_size in (2, 5):
         assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=batch_size) == single
-    assert any(single) and all(len(ids) <= 8 for ids in single)
-    assert tiny.tokenizer.eos_token_id not in {token for ids in single for token in ids}
+    assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=5) == single  # again
+    assert [len(ids) for ids in single] == [8] * len(PROMPTS)
+    # The check has teeth: the same batch attending to its padding generates something else.
+    encoded = tiny.tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
+    width = max(len(ids) for ids in encoded)
+    padded = torch.tensor([[3] * (width - len(ids)) + ids for ids in encoded])
+    unmasked = tiny.model.generate(padded, attention_mask=torch.ones_like(padded), max_new_tokens=8, do_sample=False, pad_token_id=3)
+    assert [tuple(row) for row in unmasked[:, width:].tolist()] != single
     questions = [Question(prompt, "x") for prompt in PROMPTS]
     decoded = answer_questions(tiny.model, tiny.tokenizer, questions, batch_size=2)
     assert decoded == [tiny.tokenizer.decode(ids, skip_special_tokens=True) for ids in single]
+
+
+def test_generation_stops_before_an_end_of_sequence_token(tiny_llama_dir):
+    loaded = _sharpened(tiny_llama_dir)
+    full = generate_token_ids(loaded.model, loaded.tokenizer, PROMPTS[:1])[0]
+    loaded.model.generation_config.eos_token_id = [full[2], 2]  # as if the model's third token ended its turn
+    assert generate_token_ids(loaded.model, loaded.tokenizer, PROMPTS[:1]) == [full[: full.index(full[2])]]
 
 
 def test_qualifying_questions_and_qa_exact_match(tiny):

@@ -135,10 +135,12 @@ def build_tiny_llama(
     vocab: int = DEFAULT_VOCAB,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    weight_std: float = 0.02,
 ):
     """Returns a `LlamaForCausalLM` in eval mode whose weights depend only on the arguments.
 
-    Matrices are N(0, 0.02^2) (embeddings N(0, 1), so logits are not flat); norm weights 1 + N(0, 0.1^2), so a
+    Matrices are N(0, weight_std^2) (embeddings N(0, 1), so logits are not flat; with weight_std 0.25 the
+    output depends strongly on the linear layers, so quantizing them moves KL and top-1 measurably); norm weights 1 + N(0, 0.1^2), so a
     norm loaded into the wrong slot shows. Drawn in sorted parameter-name order from `torch.Generator(seed)`.
     """
     from transformers import LlamaForCausalLM
@@ -155,7 +157,7 @@ def build_tiny_llama(
             elif name == "model.embed_tokens.weight":
                 parameter.copy_(values)
             else:
-                parameter.copy_(0.02 * values)
+                parameter.copy_(weight_std * values)
     return model.eval()
 
 
@@ -169,6 +171,7 @@ def write_tiny_llama(
     vocab: int = DEFAULT_VOCAB,
     tie_word_embeddings: bool = False,
     seed: int = 0,
+    weight_std: float = 0.02,
 ) -> Path:
     """Saves a tiny Llama (safetensors, fp32) and its tokenizer into `directory`; returns `directory`.
 
@@ -176,7 +179,7 @@ def write_tiny_llama(
     (64 or 128) is divisible by group sizes 32 and 64; pass hidden=96 for a model where 64 does not divide.
     """
     directory = Path(directory)
-    model = build_tiny_llama(num_layers, hidden, intermediate, heads, kv_heads, vocab, tie_word_embeddings, seed)
+    model = build_tiny_llama(num_layers, hidden, intermediate, heads, kv_heads, vocab, tie_word_embeddings, seed, weight_std)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tiny_tokenizer(vocab).save_pretrained(directory)

@@ -197,7 +197,7 @@ def verdict(
 ) -> tuple[str, str]:
     """Returns the outcome and message of an evaluated match: overflow, nan, collapse or ok."""
     if overflowed:
-        return "overflow", f"fp16 overflow (inf) in {len(overflowed)} linear outputs, first {overflowed[0]}"
+        return "overflow", f"fp16 overflow (inf/NaN) in {len(overflowed)} linear outputs, first {overflowed[0]}"
     if not finite:
         return "nan", "NaN or Inf in the logits"
     ratio = quality.perplexity / quality.base_perplexity
@@ -209,7 +209,7 @@ def verdict(
 
 
 class _OverflowWatch:
-    """Records the quantized linear modules whose fp16 outputs hold an infinity (fp16 compute only)."""
+    """Records the quantized linear modules whose fp16 outputs hold an inf or NaN (fp16 compute only)."""
 
     def __init__(self, model: torch.nn.Module, compute_dtype: torch.dtype):
         self.model = model
@@ -226,7 +226,7 @@ class _OverflowWatch:
 
     def _hook(self, name: str):
         def check(_module, _inputs, output):
-            if name not in self.modules and torch.isinf(output).any():
+            if name not in self.modules and not torch.isfinite(output).all():
                 self.modules.append(name)
 
         return check
