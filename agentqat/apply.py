@@ -115,6 +115,11 @@ class LayerCache:
             self.bytes -= sum(b.numel() * b.element_size() for b in evicted.buffers())
         return module
 
+    def clear(self) -> None:
+        """Drops every cached module (the hit and miss counts stay)."""
+        self.entries.clear()
+        self.bytes = 0
+
     @property
     def hit_rate(self) -> float:
         total = self.hits + self.misses

@@ -86,11 +86,14 @@ def compare(model: nn.Module, reference: Reference, batch_size: int = 4) -> Comp
     )
     for batch, probs, neg_entropy, base_argmax in batches:
         logits = model(input_ids=batch).logits[:, :-1].float()
-        finite = finite and bool(torch.isfinite(logits).all())
         log_normalizer = torch.logsumexp(logits, dim=-1)
         expected_logit = torch.einsum("btv,btv->bt", probs.float(), logits)
         # KL is never negative; rounding can take a near-zero position a hair below zero.
-        kl.append((neg_entropy - expected_logit + log_normalizer).clamp_min(0).mean(dim=1))
+        position_kl = (neg_entropy - expected_logit + log_normalizer).clamp_min(0)
+        # A NaN or +inf logit makes its row's logsumexp non-finite, a -inf one where the base has mass makes
+        # the KL infinite: checking these reductions spares a pass over the whole logits tensor.
+        finite = finite and bool(torch.isfinite(log_normalizer).all() and torch.isfinite(position_kl).all())
+        kl.append(position_kl.mean(dim=1))
         target_logit = logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
         nll.append((log_normalizer - target_logit).mean(dim=1))
         top1.append((logits.argmax(-1) == base_argmax).float().mean(dim=1))

@@ -139,3 +139,18 @@ def test_calibration_is_cached_on_disk_and_sharing_survives(model, windows, cali
     name = "model.layers.0.self_attn.q_proj"
     assert torch.equal(again.stats[name].hessian, calibration.stats[name].hessian)
     assert again.stats[name] is again.stats["model.layers.0.self_attn.v_proj"]
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_logits_are_flagged(model, windows, bad_value):
+    from agentqat.quality import compare, reference_of
+
+    reference = reference_of(model, windows)
+    assert compare(model, reference).finite
+    head = model.lm_head.weight
+    original = head.data[7].clone()
+    head.data[7] = bad_value
+    try:
+        assert not compare(model, reference).finite
+    finally:
+        head.data[7] = original

@@ -124,7 +124,7 @@ def test_fp16_overflow_is_detected(workbench):
         result = play(workbench, {"default": {"weight": {"bits": 8, "group_size": 32}}, "arithmetic": {"compute_dtype": "fp16"}})
     finally:
         linear.weight.data.copy_(original)
-        workbench.cache.entries.clear()
+        workbench.cache.clear()
     assert result.outcome == "overflow", result
     assert "model.layers.0.mlp.down_proj" in result.message
 

@@ -15,9 +15,11 @@ from dataclasses import asdict
 from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
+from agentqat.errors import UserError
 
 HARD_LIMIT_FACTOR = 1.5  # the cooperative timeout inside a match comes first; this catches a stuck kernel
 MAX_ATTEMPTS = 2
+ACTOR_START_SECONDS = 600  # loading the model and calibration in every actor; a cold cache converts the GGUF
 
 
 def _evaluator_class():
@@ -49,7 +51,7 @@ def _evaluator_class():
 
 
 def start_ray(address: str | None, num_cpus: int) -> None:
-    """Connects to the Ray cluster at `address`, or starts a local one with `num_cpus` CPUs."""
+    """Connects to the Ray cluster at `address`, or starts a local one with at least `num_cpus` CPUs."""
     import ray
 
     if ray.is_initialized():
@@ -57,7 +59,8 @@ def start_ray(address: str | None, num_cpus: int) -> None:
     if address:
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        cpus = max(num_cpus, os.cpu_count() or 1)
+        ray.init(num_cpus=cpus, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
 
 
 class EvaluatorPool:
@@ -75,7 +78,16 @@ class EvaluatorPool:
             )
             for index in range(workers)
         ]
-        ray.get([actor.pid.remote() for actor in self.actors])  # wait until every model is loaded
+        try:  # wait until every actor has loaded the model
+            ray.get([actor.pid.remote() for actor in self.actors], timeout=ACTOR_START_SECONDS)
+        except ray.exceptions.GetTimeoutError:
+            cpus = ray.cluster_resources().get("CPU", 0)
+            self.shutdown()
+            raise UserError(
+                f"{workers} evaluator actors of {arena.compute_threads} CPU each did not start within "
+                f"{ACTOR_START_SECONDS} s; the Ray cluster has {cpus:g} CPUs",
+                "use fewer --workers or a cluster with more CPUs",
+            ) from None
 
     def run(
         self, requests: Iterable[MatchRequest], on_result: Callable[[MatchResult], None] | None = None
