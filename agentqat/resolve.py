@@ -7,7 +7,7 @@ field remembers the JSON path that set it, so an error names the rule to fix.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import get_args
 
 from agentqat.models import LinearInfo, ModelFacts
@@ -171,15 +171,6 @@ def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
     if problems:
         raise StrategyError(strategy.name, problems)
     return ResolvedStrategy(strategy, facts.name, modules, strategy.arithmetic.compute_dtype)
-
-
-def config_fields(config: ModuleConfig) -> dict:
-    """Returns the module config as a flat JSON-ready dict (weight.*, activation.*, outliers.*)."""
-    return {
-        f"{group}.{f.name}": getattr(getattr(config, group), f.name)
-        for group in GENE_TARGETS
-        for f in fields(GENE_TARGETS[group])
-    }
 
 
 def needs_calibration(resolved: ResolvedStrategy) -> bool:

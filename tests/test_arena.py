@@ -136,6 +136,7 @@ def test_confirm_stage_runs_tasks_on_disjoint_windows(workbench):
     nlls = [screen.quality.window_nll] + [r.quality.window_nll for r in sets]
     assert len({tuple(n) for n in nlls}) == 4
     assert sets[0].quality.cloze_accuracy is not None
+    assert sets[1].quality.cloze_accuracy is None and sets[2].quality.cloze_accuracy is None  # tasks run once
 
 
 def test_layer_cache_hits_on_a_repeated_config(workbench):

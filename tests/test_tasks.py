@@ -1,4 +1,4 @@
-"""Tests of agentqat.arena.tasks on the tiny Llama built in the session (and, marked slow, on the real default model)."""
+"""Tests of agentqat.arena.tasks on the session's tiny Llama (and, marked slow, on the real default model)."""
 
 from __future__ import annotations
 
@@ -177,19 +177,20 @@ PROMPTS = ["The capital of France is", "2 + 2 =", "The opposite of hot is", "A",
 
 def test_generation_is_deterministic_and_independent_of_batch_size(tiny):
     # Batch 1 has no padding at all, so equal outputs in batches of 2 and 5 show the left padding is right.
-    single = generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=1)
-    for batch_size in (2, 5):
-        assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=batch_size) == single
-    assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, max_new_tokens=8, batch_size=5) == single  # again
+    single = generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, batch_size=1)
+    assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, batch_size=5) == single
+    assert generate_token_ids(tiny.model, tiny.tokenizer, PROMPTS, batch_size=5) == single  # again: deterministic
     assert [len(ids) for ids in single] == [8] * len(PROMPTS)
     # The check has teeth: the same batch attending to its padding generates something else.
     encoded = tiny.tokenizer(PROMPTS, add_special_tokens=False)["input_ids"]
     width = max(len(ids) for ids in encoded)
     padded = torch.tensor([[3] * (width - len(ids)) + ids for ids in encoded])
-    unmasked = tiny.model.generate(padded, attention_mask=torch.ones_like(padded), max_new_tokens=8, do_sample=False, pad_token_id=3)
+    unmasked = tiny.model.generate(
+        padded, attention_mask=torch.ones_like(padded), max_new_tokens=8, do_sample=False, pad_token_id=3
+    )
     assert [tuple(row) for row in unmasked[:, width:].tolist()] != single
     questions = [Question(prompt, "x") for prompt in PROMPTS]
-    decoded = answer_questions(tiny.model, tiny.tokenizer, questions, batch_size=2)
+    decoded = answer_questions(tiny.model, tiny.tokenizer, questions, batch_size=3)
     assert decoded == [tiny.tokenizer.decode(ids, skip_special_tokens=True) for ids in single]
 
 
@@ -207,9 +208,9 @@ def test_qualifying_questions_and_qa_exact_match(tiny):
     right = [Question(p, words[0]) for p, words in zip(PROMPTS, first_words) if words]
     wrong = [Question(p, "zebra") for p in PROMPTS]
     assert right
-    qualified = qualifying_questions(tiny.model, tiny.tokenizer, wrong[:2] + right + wrong[2:], batch_size=3)
+    qualified = qualifying_questions(tiny.model, tiny.tokenizer, wrong[:2] + right + wrong[2:], batch_size=6)
     assert qualified == right
-    score, answered = qa_exact_match(tiny.model, tiny.tokenizer, qualified, batch_size=2)
+    score, answered = qa_exact_match(tiny.model, tiny.tokenizer, qualified, batch_size=3)
     assert score == 1.0 and len(answered) == len(right)
     assert qa_exact_match(tiny.model, tiny.tokenizer, wrong)[0] == 0.0
     with pytest.raises(UserError, match="no qualifying questions"):

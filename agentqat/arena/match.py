@@ -99,8 +99,21 @@ class Workbench:
             self._questions = qualifying_questions(self.loaded.model, self.loaded.tokenizer, load_questions())
         return self._questions
 
+    def prepare(self, seed: int) -> None:
+        """Computes everything the base model contributes to every stage for `seed`, before any match."""
+        for stage in self.arena.stages:
+            for window_set in range(stage.window_sets):
+                self.reference(stage, seed, window_set)
+            if stage.cloze:
+                self.cloze(seed)
+            if stage.qa:
+                self.questions()
+
     def play(self, request: MatchRequest) -> MatchResult:
-        """Returns the result of one match; never raises for anything the strategy or model does."""
+        """Returns the result of one match; never raises for anything the strategy or model does.
+
+        The match's time limit counts from when the base model's references are ready (`prepare`).
+        """
         started = time.perf_counter()
         stage = self.arena.stage(request.stage)
         name = str(request.document.get("name", "unnamed")) if isinstance(request.document, dict) else "unnamed"
@@ -117,7 +130,7 @@ class Workbench:
         )
         try:
             strategy = parse_strategy(request.document)
-            fields = self._evaluate(strategy, stage, request, started)
+            fields = self._evaluate(strategy, stage, request)
         except StrategyError as error:
             fields = dict(outcome="invalid", message="; ".join(error.lines))
         except _Timeout as error:
@@ -137,7 +150,7 @@ class Workbench:
         if elapsed > self.arena.match_seconds:
             raise _Timeout(f"{phase} ended after {elapsed:.0f} s, over the arena's {self.arena.match_seconds:.0f} s")
 
-    def _evaluate(self, strategy: Strategy, stage: Stage, request: MatchRequest, started: float) -> dict:
+    def _evaluate(self, strategy: Strategy, stage: Stage, request: MatchRequest) -> dict:
         model = self.loaded.model
         resolved = resolve_strategy(strategy, self.loaded.facts)
         calibration = None
@@ -145,9 +158,11 @@ class Workbench:
             calibration = self.calibration(request.calibration_windows or self.arena.calibration_windows)
         # Everything measured on the base model comes first: the strategy replaces its modules below.
         reference = self.reference(stage, request.seed, request.window_set)
-        cloze_set, base_cloze = self.cloze(request.seed) if stage.cloze else (None, None)
-        questions = self.questions() if stage.qa else []
-        self._check_time(started, "preparation")
+        # Tasks do not depend on the window set: they run once per strategy and stage, with window set 0.
+        run_tasks = request.window_set == 0
+        cloze_set, base_cloze = self.cloze(request.seed) if stage.cloze and run_tasks else (None, None)
+        questions = self.questions() if stage.qa and run_tasks else []
+        started = time.perf_counter()  # the limit is on the strategy's work, not on the base model's
         quantize_started = time.perf_counter()
         with strategy_applied(model, resolved, calibration, self.cache) as applied:
             quantize_seconds = time.perf_counter() - quantize_started

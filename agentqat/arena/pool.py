@@ -19,7 +19,7 @@ from agentqat.errors import UserError
 
 HARD_LIMIT_FACTOR = 1.5  # the cooperative timeout inside a match comes first; this catches a stuck kernel
 MAX_ATTEMPTS = 2
-ACTOR_START_SECONDS = 600  # loading the model and calibration in every actor; a cold cache converts the GGUF
+ACTOR_START_SECONDS = 900  # loading the model and the base references in every actor; a cold cache converts the GGUF
 
 
 def _evaluator_class():
@@ -35,7 +35,9 @@ def _evaluator_class():
             from agentqat.arena.match import Workbench
 
             self.name = name
-            self.workbench = Workbench(ArenaModel.model_validate_json(arena_json), worker=name)
+            arena = ArenaModel.model_validate_json(arena_json)
+            self.workbench = Workbench(arena, worker=name)
+            self.workbench.prepare(arena.seed)
 
         def play(self, request: MatchRequest) -> dict:
             return asdict(self.workbench.play(request))

@@ -149,7 +149,9 @@ def load_questions(path: Path | None = None) -> tuple[Question, ...]:
             entry = json.loads(line)
             question = Question(prompt=entry["prompt"], answer=entry["answer"])
         except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise UserError(f"{source} line {number} is not a question ({error})", 'write {"prompt": ..., "answer": ...}') from None
+            raise UserError(
+                f"{source} line {number} is not a question ({error})", 'write {"prompt": ..., "answer": ...}'
+            ) from None
         if not question.prompt.strip() or len(question.answer.split()) != 1:
             raise UserError(f"{source} line {number} needs a prompt and a one-word answer", "fix the line")
         questions.append(question)
