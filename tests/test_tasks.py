@@ -210,9 +210,10 @@ def test_qualifying_questions_and_qa_exact_match(tiny):
     assert right
     qualified = qualifying_questions(tiny.model, tiny.tokenizer, wrong[:2] + right + wrong[2:], batch_size=6)
     assert qualified == right
-    score, answered = qa_exact_match(tiny.model, tiny.tokenizer, qualified, batch_size=3)
-    assert score == 1.0 and len(answered) == len(right)
-    assert qa_exact_match(tiny.model, tiny.tokenizer, wrong)[0] == 0.0
+    answers = qa_exact_match(tiny.model, tiny.tokenizer, qualified, batch_size=3)
+    assert answers.score == 1.0 and len(answers.texts) == len(answers.token_ids) == len(right)
+    assert answers.texts == tuple(tiny.tokenizer.decode(ids, skip_special_tokens=True) for ids in answers.token_ids)
+    assert qa_exact_match(tiny.model, tiny.tokenizer, wrong).score == 0.0
     with pytest.raises(UserError, match="no qualifying questions"):
         qa_exact_match(tiny.model, tiny.tokenizer, [])
 
@@ -256,8 +257,8 @@ def test_default_model_answers_questions_and_cloze(monkeypatch):
     qualified = qualifying_questions(loaded.model, loaded.tokenizer, load_questions())
     assert len(qualified) >= 10
     # Scored in other batches than during qualification, the base model still answers all of them.
-    score, generations = qa_exact_match(loaded.model, loaded.tokenizer, qualified, batch_size=8)
-    assert score == 1.0, [g for g, q in zip(generations, qualified) if not exact_match(g, q.answer)]
+    answers = qa_exact_match(loaded.model, loaded.tokenizer, qualified, batch_size=8)
+    assert answers.score == 1.0, [g for g, q in zip(answers.texts, qualified) if not exact_match(g, q.answer)]
     cloze = cloze_items(loaded.tokenizer, load_corpus().heldout, 32, 128, seed=0)
     accuracy, _ = cloze_accuracy(loaded.model, cloze)
     assert accuracy > 0

@@ -177,9 +177,8 @@ class Workbench:
             if comparison.finite and cloze_set is not None:
                 cloze = cloze_accuracy(model, cloze_set)[0]
             if comparison.finite and questions:
-                qa, generations = qa_exact_match(model, self.loaded.tokenizer, questions)
-                tokenizer = self.loaded.tokenizer
-                degenerate = degenerate_share([tokenizer(g, add_special_tokens=False)["input_ids"] for g in generations])
+                answers = qa_exact_match(model, self.loaded.tokenizer, questions)
+                qa, degenerate = answers.score, degenerate_share(answers.token_ids)
             self._check_time(started, "tasks")
         bits = strategy_bits(resolved, self.loaded.facts, applied.outlier_counts)
         quality = Quality(

@@ -205,15 +205,25 @@ def qualifying_questions(
     return [question for question, generated in zip(questions, generations) if exact_match(generated, question.answer)]
 
 
+@dataclass(frozen=True)
+class Answers:
+    """A model's answers to qualified questions: the exact-match share, the texts and their token ids."""
+
+    score: float
+    texts: tuple[str, ...]
+    token_ids: tuple[tuple[int, ...], ...]  # as generated: collapse shows here, re-tokenized text can hide it
+
+
 def qa_exact_match(
     model: nn.Module, tokenizer, qualified: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16
-) -> tuple[float, list[str]]:
-    """Returns the share of qualified questions the model answers correctly, and its generations."""
+) -> Answers:
+    """Returns the share of qualified questions the model answers correctly, with its generations."""
     if not qualified:
         raise UserError("no qualifying questions: the base model answers none correctly", "use a larger model")
-    generations = answer_questions(model, tokenizer, qualified, max_new_tokens, batch_size)
-    hits = [exact_match(generated, question.answer) for question, generated in zip(qualified, generations)]
-    return sum(hits) / len(hits), generations
+    token_ids = generate_token_ids(model, tokenizer, [q.prompt for q in qualified], max_new_tokens, batch_size)
+    texts = tuple(tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids)
+    hits = [exact_match(text, question.answer) for question, text in zip(qualified, texts)]
+    return Answers(sum(hits) / len(hits), texts, tuple(token_ids))
 
 
 # ----------------------------------------------------------------------------------------- degeneration
