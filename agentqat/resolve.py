@@ -18,6 +18,9 @@ ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
 GENE_TARGETS = {"weight": WeightQuant, "activation": ActivationQuant, "outliers": OutlierPolicy}
 GROUP_SIZES = get_args(GroupSize)
 BNB_BLOCK_SIZES = tuple(g for g in GROUP_SIZES if g >= 32 and g & (g - 1) == 0)  # powers of two bitsandbytes takes
+FORMAT_BITS = {"nf4": 4, "fp4": 4, "fp8_e4m3": 8, "llm_int8": 8}  # formats with a fixed code width
+BNB_BLOCK_FORMATS = ("nf4", "fp4")  # bitsandbytes formats with an absmax per block
+POW2_FORMATS = ("int", "fp8_e4m3")  # formats whose scales may be powers of two
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,7 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
                 f"{where('weight', 'group_size')}: group_size {weight.group_size} does not divide the input width "
                 f"{info.in_features}; use one of {divisors} or 0 (per channel)"
             )
-        needed_bits = {"nf4": 4, "fp4": 4, "fp8_e4m3": 8, "llm_int8": 8}.get(weight.format)
+        needed_bits = FORMAT_BITS.get(weight.format)
         if needed_bits and weight.bits != needed_bits:
             problems.append(
                 f"{where('weight', 'bits')}: format {weight.format} stores {needed_bits}-bit codes but bits is "
@@ -98,12 +101,12 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
                 f"{where('weight', 'rounding')}: rounding {weight.rounding} works on integer grids only, not on "
                 f"format {weight.format}; use rounding rtn or format int"
             )
-        if weight.format in ("nf4", "fp4") and weight.group_size not in BNB_BLOCK_SIZES:
+        if weight.format in BNB_BLOCK_FORMATS and weight.group_size not in BNB_BLOCK_SIZES:
             problems.append(
                 f"{where('weight', 'group_size')}: bitsandbytes' {weight.format} takes blocks of "
                 f"{', '.join(map(str, BNB_BLOCK_SIZES))}, not {weight.group_size or 'per channel'}"
             )
-        if weight.format in ("nf4", "fp4") and weight.clip != 1.0:
+        if weight.format in BNB_BLOCK_FORMATS and weight.clip != 1.0:
             problems.append(
                 f"{where('weight', 'clip')}: bitsandbytes' {weight.format} scales by the block's absmax; set clip 1.0"
             )
@@ -112,7 +115,7 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
                 f"{where('weight', 'group_size')}: llm_int8 scales each output row; set group_size 0, "
                 f"not {weight.group_size}"
             )
-        if weight.format in ("nf4", "fp4", "llm_int8") and weight.scale == "pow2":
+        if weight.format not in POW2_FORMATS and weight.scale == "pow2":
             problems.append(
                 f"{where('weight', 'scale')}: bitsandbytes' {weight.format} keeps its own absmax scales; "
                 f"power-of-two scales apply to int and fp8_e4m3; set scale fp16"
@@ -125,8 +128,8 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
     return problems
 
 
-def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
-    """Returns the strategy resolved for the model, or raises StrategyError listing every problem."""
+def _selections(strategy: Strategy, facts: ModelFacts) -> tuple[list[tuple[int, set[str]]], list[str]]:
+    """Returns (rule index, names of the modules it selects) per rule with valid layers, and one line per problem."""
     problems: list[str] = []
     selections: list[tuple[int, set[str]]] = []
     for index, rule in enumerate(strategy.rules):
@@ -147,21 +150,40 @@ def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
                 )
             selected |= matched
         selections.append((index, selected))
+    return selections, problems
 
+
+def _layered(strategy: Strategy, selections: list[tuple[int, set[str]]], info: LinearInfo) -> tuple[ModuleConfig, dict]:
+    """Returns the module's config (base default, default, matching rules in order) and each field's JSON path."""
+    values = {group: {} for group in GENE_TARGETS}
+    origins = {group: {} for group in GENE_TARGETS}
+    _merge(values, origins, BASE_DEFAULT, "base")
+    origins = {group: {} for group in GENE_TARGETS}
+    _merge(values, origins, strategy.default, "default")
+    for index, selected in selections:
+        if info.name in selected:
+            _merge(values, origins, strategy.rules[index], f"rules[{index}]")
+    if strategy.arithmetic.shift_scales:
+        values["weight"]["scale"] = "pow2" if values["weight"]["format"] in POW2_FORMATS else "fp16"
+    return ModuleConfig(**{group: GENE_TARGETS[group](**values[group]) for group in GENE_TARGETS}), origins
+
+
+def layered_configs(strategy: Strategy, facts: ModelFacts) -> dict[str, ModuleConfig]:
+    """Returns every module's config as the strategy layers it, unchecked: rules with bad layers are skipped.
+
+    What `resolve_strategy` would check is left in place, for callers that repair strategies.
+    """
+    selections, _ = _selections(strategy, facts)
+    return {info.name: _layered(strategy, selections, info)[0] for info in facts.linears}
+
+
+def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
+    """Returns the strategy resolved for the model, or raises StrategyError listing every problem."""
+    selections, problems = _selections(strategy, facts)
     modules: dict[str, ModuleConfig] = {}
     module_problems: dict[str, list[str]] = {}
     for info in facts.linears:
-        values = {group: {} for group in GENE_TARGETS}
-        origins = {group: {} for group in GENE_TARGETS}
-        _merge(values, origins, BASE_DEFAULT, "base")
-        origins = {group: {} for group in GENE_TARGETS}
-        _merge(values, origins, strategy.default, "default")
-        for index, selected in selections:
-            if info.name in selected:
-                _merge(values, origins, strategy.rules[index], f"rules[{index}]")
-        if strategy.arithmetic.shift_scales:
-            values["weight"]["scale"] = "pow2" if values["weight"]["format"] in ("int", "fp8_e4m3") else "fp16"
-        config = ModuleConfig(**{group: GENE_TARGETS[group](**values[group]) for group in GENE_TARGETS})
+        config, origins = _layered(strategy, selections, info)
         for problem in _check_module(config, info, origins):
             module_problems.setdefault(problem, []).append(info.name)
         modules[info.name] = config

@@ -1,0 +1,28 @@
+"""Generators of strategies and their variation operators. Importing this package registers every generator."""
+
+from agentqat.generators import random  # noqa: F401  (registration)
+from agentqat.generators.base import (
+    GENERATORS,
+    Evaluated,
+    GeneChoices,
+    Generator,
+    SearchSpace,
+    make_generator,
+    register_generator,
+)
+from agentqat.generators.operators import CROSSOVERS, MUTATIONS, apply_random_operator
+from agentqat.generators.repair import repair
+
+__all__ = [
+    "CROSSOVERS",
+    "GENERATORS",
+    "MUTATIONS",
+    "Evaluated",
+    "GeneChoices",
+    "Generator",
+    "SearchSpace",
+    "apply_random_operator",
+    "make_generator",
+    "register_generator",
+    "repair",
+]

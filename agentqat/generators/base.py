@@ -1,0 +1,162 @@
+"""The generator interface: what every generator (random, evo, llm) offers the evolution loop, and its registry.
+
+Like an optuna sampler, a generator is tiny: `propose` strategy documents given the population so far, with
+the random generator passed in explicitly, and `tell` it how evaluated strategies fared. It never evaluates
+anything itself and does no I/O; the loop owns both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar, get_args, get_origin
+
+import numpy as np
+from pydantic import BaseModel
+
+from agentqat.bits import module_bits
+from agentqat.models import ModelFacts
+from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.resolve import ModuleConfig
+from agentqat.scoring import Ranked
+from agentqat.strategy import ActivationGene, Arithmetic, OutlierGene, WeightGene
+
+T = TypeVar("T")
+
+
+def pick(rng: np.random.Generator, values: Sequence[T]) -> T:
+    """Returns one of `values` uniformly at random, as the value itself (never a numpy scalar)."""
+    return values[int(rng.integers(len(values)))]
+
+
+def enum_values(gene: type[BaseModel], field: str) -> tuple:
+    """Returns the values the strategy schema allows for one gene field (None, "not set", left out)."""
+    annotation = gene.model_fields[field].annotation
+    arms = (annotation,) if get_origin(annotation) is Literal else get_args(annotation)  # Literal[...] | None
+    values: list = []
+    for arm in arms:
+        if get_origin(arm) is Literal:
+            values.extend(get_args(arm))
+        elif arm is bool:
+            values.extend((False, True))
+    return tuple(values)
+
+
+# What repair falls back on; every GeneChoices must allow them.
+FALLBACKS = {"formats": "int", "roundings": "rtn", "scales": "fp16", "clips": 1.0, "group_sizes": 0}
+MAX_KEPT_FRACTION = 0.01  # the largest keep_fp16 fraction generators draw: 1% costs 0.48 bits per weight
+
+
+@dataclass(frozen=True)
+class GeneChoices:
+    """The gene values generators may use; by default every value the strategy schema allows."""
+
+    bits: tuple[int, ...] = enum_values(WeightGene, "bits")
+    group_sizes: tuple[int, ...] = enum_values(WeightGene, "group_size")
+    symmetric: tuple[bool, ...] = enum_values(WeightGene, "symmetric")
+    formats: tuple[str, ...] = enum_values(WeightGene, "format")
+    scales: tuple[str, ...] = enum_values(WeightGene, "scale")
+    roundings: tuple[str, ...] = enum_values(WeightGene, "rounding")
+    clips: tuple[float | str, ...] = enum_values(WeightGene, "clip")
+    outlier_methods: tuple[str, ...] = enum_values(OutlierGene, "method")
+    outlier_fractions: tuple[float, ...] = enum_values(OutlierGene, "fraction")
+    outlier_criteria: tuple[str, ...] = enum_values(OutlierGene, "criterion")
+    outlier_thresholds: tuple[float, ...] = enum_values(OutlierGene, "threshold")
+    activation_bits: tuple[int, ...] = enum_values(ActivationGene, "bits")
+    activation_formats: tuple[str, ...] = enum_values(ActivationGene, "format")
+    granularities: tuple[str, ...] = enum_values(ActivationGene, "granularity")
+    smooth_alphas: tuple[float, ...] = enum_values(ActivationGene, "smooth_alpha")
+    compute_dtypes: tuple[str, ...] = enum_values(Arithmetic, "compute_dtype")
+
+    @property
+    def kept_fractions(self) -> tuple[float, ...]:
+        """Returns the keep_fp16 fractions generators draw: the nonzero ones up to MAX_KEPT_FRACTION."""
+        return tuple(f for f in self.outlier_fractions if 0 < f <= MAX_KEPT_FRACTION)
+
+    def __post_init__(self) -> None:
+        missing = [f"{field} {value!r}" for field, value in FALLBACKS.items() if value not in getattr(self, field)]
+        if missing:
+            raise ValueError(f"gene choices must allow what repair falls back on: {', '.join(missing)}")
+
+
+def cheapest_bits_per_weight(facts: ModelFacts, choices: GeneChoices) -> float:
+    """Returns the bits per weight of the cheapest strategy the choices allow (what repair can always reach)."""
+    weight = WeightQuant(
+        bits=min(choices.bits), group_size=0, symmetric=True in choices.symmetric, format="int",
+        scale="pow2" if "pow2" in choices.scales else "fp16", rounding="rtn",
+    )  # fmt: skip
+    config = ModuleConfig(weight, ActivationQuant(), OutlierPolicy())
+    total = sum(module_bits(config, info, 0).total for info in facts.linears)
+    return total / sum(info.in_features * info.out_features for info in facts.linears)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """What generators may produce: strategies for one model, within a bit budget, from these gene choices."""
+
+    facts: ModelFacts
+    bits_budget: float
+    choices: GeneChoices = GeneChoices()
+
+    def __post_init__(self) -> None:
+        floor = cheapest_bits_per_weight(self.facts, self.choices)
+        if self.bits_budget < floor:
+            raise ValueError(
+                f"bit budget {self.bits_budget} is below the cheapest strategy's {floor:.3f} bits per weight "
+                f"on {self.facts.name}"
+            )
+
+
+@dataclass(frozen=True)
+class Evaluated:
+    """A strategy document with its fate in the arena; kl and bits are None when the match failed."""
+
+    document: dict
+    score: float
+    survives: bool
+    outcome: str
+    kl: float | None
+    bits: float | None
+
+    @classmethod
+    def from_ranked(cls, document: dict, row: Ranked) -> Evaluated:
+        """Returns the fate a leaderboard row records for `document`."""
+        agg = row.aggregate
+        return cls(document, row.score, row.survives, agg.outcome, agg.kl, agg.bits_per_weight)
+
+
+class Generator(Protocol):
+    """Proposes strategy documents and learns from how evaluated ones fared."""
+
+    name: str
+
+    def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
+        """Returns up to `count` new strategy documents, distinct from each other and from the population."""
+        ...
+
+    def tell(self, evaluated: Sequence[Evaluated]) -> None:
+        """Learns from strategies the arena has evaluated (proposed by this generator or not)."""
+        ...
+
+
+GeneratorFactory = Callable[[SearchSpace], Generator]
+GENERATORS: dict[str, GeneratorFactory] = {}
+
+
+def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFactory]:
+    """Returns a decorator that registers a generator factory (a class taking the search space) under `name`."""
+
+    def decorate(factory: GeneratorFactory) -> GeneratorFactory:
+        if name in GENERATORS:
+            raise ValueError(f"generator {name!r} registered twice")
+        GENERATORS[name] = factory
+        return factory
+
+    return decorate
+
+
+def make_generator(name: str, space: SearchSpace) -> Generator:
+    """Returns the generator registered under `name`, set up for `space`."""
+    if name not in GENERATORS:
+        raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(sorted(GENERATORS))}")
+    return GENERATORS[name](space)
