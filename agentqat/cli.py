@@ -165,6 +165,83 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evolve(args: argparse.Namespace) -> int:
+    """Evolves strategies on an arena: generations of proposals from a generator (random, evo, llm), staged
+    matches on Ray evaluator actors, survivors kept; every proposal and match recorded in runs/<name>/.
+    `--resume runs/<name>` continues a stopped or killed run with its recorded settings."""
+    import platform
+    from dataclasses import asdict
+
+    from agentqat import ui
+    from agentqat.arena.config import Arena, load_arena
+    from agentqat.arena.pool import make_pool
+    from agentqat.arena.recorded import RecordedPlayer
+    from agentqat.evolve import EvolveSettings, evolve
+    from agentqat.generators import GENERATORS, SearchSpace, make_generator
+    from agentqat.models import load_facts
+    from agentqat.runs import EvolveJournal
+    from agentqat.store import RunStore
+    from agentqat.strategy import SCHEMA_VERSION
+
+    if args.resume:
+        directory = Path(args.resume)
+        store = RunStore.open(directory)
+        manifest = store.manifest
+        if manifest.get("kind") != "evolve":
+            raise UserError(f"{directory} is a {manifest.get('kind')} run, not an evolve run", "resume it with its own command")
+        arena, settings = Arena.model_validate(manifest["arena"]), EvolveSettings(**manifest["settings"])
+    else:
+        arena = load_arena(args.arena)
+        try:
+            settings = EvolveSettings(
+                generator=args.generator, seed=args.seed, population=args.population,
+                generations=args.generations, patience=args.patience, match_budget=args.budget,
+                time_budget_s=None if args.minutes is None else args.minutes * 60, stop_when_clear=not args.no_clear_stop,
+            )  # fmt: skip
+        except ValueError as error:
+            raise UserError(str(error), "see agentqat evolve --help") from None
+        if settings.generator not in GENERATORS:
+            raise UserError(f"unknown generator {settings.generator!r}", f"pass --generator {' or '.join(sorted(GENERATORS))}")
+        directory = args.runs / (args.run or f"evolve-{settings.generator}-{arena.name}-seed{settings.seed}")
+        manifest = {
+            "kind": "evolve",
+            "arena": arena.model_dump(),
+            "settings": asdict(settings),
+            "strategy_schema_version": SCHEMA_VERSION,
+            "versions": {"python": platform.python_version(), **_versions()},
+        }
+        store = RunStore.create(directory, manifest)
+    try:
+        space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    except ValueError as error:
+        raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
+    generator = make_generator(settings.generator, space)
+    journal = EvolveJournal(store)
+    pool = make_pool(arena, args.workers, args.ray_address)
+    view = ui.EvolveView(str(directory), generator, settings.generations, settings.match_budget)
+    player = RecordedPlayer(pool.run, store, on_result=view.match_finished, on_start=view.match_started)
+    try:
+        with view:
+            outcome = evolve(generator, arena, player, settings, journal, view)
+    except KeyboardInterrupt:
+        print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
+        raise
+    finally:
+        pool.shutdown()
+    ui.print_evolve_outcome(outcome, directory)
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Prints a recorded run (evolve or baseline): its generations, every stage's leaderboard (failures
+    included) and the Pareto front of KL against bits, recomputed from the recorded match results."""
+    from agentqat import ui
+    from agentqat.runs import read_run
+
+    ui.print_run(read_run(Path(args.run_dir)))
+    return 0
+
+
 def _versions() -> dict:
     from importlib.metadata import version
 
@@ -233,6 +310,27 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--calibration", default=",".join(map(str, BASELINE_BUDGETS)), help="calibration budgets in windows (default: %(default)s)")
     baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
     baseline.set_defaults(handler=cmd_baseline)
+
+    evolve = commands.add_parser("evolve", help="evolve strategies on an arena, recorded as a resumable run", description=cmd_evolve.__doc__)
+    evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
+    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
+    evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
+    evolve.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
+    evolve.add_argument("--generations", type=int, default=defaults.GENERATIONS, help="at most this many generations (default: %(default)s)")
+    evolve.add_argument("--patience", type=int, default=defaults.PATIENCE, help="stop after this many generations without a better score (default: %(default)s)")
+    evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")
+    evolve.add_argument("--minutes", type=float, default=None, help="time budget in minutes (default: none)")
+    evolve.add_argument("--no-clear-stop", action="store_true", help="do not stop when one survivor's KL interval is clear of the rest (spend the whole budget)")
+    evolve.add_argument("--workers", type=int, default=defaults.EVOLVE_WORKERS, help="Ray evaluator actors; 0 plays in this process (default: %(default)s)")
+    evolve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    evolve.add_argument("--run", default="", help="run name under --runs (default: evolve-<generator>-<arena>-seed<seed>)")
+    evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
+    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings")
+    evolve.set_defaults(handler=cmd_evolve)
+
+    show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=cmd_show.__doc__)
+    show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/evolve-random-smollm2-default-seed0")
+    show.set_defaults(handler=cmd_show)
     return parser
 
 

@@ -11,6 +11,24 @@ CALIBRATION_WINDOWS = 32
 SEED = 0
 TORCH_THREADS = 2  # the machines this is designed for have 2 cores
 
+# Evolution (agentqat evolve): sized so that a run on the default arena takes minutes on 2 cores.
+GENERATOR = "random"
+POPULATION = 8  # survivors kept, and proposals evaluated per generation
+GENERATIONS = 6
+PATIENCE = 3  # generations without a better score before the run stops
+EVOLVE_WORKERS = 2  # Ray evaluator actors
+
+# The LLM generator's vLLM server (agentqat llm serve) and its clients.
+LLM_PORT = 8000
+LLM_THREADS = 1  # vLLM worker threads; on 2 cores the other one is left to the arena
+LLM_KV_CACHE_GIB = 1  # VLLM_CPU_KVCACHE_SPACE
+LLM_MAX_MODEL_LEN = 2048
+LLM_START_TIMEOUT_S = 300.0  # ~1 min on 2 cores with --enforce-eager
+LLM_REQUEST_TIMEOUT_S = 120.0
+LLM_RETRIES = 3  # retries of a request after a connection error, timeout or 5xx
+LLM_BACKOFF_S = 1.0  # first retry's wait, doubled on each retry
+LLM_TEMPERATURE = 1.0
+
 CACHE_ENV = "AGENTQAT_CACHE_DIR"
 
 

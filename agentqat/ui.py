@@ -180,3 +180,183 @@ def print_cache_stats(stats: list[dict], replayed: int) -> None:
         console.print(f"worker-{index}: layer cache {worker['hits']}/{total} hits ({rate:.0%}), {worker['bytes'] / 2**20:.0f} MiB")
     if replayed:
         console.print(f"{replayed} matches were already recorded in the run and not played again")
+
+
+def pareto_front(rows) -> list:
+    """Returns the rows on the KL-bits Pareto front (survivors of rank 0), cheapest first."""
+    front = [row for row in rows if row.pareto_rank == 0]
+    return sorted(front, key=lambda row: (row.aggregate.bits_per_weight, row.aggregate.kl))
+
+
+def _front_text(rows) -> str:
+    points = [f"{row.aggregate.bits_per_weight:.2f} b/w KL {row.aggregate.kl:.4f}" for row in pareto_front(rows)]
+    return " | ".join(points) or "-"
+
+
+def _duration(seconds: float) -> str:
+    minutes, seconds = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{seconds:02d}"
+
+
+class EvolveView:
+    """The live view of `agentqat evolve`: generation progress, workers, leaderboard, Pareto front, failures,
+    matches per hour and, for the LLM generator, proposals accepted and rejected. Plain lines when stdout is
+    not a terminal. Event handlers only update state under a lock; rich redraws from its own thread at
+    REFRESH_PER_SECOND, so the view never waits on the loop nor the loop on the view."""
+
+    REFRESH_PER_SECOND = 2
+    LEADERBOARD_ROWS = 8
+
+    def __init__(self, run: str, generator, generations: int, match_budget: int | None, clock=None):
+        import threading
+        import time
+
+        self.run, self.generator, self.generations, self.match_budget = run, generator, generations, match_budget
+        self.clock = clock or time.monotonic
+        self.started = self.clock()
+        self.lock = threading.Lock()
+        self.generation, self.proposals, self.played, self.done_in_generation = -1, 0, 0, 0
+        self.matches_before = 0  # matches of generations finished before (replayed or played)
+        self.workers: dict[str, tuple[str, str, float]] = {}  # worker -> (strategy, stage/set, since)
+        self.rows: list = []
+        self.failures: Counter = Counter()
+        self.last_summary = None
+        self.live = None
+
+    def __enter__(self) -> "EvolveView":
+        if console.is_terminal:
+            from rich.live import Live
+
+            self.live = Live(get_renderable=self._render, console=console, refresh_per_second=self.REFRESH_PER_SECOND)
+            self.live.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.live:
+            self.live.stop()
+
+    # --- events (from the loop's thread) ---------------------------------------------------------------------
+
+    def match_started(self, worker: str, request) -> None:
+        """Notes that a worker took a match."""
+        with self.lock:
+            name = request.document.get("name", "unnamed") if isinstance(request.document, dict) else "invalid"
+            self.workers[worker] = (str(name), f"{request.stage}/set{request.window_set}", self.clock())
+
+    def match_finished(self, result) -> None:
+        """Counts a played match; frees its worker."""
+        with self.lock:
+            self.played += 1
+            self.done_in_generation += 1
+            if result.failed:
+                self.failures[result.outcome] += 1
+            self.workers[result.worker or "local"] = ("idle", "", self.clock())
+        if not self.live:
+            quality = result.quality
+            detail = f"ppl {quality.perplexity:.2f} KL {quality.kl:.4f}" if quality else result.message[:100]
+            print(f"  match {result.strategy_name} {result.stage}/set{result.window_set}: {result.outcome} {detail} ({result.seconds:.1f} s)", flush=True)
+
+    def generation_started(self, generation: int, proposals: int) -> None:
+        """Shows a new generation with its number of proposals."""
+        with self.lock:
+            self.generation, self.proposals, self.done_in_generation = generation, proposals, 0
+        if not self.live:
+            print(f"generation {generation + 1}/{self.generations}: {proposals} proposals", flush=True)
+
+    def generation_finished(self, summary, rows) -> None:
+        """Takes the leaderboard and totals after a generation."""
+        with self.lock:
+            self.rows, self.last_summary, self.matches_before = list(rows), summary, summary.matches
+        if not self.live:
+            best = f"best {summary.best_name} score {summary.best_score:.4f}" if summary.best_name else "no survivor yet"
+            failures = ", ".join(f"{k} {v}" for k, v in summary.failures.items()) or "none"
+            print(
+                f"generation {summary.generation + 1} done: {summary.promoted}/{summary.proposed} reached the last stage, "
+                f"{summary.survivors} survived; failures {failures}; {best}{' (improved)' if summary.improved else ''}; "
+                f"{summary.matches} matches, {_duration(summary.elapsed_s)}",
+                flush=True,
+            )
+
+    # --- rendering (from rich's refresh thread) --------------------------------------------------------------
+
+    def _header(self) -> str:
+        elapsed = self.clock() - self.started
+        rate = self.played / elapsed * 3600 if elapsed > 0 else 0.0
+        budget = f" of {self.match_budget}" if self.match_budget else ""
+        matches = self.matches_before + self.done_in_generation
+        parts = [
+            f"[bold]evolve[/bold] {self.run}",
+            f"generator {self.generator.name}",
+            f"generation {self.generation + 1}/{self.generations} ({self.done_in_generation} matches of {self.proposals} proposals)",
+            f"matches {matches}{budget}",
+            f"{rate:.0f} matches/h",
+            _duration(elapsed),
+        ]
+        accepted, rejected = getattr(self.generator, "accepted", None), getattr(self.generator, "rejected", None)
+        if accepted is not None and rejected is not None:
+            parts.append(f"LLM proposals accepted {accepted}, rejected {rejected}")
+        return " · ".join(parts)
+
+    def _render(self):
+        from rich.console import Group
+        from rich.text import Text
+
+        with self.lock:
+            workers = Table("worker", "playing", "match", "for", title="workers", title_justify="left")
+            now = self.clock()
+            for name, (strategy, match, since) in sorted(self.workers.items()):
+                workers.add_row(name, strategy, match, f"{now - since:.0f} s")
+            board = Table("#", "strategy", "bits/w", "ppl", "KL", "score", "front", title="leaderboard (last stage)", title_justify="left")
+            for row in self.rows[: self.LEADERBOARD_ROWS]:
+                agg = row.aggregate
+                board.add_row(
+                    str(row.rank), agg.strategy_name, _number(agg.bits_per_weight, 3), _number(agg.perplexity, 2),
+                    _number(agg.kl, 4), "-" if row.score == float("-inf") else f"{row.score:.4f}",
+                    "-" if row.pareto_rank is None else str(row.pareto_rank),
+                )  # fmt: skip
+            failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
+            return Group(
+                Text.from_markup(self._header()),
+                workers,
+                board,
+                Text(f"Pareto front (bits, KL): {_front_text(self.rows)}"),
+                Text(f"failed matches: {failures}"),
+            )
+
+
+def print_evolve_outcome(outcome, directory: Path) -> None:
+    """Prints the end of an evolve run: why it stopped, the leaderboard and the Pareto front."""
+    print_leaderboard(list(outcome.rows)[:20], title=f"leaderboard after {len(outcome.generations)} generations ({outcome.matches} matches)")
+    console.print(f"Pareto front (bits, KL): {_front_text(outcome.rows)}", highlight=False)
+    console.print(f"stopped: {outcome.stop_reason}", highlight=False)
+    console.print(f"run directory: {directory}", highlight=False)
+
+
+def print_run(view) -> None:
+    """Prints a run read back (`agentqat show`): manifest facts, generations, each stage's leaderboard, front."""
+    manifest = view.manifest
+    settings = manifest.get("settings", {})
+    console.print(
+        f"[bold]{manifest.get('kind', 'run')}[/bold] {view.directory} on arena {manifest['arena']['name']}"
+        + (f", generator {settings['generator']}, seed {settings['seed']}" if settings else ""),
+        highlight=False,
+    )
+    if view.generations:
+        table = Table("gen", "proposed", "last stage", "survived", "failures", "best", "score", "matches", "elapsed", title="generations")
+        for g in view.generations:
+            failures = ", ".join(f"{k} {v}" for k, v in g["failures"].items()) or "-"
+            score = "-" if g["best_score"] is None else f"{g['best_score']:.4f}" + (" *" if g["improved"] else "")
+            table.add_row(
+                str(g["generation"] + 1), str(g["proposed"]), str(g["promoted"]), str(g["survivors"]), failures,
+                g["best_name"] or "-", score, str(g["matches"]), _duration(g["elapsed_s"]),
+            )  # fmt: skip
+        console.print(table)
+    for stage, rows in view.stages.items():
+        shown = rows if stage == list(view.stages)[-1] else [row for row in rows if row.aggregate.failed]
+        if shown:
+            title = f"stage {stage}: " + ("leaderboard" if shown is rows else f"{len(shown)} failed of {len(rows)}")
+            print_leaderboard(shown, title=title)
+    last = list(view.stages.values())[-1] if view.stages else []
+    console.print(f"Pareto front (bits, KL): {_front_text(last)}", highlight=False)
+    if view.summary:
+        console.print(f"stopped: {view.summary['stop_reason']}", highlight=False)

@@ -5,6 +5,8 @@ Fixtures:
   run (restored afterwards). Tests that need an empty cache set their own with `monkeypatch.setenv`.
 - `tiny_llama_dir` (session): a Hugging Face directory with the default tiny Llama (see `tiny_models`).
 - `tiny_gguf_path` (session): the same model as an F32 llama GGUF file.
+- `small_corpus_file` (session): a text file of 100 lee-news articles (40 evaluation, 40 calibration, 20 held
+  out) for arenas on the tiny models.
 - `make_tiny_llama(**kwargs) -> Path`, `make_tiny_gguf(**kwargs) -> Path` (session): other variants, e.g.
   `make_tiny_llama(hidden=96)` (group 64 does not divide 96) or `make_tiny_gguf(tensor_type="Q8_0")`; built
   once per distinct arguments and shared by the session, so do not modify what they return.
@@ -85,3 +87,14 @@ def tiny_gguf_path(make_tiny_gguf):
 def sensitive_llama_dir(make_tiny_llama):
     """The tiny Llama with linear weights N(0, 0.25^2): quantizing them moves its KL and top-1 measurably."""
     return make_tiny_llama(weight_std=0.25)
+
+
+@pytest.fixture(scope="session")
+def small_corpus_file(tmp_path_factory):
+    """A text file of 100 lee-news articles: enough windows for arenas on the tiny models."""
+    from agentqat.data import load_corpus
+
+    path = tmp_path_factory.mktemp("corpus") / "news.txt"
+    text = load_corpus("lee-news")
+    path.write_text("\n".join(text.evaluation.splitlines()[:40] + text.calibration.splitlines()[:40] + text.heldout.splitlines()[:20]))
+    return path

@@ -21,21 +21,11 @@ from agentqat.store import RunStore
 
 
 @pytest.fixture(scope="module")
-def corpus_file(tmp_path_factory):
-    from agentqat.data import load_corpus
-
-    path = tmp_path_factory.mktemp("corpus") / "news.txt"
-    text = load_corpus("lee-news")
-    path.write_text("\n".join(text.evaluation.splitlines()[:40] + text.calibration.splitlines()[:40] + text.heldout.splitlines()[:20]))
-    return path
-
-
-@pytest.fixture(scope="module")
-def arena(sensitive_llama_dir, corpus_file):
+def arena(sensitive_llama_dir, small_corpus_file):
     return Arena(
         name="tiny",
         model=str(sensitive_llama_dir),
-        corpus=str(corpus_file),
+        corpus=str(small_corpus_file),
         window_tokens=64,
         calibration_windows=4,
         bits_budget=5.0,
@@ -164,7 +154,7 @@ def test_recorded_player_resumes_without_replaying(workbench, tmp_path):
     store = RunStore.create(tmp_path / "run", {"kind": "test"})
     played = []
 
-    def run(requests, record):
+    def run(requests, record, on_start=None):
         for request in requests:
             played.append(request)
             record(workbench.play(request))

@@ -22,6 +22,11 @@ MAX_ATTEMPTS = 2
 ACTOR_START_SECONDS = 900  # loading the model and the base references in every actor; a cold cache converts the GGUF
 
 
+def cache_counters(cache) -> dict:
+    """Returns a layer cache's counters: hits, misses, bytes and entries."""
+    return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.bytes, "entries": len(cache.entries)}
+
+
 def _evaluator_class():
     import ray
 
@@ -46,8 +51,7 @@ def _evaluator_class():
             return os.getpid()
 
         def cache_stats(self) -> dict:
-            cache = self.workbench.cache
-            return {"hits": cache.hits, "misses": cache.misses, "bytes": cache.bytes, "entries": len(cache.entries)}
+            return cache_counters(self.workbench.cache)
 
     return Evaluator
 
@@ -80,6 +84,7 @@ class EvaluatorPool:
             )
             for index in range(workers)
         ]
+        self.names = {actor: f"worker-{index}" for index, actor in enumerate(self.actors)}
         try:  # wait until every actor has loaded the model
             ray.get([actor.pid.remote() for actor in self.actors], timeout=ACTOR_START_SECONDS)
         except ray.exceptions.GetTimeoutError:
@@ -92,9 +97,13 @@ class EvaluatorPool:
             ) from None
 
     def run(
-        self, requests: Iterable[MatchRequest], on_result: Callable[[MatchResult], None] | None = None
+        self,
+        requests: Iterable[MatchRequest],
+        on_result: Callable[[MatchResult], None] | None = None,
+        on_start: Callable[[str, MatchRequest], None] | None = None,
     ) -> list[MatchResult]:
-        """Plays every request, returning results in completion order; `on_result` sees each as it lands."""
+        """Plays every request, returning results in completion order; `on_result` sees each as it lands,
+        `on_start` each (worker name, request) as a worker takes it."""
         import ray
         from ray.exceptions import RayActorError
 
@@ -114,6 +123,8 @@ class EvaluatorPool:
                 request, attempt = queue.popleft()
                 actor = idle.pop()
                 running[actor.play.remote(request)] = (actor, request, attempt, time.monotonic())
+                if on_start:
+                    on_start(self.names[actor], request)
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
                 actor, request, attempt, _started = running.pop(ref)
@@ -145,6 +156,48 @@ class EvaluatorPool:
 
         for actor in self.actors:
             ray.kill(actor, no_restart=True)
+
+
+class LocalPool:
+    """Plays matches one at a time in this process (`--workers 0`): no Ray, same results, same interface."""
+
+    def __init__(self, arena: Arena):
+        from agentqat.arena.match import Workbench
+
+        self.arena = arena
+        self.workbench = Workbench(arena, worker="local")
+        self.workbench.prepare(arena.seed)
+
+    def run(
+        self,
+        requests: Iterable[MatchRequest],
+        on_result: Callable[[MatchResult], None] | None = None,
+        on_start: Callable[[str, MatchRequest], None] | None = None,
+    ) -> list[MatchResult]:
+        """Plays every request in order, with the same callbacks as EvaluatorPool.run."""
+        results = []
+        for request in requests:
+            if on_start:
+                on_start("local", request)
+            results.append(self.workbench.play(request))
+            if on_result:
+                on_result(results[-1])
+        return results
+
+    def cache_stats(self) -> list[dict]:
+        """Returns the layer-cache counters of the one in-process workbench."""
+        return [cache_counters(self.workbench.cache)]
+
+    def shutdown(self) -> None:
+        """Frees the layer cache."""
+        self.workbench.cache.clear()
+
+
+def make_pool(arena: Arena, workers: int, ray_address: str | None = None) -> EvaluatorPool | LocalPool:
+    """Returns `workers` Ray evaluator actors, or the in-process pool for 0 workers."""
+    if workers < 0:
+        raise UserError(f"--workers {workers} is negative", "pass 0 (in-process) or more Ray actors")
+    return LocalPool(arena) if workers == 0 else EvaluatorPool(arena, workers, ray_address)
 
 
 def _failed(arena: Arena, request: MatchRequest, outcome: str, message: str) -> MatchResult:

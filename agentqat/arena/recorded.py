@@ -24,10 +24,17 @@ def match_key(strategy: str, stage: str, seed: int, window_set: int) -> tuple:
 class RecordedPlayer:
     """Plays requests through `run` (a pool's run method) and appends each result to the run store."""
 
-    def __init__(self, run: Callable, store: RunStore, on_result: Callable[[MatchResult], None] | None = None):
+    def __init__(
+        self,
+        run: Callable,
+        store: RunStore,
+        on_result: Callable[[MatchResult], None] | None = None,
+        on_start: Callable[[str, MatchRequest], None] | None = None,
+    ):
         self.run = run
         self.store = store
         self.on_result = on_result
+        self.on_start = on_start
         self.recorded: dict[tuple, MatchResult] = {}
         for record in store.read(RESULTS_STREAM):
             result = MatchResult.from_dict(record)
@@ -47,5 +54,5 @@ class RecordedPlayer:
                 self.on_result(result)
 
         if missing:
-            self.run(missing, record)
+            self.run(missing, record, self.on_start)
         return [self.recorded[key] for key in keys]

@@ -1,11 +1,12 @@
 """Generators of strategies and their variation operators. Importing this package registers every generator."""
 
-from agentqat.generators import random  # noqa: F401  (registration)
+from agentqat.generators import evo, random  # noqa: F401  (registration)
 from agentqat.generators.base import (
     GENERATORS,
     Evaluated,
     GeneChoices,
     Generator,
+    GeneratorRecord,
     SearchSpace,
     make_generator,
     register_generator,
@@ -20,6 +21,7 @@ __all__ = [
     "Evaluated",
     "GeneChoices",
     "Generator",
+    "GeneratorRecord",
     "SearchSpace",
     "apply_random_operator",
     "make_generator",

@@ -2,7 +2,8 @@
 
 Like an optuna sampler, a generator is tiny: `propose` strategy documents given the population so far, with
 the random generator passed in explicitly, and `tell` it how evaluated strategies fared. It never evaluates
-anything itself and does no I/O; the loop owns both.
+anything itself and writes nothing; what it wants kept (rejected proposals, reflections) it hands over through
+`take_records`, and the loop owns the run directory.
 """
 
 from __future__ import annotations
@@ -138,8 +139,20 @@ class Generator(Protocol):
         """Learns from strategies the arena has evaluated (proposed by this generator or not)."""
         ...
 
+    def take_records(self) -> list[GeneratorRecord]:
+        """Returns what the generator noted since the last call (e.g. rejected proposals), for the run record."""
+        ...
 
-GeneratorFactory = Callable[[SearchSpace], Generator]
+
+@dataclass(frozen=True)
+class GeneratorRecord:
+    """Something a generator noted that the run directory keeps: `data` appended to `<stream>.jsonl`."""
+
+    stream: str
+    data: dict
+
+
+GeneratorFactory = Callable[..., Generator]
 GENERATORS: dict[str, GeneratorFactory] = {}
 
 
@@ -155,8 +168,8 @@ def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFacto
     return decorate
 
 
-def make_generator(name: str, space: SearchSpace) -> Generator:
-    """Returns the generator registered under `name`, set up for `space`."""
+def make_generator(name: str, space: SearchSpace, **options) -> Generator:
+    """Returns the generator registered under `name`, set up for `space` (with its own keyword options)."""
     if name not in GENERATORS:
         raise ValueError(f"unknown generator {name!r}; choose one of {', '.join(sorted(GENERATORS))}")
-    return GENERATORS[name](space)
+    return GENERATORS[name](space, **options)

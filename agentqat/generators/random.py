@@ -28,7 +28,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agentqat.generators.base import Evaluated, SearchSpace, pick, register_generator
+from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, register_generator
 from agentqat.generators.layout import Layout, document_of
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
@@ -175,3 +175,7 @@ class RandomGenerator:
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None:
         """Learns nothing: random sampling ignores results."""
+
+    def take_records(self) -> list[GeneratorRecord]:
+        """Returns nothing: random sampling notes nothing."""
+        return []

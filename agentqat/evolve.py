@@ -1,0 +1,270 @@
+"""The evolution loop: generations of propose, evaluate (staged), survive. Ask/tell, no I/O of its own.
+
+One generation g:
+
+    proposals   the journal's recorded proposals for g (a resumed run), else the generator's, asked with the
+                random generator default_rng([seed, g]) for `population` documents (fewer when the match budget
+                cannot pay a first-stage match for each); ids evaluated before are dropped and asked for again
+    evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
+                `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
+    tell        the generator learns every proposal's fate: its row on the last stage it reached, failures
+                and eliminations included (negative results are told and recorded, not hidden)
+    survive     the population is the best `population` survivors of the last stage's leaderboard over every
+                generation so far (elitism: a strategy leaves only when better ones arrive)
+
+The run stops after `generations`, or before a generation when the match budget or the time budget is spent,
+when the best score has not improved for `patience` generations, when the generator has nothing new to offer,
+or (`stop_when_clear`) when the survival boundary is clear: the population is full and the leader's KL 95%
+interval lies entirely below every other member's (on a last stage with window sets for intervals).
+
+Everything the loop decides depends on the seed and the recorded results only (the time budget aside), so a
+killed run resumed from its journal ends with the same leaderboard as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from agentqat import defaults
+from agentqat.arena.config import Arena
+from agentqat.arena.request import MatchRequest, request_id
+from agentqat.arena.result import MatchResult
+from agentqat.arena.tournament import Player, play_tournament, rank_stage
+from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
+from agentqat.scoring import Ranked
+from agentqat.strategy import strategy_id
+
+ASKS_PER_GENERATION = 3  # how often the generator is asked again for proposals that were all evaluated before
+IMPROVEMENT = 1e-9
+
+
+@dataclass(frozen=True)
+class EvolveSettings:
+    """How a run searches: the generator, its seed, the population (also the proposals per generation) and
+    the stopping rules."""
+
+    generator: str
+    seed: int = defaults.SEED
+    population: int = defaults.POPULATION
+    generations: int = defaults.GENERATIONS
+    patience: int = defaults.PATIENCE
+    match_budget: int | None = None
+    time_budget_s: float | None = None
+    stop_when_clear: bool = True  # off for comparisons at an equal budget
+
+    def __post_init__(self) -> None:
+        for name in ("population", "generations", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.match_budget is not None and self.match_budget < 1:
+            raise ValueError(f"the match budget must be at least 1, got {self.match_budget}")
+        if self.time_budget_s is not None and self.time_budget_s <= 0:
+            raise ValueError(f"the time budget must be positive, got {self.time_budget_s}")
+
+
+@dataclass(frozen=True)
+class GenerationSummary:
+    """What one generation did: its proposals' fates, the population after it, the run's totals so far."""
+
+    generation: int
+    proposed: int
+    promoted: int  # proposals that reached the last stage
+    survivors: int  # proposals that survived the last stage
+    failures: dict[str, int]  # outcome -> proposals that failed with it (on any stage)
+    best_id: str | None
+    best_name: str | None
+    best_score: float | None
+    improved: bool
+    population: tuple[str, ...]
+    matches: int  # matches in the run so far (replayed ones included)
+    elapsed_s: float  # seconds of the run so far (earlier sessions included)
+
+
+@dataclass(frozen=True)
+class EvolveOutcome:
+    """The run's end: the last stage's leaderboard over every generation, the population and why it stopped."""
+
+    rows: tuple[Ranked, ...]
+    population: tuple[Evaluated, ...]
+    generations: tuple[GenerationSummary, ...]
+    stop_reason: str
+    matches: int
+
+
+class Journal(Protocol):
+    """The run record as the loop sees it (agentqat.runs.EvolveRun writes it to the run directory)."""
+
+    elapsed_before: float  # seconds spent in earlier sessions of this run
+
+    def proposals(self, generation: int) -> list[dict] | None:
+        """Returns the proposals recorded for a generation, or None when it has none (complete) yet."""
+        ...
+
+    def record_proposals(self, generation: int, generator: str, documents: Sequence[dict]) -> None: ...
+
+    def record_generation(self, summary: GenerationSummary) -> None: ...
+
+    def record_generator(self, records: Sequence[GeneratorRecord]) -> None: ...
+
+    def record_end(self, outcome: EvolveOutcome) -> None: ...
+
+
+class Observer(Protocol):
+    """What a live view hears from the loop (match-level events come from the player)."""
+
+    def generation_started(self, generation: int, proposals: int) -> None: ...
+
+    def generation_finished(self, summary: GenerationSummary, rows: Sequence[Ranked]) -> None: ...
+
+
+@dataclass
+class _State:
+    """What the loop knows between generations."""
+
+    documents: dict[str, dict] = field(default_factory=dict)  # every evaluated strategy id -> document
+    final_results: list[MatchResult] = field(default_factory=list)
+    rows: list[Ranked] = field(default_factory=list)
+    population: list[Evaluated] = field(default_factory=list)
+    summaries: list[GenerationSummary] = field(default_factory=list)
+    best_score: float = -math.inf
+    stale: int = 0
+    matches: int = 0
+
+
+def _fresh_proposals(
+    generator: Generator, population: Sequence[Evaluated], count: int, rng: np.random.Generator, evaluated: set[str]
+) -> list[dict]:
+    """Returns up to `count` proposals whose ids were not evaluated before, asking the generator a few times."""
+    chosen: list[dict] = []
+    ids = set(evaluated)
+    for _ in range(ASKS_PER_GENERATION):
+        for document in generator.propose(population, count - len(chosen), rng):
+            if strategy_id(document) not in ids:
+                ids.add(strategy_id(document))
+                chosen.append(document)
+        if len(chosen) >= count:
+            break
+    return chosen[:count]
+
+
+def _fates(documents: Sequence[dict], stage_rows: Sequence[Sequence[Ranked]]) -> list[Evaluated]:
+    """Returns each document's fate: its row on the last stage it was played on."""
+    last_row: dict[str, Ranked] = {}
+    for rows in stage_rows:
+        last_row.update({row.strategy_id: row for row in rows})
+    return [Evaluated.from_ranked(d, last_row[strategy_id(d)]) for d in documents if strategy_id(d) in last_row]
+
+
+def _failures(fates: Sequence[Evaluated]) -> dict[str, int]:
+    """Returns how many fates failed, by outcome (over budget counted as such)."""
+    counts = Counter(f.outcome for f in fates if f.outcome != "ok")
+    counts.update("over budget" for f in fates if f.outcome == "ok" and not f.survives)
+    return dict(sorted(counts.items()))
+
+
+def clear_winner(population: Sequence[Evaluated], rows: Sequence[Ranked], size: int) -> bool:
+    """Returns whether the population is full (`size`, at least 2) and the leader's KL interval lies entirely
+    below every other member's."""
+    if len(population) < max(size, 2):
+        return False
+    by_id = {row.strategy_id: row.aggregate for row in rows}
+    intervals = [by_id[strategy_id(member.document)].kl_ci for member in population]
+    if any(interval is None for interval in intervals):
+        return False
+    return all(intervals[0][1] < other[0] for other in intervals[1:])
+
+
+def _offspring_count(arena: Arena, settings: EvolveSettings, matches: int) -> int:
+    """Returns how many proposals the generation may evaluate: all, or what the match budget can screen."""
+    if settings.match_budget is None:
+        return settings.population
+    return min(settings.population, (settings.match_budget - matches) // arena.stages[0].window_sets)
+
+
+def _stop_reason(arena: Arena, settings: EvolveSettings, state: _State, elapsed: float) -> str | None:
+    """Returns why the run stops before the next generation, or None to go on."""
+    if len(state.summaries) >= settings.generations:
+        return f"{settings.generations} generations done"
+    if settings.match_budget is not None and _offspring_count(arena, settings, state.matches) < 1:
+        return f"match budget of {settings.match_budget} spent ({state.matches} played)"
+    if settings.time_budget_s is not None and elapsed >= settings.time_budget_s:
+        return f"time budget of {settings.time_budget_s:.0f} s spent"
+    if state.stale >= settings.patience:
+        return f"no improvement for {settings.patience} generations"
+    if settings.stop_when_clear and clear_winner(state.population, state.rows, settings.population):
+        return "clear winner: its KL interval lies below every other survivor's"
+    return None
+
+
+def evolve(
+    generator: Generator,
+    arena: Arena,
+    play: Player,
+    settings: EvolveSettings,
+    journal: Journal,
+    observer: Observer | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> EvolveOutcome:
+    """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring)."""
+    started = clock()
+    state = _State()
+    final_stage = arena.stages[-1].name
+    stop = None
+    while (stop := _stop_reason(arena, settings, state, journal.elapsed_before + clock() - started)) is None:
+        generation = len(state.summaries)
+        documents = journal.proposals(generation)
+        if documents is None:
+            rng = np.random.default_rng([settings.seed, generation])
+            count = _offspring_count(arena, settings, state.matches)
+            documents = _fresh_proposals(generator, state.population, count, rng, set(state.documents))
+            journal.record_proposals(generation, generator.name, documents)
+            journal.record_generator(generator.take_records())
+        if not documents:
+            stop = "the generator proposed nothing new"
+            break
+        if observer:
+            observer.generation_started(generation, len(documents))
+        requests = [MatchRequest(d, arena.stages[0].name, arena.seed) for d in documents]
+        outcome = play_tournament(play, arena, requests, arena.seed)
+        state.documents.update({request_id(r): r.document for r in requests})
+        state.matches += len(outcome.results)
+        fates = _fates(documents, [stage.rows for stage in outcome.stages])
+        generator.tell(fates)
+        state.final_results.extend(r for r in outcome.results if r.stage == final_stage)
+        state.rows = rank_stage(arena, state.final_results) if state.final_results else []
+        state.population = [
+            Evaluated.from_ranked(state.documents[row.strategy_id], row) for row in state.rows if row.survives
+        ][: settings.population]
+        best = state.rows[0] if state.rows and state.rows[0].survives else None
+        improved = best is not None and best.score > state.best_score + IMPROVEMENT
+        state.best_score = best.score if improved else state.best_score
+        state.stale = 0 if improved else state.stale + 1
+        final_ids = {row.strategy_id for row in outcome.final.rows} if outcome.final.stage == final_stage else set()
+        summary = GenerationSummary(
+            generation=generation,
+            proposed=len(documents),
+            promoted=sum(strategy_id(d) in final_ids for d in documents),
+            survivors=sum(f.survives and strategy_id(f.document) in final_ids for f in fates),
+            failures=_failures(fates),
+            best_id=best.strategy_id if best else None,
+            best_name=best.aggregate.strategy_name if best else None,
+            best_score=best.score if best else None,
+            improved=improved,
+            population=tuple(strategy_id(member.document) for member in state.population),
+            matches=state.matches,
+            elapsed_s=journal.elapsed_before + clock() - started,
+        )
+        state.summaries.append(summary)
+        journal.record_generation(summary)
+        if observer:
+            observer.generation_finished(summary, state.rows)
+    result = EvolveOutcome(tuple(state.rows), tuple(state.population), tuple(state.summaries), stop, state.matches)
+    journal.record_end(result)
+    return result

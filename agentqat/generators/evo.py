@@ -1,0 +1,156 @@
+"""The EvoPress-style generator: (1+λ) evolution of the bit allocation, by level switches that keep the budget.
+
+After EvoPress (Sieberling et al., 2024), inside our arena: the loop's staged evaluation (few tokens for every
+offspring, more tokens and window sets for the best share) plays the role of EvoPress's multi-step selection,
+and KL to the base model leads the score.
+
+    start      with no population: the best uniform int strategy that fits the budget (most bits, asymmetric
+               where it fits, then the smallest group; GPTQ rounding where the choices allow: EvoPress starts
+               from uniform GPTQ levels; 4-bit g64 asymmetric at a 4.5-bit budget), then random proposals
+    parent     the best of the population (1+λ: the parent stays in the population until an offspring beats it)
+    offspring  λ per generation, each from the parent by
+                 P 0.7   1-3 level switches (`level_switch`)
+                 P 0.15  one of the other mutation operators (scales, outliers, rounding, group sizes, spans)
+                 P 0.15  a crossover with another member of the population, then one level switch
+               (with a population of one, crossover's share goes to level switches)
+
+A level switch works on units: the attention or the MLP modules of one decoder layer (60 units on SmolLM2).
+One unit, drawn uniformly among those that can rise, goes one level up (the next allowed bit width, its other
+genes kept); while the layout is over budget, other units drawn uniformly go one level down. Like EvoPress's
+switch of compression levels, the bits move between layers and the total stays at the budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, register_generator
+from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
+from agentqat.generators.operators import CROSSOVERS, MUTATIONS
+from agentqat.generators.random import RandomGenerator
+from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.resolve import ModuleConfig, pattern_matches
+from agentqat.strategy import strategy_id
+
+P_LEVEL_SWITCH = 0.7
+P_OTHER_MUTATION = 0.15
+MAX_SWITCHES = 3
+UNIT_ROLES = ("attn", "mlp")
+DRAWS_PER_PROPOSAL = 20
+
+
+def units_of(space: SearchSpace) -> list[list[int]]:
+    """Returns the module indices of each unit: the attention, then the MLP modules of every layer."""
+    linears = space.facts.linears
+    units: dict[tuple[int, str], list[int]] = {}
+    for index, info in enumerate(linears):
+        role = next((r for r in UNIT_ROLES if pattern_matches(r, info)), "other")
+        units.setdefault((info.layer, role), []).append(index)
+    return [units[key] for key in sorted(units)]
+
+
+def _shifted(layout: Layout, unit: list[int], space: SearchSpace, step: int) -> Layout | None:
+    """Returns the layout with every module of `unit` one allowed bit width up (step 1) or down (-1), or None."""
+    levels = sorted(space.choices.bits)
+    configs = []
+    for index in unit:
+        config = layout.configs[index]
+        position = levels.index(config.weight.bits) + step if config.weight.bits in levels else -1
+        if not 0 <= position < len(levels):
+            return None
+        moved = replace(config, weight=replace(config.weight, bits=levels[position]))
+        configs.append(fix_config(moved, space.facts.linears[index].in_features, space.choices))
+    return layout.replaced(unit, configs)
+
+
+def level_switch(layout: Layout, space: SearchSpace, rng: np.random.Generator) -> Layout | None:
+    """Returns the layout with one unit a level up and, while over budget, other units a level down; None if stuck."""
+    units = units_of(space)
+    risers = [u for u in units if _shifted(layout, u, space, 1) is not None]
+    if not risers:
+        return None
+    raised = pick(rng, risers)
+    switched = _shifted(layout, raised, space, 1)
+    while layout_bits(switched, space.facts) > space.bits_budget:
+        fallers = [u for u in units if u is not raised and _shifted(switched, u, space, -1) is not None]
+        if not fallers:
+            return None
+        switched = _shifted(switched, pick(rng, fallers), space, -1)
+    return switched
+
+
+def uniform_start(space: SearchSpace) -> Layout:
+    """Returns the best uniform int layout within budget: most bits, asymmetric, then smallest group; GPTQ."""
+    choices, facts = space.choices, space.facts
+    rounding = "gptq" if "gptq" in choices.roundings else "rtn"
+    widths = {info.in_features for info in facts.linears}
+    sizes = sorted(valid_group_sizes("int", widths, choices), key=lambda g: (g == 0, g))  # smallest first, per channel last
+    for bits in sorted((b for b in choices.bits if b != 16), reverse=True):
+        for symmetric in sorted(choices.symmetric):  # False (asymmetric) first where allowed
+            for group in sizes:
+                weight = WeightQuant(bits=bits, group_size=group, symmetric=symmetric, rounding=rounding)
+                layout = Layout((ModuleConfig(weight, ActivationQuant(), OutlierPolicy()),) * len(facts.linears), "fp32")
+                if layout_bits(layout, facts) <= space.bits_budget:
+                    return layout
+    return repair_layout(layout, space, np.random.default_rng(0))  # nothing uniform fits: the cheapest repair
+
+
+@register_generator("evo")
+@dataclass(frozen=True)
+class EvoGenerator:
+    """EvoPress-style (1+λ) search over bit allocations (see the module docstring)."""
+
+    space: SearchSpace
+    name: str = field(default="evo", init=False)
+
+    def _offspring(self, population: Sequence[Evaluated], rng: np.random.Generator) -> dict | None:
+        """Returns one child of the population's best, or None when the drawn operator found nothing to do."""
+        parent = population[0].document
+        draw = rng.random()
+        if P_LEVEL_SWITCH <= draw < P_LEVEL_SWITCH + P_OTHER_MUTATION:
+            name = pick(rng, sorted(MUTATIONS))
+            return MUTATIONS[name](parent, self.space, rng)
+        if draw >= P_LEVEL_SWITCH + P_OTHER_MUTATION and len(population) > 1:
+            other = pick(rng, [member.document for member in population[1:]])
+            parent = CROSSOVERS[pick(rng, sorted(CROSSOVERS))](parent, other, self.space, rng)
+            switches = 1
+        else:
+            switches = int(rng.integers(1, MAX_SWITCHES + 1))
+        layout = repair_layout(layout_of(parent, self.space.facts), self.space, rng)
+        for _ in range(switches):
+            layout = level_switch(layout, self.space, rng) or layout
+        notes = f"{switches} level switch(es) of {parent.get('name', 'unnamed')}"
+        return document_of(layout, self.space.facts, "evo", notes)
+
+    def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
+        """Returns up to `count` new documents: the uniform start and random ones at first, then offspring."""
+        seen = {strategy_id(member.document) for member in population}
+        ranked = sorted((member for member in population if member.survives), key=lambda member: -member.score)
+        proposals: list[dict] = []
+
+        def add(document: dict | None) -> None:
+            if document is not None and len(proposals) < count and strategy_id(document) not in seen:
+                seen.add(strategy_id(document))
+                proposals.append(document)
+
+        if not ranked:
+            add(document_of(uniform_start(self.space), self.space.facts, "evo", "uniform start"))
+            for document in RandomGenerator(self.space).propose(population, count, rng):
+                add(document)
+            return proposals
+        for _ in range(DRAWS_PER_PROPOSAL * count):
+            if len(proposals) == count:
+                break
+            add(self._offspring(ranked, rng))
+        return proposals
+
+    def tell(self, evaluated: Sequence[Evaluated]) -> None:
+        """Learns nothing beyond the population it is given: (1+λ) keeps no state of its own."""
+
+    def take_records(self) -> list[GeneratorRecord]:
+        """Returns nothing: the evo generator notes nothing."""
+        return []

@@ -1,0 +1,123 @@
+"""Run directories read and written by jobs: the journal of an evolve run, and any run read back for `show`.
+
+runs/<name>/manifest.json       what the run is: job, arena, settings, seeds, versions, schema versions
+runs/<name>/strategies.jsonl    every proposal: generation, index, of (the generation's count), generator,
+                                strategy id and document (evolve runs)
+runs/<name>/results.jsonl       every match result, failures included (agentqat.arena.recorded)
+runs/<name>/generations.jsonl   one summary per finished generation (evolve runs)
+runs/<name>/<stream>.jsonl      what the generator noted, e.g. rejections and reflections of the LLM generator
+runs/<name>/summary.json        the final leaderboard and why the run stopped, rewritten at each end
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from agentqat.arena.recorded import RESULTS_STREAM
+from agentqat.arena.result import MatchResult
+from agentqat.generators.base import GeneratorRecord
+from agentqat.scoring import Ranked
+from agentqat.store import RunStore, write_json_atomic
+from agentqat.strategy import strategy_id
+
+STRATEGIES_STREAM = "strategies"
+GENERATIONS_STREAM = "generations"
+SUMMARY_FILE = "summary.json"
+
+
+class EvolveJournal:
+    """The journal (agentqat.evolve.Journal) of an evolve run, kept in its run directory."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self._proposals: dict[int, dict[int, dict]] = {}
+        self._counts: dict[int, int] = {}
+        for record in store.read(STRATEGIES_STREAM):
+            generation = record["generation"]
+            if self._counts.get(generation) != record["of"]:  # a new, complete set replaces a partial one
+                self._proposals[generation], self._counts[generation] = {}, record["of"]
+            self._proposals[generation][record["index"]] = record["document"]
+        generations = store.read(GENERATIONS_STREAM)
+        self._finished = {record["generation"] for record in generations}
+        self.elapsed_before = max((record["elapsed_s"] for record in generations), default=0.0)
+
+    def proposals(self, generation: int) -> list[dict] | None:
+        """Returns the generation's recorded proposals in order, or None when no complete set is recorded."""
+        recorded = self._proposals.get(generation, {})
+        if not recorded or len(recorded) != self._counts[generation]:
+            return None
+        return [recorded[index] for index in range(len(recorded))]
+
+    def record_proposals(self, generation: int, generator: str, documents: Sequence[dict]) -> None:
+        """Appends the generation's proposals, one line each."""
+        self._proposals[generation], self._counts[generation] = {}, len(documents)
+        for index, document in enumerate(documents):
+            self.store.append(STRATEGIES_STREAM, {
+                "generation": generation, "index": index, "of": len(documents), "generator": generator,
+                "strategy_id": strategy_id(document), "document": document,
+            })  # fmt: skip
+            self._proposals[generation][index] = document
+
+    def record_generation(self, summary) -> None:
+        """Appends a finished generation's summary, unless a resumed run replayed one already recorded."""
+        if summary.generation not in self._finished:
+            self.store.append(GENERATIONS_STREAM, asdict(summary))
+            self._finished.add(summary.generation)
+
+    def record_generator(self, records: Sequence[GeneratorRecord]) -> None:
+        """Appends what the generator noted to its streams."""
+        for record in records:
+            self.store.append(record.stream, record.data)
+
+    def record_end(self, outcome) -> None:
+        """Writes summary.json: why the run stopped, its totals and the final leaderboard."""
+        write_json_atomic(self.store.directory / SUMMARY_FILE, {
+            "stop_reason": outcome.stop_reason,
+            "generations": len(outcome.generations),
+            "matches": outcome.matches,
+            "population": [strategy_id(member.document) for member in outcome.population],
+            "leaderboard": [row_dict(row) for row in outcome.rows],
+        })  # fmt: skip
+
+
+def row_dict(row: Ranked) -> dict:
+    """Returns a leaderboard row as a JSON-ready dict (an infinite score as None)."""
+    data = asdict(row)
+    data["score"] = None if row.score == float("-inf") else row.score
+    return data
+
+
+@dataclass(frozen=True)
+class RunView:
+    """A run read back: its manifest, every stage's leaderboard, its generations and documents."""
+
+    directory: Path
+    manifest: dict
+    stages: dict[str, list[Ranked]]  # in the arena's stage order, stages without results left out
+    generations: list[dict]
+    documents: dict[str, dict]  # strategy id -> document, for evolve runs
+    summary: dict | None
+
+
+def read_run(directory: Path) -> RunView:
+    """Returns the run in `directory` with each stage's leaderboard recomputed from its recorded results."""
+    import json
+
+    from agentqat.arena.config import Arena
+    from agentqat.arena.tournament import rank_stage
+
+    store = RunStore.open(directory)
+    manifest = store.manifest
+    arena = Arena.model_validate(manifest["arena"])
+    results = [MatchResult.from_dict(record) for record in store.read(RESULTS_STREAM)]
+    stages = {}
+    for stage in arena.stages:
+        played = [r for r in results if r.stage == stage.name]
+        if played:
+            stages[stage.name] = rank_stage(arena, played)
+    documents = {record["strategy_id"]: record["document"] for record in store.read(STRATEGIES_STREAM)}
+    summary_path = directory / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    return RunView(directory, manifest, stages, store.read(GENERATIONS_STREAM), documents, summary)

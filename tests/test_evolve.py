@@ -1,0 +1,227 @@
+"""The evolution loop on a tiny model sensitive to quantization, played in process; resume after a crash and
+after SIGKILL ends with the leaderboard of an uninterrupted run; `show` reads a run back."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict
+
+import numpy as np
+import pytest
+
+from agentqat.arena.config import Arena, Stage
+from agentqat.arena.pool import LocalPool
+from agentqat.arena.recorded import RecordedPlayer
+from agentqat.evolve import EvolveSettings, clear_winner, evolve
+from agentqat.generators import Evaluated, SearchSpace, make_generator
+from agentqat.generators.evo import level_switch, uniform_start, units_of
+from agentqat.generators.layout import layout_bits
+from agentqat.models import load_facts
+from agentqat.runs import EvolveJournal, read_run
+from agentqat.store import RunStore
+from agentqat.strategy import strategy_id
+
+
+@pytest.fixture(scope="module")
+def arena_file(sensitive_llama_dir, small_corpus_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("arena") / "tiny.toml"
+    path.write_text(
+        f'name = "tiny"\nmodel = "{sensitive_llama_dir}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
+        'calibration_windows = 4\nbits_budget = 5.0\n'
+        '[[stages]]\nname = "screen"\nwindows = 2\npromote = 0.5\n'
+        '[[stages]]\nname = "confirm"\nwindows = 2\nwindow_sets = 3\n'
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def arena(arena_file):
+    from agentqat.arena.config import load_arena
+
+    return load_arena(str(arena_file))
+
+
+@pytest.fixture(scope="module")
+def pool(arena):
+    return LocalPool(arena)
+
+
+def run_evolve(arena, pool, directory, settings, crash_after=None):
+    """Runs (or resumes) an evolve run in `directory`; `crash_after` matches, the player raises (a crash)."""
+    store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(
+        directory, {"kind": "evolve", "arena": arena.model_dump(), "settings": asdict(settings)}
+    )
+    played = []
+
+    def run(requests, on_result=None, on_start=None):
+        def counted(result):
+            played.append(result)
+            on_result(result)
+            if crash_after is not None and len(played) >= crash_after:
+                raise RuntimeError("crash")
+
+        return pool.run(requests, counted, on_start)
+
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    generator = make_generator(settings.generator, space)
+    outcome = evolve(generator, arena, RecordedPlayer(run, store), settings, EvolveJournal(store))
+    return outcome, played
+
+
+def leaderboard(outcome):
+    return [(row.strategy_id, row.score, row.survives) for row in outcome.rows]
+
+
+@pytest.mark.parametrize("generator", ["random", "evo"])
+def test_generations_keep_the_best_survivors_and_record_everything(arena, pool, tmp_path, generator):
+    settings = EvolveSettings(generator=generator, seed=3, population=3, generations=3, stop_when_clear=False, patience=5)
+    outcome, played = run_evolve(arena, pool, tmp_path / "run", settings)
+    assert len(outcome.generations) == 3 and outcome.stop_reason == "3 generations done"
+    run = read_run(tmp_path / "run")
+    proposals = [r for r in RunStore.open(tmp_path / "run").read("strategies")]
+    ids = [r["strategy_id"] for r in proposals]
+    assert len(ids) == len(set(ids)) == 9  # 3 generations of 3, never an id twice
+    results = RunStore.open(tmp_path / "run").read("results")
+    assert len(results) == outcome.matches == len(played)
+    assert {r["strategy_id"] for r in results if r["stage"] == "screen"} == set(ids)  # every proposal played
+    # the population: the best `population` survivors of the last stage, best first (elitism over generations)
+    survivors = [row for row in outcome.rows if row.survives]
+    assert [strategy_id(m.document) for m in outcome.population] == [row.strategy_id for row in survivors][:3]
+    best = [g.best_score for g in outcome.generations if g.best_score is not None]
+    assert best == sorted(best)
+    assert run.stages["confirm"] == list(outcome.rows)
+    assert [g["generation"] for g in run.generations] == [0, 1, 2]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stop_reason"] == outcome.stop_reason and len(summary["leaderboard"]) == len(outcome.rows)
+
+
+def test_the_match_budget_limits_the_run(arena, pool, tmp_path):
+    settings = EvolveSettings(generator="random", seed=1, population=4, generations=10, match_budget=14, stop_when_clear=False, patience=10)
+    outcome, _ = run_evolve(arena, pool, tmp_path / "run", settings)
+    assert outcome.stop_reason.startswith("match budget of 14 spent")
+    # a generation screens at most what the budget has left; its promotions may overshoot by their window sets
+    assert outcome.matches <= 14 + 3 * 2
+    assert [g.proposed for g in outcome.generations][0] == 4
+
+
+def test_no_improvement_stops_the_run(arena, pool, tmp_path):
+    settings = EvolveSettings(generator="random", seed=0, population=2, generations=30, patience=1, stop_when_clear=False)
+    outcome, _ = run_evolve(arena, pool, tmp_path / "run", settings)
+    assert outcome.stop_reason == "no improvement for 1 generations"
+    assert not outcome.generations[-1].improved and len(outcome.generations) < 30
+
+
+def test_a_crashed_run_resumes_to_the_same_leaderboard(arena, pool, tmp_path):
+    settings = EvolveSettings(generator="evo", seed=5, population=3, generations=3, stop_when_clear=False, patience=5)
+    whole, _ = run_evolve(arena, pool, tmp_path / "whole", settings)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_evolve(arena, pool, tmp_path / "cut", settings, crash_after=13)
+    resumed, played = run_evolve(arena, pool, tmp_path / "cut", settings)
+    assert leaderboard(resumed) == leaderboard(whole)
+    assert len(played) == whole.matches - 13  # recorded matches were not played again
+    assert [asdict(g) | {"elapsed_s": 0} for g in resumed.generations] == [asdict(g) | {"elapsed_s": 0} for g in whole.generations]
+
+
+def test_clear_winner_needs_a_full_population_and_separate_intervals():
+    from agentqat.scoring import Aggregate, Ranked
+
+    def member(name, ci):
+        agg = Aggregate(name, name, "a", "confirm", "ok", "", 3, (0,), (0, 1, 2), 64, kl=sum(ci) / 2, kl_ci=ci)
+        doc = {"schema_version": 1, "name": name, "default": {"weight": {"bits": 4 + len(name)}}}
+        row = Ranked(1, strategy_id(doc), 0.0, True, "", 0, agg)
+        return Evaluated(doc, 0.0, True, "ok", agg.kl, 4.0), row
+
+    (a, ra), (b, rb), (c, rc) = member("a", (0.1, 0.2)), member("bb", (0.25, 0.4)), member("ccc", (0.15, 0.3))
+    assert clear_winner([a, b], [ra, rb], 2)
+    assert not clear_winner([a, b], [ra, rb], 3)  # population not full
+    assert not clear_winner([a, c], [ra, rc], 2)  # overlapping intervals
+
+
+def test_level_switch_moves_bits_between_units_within_budget(arena):
+    facts = load_facts(arena.model)
+    start = uniform_start(SearchSpace(facts, 4.5))
+    assert start.configs[0].weight.bits == 4 and start.configs[0].weight.group_size == 64
+    space = SearchSpace(facts, layout_bits(start, facts))  # the start spends the whole budget
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        switched = level_switch(start, space, rng)
+        assert layout_bits(switched, facts) <= space.bits_budget
+        changed = {config.weight.bits for config, before in zip(switched.configs, start.configs) if config != before}
+        assert 5 in changed and max(changed - {5}) < 4  # one unit up, others down to pay for it
+        for unit in units_of(space):  # a unit moves as a whole
+            assert len({switched.configs[i] for i in unit}) == 1
+
+
+# --- the command line, in separate processes -----------------------------------------------------------------
+
+
+def agentqat(*args, cwd):
+    return [sys.executable, "-m", "agentqat.cli", *args], {"cwd": cwd, "env": {**os.environ, "PYTHONUNBUFFERED": "1"}}
+
+
+def run_cli(*args, cwd):
+    command, options = agentqat(*args, cwd=cwd)
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, **options)
+
+
+def test_sigkill_then_resume_ends_with_the_uninterrupted_leaderboard(arena_file, tmp_path):
+    common = ("--arena", str(arena_file), "--generator", "evo", "--seed", "2", "--population", "4", "--generations", "4",
+              "--no-clear-stop", "--patience", "9", "--workers", "0", "--runs", str(tmp_path))  # fmt: skip
+    whole = run_cli("evolve", *common, "--run", "whole", cwd=tmp_path)
+    assert whole.returncode == 0, whole.stderr
+    command, options = agentqat("evolve", *common, "--run", "killed", cwd=tmp_path)
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **options)
+    results = tmp_path / "killed" / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if results.exists() and results.read_text().count("\n") >= 15:
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait() == -signal.SIGKILL, "the run ended before it could be killed"
+    cut = results.read_text().count("\n")
+    resumed = run_cli("evolve", "--resume", str(tmp_path / "killed"), "--workers", "0", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    board = lambda name: [(r["strategy_id"], r["score"]) for r in json.loads((tmp_path / name / "summary.json").read_text())["leaderboard"]]
+    assert board("killed") == board("whole")
+    total = json.loads((tmp_path / "whole" / "summary.json").read_text())["matches"]
+    assert resumed.stdout.count("  match ") == total - cut  # only the matches not recorded were played
+
+    shown = run_cli("show", str(tmp_path / "killed"), cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr
+    assert "generations" in shown.stdout and "Pareto front" in shown.stdout and "stage confirm: leaderboard" in shown.stdout
+
+
+def test_cli_refuses_bad_evolve_input_with_exit_2(arena_file, tmp_path, capsys):
+    from agentqat.cli import main
+
+    common = ("evolve", "--arena", str(arena_file), "--workers", "0", "--runs", str(tmp_path))
+    for args, message in [
+        (("--population", "0"), "population must be at least 1"),
+        (("--generator", "sa"), "unknown generator 'sa'"),
+        (("--resume", str(tmp_path)), "not a run directory"),
+    ]:
+        assert main([*common, *args]) == 2
+        assert message in capsys.readouterr().err, args
+    assert main([*common, "--generations", "1", "--population", "2", "--run", "once"]) == 0
+    assert main([*common, "--generations", "1", "--run", "once"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["show", str(tmp_path / "nothing")]) == 2
+
+
+def test_ctrl_c_stops_with_a_resume_hint(arena_file, tmp_path):
+    command, options = agentqat("evolve", "--arena", str(arena_file), "--workers", "0", "--runs", str(tmp_path),
+                                "--run", "stopped", "--generations", "30", "--patience", "30", "--no-clear-stop", cwd=tmp_path)  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    results = tmp_path / "stopped" / "results.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 3):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130
+    assert f"agentqat evolve --resume {tmp_path / 'stopped'}" in stderr
+    assert len(RunStore.open(tmp_path / "stopped").read("results")) >= 3
