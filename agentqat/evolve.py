@@ -2,9 +2,10 @@
 
 One generation g:
 
-    proposals   the journal's recorded proposals for g (a resumed run), else the generator's, asked with the
-                random generator default_rng([seed, g]) for `population` documents (fewer when the match budget
-                cannot pay a first-stage match for each); ids evaluated before are dropped and asked for again
+    proposals   the journal's recorded proposals when g finished before (a resumed run), else the generator's,
+                asked with the random generator default_rng([seed, g]) for `population` documents (fewer when
+                the match budget cannot pay a first-stage match for each); ids evaluated before are dropped and
+                asked for again; each is recorded and sent to the arena as soon as the generator yields it
     evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
                 `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
     tell        the generator learns every proposal's fate: its row on the last stage it reached, failures
@@ -26,7 +27,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,7 +35,7 @@ import numpy as np
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
-from agentqat.arena.request import MatchRequest, request_id
+from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player, play_tournament, rank_stage
 from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
@@ -104,10 +105,10 @@ class Journal(Protocol):
     elapsed_before: float  # seconds spent in earlier sessions of this run
 
     def proposals(self, generation: int) -> list[dict] | None:
-        """Returns the proposals recorded for a generation, or None when it has none (complete) yet."""
+        """Returns the proposals of a generation that finished in an earlier session, else None."""
         ...
 
-    def record_proposals(self, generation: int, generator: str, documents: Sequence[dict]) -> None: ...
+    def record_proposal(self, generation: int, index: int, generator: str, document: dict) -> None: ...
 
     def record_generation(self, summary: GenerationSummary) -> None: ...
 
@@ -140,18 +141,21 @@ class _State:
 
 def _fresh_proposals(
     generator: Generator, population: Sequence[Evaluated], count: int, rng: np.random.Generator, evaluated: set[str]
-) -> list[dict]:
-    """Returns up to `count` proposals whose ids were not evaluated before, asking the generator a few times."""
-    chosen: list[dict] = []
-    ids = set(evaluated)
+) -> Iterator[dict]:
+    """Yields up to `count` proposals whose ids were not evaluated before, asking the generator a few times.
+
+    Generators that decode slowly (the LLM) offer `iter_proposals`, which yields each proposal when it is
+    ready: its first proposals are then played while it decodes the next ones."""
+    ids, given = set(evaluated), 0
     for _ in range(ASKS_PER_GENERATION):
-        for document in generator.propose(population, count - len(chosen), rng):
+        stream = getattr(generator, "iter_proposals", generator.propose)(population, count - given, rng)
+        for document in stream:
             if strategy_id(document) not in ids:
                 ids.add(strategy_id(document))
-                chosen.append(document)
-        if len(chosen) >= count:
-            break
-    return chosen[:count]
+                given += 1
+                yield document
+            if given == count:
+                return
 
 
 def _fates(documents: Sequence[dict], stage_rows: Sequence[Sequence[Ranked]]) -> list[Evaluated]:
@@ -219,21 +223,31 @@ def evolve(
     stop = None
     while (stop := _stop_reason(arena, settings, state, journal.elapsed_before + clock() - started)) is None:
         generation = len(state.summaries)
-        documents = journal.proposals(generation)
-        if documents is None:
-            rng = np.random.default_rng([settings.seed, generation])
-            count = _offspring_count(arena, settings, state.matches)
-            documents = _fresh_proposals(generator, state.population, count, rng, set(state.documents))
-            journal.record_proposals(generation, generator.name, documents)
-            journal.record_generator(generator.take_records())
+        recorded = journal.proposals(generation)
+        count = len(recorded) if recorded is not None else _offspring_count(arena, settings, state.matches)
+        documents: list[dict] = []
+
+        def proposals() -> Iterator[MatchRequest]:
+            if recorded is not None:
+                source: Iterable[dict] = recorded
+            else:
+                rng = np.random.default_rng([settings.seed, generation])
+                source = _fresh_proposals(generator, state.population, count, rng, set(state.documents))
+            for document in source:
+                if recorded is None:
+                    journal.record_proposal(generation, len(documents), generator.name, document)
+                documents.append(document)
+                yield MatchRequest(document, arena.stages[0].name, arena.seed)
+            if recorded is None:
+                journal.record_generator(generator.take_records())
+
+        if observer:
+            observer.generation_started(generation, count)
+        outcome = play_tournament(play, arena, proposals(), arena.seed)
         if not documents:
             stop = "the generator proposed nothing new"
             break
-        if observer:
-            observer.generation_started(generation, len(documents))
-        requests = [MatchRequest(d, arena.stages[0].name, arena.seed) for d in documents]
-        outcome = play_tournament(play, arena, requests, arena.seed)
-        state.documents.update({request_id(r): r.document for r in requests})
+        state.documents.update({strategy_id(d): d for d in documents})
         state.matches += len(outcome.results)
         fates = _fates(documents, [stage.rows for stage in outcome.stages])
         generator.tell(fates)

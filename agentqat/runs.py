@@ -1,8 +1,8 @@
 """Run directories read and written by jobs: the journal of an evolve run, and any run read back for `show`.
 
 runs/<name>/manifest.json       what the run is: job, arena, settings, seeds, versions, schema versions
-runs/<name>/strategies.jsonl    every proposal: generation, index, of (the generation's count), generator,
-                                strategy id and document (evolve runs)
+runs/<name>/strategies.jsonl    every proposal as it is made: generation, index, generator, strategy id and
+                                document (evolve runs; a generation cut by a kill is proposed again)
 runs/<name>/results.jsonl       every match result, failures included (agentqat.arena.recorded)
 runs/<name>/generations.jsonl   one summary per finished generation (evolve runs)
 runs/<name>/<stream>.jsonl      what the generator noted, e.g. rejections and reflections of the LLM generator
@@ -33,32 +33,25 @@ class EvolveJournal:
     def __init__(self, store: RunStore):
         self.store = store
         self._proposals: dict[int, dict[int, dict]] = {}
-        self._counts: dict[int, int] = {}
-        for record in store.read(STRATEGIES_STREAM):
-            generation = record["generation"]
-            if self._counts.get(generation) != record["of"]:  # a new, complete set replaces a partial one
-                self._proposals[generation], self._counts[generation] = {}, record["of"]
-            self._proposals[generation][record["index"]] = record["document"]
+        for record in store.read(STRATEGIES_STREAM):  # a generation proposed again after a kill: the last wins
+            self._proposals.setdefault(record["generation"], {})[record["index"]] = record["document"]
         generations = store.read(GENERATIONS_STREAM)
         self._finished = {record["generation"] for record in generations}
         self.elapsed_before = max((record["elapsed_s"] for record in generations), default=0.0)
 
     def proposals(self, generation: int) -> list[dict] | None:
-        """Returns the generation's recorded proposals in order, or None when no complete set is recorded."""
-        recorded = self._proposals.get(generation, {})
-        if not recorded or len(recorded) != self._counts[generation]:
+        """Returns the proposals of a generation that finished in an earlier session, in order, else None."""
+        if generation not in self._finished:
             return None
-        return [recorded[index] for index in range(len(recorded))]
+        recorded = self._proposals.get(generation, {})
+        return [recorded[index] for index in sorted(recorded)]
 
-    def record_proposals(self, generation: int, generator: str, documents: Sequence[dict]) -> None:
-        """Appends the generation's proposals, one line each."""
-        self._proposals[generation], self._counts[generation] = {}, len(documents)
-        for index, document in enumerate(documents):
-            self.store.append(STRATEGIES_STREAM, {
-                "generation": generation, "index": index, "of": len(documents), "generator": generator,
-                "strategy_id": strategy_id(document), "document": document,
-            })  # fmt: skip
-            self._proposals[generation][index] = document
+    def record_proposal(self, generation: int, index: int, generator: str, document: dict) -> None:
+        """Appends one proposal."""
+        self.store.append(STRATEGIES_STREAM, {
+            "generation": generation, "index": index, "generator": generator,
+            "strategy_id": strategy_id(document), "document": document,
+        })  # fmt: skip
 
     def record_generation(self, summary) -> None:
         """Appends a finished generation's summary, unless a resumed run replayed one already recorded."""

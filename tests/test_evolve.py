@@ -225,3 +225,37 @@ def test_ctrl_c_stops_with_a_resume_hint(arena_file, tmp_path):
     assert process.returncode == 130
     assert f"agentqat evolve --resume {tmp_path / 'stopped'}" in stderr
     assert len(RunStore.open(tmp_path / "stopped").read("results")) >= 3
+
+
+def test_proposals_stream_into_the_arena_as_the_generator_yields_them(arena, pool, tmp_path):
+    """A generator offering iter_proposals (the LLM's way) has its first proposals played before its last."""
+    events = []
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+
+    class Streaming:
+        name = "streaming"
+
+        def __init__(self):
+            self.inner = make_generator("random", space)
+
+        def iter_proposals(self, population, count, rng):
+            for document in self.inner.propose(population, count, rng):
+                events.append(("proposed", strategy_id(document)))
+                yield document
+
+        def propose(self, population, count, rng):
+            return list(self.iter_proposals(population, count, rng))
+
+        def tell(self, evaluated):
+            pass
+
+        def take_records(self):
+            return []
+
+    store = RunStore.create(tmp_path / "run", {"kind": "evolve"})
+    settings = EvolveSettings(generator="random", population=3, generations=1)
+    player = RecordedPlayer(pool.run, store, on_start=lambda worker, request: events.append(("played", strategy_id(request.document))))
+    evolve(Streaming(), arena, player, settings, EvolveJournal(store))
+    first_play = events.index(next(e for e in events if e[0] == "played"))
+    last_proposal = max(i for i, e in enumerate(events) if e[0] == "proposed")
+    assert first_play < last_proposal

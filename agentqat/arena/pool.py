@@ -103,11 +103,24 @@ class EvaluatorPool:
         on_start: Callable[[str, MatchRequest], None] | None = None,
     ) -> list[MatchResult]:
         """Plays every request, returning results in completion order; `on_result` sees each as it lands,
-        `on_start` each (worker name, request) as a worker takes it."""
+        `on_start` each (worker name, request) as a worker takes it. Requests are pulled from the iterable
+        only when a worker is free, so a slow producer (an LLM decoding proposals) overlaps with the matches
+        in flight."""
         import ray
         from ray.exceptions import RayActorError
 
-        queue = deque((request, 1) for request in requests)
+        incoming = iter(requests)
+        queue: deque = deque()  # (request, attempt) to retry before taking new requests
+        exhausted = False
+
+        def next_request() -> tuple[MatchRequest, int] | None:
+            nonlocal exhausted
+            if queue:
+                return queue.popleft()
+            request = None if exhausted else next(incoming, None)
+            exhausted = request is None
+            return None if request is None else (request, 1)
+
         idle = list(self.actors)
         running: dict = {}  # ObjectRef -> (actor, request, attempt, started)
         results: list[MatchResult] = []
@@ -118,13 +131,15 @@ class EvaluatorPool:
             if on_result:
                 on_result(result)
 
-        while queue or running:
-            while queue and idle:
-                request, attempt = queue.popleft()
+        while True:
+            while idle and (item := next_request()) is not None:
+                request, attempt = item
                 actor = idle.pop()
                 running[actor.play.remote(request)] = (actor, request, attempt, time.monotonic())
                 if on_start:
                     on_start(self.names[actor], request)
+            if not running:
+                break
             done, _ = ray.wait(list(running), num_returns=1, timeout=1.0)
             for ref in done:
                 actor, request, attempt, _started = running.pop(ref)

@@ -6,7 +6,7 @@ This is what makes runs resumable: after a crash or kill, the same requests are 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict
 
 from agentqat.arena.request import MatchRequest, request_id
@@ -41,11 +41,18 @@ class RecordedPlayer:
             self.recorded[match_key(result.strategy_id, result.stage, result.seed, result.window_set)] = result
         self.replayed = 0
 
-    def __call__(self, requests: list[MatchRequest]) -> list[MatchResult]:
-        """Returns the results of `requests`, playing only those not recorded yet."""
-        keys = [match_key(request_id(r), r.stage, r.seed, r.window_set) for r in requests]
-        missing = [r for r, key in zip(requests, keys) if key not in self.recorded]
-        self.replayed += len(requests) - len(missing)
+    def __call__(self, requests: Iterable[MatchRequest]) -> list[MatchResult]:
+        """Returns the results of `requests` in their order, playing only those not recorded yet. The
+        requests are passed on to `run` lazily, as it takes them."""
+        keys: list[tuple] = []
+
+        def unrecorded() -> Iterator[MatchRequest]:
+            for request in requests:
+                keys.append(match_key(request_id(request), request.stage, request.seed, request.window_set))
+                if keys[-1] in self.recorded:
+                    self.replayed += 1
+                else:
+                    yield request
 
         def record(result: MatchResult) -> None:
             self.store.append(RESULTS_STREAM, asdict(result))
@@ -53,6 +60,5 @@ class RecordedPlayer:
             if self.on_result:
                 self.on_result(result)
 
-        if missing:
-            self.run(missing, record, self.on_start)
+        self.run(unrecorded(), record, self.on_start)
         return [self.recorded[key] for key in keys]

@@ -6,15 +6,15 @@ results and leaderboard are kept.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-from agentqat.arena.config import Arena
+from agentqat.arena.config import Arena, Stage
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
 from agentqat.scoring import Baseline, Ranked, aggregate, leaderboard, promote
 
-Player = Callable[[list[MatchRequest]], list[MatchResult]]
+Player = Callable[[Iterable[MatchRequest]], list[MatchResult]]
 
 
 @dataclass(frozen=True)
@@ -68,30 +68,41 @@ def rank_stage(arena: Arena, results: Sequence[MatchResult]) -> list[Ranked]:
     return leaderboard(entries, baseline_of(results), arena.score, arena.bits_budget)
 
 
+def _stage_requests(
+    candidates: Iterable[MatchRequest], stage: Stage, seed: int, entered: dict[str, MatchRequest]
+) -> Iterator[MatchRequest]:
+    """Yields each new candidate's requests on every window set of `stage`, noting the candidate in `entered`."""
+    for candidate in candidates:
+        key = request_id(candidate)
+        if key in entered:
+            continue
+        entered[key] = candidate
+        for window_set in range(stage.window_sets):
+            yield MatchRequest(candidate.document, stage.name, seed, window_set, candidate.calibration_windows)
+
+
 def play_tournament(
     play: Player,
     arena: Arena,
-    requests: Sequence[MatchRequest],
+    requests: Iterable[MatchRequest],
     seed: int,
     stages: Sequence[str] | None = None,
 ) -> TournamentOutcome:
-    """Plays `requests` (one per candidate; their stage is ignored) through the arena's stages in order."""
+    """Plays `requests` (one per candidate; their stage is ignored) through the arena's stages in order.
+
+    The first stage takes the requests lazily, so candidates still being proposed overlap with matches."""
     names = list(stages) if stages else [stage.name for stage in arena.stages]
-    candidates = {request_id(r): r for r in requests}
+    candidates: Iterable[MatchRequest] = requests
     outcomes, all_results = [], []
     for name in names:
         stage = arena.stage(name)
-        stage_requests = [
-            MatchRequest(r.document, name, seed, window_set, r.calibration_windows)
-            for r in candidates.values()
-            for window_set in range(stage.window_sets)
-        ]
-        results = play(stage_requests)
+        entered: dict[str, MatchRequest] = {}
+        results = play(_stage_requests(candidates, stage, seed, entered))
         all_results.extend(results)
         rows = rank_stage(arena, results)
         promoted = promote(rows, stage.promote)
         outcomes.append(StageOutcome(name, tuple(rows), tuple(promoted)))
-        candidates = {key: candidates[key] for key in promoted}
+        candidates = [entered[key] for key in promoted]
         if not candidates:
             break
     return TournamentOutcome(tuple(outcomes), tuple(all_results))
