@@ -165,6 +165,29 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    """Serves the LLM generator's proposer model with vLLM's OpenAI-compatible server (JSON-schema-constrained
+    decoding) until Ctrl-C; restarts it once if it dies. Prints the URL and model name that clients use."""
+    import signal
+
+    from agentqat.llm.server import VllmServer
+
+    # The server runs in its own process group, so it outlives this process unless we stop it: make `kill` stop
+    # it as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = VllmServer(args.model, port=args.port, threads=args.threads, log_path=args.log)
+    print(f"starting vLLM for {server.model_name} on port {server.port}, log in {server.log_path} ...", flush=True)
+    with server:
+        print(f"serving model {server.model_name} at {server.base_url} (ready in {server.start_seconds:.0f} s); Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                server.ensure_running()
+                time.sleep(2)
+        except KeyboardInterrupt:
+            print("stopping the server", flush=True)
+    return 0
+
+
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Evolves strategies on an arena: generations of proposals from a generator (random, evo, llm), staged
     matches on Ray evaluator actors, survivors kept; every proposal and match recorded in runs/<name>/.
@@ -178,6 +201,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from agentqat.arena.recorded import RecordedPlayer
     from agentqat.evolve import EvolveSettings, evolve
     from agentqat.generators import GENERATORS, SearchSpace, make_generator
+    from agentqat.generators.fallback import WithFallback
     from agentqat.models import load_facts
     from agentqat.runs import EvolveJournal
     from agentqat.store import RunStore
@@ -203,10 +227,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         if settings.generator not in GENERATORS:
             raise UserError(f"unknown generator {settings.generator!r}", f"pass --generator {' or '.join(sorted(GENERATORS))}")
         directory = args.runs / (args.run or f"evolve-{settings.generator}-{arena.name}-seed{settings.seed}")
+        llm = None
+        if settings.generator == "llm":
+            llm = {"backend": args.llm_backend, "model": args.llm_model, "url": args.llm_url or None, "fallback": args.llm_fallback}
         manifest = {
             "kind": "evolve",
             "arena": arena.model_dump(),
             "settings": asdict(settings),
+            "llm": llm,
             "strategy_schema_version": SCHEMA_VERSION,
             "versions": {"python": platform.python_version(), **_versions()},
         }
@@ -215,21 +243,60 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         space = SearchSpace(load_facts(arena.model), arena.bits_budget)
     except ValueError as error:
         raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
-    generator = make_generator(settings.generator, space)
     journal = EvolveJournal(store)
-    pool = make_pool(arena, args.workers, args.ray_address)
-    view = ui.EvolveView(str(directory), generator, settings.generations, settings.match_budget)
+    llm = manifest.get("llm")
+    pool = make_pool(arena, _evolve_workers(args.workers, llm), args.ray_address)
+    view = ui.EvolveView(str(directory), settings.generator, settings.generations, settings.match_budget)
     player = RecordedPlayer(pool.run, store, on_result=view.match_finished, on_start=view.match_started)
+    server = None
     try:
         with view:
-            outcome = evolve(generator, arena, player, settings, journal, view)
+            options, probes = {}, 0
+            if llm:
+                options, server, probes = _llm_options(llm, arena, space, player, directory)
+            generator = make_generator(settings.generator, space, **options)
+            if llm and llm["fallback"]:
+                generator = WithFallback(generator, make_generator("random", space))
+            view.generator = generator
+            outcome = evolve(generator, arena, player, settings, journal, view, prior_matches=probes)
     except KeyboardInterrupt:
         print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
         raise
     finally:
         pool.shutdown()
+        if server:
+            server.stop()
     ui.print_evolve_outcome(outcome, directory)
     return 0
+
+
+def _evolve_workers(workers: int | None, llm: dict | None) -> int:
+    """Returns the evaluator actors: as asked, else 2, or 1 beside a managed vLLM server (one core each)."""
+    if workers is not None:
+        return workers
+    return 1 if llm and llm["backend"] == "vllm" and not llm["url"] else defaults.EVOLVE_WORKERS
+
+
+def _llm_options(llm: dict, arena, space, player, directory: Path) -> tuple[dict, object, int]:
+    """Returns the LLM generator's options (backend, measured sensitivities), the managed server (or None) and
+    the number of probe matches: one per layer on the arena's first stage, recorded like any match."""
+    from agentqat.arena.request import MatchRequest
+    from agentqat.llm.backends import make_backend
+    from agentqat.llm.server import VllmServer
+    from agentqat.sensitivity import probe_documents, sensitivities
+
+    probes = probe_documents(space.facts)
+    results = player([MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()])
+    server = None
+    if llm["backend"] == "vllm" and not llm["url"]:
+        server = VllmServer(llm["model"], threads=defaults.LLM_THREADS, log_path=directory / "llm-server.log").start()
+    try:
+        backend = make_backend(llm["backend"], llm["model"], llm["url"], server)
+    except BaseException:
+        if server:
+            server.stop()
+        raise
+    return {"backend": backend, "sensitivities": sensitivities(probes, results)}, server, len(results)
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -311,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
     baseline.set_defaults(handler=cmd_baseline)
 
+    llm = commands.add_parser("llm", help="the LLM generator's model server", description="The LLM generator's model server.")
+    llm_commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
+    serve = llm_commands.add_parser("serve", help="serve the proposer model with vLLM until Ctrl-C", description=cmd_llm_serve.__doc__)
+    serve.add_argument("--model", default=defaults.DEFAULT_MODEL, help="built-in name or HF directory (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=defaults.LLM_PORT, help="port on 127.0.0.1 (default: %(default)s)")
+    serve.add_argument("--threads", type=int, default=defaults.LLM_THREADS, help="CPU threads of the vLLM worker, bound to the last CPUs (default: %(default)s)")
+    serve.add_argument("--log", type=Path, default=None, help="server log file (default: $AGENTQAT_CACHE_DIR/logs/vllm-MODEL-PORT.log)")
+    serve.set_defaults(handler=cmd_llm_serve)
+
     evolve = commands.add_parser("evolve", help="evolve strategies on an arena, recorded as a resumable run", description=cmd_evolve.__doc__)
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
     evolve.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
@@ -321,7 +397,11 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")
     evolve.add_argument("--minutes", type=float, default=None, help="time budget in minutes (default: none)")
     evolve.add_argument("--no-clear-stop", action="store_true", help="do not stop when one survivor's KL interval is clear of the rest (spend the whole budget)")
-    evolve.add_argument("--workers", type=int, default=defaults.EVOLVE_WORKERS, help="Ray evaluator actors; 0 plays in this process (default: %(default)s)")
+    evolve.add_argument("--workers", type=int, default=None, help="Ray evaluator actors; 0 plays in this process (default: 2, or 1 beside a managed vLLM server)")
+    evolve.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM generator's backend: a vLLM server, or Outlines over transformers in this process (default: %(default)s)")
+    evolve.add_argument("--llm-model", default=defaults.DEFAULT_MODEL, help="the proposer model: built-in name or HF directory (default: %(default)s)")
+    evolve.add_argument("--llm-url", default="", help="use this running vLLM server (OpenAI API base URL) instead of starting one")
+    evolve.add_argument("--llm-fallback", action="store_true", help="when the LLM server fails after its retries, record it and go on with the random generator")
     evolve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     evolve.add_argument("--run", default="", help="run name under --runs (default: evolve-<generator>-<arena>-seed<seed>)")
     evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")

@@ -215,10 +215,14 @@ def evolve(
     journal: Journal,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
+    prior_matches: int = 0,
 ) -> EvolveOutcome:
-    """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring)."""
+    """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring).
+
+    `prior_matches`: matches the run spent before the loop (the LLM generator's sensitivity probes), counted
+    against the match budget."""
     started = clock()
-    state = _State()
+    state = _State(matches=prior_matches)
     final_stage = arena.stages[-1].name
     stop = None
     while (stop := _stop_reason(arena, settings, state, journal.elapsed_before + clock() - started)) is None:

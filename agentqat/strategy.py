@@ -28,7 +28,9 @@ ClipRatio = Literal[1.0, 0.95, 0.9, 0.85, 0.8, 0.75, 0.7, "mse"]
 OutlierFraction = Literal[0.0, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05]
 OutlierThreshold = Literal[2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 20.0]
 SmoothAlpha = Literal[0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
-LAYER_SPEC = r"^(all|[0-9]{1,3}(-[0-9]{1,3})?(,[0-9]{1,3}(-[0-9]{1,3})?)*)$"
+# Spelt `(-N|)` instead of `(-N)?`: xgrammar 0.2.8 (vLLM's structured outputs) drops the {1,3} bound of a
+# group followed by an optional one, and let "3128" through. Same language, and both decoders keep the bound.
+LAYER_SPEC = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|)(,[0-9]{1,3}(-[0-9]{1,3}|))*)$"
 MODULE_PATTERN = r"^[A-Za-z0-9_.*?]{1,64}$"
 
 

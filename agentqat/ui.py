@@ -207,11 +207,12 @@ class EvolveView:
     REFRESH_PER_SECOND = 2
     LEADERBOARD_ROWS = 8
 
-    def __init__(self, run: str, generator, generations: int, match_budget: int | None, clock=None):
+    def __init__(self, run: str, generator_name: str, generations: int, match_budget: int | None, clock=None):
         import threading
         import time
 
-        self.run, self.generator, self.generations, self.match_budget = run, generator, generations, match_budget
+        self.run, self.generator_name, self.generations, self.match_budget = run, generator_name, generations, match_budget
+        self.generator = None  # set once made: the LLM generator's accepted and rejected counts are shown
         self.clock = clock or time.monotonic
         self.started = self.clock()
         self.lock = threading.Lock()
@@ -286,7 +287,7 @@ class EvolveView:
         matches = self.matches_before + self.done_in_generation
         parts = [
             f"[bold]evolve[/bold] {self.run}",
-            f"generator {self.generator.name}",
+            f"generator {self.generator_name}",
             f"generation {self.generation + 1}/{self.generations} ({self.done_in_generation} matches of {self.proposals} proposals)",
             f"matches {matches}{budget}",
             f"{rate:.0f} matches/h",

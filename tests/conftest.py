@@ -98,3 +98,33 @@ def small_corpus_file(tmp_path_factory):
     text = load_corpus("lee-news")
     path.write_text("\n".join(text.evaluation.splitlines()[:40] + text.calibration.splitlines()[:40] + text.heldout.splitlines()[:20]))
     return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_shaped_facts():
+    """Facts of a model shaped like SmolLM2-135M: 30 layers, hidden 576, MLP 1536, 9 heads / 3 KV heads (meta
+    device, no weights), named "smollm2-135m"."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from agentqat.models import model_facts
+
+    config = LlamaConfig(
+        hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+        num_key_value_heads=3, vocab_size=49152, tie_word_embeddings=True,
+    )  # fmt: skip
+    with torch.device("meta"):
+        return model_facts(LlamaForCausalLM(config), "smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def smollm2_server(tmp_path_factory):
+    """One vLLM server on the built-in SmolLM2 (about a minute to start on 2 cores), shared by the session's
+    slow tests. $AGENTQAT_TEST_MODEL_CACHE, when set, is a cache that already holds the converted model."""
+    pytest.importorskip("vllm")
+    from agentqat.llm.server import VllmServer
+
+    with pytest.MonkeyPatch.context() as patch:
+        if os.environ.get("AGENTQAT_TEST_MODEL_CACHE"):
+            patch.setenv(CACHE_ENV, os.environ["AGENTQAT_TEST_MODEL_CACHE"])
+        with VllmServer("smollm2-135m", log_path=tmp_path_factory.mktemp("vllm") / "server.log") as server:
+            yield server

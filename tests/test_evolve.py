@@ -19,6 +19,7 @@ from agentqat.evolve import EvolveSettings, clear_winner, evolve
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.evo import level_switch, uniform_start, units_of
 from agentqat.generators.layout import layout_bits
+from agentqat.generators.repair import within
 from agentqat.models import load_facts
 from agentqat.runs import EvolveJournal, read_run
 from agentqat.store import RunStore
@@ -259,3 +260,27 @@ def test_proposals_stream_into_the_arena_as_the_generator_yields_them(arena, poo
     first_play = events.index(next(e for e in events if e[0] == "played"))
     last_proposal = max(i for i, e in enumerate(events) if e[0] == "proposed")
     assert first_play < last_proposal
+
+
+def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_path, capsys):
+    """`evolve --generator llm` with Outlines over transformers in process (the tiny model proposes):
+    per-layer probes first, then proposals; every accepted proposal resolves and fits, rejections keep reasons."""
+    from agentqat.cli import main
+
+    args = ["evolve", "--arena", str(arena_file), "--generator", "llm", "--llm-backend", "transformers",
+            "--llm-model", str(tiny_llama_dir), "--workers", "0", "--generations", "2", "--population", "3",
+            "--runs", str(tmp_path), "--run", "llm"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    store = RunStore.open(tmp_path / "llm")
+    assert store.manifest["llm"] == {"backend": "transformers", "model": str(tiny_llama_dir), "url": None, "fallback": False}
+    results = store.read("results")
+    probes = [r for r in results if r["strategy_name"].startswith("probe-layer")]
+    assert len(probes) == 2  # one per decoder layer of the tiny model
+    space = SearchSpace(load_facts(store.manifest["arena"]["model"]), store.manifest["arena"]["bits_budget"])
+
+    proposals = store.read("strategies")
+    assert proposals and all(within(p["document"], space) for p in proposals)
+    assert all(r["reason"] for r in store.read("rejections"))
+    assert store.read("reflections")
+    summary = json.loads((tmp_path / "llm" / "summary.json").read_text())
+    assert summary["matches"] == len(results)  # the probes count against the match budget

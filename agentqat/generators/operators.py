@@ -244,7 +244,7 @@ def group_size_change(layout: Layout, space: SearchSpace, rng: np.random.Generat
     return _edit_region(layout, space, rng, lambda c, widths, s: _quantized(c) and bool(others(c, widths)), change)
 
 
-def _cross(
+def cross_layers(
     name: str, mask: LayerMask, first: dict, second: dict, space: SearchSpace, rng: np.random.Generator
 ) -> dict:
     """Returns the child taking each layer's configs from the parent `mask` picks, within budget (see docstring)."""
@@ -275,7 +275,7 @@ def register_crossover(name: str) -> Callable[[LayerMask], LayerMask]:
     def decorate(mask: LayerMask) -> LayerMask:
         if name in CROSSOVERS:
             raise ValueError(f"crossover {name!r} registered twice")
-        CROSSOVERS[name] = partial(_cross, name, mask)
+        CROSSOVERS[name] = partial(cross_layers, name, mask)
         return mask
 
     return decorate

@@ -1,0 +1,61 @@
+"""A generator that falls back on another for the rest of the run when the first fails with a UserError
+(an LLM server down after its retries). The switch is recorded (stream "fallbacks"), never silent; the
+user asks for it (`agentqat evolve --llm-fallback`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from agentqat.errors import UserError
+from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
+
+
+class WithFallback:
+    """`primary` until it raises UserError, then `fallback`; named and counted like `primary`."""
+
+    def __init__(self, primary: Generator, fallback: Generator):
+        self.primary, self.fallback = primary, fallback
+        self.name = primary.name
+        self.active = primary
+        self._records: list[GeneratorRecord] = []
+
+    @property
+    def accepted(self) -> int | None:
+        return getattr(self.primary, "accepted", None)
+
+    @property
+    def rejected(self) -> int | None:
+        return getattr(self.primary, "rejected", None)
+
+    def iter_proposals(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> Iterator[dict]:
+        """Yields the active generator's proposals; after a failure of the primary, the fallback's."""
+        given = 0
+        if self.active is self.primary:
+            try:
+                for document in getattr(self.primary, "iter_proposals", self.primary.propose)(population, count, rng):
+                    given += 1
+                    yield document
+                return
+            except UserError as error:
+                self.active = self.fallback
+                self._records.append(GeneratorRecord("fallbacks", {
+                    "from": self.primary.name, "to": self.fallback.name, "reason": str(error), "after_proposals": given,
+                }))  # fmt: skip
+        yield from self.fallback.propose(population, count - given, rng)
+
+    def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
+        """Returns the proposals `iter_proposals` yields."""
+        return list(self.iter_proposals(population, count, rng))
+
+    def tell(self, evaluated: Sequence[Evaluated]) -> None:
+        """Tells both generators."""
+        self.primary.tell(evaluated)
+        self.fallback.tell(evaluated)
+
+    def take_records(self) -> list[GeneratorRecord]:
+        """Returns the primary's records, then the fallback's and the switch, if any."""
+        records = self.primary.take_records() + self.fallback.take_records() + self._records
+        self._records = []
+        return records

@@ -1,0 +1,201 @@
+"""The LLM generator: a local model proposes strategies under JSON-schema-constrained decoding.
+
+Three kinds of request, each a prompt from `prompts/` and a schema (`agentqat.llm.edits`):
+
+    propose    a whole strategy (the strategy schema narrowed: few rules, the model's module names, the choices)
+    mutate     an edit document applied to a parent from the elite (set_bits, bit_shift, set_group_size, ...)
+    recombine  a crossover of two elite parents: layerwise, blockwise, or spans of layers from each
+
+With no survivor yet every request is a proposal; afterwards requests are mutate with P 0.5, recombine 0.3 (with
+two or more survivors) and propose 0.2. The elite is the ELITE_SIZE best survivors. Each request's sampling seed
+is drawn from the caller's rng, so the same seed, model and server give the same proposals.
+
+Every reply is checked again, whatever the decoder enforced: JSON, jsonschema, the pydantic model, application
+(edits and crossovers), `resolve_strategy` against the model, then the budget (a proposal over it is repaired,
+and the notes say so). A failed check or a duplicate (by strategy id, against the population and the batch)
+rejects the reply with its reason; reasons feed the reflection, and `take_records` hands the loop
+"rejections" (one per reply) and "reflections" (after each `tell`, with the accepted/rejected/repaired counts).
+At most ATTEMPTS_PER_PROPOSAL requests per proposal asked for: `propose` may return fewer than `count`.
+Proposals are named "llm-<strategy id>"; their notes say which request produced them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import jsonschema
+import numpy as np
+import pydantic
+
+from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, register_generator
+from agentqat.generators.repair import repair, within
+
+# Modules, not names: agentqat.llm's modules import agentqat.generators, whose __init__ imports this module, so
+# whichever side is imported first finds the other partly initialised.
+from agentqat.llm import edits, prompts, reflection
+from agentqat.llm.backends import JsonBackend
+from agentqat.resolve import resolve_strategy
+from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
+
+ELITE_SIZE = 4
+MAX_LESSONS = 5
+KIND_WEIGHTS = {"propose": 0.2, "mutate": 0.5, "recombine": 0.3}
+PARENTS = {"propose": 0, "mutate": 1, "recombine": 2}
+MAX_TOKENS = {"propose": 400, "mutate": 160, "recombine": 100}
+ATTEMPTS_PER_PROPOSAL = 3
+MAX_REASON = 300
+MAX_KEPT_REPLY = 2000
+
+
+@dataclass(frozen=True)
+class Request:
+    """One question to the LLM: its kind, the parents it shows, the sampling seed."""
+
+    kind: str
+    parents: tuple[dict, ...]
+    seed: int
+
+
+def elite(population: Sequence[Evaluated], size: int = ELITE_SIZE) -> list[Evaluated]:
+    """Returns the `size` best survivors, by score then strategy id."""
+    survivors = [member for member in population if member.survives]
+    return sorted(survivors, key=lambda m: (-m.score, strategy_id(m.document)))[:size]
+
+
+def _reason(error: Exception) -> str:
+    """Returns a one-line rejection reason for a failed check."""
+    if isinstance(error, json.JSONDecodeError):
+        return f"not JSON (cut at the token limit?): {error.msg} at column {error.colno}"
+    if isinstance(error, jsonschema.ValidationError):
+        return f"schema: {error.message} at {'/'.join(map(str, error.absolute_path)) or 'the top'}"
+    if isinstance(error, StrategyError):
+        return "; ".join(error.lines)
+    if isinstance(error, pydantic.ValidationError):
+        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+    return str(error)
+
+
+@register_generator("llm")
+class LlmGenerator:
+    """Asks an LLM backend for strategies, edits and crossovers; checks every reply (see the module docstring)."""
+
+    name = "llm"
+
+    def __init__(self, space: SearchSpace, backend: JsonBackend, sensitivities: Mapping[int, float] | None = None):
+        self.space = space
+        self.backend = backend
+        self.sensitivities = dict(sensitivities) if sensitivities else None
+        self.reflection = reflection.Reflection(space.facts)
+        self.accepted = self.rejected = self.repaired = 0
+        self._model = prompts.describe_model(space.facts, edits.common_group_sizes(space))
+        self._schemas = {
+            "propose": edits.propose_schema(space),
+            "mutate": edits.edit_schema(space),
+            "recombine": edits.recombine_schema(),
+        }
+        self._validators = {kind: jsonschema.Draft202012Validator(s) for kind, s in self._schemas.items()}
+        self._reasons: list[str] = []  # rejection reasons since the last `tell`
+        self._records: list[GeneratorRecord] = []
+
+    def context(self, best: Sequence[Evaluated]) -> prompts.Context:
+        """Returns what every prompt carries, for this elite and the current reflections."""
+        lessons = list(dict.fromkeys(self.reflection.short_term + self.reflection.long_term))[:MAX_LESSONS]
+        return prompts.Context(
+            model=self._model,
+            budget=self.space.bits_budget,
+            sensitivities=prompts.describe_sensitivities(self.sensitivities, self.space.facts.num_layers),
+            elite=tuple(best),
+            lessons=tuple(lessons),
+        )
+
+    def _request(self, best: Sequence[Evaluated], rng: np.random.Generator) -> Request:
+        """Returns the next request: its kind drawn by KIND_WEIGHTS among those the elite allows."""
+        kinds = [kind for kind in prompts.KINDS if PARENTS[kind] <= len(best)]
+        weights = np.array([KIND_WEIGHTS[kind] for kind in kinds])
+        kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
+        chosen = rng.choice(len(best), PARENTS[kind], replace=False) if PARENTS[kind] else []
+        return Request(kind, tuple(best[int(i)].document for i in chosen), int(rng.integers(2**31)))
+
+    def _candidate(self, request: Request, reply: str) -> tuple[dict, bool]:
+        """Returns the document a reply describes and whether it was repaired into the budget; raises on failure."""
+        answer = json.loads(reply)
+        self._validators[request.kind].validate(answer)
+        rng = np.random.default_rng(request.seed)
+        if request.kind == "mutate":
+            document, repaired = edits.apply_edits(
+                request.parents[0], edits.parse_reply(reply, edits.EditDocument), self.space, rng
+            )
+        elif request.kind == "recombine":
+            document, repaired = edits.apply_recombination(
+                *request.parents, edits.parse_reply(reply, edits.Recombination), self.space, rng
+            )  # fmt: skip
+        else:
+            document, repaired = {"schema_version": SCHEMA_VERSION, **answer}, False
+        resolve_strategy(parse_strategy(document), self.space.facts)  # raises StrategyError naming each problem
+        if not within(document, self.space):
+            document, repaired = repair(document, self.space, rng), True
+        return document, repaired
+
+    def _named(self, document: dict, request: Request, reply: str, repaired: bool) -> dict:
+        """Returns the document named "llm-<strategy id>", its notes saying which request produced it."""
+        parents = " x ".join(str(parent.get("name", "unnamed")) for parent in request.parents)
+        notes = f"llm {request.kind}" + (f" of {parents}" if parents else "")
+        notes += "; repaired into the budget" if repaired else ""
+        notes += f"; reply {json.dumps(json.loads(reply), separators=(',', ':'))}" if request.kind != "propose" else ""
+        body = {key: value for key, value in document.items() if key not in ("schema_version", "name", "notes")}
+        name = f"llm-{strategy_id(document)}"
+        return {"schema_version": SCHEMA_VERSION, "name": name, "notes": notes[:500], **body}
+
+    def _reject(self, request: Request, reply: str, reason: str) -> None:
+        self.rejected += 1
+        reason = f"{request.kind}: {reason}"[:MAX_REASON]
+        self._reasons.append(reason)
+        parents = [parent.get("name", "unnamed") for parent in request.parents]
+        data = {"kind": request.kind, "seed": request.seed, "parents": parents, "reason": reason,
+                "reply": reply[:MAX_KEPT_REPLY]}  # fmt: skip
+        self._records.append(GeneratorRecord("rejections", data))
+
+    def iter_proposals(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> Iterator[dict]:
+        """Yields up to `count` new documents, each as soon as its reply has passed every check."""
+        seen = {strategy_id(member.document) for member in population}
+        best = elite(population)
+        context = self.context(best)
+        accepted = 0
+        for _ in range(ATTEMPTS_PER_PROPOSAL * count):
+            if accepted == count:
+                return
+            request = self._request(best, rng)
+            prompt = prompts.render(request.kind, context, request.parents)
+            reply = self.backend.generate(prompt, self._schemas[request.kind], request.seed, MAX_TOKENS[request.kind])
+            try:
+                document, repaired = self._candidate(request, reply)
+            except (ValueError, StrategyError, jsonschema.ValidationError) as error:
+                self._reject(request, reply, _reason(error))
+                continue
+            if strategy_id(document) in seen:
+                self._reject(request, reply, "duplicate of a strategy already proposed or evaluated")
+                continue
+            seen.add(strategy_id(document))
+            self.accepted += 1
+            self.repaired += repaired
+            accepted += 1
+            yield self._named(document, request, reply, repaired)
+
+    def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
+        """Returns up to `count` new documents, distinct from each other and from the population."""
+        return list(self.iter_proposals(population, count, rng))
+
+    def tell(self, evaluated: Sequence[Evaluated]) -> None:
+        """Turns the evaluated strategies and the replies rejected since the last call into reflections."""
+        self.reflection.observe(evaluated, self._reasons)
+        self._reasons = []
+        data = {"short_term": self.reflection.short_term, "long_term": self.reflection.long_term,
+                "accepted": self.accepted, "rejected": self.rejected, "repaired": self.repaired}  # fmt: skip
+        self._records.append(GeneratorRecord("reflections", data))
+
+    def take_records(self) -> list[GeneratorRecord]:
+        """Returns the rejections and reflections noted since the last call."""
+        records, self._records = self._records, []
+        return records

@@ -1,0 +1,156 @@
+"""Backends that answer a chat prompt with JSON whose decoding is constrained to a JSON schema.
+
+- `VllmBackend`: a vLLM OpenAI-compatible server through Outlines; the server constrains decoding
+  (its structured outputs, xgrammar), so the client compiles nothing.
+- `TransformersBackend`: Outlines over transformers in this process, for where vLLM cannot run.
+
+Both sample (temperature 1 by default) and are reproducible: the same prompt, schema and seed give the
+same text. Callers validate the text again (json + jsonschema): constrained decoding does not enforce
+every schema keyword, and a reply cut at max_tokens is not complete JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from agentqat import defaults
+from agentqat.errors import UserError
+
+if TYPE_CHECKING:
+    from agentqat.llm.server import VllmServer
+
+BACKENDS = ("vllm", "transformers")
+
+
+class JsonBackend(Protocol):
+    name: str  # what the run manifest records, e.g. "vllm http://127.0.0.1:8000/v1 smollm2-135m"
+
+    def generate(self, prompt: str, schema: dict, seed: int, max_tokens: int) -> str:
+        """Returns the model's reply to the chat prompt, decoding constrained to the JSON schema."""
+        ...
+
+
+class VllmBackend:
+    """A vLLM server (>= 0.12) through Outlines. With `server`, every attempt first calls
+    `server.ensure_running()`, which restarts a server that died once."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model_name: str,
+        timeout_s: float = defaults.LLM_REQUEST_TIMEOUT_S,
+        retries: int = defaults.LLM_RETRIES,
+        backoff_s: float = defaults.LLM_BACKOFF_S,
+        temperature: float = defaults.LLM_TEMPERATURE,
+        server: VllmServer | None = None,
+    ):
+        import openai
+        import outlines
+
+        self.base_url = base_url
+        self.model_name = model_name
+        self.name = f"vllm {base_url} {model_name}"
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.temperature = temperature
+        self.server = server
+        # Retries are ours (bounded, with backoff, then a UserError), not the OpenAI client's.
+        client = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
+        self._model = outlines.from_vllm(client, model_name)
+
+    @classmethod
+    def for_server(cls, server: VllmServer, **options: Any) -> VllmBackend:
+        """Returns a backend for a managed server, restarting it once if it dies."""
+        return cls(server.base_url, server.model_name, server=server, **options)
+
+    def generate(self, prompt: str, schema: dict, seed: int, max_tokens: int) -> str:
+        """Returns the reply; raises UserError after `retries` failed retries or when the server refuses the request."""
+        from outlines.exceptions import APIError
+        from outlines.types import JsonSchema
+
+        # Outlines 1.3.3 sends the schema as extra_body={"structured_outputs": {"json": schema}}, the field
+        # vLLM >= 0.12 reads (0.32 silently ignores the old `guided_json`), so no override is needed here.
+        # No whitespace_pattern: the server runs xgrammar with disable_any_whitespace (see server.py).
+        output_type = JsonSchema(schema)
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if self.server is not None:
+                self.server.ensure_running()
+            try:
+                reply = self._model(prompt, output_type, seed=seed, max_tokens=max_tokens, temperature=self.temperature)
+                return reply or ""
+            except APIError as error:
+                if not error.retryable:
+                    raise UserError(
+                        f"the vLLM server at {self.base_url} refused the request: {error}",
+                        f"check that it serves the model {self.model_name!r} (GET {self.base_url}/models)",
+                    ) from error
+                last_error = error
+        raise UserError(
+            f"no answer from the vLLM server at {self.base_url} after {self.retries + 1} attempts: {last_error}",
+            "start one with `agentqat llm serve` (or pass its URL), or use --llm-backend transformers",
+        ) from last_error
+
+
+class TransformersBackend:
+    """Outlines over a transformers model in this process (fp32, `threads` torch threads while generating)."""
+
+    def __init__(
+        self, model: str | Path = defaults.DEFAULT_MODEL, threads: int = defaults.LLM_THREADS, temperature: float = defaults.LLM_TEMPERATURE
+    ):
+        import outlines
+
+        from agentqat.models import load_model
+
+        loaded = load_model(str(model))
+        self.name = f"transformers {loaded.directory or model}"
+        self.threads = threads
+        self.temperature = temperature
+        self._model = outlines.from_transformers(loaded.model, loaded.tokenizer)
+        self._generators: dict[str, Any] = {}  # schema JSON -> Outlines generator (compiling one takes seconds)
+        self._lock = threading.Lock()  # torch threads and the global seed are process-wide
+
+    def generate(self, prompt: str, schema: dict, seed: int, max_tokens: int) -> str:
+        """Returns the reply, sampled after `transformers.set_seed(seed)`."""
+        import outlines
+        import torch
+        import transformers
+        from outlines.types import JsonSchema
+
+        key = json.dumps(schema, sort_keys=True)
+        with self._lock:
+            if key not in self._generators:
+                # outlines-core's default whitespace (any run of blanks) lets a small model ramble in whitespace.
+                self._generators[key] = outlines.Generator(self._model, JsonSchema(schema, whitespace_pattern=r"[ ]?"))
+            threads = torch.get_num_threads()
+            torch.set_num_threads(self.threads)
+            try:
+                transformers.set_seed(seed)
+                return self._generators[key](prompt, max_new_tokens=max_tokens, do_sample=True, temperature=self.temperature)
+            finally:
+                torch.set_num_threads(threads)
+
+
+def make_backend(
+    kind: str,
+    model: str = defaults.DEFAULT_MODEL,
+    url: str | None = None,
+    server: VllmServer | None = None,
+    threads: int = defaults.LLM_THREADS,
+) -> JsonBackend:
+    """Returns a backend: "vllm" for the server at `url` (serving `model`) or for a managed `server`;
+    "transformers" for `model` loaded in this process."""
+    if kind == "transformers":
+        return TransformersBackend(model, threads=threads)
+    if kind == "vllm" and server is not None:
+        return VllmBackend.for_server(server)
+    if kind == "vllm" and url:
+        return VllmBackend(url, model)
+    if kind == "vllm":
+        raise UserError("the vllm backend needs a server URL", "pass the URL that `agentqat llm serve` prints")
+    raise UserError(f"unknown LLM backend {kind!r}", f"use one of {', '.join(BACKENDS)}")
