@@ -279,14 +279,12 @@ def _evolve_workers(workers: int | None, llm: dict | None) -> int:
 
 def _llm_options(llm: dict, arena, space, player, directory: Path) -> tuple[dict, object, int]:
     """Returns the LLM generator's options (backend, measured sensitivities), the managed server (or None) and
-    the number of probe matches: one per layer on the arena's first stage, recorded like any match."""
-    from agentqat.arena.request import MatchRequest
+    the number of sensitivity probe matches."""
     from agentqat.llm.backends import make_backend
     from agentqat.llm.server import VllmServer
-    from agentqat.sensitivity import probe_documents, sensitivities
+    from agentqat.sensitivity import measure
 
-    probes = probe_documents(space.facts)
-    results = player([MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()])
+    sensitivities, probes = measure(player, arena, space.facts)
     server = None
     if llm["backend"] == "vllm" and not llm["url"]:
         server = VllmServer(llm["model"], threads=defaults.LLM_THREADS, log_path=directory / "llm-server.log").start()
@@ -296,7 +294,7 @@ def _llm_options(llm: dict, arena, space, player, directory: Path) -> tuple[dict
         if server:
             server.stop()
         raise
-    return {"backend": backend, "sensitivities": sensitivities(probes, results)}, server, len(results)
+    return {"backend": backend, "sensitivities": sensitivities}, server, probes
 
 
 def cmd_show(args: argparse.Namespace) -> int:

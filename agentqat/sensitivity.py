@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from agentqat.arena.config import Arena
+from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
+from agentqat.arena.tournament import Player
 from agentqat.models import ModelFacts
 from agentqat.strategy import SCHEMA_VERSION, strategy_id
 
@@ -39,3 +42,11 @@ def sensitivities(probes: dict[int, dict], results: Sequence[MatchResult]) -> di
     measured = {layer: quality[strategy_id(document)] for layer, document in probes.items()}
     worst = 2 * max((q.kl for q in measured.values() if q is not None), default=1.0)
     return {layer: worst if q is None else q.kl for layer, q in measured.items()}
+
+
+def measure(play: Player, arena: Arena, facts: ModelFacts) -> tuple[dict[int, float], int]:
+    """Returns the sensitivities measured by playing the probes on the arena's first stage, and the number of
+    probe matches (a recorded player answers probes played before from the run)."""
+    probes = probe_documents(facts)
+    results = play([MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()])
+    return sensitivities(probes, results), len(results)

@@ -5,8 +5,9 @@ survivor of each run (KL, perplexity, bits, score) with the mean over seeds.
                                          [--population 8] [--workers 2] [--runs runs/bench-generators]
 
 Every run is an ordinary evolve run directory (`agentqat show` reads it; re-running the script resumes them).
-The runs share one pool of Ray evaluator actors, so the model loads once; the arena's seed fixes the windows,
-so every run is scored on the same tokens. The clear-winner stop is off: every run spends the whole budget.
+The runs share one pool of Ray evaluator actors (and the LLM runs one vLLM server on SmolLM2), so the model
+loads once; the arena's seed fixes the windows, so every run is scored on the same tokens. The clear-winner
+stop is off: every run spends the whole budget. The LLM generator's per-layer probes count against it.
 """
 
 from __future__ import annotations
@@ -21,17 +22,29 @@ from agentqat.arena.pool import make_pool
 from agentqat.arena.recorded import RecordedPlayer
 from agentqat.evolve import EvolveSettings, evolve
 from agentqat.generators import SearchSpace, make_generator
+from agentqat.llm.backends import VllmBackend
+from agentqat.llm.server import VllmServer
 from agentqat.models import load_facts
 from agentqat.runs import EvolveJournal
+from agentqat.sensitivity import measure
 from agentqat.store import RunStore
 
 
-def run_one(arena, pool, space, settings: EvolveSettings, directory: Path):
-    """Returns the outcome of one evolve run in `directory` (resumed when it exists)."""
+def run_one(arena, pool, space, settings: EvolveSettings, directory: Path, server: VllmServer | None):
+    """Returns the outcome of one evolve run in `directory` (resumed when it exists). The LLM generator gets
+    the shared vLLM server and its sensitivity probes, counted against the match budget as in `evolve`."""
     manifest = {"kind": "evolve", "arena": arena.model_dump(), "settings": asdict(settings)}
     store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(directory, manifest)
-    generator = make_generator(settings.generator, space)
-    return evolve(generator, arena, RecordedPlayer(pool.run, store), settings, EvolveJournal(store))
+    player = RecordedPlayer(pool.run, store)
+    options, probes = {}, 0
+    if settings.generator == "llm":
+        sensitivities, probes = measure(player, arena, space.facts)
+        options = {"backend": VllmBackend.for_server(server), "sensitivities": sensitivities}
+    generator = make_generator(settings.generator, space, **options)
+    outcome = evolve(generator, arena, player, settings, EvolveJournal(store), prior_matches=probes)
+    if settings.generator == "llm":
+        print(f"llm seed {settings.seed}: proposals accepted {generator.accepted}, rejected {generator.rejected}, repaired {generator.repaired}")
+    return outcome
 
 
 def main() -> None:
@@ -48,6 +61,7 @@ def main() -> None:
     arena = load_arena(args.arena)
     space = SearchSpace(load_facts(arena.model), arena.bits_budget)
     pool = make_pool(arena, args.workers)
+    server = VllmServer().start() if "llm" in args.generators.split(",") else None
     rows = []
     try:
         for name in args.generators.split(","):
@@ -56,7 +70,7 @@ def main() -> None:
                     generator=name, seed=seed, population=args.population, generations=10_000,
                     patience=10_000, match_budget=args.budget, stop_when_clear=False,
                 )  # fmt: skip
-                outcome = run_one(arena, pool, space, settings, args.runs / f"{name}-seed{seed}")
+                outcome = run_one(arena, pool, space, settings, args.runs / f"{name}-seed{seed}", server)
                 best = next((row for row in outcome.rows if row.survives), None)
                 rows.append((name, seed, outcome, best))
                 agg = best.aggregate if best else None
@@ -68,6 +82,8 @@ def main() -> None:
                 )  # fmt: skip
     finally:
         pool.shutdown()
+        if server:
+            server.stop()
     print(f"\narena {arena.name}, budget {args.budget} matches, bits budget {arena.bits_budget}; best survivor per run")
     print(f"{'generator':10s} {'KL mean':>8s} {'KL sd':>7s} {'ppl mean':>9s} {'bits mean':>9s} {'score mean':>10s}  per seed KL")
     for name in args.generators.split(","):

@@ -3,6 +3,7 @@ after SIGKILL ends with the leaderboard of an uninterrupted run; `show` reads a 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -284,3 +285,35 @@ def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_pat
     assert store.read("reflections")
     summary = json.loads((tmp_path / "llm" / "summary.json").read_text())
     assert summary["matches"] == len(results)  # the probes count against the match budget
+
+
+@pytest.mark.slow
+def test_llm_generator_with_a_managed_vllm_server(arena_file, tmp_path, capsys):
+    """`evolve --generator llm` starts a vLLM server on SmolLM2 itself, proposes through it, stops it."""
+    pytest.importorskip("vllm")
+    from agentqat.cli import main
+
+    args = ["evolve", "--arena", str(arena_file), "--generator", "llm", "--generations", "2", "--population", "3",
+            "--runs", str(tmp_path), "--run", "managed"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    store = RunStore.open(tmp_path / "managed")
+    assert store.manifest["llm"]["backend"] == "vllm" and store.manifest["llm"]["url"] is None
+    space = SearchSpace(load_facts(store.manifest["arena"]["model"]), store.manifest["arena"]["bits_budget"])
+    proposals = store.read("strategies")
+    assert proposals and all(within(p["document"], space) for p in proposals)
+    assert all(r["reason"] for r in store.read("rejections"))
+    log = (tmp_path / "managed" / "llm-server.log").read_text()
+    port = re.search(r"starting vLLM for smollm2-135m on port (\d+)", log).group(1)
+    assert subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True).returncode == 1  # stopped
+
+
+@pytest.mark.slow
+def test_llm_generator_with_a_given_vllm_server(arena_file, smollm2_server, tmp_path, capsys):
+    """`--llm-url` uses a running server (here the session's) and leaves it running."""
+    from agentqat.cli import main
+
+    args = ["evolve", "--arena", str(arena_file), "--generator", "llm", "--llm-url", smollm2_server.base_url,
+            "--workers", "0", "--generations", "1", "--population", "3", "--runs", str(tmp_path), "--run", "given"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    assert RunStore.open(tmp_path / "given").read("strategies")
+    assert smollm2_server.running()
