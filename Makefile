@@ -11,12 +11,12 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-# The main job there is today on the embedded default model and corpus: a quick baseline tournament
-# (screening stage, 4 and 3 bits, RTN / GPTQ / AWQ / HQQ / NF4) on Ray workers, recorded in runs/demo/.
-# Running it again resumes the recorded run instead of replaying it.
+# The main job on the embedded default model and corpus: a short evolution whose strategies a local LLM
+# (SmolLM2 on a vLLM server the tool starts and stops) proposes under JSON-schema-constrained decoding,
+# recorded in runs/demo/. Running it again resumes the recorded run instead of replaying it.
 demo: $(STAMP)
-	$(BIN)/agentqat info
-	$(BIN)/agentqat baseline --stage screen --bits 4,3 --calibration 16 --methods rtn,gptq,awq,hqq,nf4 --run demo
+	@if [ -f runs/demo/manifest.json ]; then $(BIN)/agentqat evolve --resume runs/demo; \
+	else $(BIN)/agentqat evolve --generator llm --population 4 --generations 2 --run demo; fi
 
 # Everything CI runs, slow integration tests included.
 test: $(STAMP)

@@ -317,3 +317,14 @@ def test_llm_generator_with_a_given_vllm_server(arena_file, smollm2_server, tmp_
     assert main(args) == 0, capsys.readouterr().err
     assert RunStore.open(tmp_path / "given").read("strategies")
     assert smollm2_server.running()
+
+
+def test_the_time_budget_stops_the_run_before_a_generation(arena, pool, tmp_path):
+    ticks = iter(range(0, 10_000, 100))  # every reading of the clock is 100 s later
+    store = RunStore.create(tmp_path / "run", {"kind": "evolve"})
+    settings = EvolveSettings(generator="random", population=2, generations=50, patience=50, time_budget_s=450, stop_when_clear=False)
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    outcome = evolve(make_generator("random", space), arena, RecordedPlayer(pool.run, store), settings,
+                     EvolveJournal(store), clock=lambda: next(ticks))  # fmt: skip
+    assert outcome.stop_reason == "time budget of 450 s spent"
+    assert 1 <= len(outcome.generations) < 5
