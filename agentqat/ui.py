@@ -288,7 +288,8 @@ class EvolveView:
         parts = [
             f"[bold]evolve[/bold] {self.run}",
             f"generator {self.generator_name}",
-            f"generation {self.generation + 1}/{self.generations} ({self.done_in_generation} matches of {self.proposals} proposals)",
+            f"generation {self.generation + 1}/{self.generations} ({self.done_in_generation} matches of {self.proposals} proposals)"
+            if self.generation >= 0 else f"before generation 1: {self.done_in_generation} matches (sensitivity probes, replays)",
             f"matches {matches}{budget}",
             f"{rate:.0f} matches/h",
             _duration(elapsed),
