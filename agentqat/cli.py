@@ -254,6 +254,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             options, probes = {}, 0
             if llm:
                 options, server, probes = _llm_options(llm, arena, space, player, directory)
+                view.matches_before = probes
             generator = make_generator(settings.generator, space, **options)
             if llm and llm["fallback"]:
                 generator = WithFallback(generator, make_generator("random", space))
