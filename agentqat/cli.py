@@ -6,6 +6,7 @@ Bad input raises UserError, printed as one line on stderr with exit code 2; noth
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -202,6 +203,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     from agentqat.evolve import EvolveSettings, evolve
     from agentqat.generators import GENERATORS, SearchSpace, make_generator
     from agentqat.generators.fallback import WithFallback
+    from agentqat.generators.layout import layout_id
     from agentqat.models import load_facts
     from agentqat.runs import EvolveJournal
     from agentqat.store import RunStore
@@ -259,7 +261,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             if llm and llm["fallback"]:
                 generator = WithFallback(generator, make_generator("random", space))
             view.generator = generator
-            outcome = evolve(generator, arena, player, settings, journal, view, prior_matches=probes)
+            identity = functools.partial(layout_id, facts=space.facts)
+            outcome = evolve(generator, arena, player, settings, journal, view, prior_matches=probes, identity=identity)
     except KeyboardInterrupt:
         print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
         raise

@@ -4,8 +4,8 @@ One generation g:
 
     proposals   the journal's recorded proposals when g finished before (a resumed run), else the generator's,
                 asked with the random generator default_rng([seed, g]) for `population` documents (fewer when
-                the match budget cannot pay a first-stage match for each); ids evaluated before are dropped and
-                asked for again; each is recorded and sent to the arena as soon as the generator yields it
+                the match budget cannot pay a first-stage match for each); duplicates of earlier proposals by
+                `identity` (a canonical hash) are dropped and asked for again; each is recorded and sent to the arena as soon as the generator yields it
     evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
                 `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
     tell        the generator learns every proposal's fate: its row on the last stage it reached, failures
@@ -130,6 +130,7 @@ class _State:
     """What the loop knows between generations."""
 
     documents: dict[str, dict] = field(default_factory=dict)  # every evaluated strategy id -> document
+    seen: set[str] = field(default_factory=set)  # the identities of every proposal so far
     final_results: list[MatchResult] = field(default_factory=list)
     rows: list[Ranked] = field(default_factory=list)
     population: list[Evaluated] = field(default_factory=list)
@@ -140,18 +141,24 @@ class _State:
 
 
 def _fresh_proposals(
-    generator: Generator, population: Sequence[Evaluated], count: int, rng: np.random.Generator, evaluated: set[str]
+    generator: Generator,
+    population: Sequence[Evaluated],
+    count: int,
+    rng: np.random.Generator,
+    seen: set[str],
+    identity: Callable[[dict], str],
 ) -> Iterator[dict]:
-    """Yields up to `count` proposals whose ids were not evaluated before, asking the generator a few times.
+    """Yields up to `count` proposals whose identities are not in `seen` (which it extends), asking the
+    generator a few times.
 
     Generators that decode slowly (the LLM) offer `iter_proposals`, which yields each proposal when it is
     ready: its first proposals are then played while it decodes the next ones."""
-    ids, given = set(evaluated), 0
+    given = 0
     for _ in range(ASKS_PER_GENERATION):
         stream = getattr(generator, "iter_proposals", generator.propose)(population, count - given, rng)
         for document in stream:
-            if strategy_id(document) not in ids:
-                ids.add(strategy_id(document))
+            if identity(document) not in seen:
+                seen.add(identity(document))
                 given += 1
                 yield document
             if given == count:
@@ -216,11 +223,13 @@ def evolve(
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
     prior_matches: int = 0,
+    identity: Callable[[dict], str] = strategy_id,
 ) -> EvolveOutcome:
     """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring).
 
     `prior_matches`: matches the run spent before the loop (the LLM generator's sensitivity probes), counted
-    against the match budget."""
+    against the match budget. `identity`: the canonical hash that finds duplicate proposals (`layout_id` for
+    one model: documents that configure every module alike are duplicates)."""
     started = clock()
     state = _State(matches=prior_matches)
     final_stage = arena.stages[-1].name
@@ -236,8 +245,9 @@ def evolve(
                 source: Iterable[dict] = recorded
             else:
                 rng = np.random.default_rng([settings.seed, generation])
-                source = _fresh_proposals(generator, state.population, count, rng, set(state.documents))
+                source = _fresh_proposals(generator, state.population, count, rng, state.seen, identity)
             for document in source:
+                state.seen.add(identity(document))
                 if recorded is None:
                     journal.record_proposal(generation, len(documents), generator.name, document)
                 documents.append(document)

@@ -13,6 +13,7 @@ stop is off: every run spends the whole budget. The LLM generator's per-layer pr
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 from dataclasses import asdict
 from pathlib import Path
@@ -22,6 +23,7 @@ from agentqat.arena.pool import make_pool
 from agentqat.arena.recorded import RecordedPlayer
 from agentqat.evolve import EvolveSettings, evolve
 from agentqat.generators import SearchSpace, make_generator
+from agentqat.generators.layout import layout_id
 from agentqat.llm.backends import VllmBackend
 from agentqat.llm.server import VllmServer
 from agentqat.models import load_facts
@@ -41,7 +43,8 @@ def run_one(arena, pool, space, settings: EvolveSettings, directory: Path, serve
         sensitivities, probes = measure(player, arena, space.facts)
         options = {"backend": VllmBackend.for_server(server), "sensitivities": sensitivities}
     generator = make_generator(settings.generator, space, **options)
-    outcome = evolve(generator, arena, player, settings, EvolveJournal(store), prior_matches=probes)
+    identity = functools.partial(layout_id, facts=space.facts)
+    outcome = evolve(generator, arena, player, settings, EvolveJournal(store), prior_matches=probes, identity=identity)
     if settings.generator == "llm":
         print(f"llm seed {settings.seed}: proposals accepted {generator.accepted}, rejected {generator.rejected}, repaired {generator.repaired}")
     return outcome

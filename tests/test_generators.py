@@ -374,3 +374,14 @@ def test_crossover_masks():
     coins = np.concatenate([layerwise(30, rng(seed)) for seed in range(20)])
     assert 0.4 < coins.mean() < 0.6
     assert blockwise(1, rng(0)).shape == (1,)
+
+
+def test_layout_id_finds_documents_that_configure_every_module_alike(facts):
+    from agentqat.generators.layout import layout_id
+
+    plain = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64}}}
+    no_op_rule = {**plain, "rules": [{"layers": "0-29", "modules": ["attn", "mlp"], "weight": {"bits": 4}}]}
+    other = {**plain, "rules": [{"layers": "3", "modules": ["mlp"], "weight": {"bits": 5}}]}
+    assert strategy_id(plain) != strategy_id(no_op_rule)
+    assert layout_id(plain, facts) == layout_id(no_op_rule, facts) != layout_id(other, facts)
+    assert layout_id({"default": {"weight": {"bits": 7}}}, facts) == strategy_id({"default": {"weight": {"bits": 7}}})

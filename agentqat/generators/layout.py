@@ -24,7 +24,7 @@ from functools import lru_cache
 from agentqat.bits import expected_outlier_count, module_bits
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.resolve import ROLE_PATTERNS, ModuleConfig, layered_configs, module_role_name, pattern_matches
-from agentqat.strategy import SCHEMA_VERSION, parse_strategy, strategy_id
+from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
 
 MAX_MODULE_PATTERNS = 8  # what the schema allows per rule
 
@@ -160,3 +160,12 @@ def document_of(layout: Layout, facts: ModelFacts, prefix: str, notes: str = "")
     body = {"default": _genes(default), "rules": rules, "arithmetic": {"compute_dtype": layout.compute_dtype}}
     name = f"{prefix}-{strategy_id({'schema_version': SCHEMA_VERSION, **body})}"
     return {"schema_version": SCHEMA_VERSION, "name": name, **({"notes": notes[:500]} if notes else {}), **body}
+
+
+def layout_id(document: dict, facts: ModelFacts) -> str:
+    """Returns the id of what the document does to this model: two documents whose rules give every module
+    the same config share it (unlike `strategy_id`, which hashes the document). Invalid ones: `strategy_id`."""
+    try:
+        return strategy_id(document_of(layout_of(document, facts), facts, "layout"))
+    except StrategyError:
+        return strategy_id(document)
