@@ -217,7 +217,9 @@ def test_cli_refuses_bad_evolve_input_with_exit_2(arena_file, tmp_path, capsys):
 def test_ctrl_c_stops_with_a_resume_hint(arena_file, tmp_path):
     command, options = agentqat("evolve", "--arena", str(arena_file), "--workers", "0", "--runs", str(tmp_path),
                                 "--run", "stopped", "--generations", "30", "--patience", "30", "--no-clear-stop", cwd=tmp_path)  # fmt: skip
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options)
+    # A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT ignored: restore it.
+    restore = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=restore, **options)
     results = tmp_path / "stopped" / "results.jsonl"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and not (results.exists() and results.read_text().count("\n") >= 3):

@@ -13,6 +13,7 @@ from agentqat.arena.request import MatchRequest
 def ray_session():
     import ray
 
+    ray.shutdown()  # an earlier test's CLI run may have started Ray in this process with other resources
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield ray
     ray.shutdown()
