@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -84,6 +85,47 @@ def test_llm_serve_command_line_and_thread_binding():
     assert bound_cpus(1) == str(cpus[-1]) and bound_cpus(len(cpus) + 4) == ",".join(map(str, cpus))
 
 
+def start_owner_then_kill_it(command: list[str], wrapped: bool) -> int:
+    """Runs a Python owner process that starts `command` in its own session (`wrapped`: under die_with_parent,
+    as VllmServer does) and kills the owner with SIGKILL; returns the pid of the process the owner started."""
+    owner_code = (
+        "import os, subprocess, sys, time\n"
+        f"command = {command!r}\n"
+        f"if {wrapped!r}:\n"
+        "    command = [sys.executable, '-m', 'agentqat.llm.die_with_parent', str(os.getpid()), *command]\n"
+        "child = subprocess.Popen(command, start_new_session=True)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True)
+    child = int(owner.stdout.readline())
+    time.sleep(0.5)  # lets the wrapper set the signal and exec
+    assert group_alive(child), "the started command should be running before its owner is killed"
+    owner.kill()
+    owner.wait()
+    return child
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    """Returns whether the process group `pid` has no process left within `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while group_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return not group_alive(pid)
+
+
+def test_a_managed_server_ends_when_its_owner_is_killed():
+    """A server runs in its own session, which SIGKILL of its owner would orphan; the wrapper ends it."""
+    assert VllmServer(port=8000).command("dir")[:4] == [sys.executable, "-m", "agentqat.llm.die_with_parent", str(os.getpid())]
+    wrapped = start_owner_then_kill_it(["sleep", "300"], wrapped=True)
+    assert wait_gone(wrapped, timeout_s=10)
+    unwrapped = start_owner_then_kill_it(["sleep", "300"], wrapped=False)
+    try:
+        assert not wait_gone(unwrapped, timeout_s=1)
+    finally:
+        os.killpg(unwrapped, signal.SIGKILL)
+
+
 # ------------------------------------------------------------------------------------ real vLLM servers
 def group_members(pid: int) -> list[str]:
     """Returns the ids of the processes in the process group `pid`."""
@@ -124,6 +166,33 @@ def test_vllm_server_that_cannot_start_says_why(vllm_tiny_dir, tmp_path):
         server.start()
     assert str(log) in str(caught.value) and "max_model_len" in str(caught.value)
     assert not group_alive(server.pid)
+
+
+@pytest.mark.slow
+def test_a_real_managed_server_ends_with_its_killed_owner(smollm2_server, tmp_path):
+    """SIGKILL of a process that started a vLLM server takes the server's engine and worker down too. (The
+    fixture's environment points the owner at the cache that already holds the converted model.)"""
+    owner_code = (
+        "import time\n"
+        "from agentqat.llm.server import VllmServer\n"
+        f"server = VllmServer('smollm2-135m', log_path={str(tmp_path / 'owned.log')!r}).start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen([sys.executable, "-c", owner_code], stdout=subprocess.PIPE, text=True)
+    try:
+        line = owner.stdout.readline()
+        assert line, f"the owner could not start a server (log: {tmp_path / 'owned.log'})"
+        served = int(line)
+        assert len(group_members(served)) >= 3  # the API server, its engine core and the worker
+    finally:
+        owner.kill()
+        owner.wait()
+    try:
+        assert wait_gone(served, timeout_s=60)
+    finally:
+        if group_alive(served):
+            os.killpg(served, signal.SIGKILL)
 
 
 @pytest.mark.slow

