@@ -9,7 +9,9 @@ One generation g:
     evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
                 `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
     tell        the generator learns every proposal's fate: its row on the last stage it reached, failures
-                and eliminations included (negative results are told and recorded, not hidden)
+                and eliminations included (negative results are told and recorded, not hidden); what it
+                noted is recorded once the generation is, and a replayed generation's notes are restored
+                to it first
     survive     the population is the best `population` survivors of the last stage's leaderboard over every
                 generation so far (elitism: a strategy leaves only when better ones arrive)
 
@@ -112,7 +114,11 @@ class Journal(Protocol):
 
     def record_generation(self, summary: GenerationSummary) -> None: ...
 
-    def record_generator(self, records: Sequence[GeneratorRecord]) -> None: ...
+    def record_generator(self, generation: int, records: Sequence[GeneratorRecord]) -> None: ...
+
+    def generator_records(self, generation: int) -> list[GeneratorRecord]:
+        """Returns what the generator noted in a generation that finished in an earlier session."""
+        ...
 
     def record_end(self, outcome: EvolveOutcome) -> None: ...
 
@@ -252,19 +258,21 @@ def evolve(
                     journal.record_proposal(generation, len(documents), generator.name, document)
                 documents.append(document)
                 yield MatchRequest(document, arena.stages[0].name, arena.seed)
-            if recorded is None:
-                journal.record_generator(generator.take_records())
 
         if observer:
             observer.generation_started(generation, count)
         outcome = play_tournament(play, arena, proposals(), arena.seed)
         if not documents:
+            journal.record_generator(generation, generator.take_records())  # e.g. the rejected replies
             stop = "the generator proposed nothing new"
             break
         state.documents.update({strategy_id(d): d for d in documents})
         state.matches += len(outcome.results)
         fates = _fates(documents, [stage.rows for stage in outcome.stages])
+        if recorded is not None:
+            generator.restore(journal.generator_records(generation))
         generator.tell(fates)
+        noted = generator.take_records()  # a replayed generation's records are in the journal already
         state.final_results.extend(r for r in outcome.results if r.stage == final_stage)
         state.rows = rank_stage(arena, state.final_results) if state.final_results else []
         state.population = [
@@ -291,6 +299,8 @@ def evolve(
         )
         state.summaries.append(summary)
         journal.record_generation(summary)
+        if recorded is None:  # after the generation is in: a killed generation is proposed again, noted again
+            journal.record_generator(generation, noted)
         if observer:
             observer.generation_finished(summary, state.rows)
     result = EvolveOutcome(tuple(state.rows), tuple(state.population), tuple(state.summaries), stop, state.matches)

@@ -5,7 +5,8 @@ runs/<name>/strategies.jsonl    every proposal as it is made: generation, index,
                                 document (evolve runs; a generation cut by a kill is proposed again)
 runs/<name>/results.jsonl       every match result, failures included (agentqat.arena.recorded)
 runs/<name>/generations.jsonl   one summary per finished generation (evolve runs)
-runs/<name>/<stream>.jsonl      what the generator noted, e.g. rejections and reflections of the LLM generator
+runs/<name>/<stream>.jsonl      what the generator noted, e.g. rejections and reflections of the LLM generator,
+                                each with its generation (written when the generation is in)
 runs/<name>/summary.json        the final leaderboard and why the run stopped, rewritten at each end
 """
 
@@ -59,10 +60,21 @@ class EvolveJournal:
             self.store.append(GENERATIONS_STREAM, asdict(summary))
             self._finished.add(summary.generation)
 
-    def record_generator(self, records: Sequence[GeneratorRecord]) -> None:
-        """Appends what the generator noted to its streams."""
+    def record_generator(self, generation: int, records: Sequence[GeneratorRecord]) -> None:
+        """Appends what the generator noted in a generation to its streams."""
         for record in records:
-            self.store.append(record.stream, record.data)
+            self.store.append(record.stream, {"generation": generation, **record.data})
+
+    def generator_records(self, generation: int) -> list[GeneratorRecord]:
+        """Returns what the generator noted in a generation, from every stream that is not the loop's own."""
+        own = {STRATEGIES_STREAM, GENERATIONS_STREAM, RESULTS_STREAM}
+        streams = sorted(path.stem for path in self.store.directory.glob("*.jsonl") if path.stem not in own)
+        return [
+            GeneratorRecord(stream, {key: value for key, value in record.items() if key != "generation"})
+            for stream in streams
+            for record in self.store.read(stream)
+            if record.get("generation") == generation
+        ]
 
     def record_end(self, outcome) -> None:
         """Writes summary.json: why the run stopped, its totals and the final leaderboard."""

@@ -18,6 +18,7 @@ from agentqat.arena.pool import LocalPool
 from agentqat.arena.recorded import RecordedPlayer
 from agentqat.evolve import EvolveSettings, clear_winner, evolve
 from agentqat.generators import Evaluated, SearchSpace, make_generator
+from agentqat.generators.base import GeneratorRecord
 from agentqat.generators.evo import level_switch, uniform_start, units_of
 from agentqat.generators.layout import layout_bits
 from agentqat.generators.repair import within
@@ -51,8 +52,9 @@ def pool(arena):
     return LocalPool(arena)
 
 
-def run_evolve(arena, pool, directory, settings, crash_after=None):
-    """Runs (or resumes) an evolve run in `directory`; `crash_after` matches, the player raises (a crash)."""
+def run_evolve(arena, pool, directory, settings, crash_after=None, generator=None):
+    """Runs (or resumes) an evolve run in `directory` with `generator` (else the settings' one); `crash_after`
+    matches, the player raises (a crash)."""
     store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(
         directory, {"kind": "evolve", "arena": arena.model_dump(), "settings": asdict(settings)}
     )
@@ -68,7 +70,7 @@ def run_evolve(arena, pool, directory, settings, crash_after=None):
         return pool.run(requests, counted, on_start)
 
     space = SearchSpace(load_facts(arena.model), arena.bits_budget)
-    generator = make_generator(settings.generator, space)
+    generator = generator or make_generator(settings.generator, space)
     outcome = evolve(generator, arena, RecordedPlayer(run, store), settings, EvolveJournal(store))
     return outcome, played
 
@@ -125,6 +127,50 @@ def test_a_crashed_run_resumes_to_the_same_leaderboard(arena, pool, tmp_path):
     assert leaderboard(resumed) == leaderboard(whole)
     assert len(played) == whole.matches - 13  # recorded matches were not played again
     assert [asdict(g) | {"elapsed_s": 0} for g in resumed.generations] == [asdict(g) | {"elapsed_s": 0} for g in whole.generations]
+
+
+class NotingGenerator:
+    """The random generator, noting what it is told (as the LLM generator notes reflections) and keeping what
+    a resumed run hands back."""
+
+    def __init__(self, space):
+        self.inner = make_generator("random", space)
+        self.name = "random"
+        self.restored = []
+        self._records = []
+
+    def propose(self, population, count, rng):
+        return self.inner.propose(population, count, rng)
+
+    def tell(self, evaluated):
+        self._records.append(GeneratorRecord("notes", {"told": sorted(strategy_id(e.document) for e in evaluated)}))
+
+    def take_records(self):
+        records, self._records = self._records, []
+        return records
+
+    def restore(self, records):
+        self.restored.extend(records)
+
+
+def test_a_resumed_run_hands_the_generator_back_what_it_noted(arena, pool, tmp_path):
+    """Notes are recorded once per finished generation, with it; a resumed run restores them for every
+    generation it replays, so a generator with memory (the LLM's reflection) goes on as if never stopped."""
+    settings = EvolveSettings(generator="random", seed=2, population=3, generations=3, stop_when_clear=False, patience=5)
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    with pytest.raises(RuntimeError, match="crash"):
+        run_evolve(arena, pool, tmp_path / "run", settings, crash_after=13, generator=NotingGenerator(space))
+    store = RunStore.open(tmp_path / "run")
+    finished = [g["generation"] for g in store.read("generations")]
+    assert finished and [n["generation"] for n in store.read("notes")] == finished  # the cut one is not noted
+    before = {n["generation"]: n["told"] for n in store.read("notes")}
+
+    resumed = NotingGenerator(space)
+    outcome, _ = run_evolve(arena, pool, tmp_path / "run", settings, generator=resumed)
+    assert [record.data["told"] for record in resumed.restored] == [before[g] for g in finished]
+    notes = store.read("notes")
+    assert [n["generation"] for n in notes] == list(range(len(outcome.generations)))  # each generation once
+    assert [n["told"] for n in notes[: len(finished)]] == [before[g] for g in finished]
 
 
 def test_clear_winner_needs_a_full_population_and_separate_intervals():

@@ -121,11 +121,19 @@ def test_generator_contract(facts, name, budget, request):
     population.append(Evaluated({"schema_version": 1, "default": {"weight": {"bits": 7}}}, -math.inf, False,
                                 "invalid", None, None))  # fmt: skip
     generator.tell(population)
+    records = generator.take_records()
+    # a resumed run replays that generation: the records handed back, then the same tell
+    resumed = make_generator(name, space, **options)
+    resumed.restore(records)
+    resumed.tell(population)
+    if name == "llm":  # its reflection comes back whole: lessons from the rejected replies, and the counts
+        assert resumed.take_records() == [record for record in records if record.stream == "reflections"]
     later = generator.propose(population, COUNT, rng(2))
     assert len(later) in counts
     assert not {strategy_id(d) for d in later} & {strategy_id(e.document) for e in population}
     for document in later:
         assert_valid_within(document, space)
+    assert resumed.propose(population, COUNT, rng(2)) == later  # it goes on as if it had never stopped
 
 
 def test_make_generator_names_the_choices_for_an_unknown_name(facts):

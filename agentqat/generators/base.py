@@ -3,7 +3,8 @@
 Like an optuna sampler, a generator is tiny: `propose` strategy documents given the population so far, with
 the random generator passed in explicitly, and `tell` it how evaluated strategies fared. It never evaluates
 anything itself and writes nothing; what it wants kept (rejected proposals, reflections) it hands over through
-`take_records`, and the loop owns the run directory.
+`take_records`, and the loop owns the run directory. A resumed run hands a replayed generation's records back
+through `restore`, so the generator continues as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -141,6 +142,11 @@ class Generator(Protocol):
 
     def take_records(self) -> list[GeneratorRecord]:
         """Returns what the generator noted since the last call (e.g. rejected proposals), for the run record."""
+        ...
+
+    def restore(self, records: Sequence[GeneratorRecord]) -> None:
+        """Takes back what it noted in a generation that a resumed run replays from the run record (called
+        before that generation's `tell`, in place of proposing it)."""
         ...
 
 

@@ -154,3 +154,6 @@ class EvoGenerator:
     def take_records(self) -> list[GeneratorRecord]:
         """Returns nothing: the evo generator notes nothing."""
         return []
+
+    def restore(self, records: Sequence[GeneratorRecord]) -> None:
+        """Takes nothing back: the evo generator notes nothing."""

@@ -59,3 +59,10 @@ class WithFallback:
         records = self.primary.take_records() + self.fallback.take_records() + self._records
         self._records = []
         return records
+
+    def restore(self, records: Sequence[GeneratorRecord]) -> None:
+        """Hands the records back to both generators; a recorded switch makes the fallback active again."""
+        self.primary.restore(records)
+        self.fallback.restore(records)
+        if any(record.stream == "fallbacks" for record in records):
+            self.active = self.fallback

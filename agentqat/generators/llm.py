@@ -199,3 +199,11 @@ class LlmGenerator:
         """Returns the rejections and reflections noted since the last call."""
         records, self._records = self._records, []
         return records
+
+    def restore(self, records: Sequence[GeneratorRecord]) -> None:
+        """Takes back a replayed generation's rejection reasons (for its `tell`) and the counts after it."""
+        for record in records:
+            if record.stream == "rejections":
+                self._reasons.append(record.data["reason"])
+            elif record.stream == "reflections":
+                self.accepted, self.rejected, self.repaired = (record.data[key] for key in ("accepted", "rejected", "repaired"))

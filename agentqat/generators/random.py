@@ -179,3 +179,6 @@ class RandomGenerator:
     def take_records(self) -> list[GeneratorRecord]:
         """Returns nothing: random sampling notes nothing."""
         return []
+
+    def restore(self, records: Sequence[GeneratorRecord]) -> None:
+        """Takes nothing back: random sampling notes nothing."""
