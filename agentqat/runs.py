@@ -38,6 +38,12 @@ class EvolveJournal:
             self._proposals.setdefault(record["generation"], {})[record["index"]] = record["document"]
         generations = store.read(GENERATIONS_STREAM)
         self._finished = {record["generation"] for record in generations}
+        self._noted: dict[int, list[GeneratorRecord]] = {}  # what the generator noted, by generation
+        own = {STRATEGIES_STREAM, GENERATIONS_STREAM, RESULTS_STREAM}
+        for stream in sorted(path.stem for path in store.directory.glob("*.jsonl") if path.stem not in own):
+            for record in store.read(stream):
+                data = {key: value for key, value in record.items() if key != "generation"}
+                self._noted.setdefault(record.get("generation"), []).append(GeneratorRecord(stream, data))
         self.elapsed_before = max((record["elapsed_s"] for record in generations), default=0.0)
 
     def proposals(self, generation: int) -> list[dict] | None:
@@ -66,15 +72,9 @@ class EvolveJournal:
             self.store.append(record.stream, {"generation": generation, **record.data})
 
     def generator_records(self, generation: int) -> list[GeneratorRecord]:
-        """Returns what the generator noted in a generation, from every stream that is not the loop's own."""
-        own = {STRATEGIES_STREAM, GENERATIONS_STREAM, RESULTS_STREAM}
-        streams = sorted(path.stem for path in self.store.directory.glob("*.jsonl") if path.stem not in own)
-        return [
-            GeneratorRecord(stream, {key: value for key, value in record.items() if key != "generation"})
-            for stream in streams
-            for record in self.store.read(stream)
-            if record.get("generation") == generation
-        ]
+        """Returns what the generator noted in a generation of an earlier session, from every stream that is not
+        the loop's own."""
+        return list(self._noted.get(generation, []))
 
     def record_end(self, outcome) -> None:
         """Writes summary.json: why the run stopped, its totals and the final leaderboard."""
