@@ -13,7 +13,7 @@ from agentqat.bits import strategy_bits
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.llm import LlmGenerator
 from agentqat.llm.backends import TransformersBackend
-from agentqat.llm.edits import (
+from agentqat.generators.llm.edits import (
     EditDocument,
     EditError,
     Recombination,
@@ -24,7 +24,7 @@ from agentqat.llm.edits import (
     propose_schema,
     recombine_schema,
 )
-from agentqat.llm.reflection import Reflection, features
+from agentqat.generators.llm.reflection import Reflection, features
 from agentqat.resolve import resolve_strategy
 from agentqat.strategy import parse_strategy, strategy_id
 

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 from agentqat.generators import Evaluated, SearchSpace
-from agentqat.llm.edits import common_group_sizes, edit_schema, propose_schema, recombine_schema
-from agentqat.llm.prompts import (
+from agentqat.generators.llm.edits import common_group_sizes, edit_schema, propose_schema, recombine_schema
+from agentqat.generators.llm.prompts import (
     KINDS,
-    PROMPTS_DIR,
+    TEMPLATES,
     Context,
     describe_model,
     describe_sensitivities,
@@ -24,7 +24,7 @@ from agentqat.llm.prompts import (
     render,
     template_name,
 )
-from agentqat.llm.reflection import Reflection
+from agentqat.generators.llm.reflection import Reflection
 
 GOLDEN = Path(__file__).parent / "golden"
 MAX_PROMPT_TOKENS = 1200  # the proposer's context is 2048 tokens, prompt and reply together
@@ -144,7 +144,7 @@ def test_unknown_request_kind():
 def test_each_template_example_is_valid_under_its_schema(space, kind):
     import jsonschema
 
-    text = (PROMPTS_DIR / template_name(kind)).read_text(encoding="utf-8")
+    text = (TEMPLATES / template_name(kind)).read_text(encoding="utf-8")
     example = json.loads(re.search(r"^Example: (\{.*\})$", text, re.MULTILINE).group(1))
     schema = {"propose": propose_schema, "mutate": edit_schema, "recombine": lambda s: recombine_schema()}[kind](space)
     jsonschema.Draft202012Validator(schema).validate(example)

@@ -1,7 +1,8 @@
-"""Arena definitions: the TOML files in arena/ that name the model, data, stages, budget and score weights."""
+"""Arena definitions: TOML files (packaged ones in agentqat/arena/definitions/) that name the model, data, stages, budget and score weights."""
 
 from __future__ import annotations
 
+import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Literal
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agentqat import defaults
 from agentqat.errors import UserError
 
-ARENA_DIR = Path(__file__).resolve().parent.parent.parent / "arena"
+ARENA_DEFINITIONS = importlib.resources.files("agentqat.arena") / "definitions"
 DEFAULT_ARENA = "smollm2-default"
 
 
@@ -73,14 +74,18 @@ class Arena(_Frozen):
         raise UserError(f"arena {self.name} has no stage '{name}'", f"use one of {[s.name for s in self.stages]}")
 
 
+def packaged_arenas() -> list[str]:
+    """Returns the names of the arenas packaged with agentqat."""
+    return sorted(p.name.removesuffix(".toml") for p in ARENA_DEFINITIONS.iterdir() if p.name.endswith(".toml"))
+
+
 def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
-    """Returns the arena in a TOML file, or the packaged arena called `spec` (arena/<spec>.toml)."""
+    """Returns the arena in a TOML file, or the packaged arena called `spec` (definitions/<spec>.toml)."""
     path = Path(spec)
     if not path.suffix:
-        path = ARENA_DIR / f"{spec}.toml"
+        path = ARENA_DEFINITIONS / f"{spec}.toml"
     if not path.is_file():
-        known = sorted(p.stem for p in ARENA_DIR.glob("*.toml"))
-        raise UserError(f"arena {spec} does not exist", f"pass a TOML file or one of {known}")
+        raise UserError(f"arena {spec} does not exist", f"pass a TOML file or one of {packaged_arenas()}")
     try:
         document = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
@@ -93,4 +98,4 @@ def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
             f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" + (" (unknown key)" if e["type"] == "extra_forbidden" else "")
             for e in error.errors()
         ]
-        raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see arena/README.md for the fields") from None
+        raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see agentqat/arena/definitions/README.md for the fields") from None

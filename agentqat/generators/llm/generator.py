@@ -1,6 +1,6 @@
 """The LLM generator: a local model proposes strategies under JSON-schema-constrained decoding.
 
-Three kinds of request, each a prompt from `prompts/` and a schema (`agentqat.llm.edits`):
+Three kinds of request, each a prompt from `templates/` and a schema (`edits`):
 
     propose    a whole strategy (the strategy schema narrowed: few rules, the model's module names, the choices)
     mutate     an edit document applied to a parent from the elite (set_bits, bit_shift, set_group_size, ...)
@@ -32,9 +32,7 @@ import pydantic
 from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, register_generator
 from agentqat.generators.repair import repair, within
 
-# Modules, not names: agentqat.llm's modules import agentqat.generators, whose __init__ imports this module, so
-# whichever side is imported first finds the other partly initialised.
-from agentqat.llm import edits, prompts, reflection
+from agentqat.generators.llm import edits, prompts, reflection
 from agentqat.llm.backends import JsonBackend
 from agentqat.resolve import resolve_strategy
 from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id

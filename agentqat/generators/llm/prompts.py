@@ -1,4 +1,4 @@
-"""Renders the LLM generator's prompts from the versioned templates in `prompts/` (jinja2).
+"""Renders the LLM generator's prompts from the versioned templates in `templates/` (jinja2, package data).
 
 Every prompt carries a `Context`: the model in a few lines, the bit budget, per-layer sensitivities, the elite
 with their scores and the reflections. The proposer is a small model with a 2048-token context, so every
@@ -7,9 +7,9 @@ description here is compact (a strategy is one line, e.g. "4b g64 asym gptq; 0-3
 
 from __future__ import annotations
 
+import importlib.resources
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import jinja2
 
@@ -18,7 +18,7 @@ from agentqat.models import ModelFacts
 from agentqat.resolve import module_role_name, pattern_matches
 from agentqat.strategy import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
 
-PROMPTS_DIR = Path(__file__).resolve().parents[2] / "prompts"
+TEMPLATES = importlib.resources.files("agentqat.generators.llm") / "templates"
 VERSION = "v1"
 KINDS = ("propose", "mutate", "recombine")
 MOST_SENSITIVE = 3
@@ -29,7 +29,7 @@ IGNORED_BY_METHOD = {"none": ("fraction", "criterion", "threshold"), "keep_fp16"
 ALWAYS_SHOWN = ("bits", "group_size", "symmetric", "rounding")  # of the default's weight gene
 
 _environment = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(PROMPTS_DIR),
+    loader=jinja2.PackageLoader("agentqat.generators.llm", "templates"),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
