@@ -3,17 +3,68 @@
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
 
-from agentqat.models import ModelFacts
-from agentqat.quality import Comparison, Reference
+if TYPE_CHECKING:  # imported lazily: the first screen must not wait for torch
+    from agentqat.models import ModelFacts
 
 # Piped output (CI logs, `| tee`) gets wide tables instead of rich's 80-column default.
 console = Console() if sys.stdout.isatty() else Console(width=160)
+PHASE_PLAIN_STEPS = 10  # a piped phase with steps prints a line at each tenth of them
+
+
+class PhaseLog:
+    """progress.Reporter for phases of long work (converting the model, calibration, base references, starting
+    Ray or vLLM, probes). Live (`live=True`): a live view renders `text()`. Plain: a line on stderr when a phase
+    starts, at each tenth of its steps and when it ends, so stdout keeps only results."""
+
+    def __init__(self, live: bool = False, clock=time.monotonic):
+        self.live, self.clock = live, clock
+        self.lock = threading.Lock()
+        self.active: list[list] = []  # [name, total, done, detail, since], innermost last
+
+    def _say(self, line: str) -> None:
+        if not self.live:
+            print(line, file=sys.stderr, flush=True)
+
+    def phase_started(self, name: str, total: int | None = None, detail: str = "") -> None:
+        """Shows a phase that starts (with its step count, if any)."""
+        with self.lock:
+            self.active.append([name, total, 0, detail, self.clock()])
+        self._say(f"{name}{f' ({detail})' if detail else ''}{f': {total} steps' if total else ''} ...")
+
+    def phase_advanced(self, steps: int = 1) -> None:
+        """Advances the innermost phase."""
+        with self.lock:
+            if not self.active:
+                return
+            entry = self.active[-1]
+            name, total, before = entry[0], entry[1], entry[2]
+            entry[2] += steps
+        if total and before * PHASE_PLAIN_STEPS // total != entry[2] * PHASE_PLAIN_STEPS // total:
+            self._say(f"  {name}: {entry[2]}/{total}")
+
+    def phase_finished(self, name: str, seconds: float) -> None:
+        """Shows that a phase ended, with its duration."""
+        with self.lock:
+            self.active = [entry for entry in self.active if entry[0] != name]
+        self._say(f"{name}: done in {seconds:.1f} s")
+
+    def text(self) -> str:
+        """Returns the running phases as one line ("" when none runs)."""
+        with self.lock:
+            now = self.clock()
+            return " › ".join(
+                name + (f" {done}/{total}" if total else "") + (f" ({detail})" if detail else "") + f" {now - since:.0f} s"
+                for name, total, done, detail, since in self.active
+            )
 
 
 def facts_dict(facts: ModelFacts, directory: Path | None) -> dict:
@@ -35,7 +86,7 @@ def facts_dict(facts: ModelFacts, directory: Path | None) -> dict:
     }
 
 
-def print_info(report: dict, facts: ModelFacts) -> None:
+def print_info(report: dict, facts: "ModelFacts") -> None:
     """Prints the `agentqat info` report: model facts, linear shapes by role, corpus sizes, perplexity."""
     model = report["model"]
     console.print(f"[bold]model[/bold] {model['name']} ({model['architecture']}) from {model['directory'] or 'the hub cache'}")
@@ -66,7 +117,7 @@ def print_invalid(path: str, lines: list[str]) -> None:
         console.print(f"  {line}", highlight=False, soft_wrap=True)
 
 
-def print_valid(path: str, resolved, facts: ModelFacts) -> None:
+def print_valid(path: str, resolved, facts: "ModelFacts") -> None:
     """Prints that a strategy is valid for a model, with its effective bits per weight."""
     from agentqat.bits import strategy_bits
 
@@ -79,25 +130,23 @@ def print_valid(path: str, resolved, facts: ModelFacts) -> None:
     )
 
 
-def _quality(comparison: Comparison) -> dict:
+def quantize_report(result, options: dict) -> dict:
+    """Returns the `agentqat quantize` report of a played match (MatchResult) as a JSON-ready dict."""
+    quality, cost = result.quality, result.cost
     return {
-        "perplexity": comparison.perplexity,
-        "kl": comparison.kl.mean().item(),
-        "top1_agreement": comparison.top1.mean().item(),
-        "finite": comparison.finite,
-    }
-
-
-def quantize_report(strategy, reference: Reference, result: Comparison, bits, seconds: float, options: dict) -> dict:
-    """Returns the `agentqat quantize` report as a JSON-ready dict."""
-    return {
-        "strategy": strategy.name,
-        "base": {"perplexity": reference.perplexity, "kl": 0.0, "top1_agreement": 1.0, "finite": True},
-        "quantized": _quality(result),
-        "bits_per_weight": bits.bits_per_weight,
-        "model_bytes": bits.model_bytes,
-        "quantize_seconds": seconds,
-        "options": {k: v for k, v in options.items() if k not in ("handler",)},
+        "strategy": result.strategy_name,
+        "outcome": result.outcome,
+        "base": {"perplexity": quality.base_perplexity, "kl": 0.0, "top1_agreement": 1.0, "finite": True},
+        "quantized": {
+            "perplexity": quality.perplexity,
+            "kl": quality.kl,
+            "top1_agreement": quality.top1,
+            "finite": result.outcome not in ("nan", "overflow"),
+        },
+        "bits_per_weight": cost.bits_per_weight,
+        "model_bytes": cost.model_bytes,
+        "quantize_seconds": cost.quantize_seconds,
+        "options": {k: str(v) if isinstance(v, Path) else v for k, v in options.items() if k not in ("handler",)},
     }
 
 
@@ -208,12 +257,10 @@ class EvolveView:
     LEADERBOARD_ROWS = 8
 
     def __init__(self, run: str, generator_name: str, generations: int, match_budget: int | None, clock=None):
-        import threading
-        import time
-
         self.run, self.generator_name, self.generations, self.match_budget = run, generator_name, generations, match_budget
         self.generator = None  # set once made: the LLM generator's accepted and rejected counts are shown
         self.clock = clock or time.monotonic
+        self.phases = PhaseLog(live=console.is_terminal, clock=self.clock)
         self.started = self.clock()
         self.lock = threading.Lock()
         self.generation, self.proposals, self.played, self.done_in_generation = -1, 0, 0, 0
@@ -237,6 +284,23 @@ class EvolveView:
             self.live.stop()
 
     # --- events (from the loop's thread) ---------------------------------------------------------------------
+
+    def phase_started(self, name: str, total: int | None = None, detail: str = "") -> None:
+        """Shows a phase of the start (progress.Reporter)."""
+        self.phases.phase_started(name, total, detail)
+
+    def phase_advanced(self, steps: int = 1) -> None:
+        """Advances the running phase (progress.Reporter)."""
+        self.phases.phase_advanced(steps)
+
+    def phase_finished(self, name: str, seconds: float) -> None:
+        """Ends a phase (progress.Reporter)."""
+        self.phases.phase_finished(name, seconds)
+
+    def generator_ready(self, generator, prior_matches: int) -> None:
+        """Takes the generator (its accepted and rejected counts are shown) and the matches spent making it."""
+        with self.lock:
+            self.generator, self.matches_before = generator, prior_matches
 
     def match_started(self, worker: str, request) -> None:
         """Notes that a worker took a match."""
@@ -317,8 +381,10 @@ class EvolveView:
                     "-" if row.pareto_rank is None else str(row.pareto_rank),
                 )  # fmt: skip
             failures = ", ".join(f"{k} {v}" for k, v in sorted(self.failures.items())) or "none"
+            phases = self.phases.text()
             return Group(
                 Text.from_markup(self._header()),
+                *([Text(f"now: {phases}", style="yellow")] if phases else []),
                 workers,
                 board,
                 Text(f"Pareto front (bits, KL): {_front_text(self.rows)}"),
@@ -362,3 +428,13 @@ def print_run(view) -> None:
     console.print(f"Pareto front (bits, KL): {_front_text(last)}", highlight=False)
     if view.summary:
         console.print(f"stopped: {view.summary['stop_reason']}", highlight=False)
+
+
+def print_finished(view, extend_command: str) -> None:
+    """Prints a run that ended, read back from its records, and the command that extends it ("" when the
+    generator had nothing new to propose)."""
+    print_run(view)
+    if extend_command:
+        console.print(f"this run has finished; to extend it: {extend_command}", highlight=False, soft_wrap=True)
+    else:
+        console.print("this run has finished and its generator had nothing new to propose; start another run with a new seed", highlight=False)
