@@ -6,7 +6,6 @@ full settings it was started with, so that resuming it needs nothing else.
 
 from __future__ import annotations
 
-import json
 import platform
 from pathlib import Path
 from typing import Literal
@@ -17,7 +16,7 @@ from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.evolve import EvolveSettings
-from agentqat.store import MANIFEST_FILE, RUN_SCHEMA_VERSION, write_json_atomic
+from agentqat.store import MANIFEST_FILE, RUN_SCHEMA_VERSION, read_json_object, write_json_atomic
 from agentqat.strategy import SCHEMA_VERSION
 
 VERSIONED_PACKAGES = ("agentqat", "torch", "transformers", "ray", "bitsandbytes")
@@ -98,9 +97,7 @@ def read_manifest(directory: Path) -> Manifest:
     if not path.is_file():
         raise UserError(f"{directory} is not a run directory (no {MANIFEST_FILE})", "pass runs/<name>")
     try:
-        return Manifest.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise UserError(f"{path} is not JSON ({type(error).__name__})", "the run directory is damaged") from None
+        return Manifest.model_validate(read_json_object(path))
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in error.errors()[:3])
         raise UserError(f"{path} is not an agentqat run manifest: {problems}", "the run directory is damaged or foreign") from None
