@@ -152,9 +152,10 @@ def extension(manifest: Manifest, summary: dict) -> dict[str, object]:
     return {}
 
 
-def extend_run(directory: Path, **changes: object) -> Manifest:
-    """Returns the manifest of a finished (or stopped) evolve run with new stopping rules, written back, its
-    summary removed so that the next resume plays on. Only EXTENSIBLE settings may change."""
+def extend_run(directory: Path, **changes: object) -> bool:
+    """Returns whether the stopping rules of the evolve run changed: when they differ from the recorded ones,
+    they are written to its manifest and its summary removed, so that the next resume plays on. Only
+    EXTENSIBLE settings may change."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     unknown = set(changes) - set(EXTENSIBLE)
@@ -164,7 +165,8 @@ def extend_run(directory: Path, **changes: object) -> Manifest:
         settings = dataclasses.replace(manifest.settings, **changes)
     except ValueError as error:
         raise UserError(str(error), "see the evolve settings") from None
-    extended = manifest.model_copy(update={"settings": settings})
-    write_manifest(directory, extended)
+    if settings == manifest.settings:
+        return False
+    write_manifest(directory, manifest.model_copy(update={"settings": settings}))
     (directory / SUMMARY_FILE).unlink(missing_ok=True)
-    return extended
+    return True
