@@ -11,12 +11,14 @@ $(STAMP): pyproject.toml scripts/setup.sh
 
 setup: $(STAMP)
 
-# The main job on the embedded default model and corpus: a short evolution whose strategies a local LLM
+# A newcomer's first result on the embedded model and corpus: a short evolution on the small study arena
+# (fewer tokens per match, a 4.25-bit budget that forces layers to differ) whose strategies a local LLM
 # (SmolLM2 on a vLLM server the tool starts and stops) proposes under JSON-schema-constrained decoding,
-# recorded in runs/demo/. Running it again resumes the recorded run instead of replaying it.
+# recorded in runs/demo/. Running it again shows the finished run in seconds (starting nothing) and prints
+# the command that extends it; a stopped run resumes where it was.
 demo: $(STAMP)
 	@if [ -f runs/demo/manifest.json ]; then $(BIN)/agentqat evolve --resume runs/demo; \
-	else $(BIN)/agentqat evolve --generator llm --population 4 --generations 2 --run demo; fi
+	else $(BIN)/agentqat evolve --arena smollm2-study --generator llm --population 6 --generations 2 --run demo; fi
 
 # Everything CI runs, slow integration tests included.
 test: $(STAMP)

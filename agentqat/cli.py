@@ -6,7 +6,6 @@ Bad input raises UserError, printed as one line on stderr with exit code 2; noth
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import logging
 import os
@@ -23,25 +22,25 @@ from agentqat.errors import UserError
 
 
 def _quiet_libraries() -> None:
-    """Silences the progress bars and notices that libraries print on every model load."""
+    """Silences the progress bars and notices that libraries print on every model load, through their
+    environment variables: nothing heavy is imported before the first screen."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing; it has a fallback.
     logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
-    import torch
-    import transformers
-
-    transformers.utils.logging.disable_progress_bar()
-    transformers.utils.logging.set_verbosity_error()
-    torch.set_num_threads(defaults.TORCH_THREADS)
 
 
 def cmd_info(args: argparse.Namespace) -> int:
     """Prints the model's and corpus's facts and the base model's perplexity on the evaluation split."""
+    import torch
+
     from agentqat import ui
     from agentqat.data import SPLITS, load_corpus, sample_windows, tokenize
     from agentqat.models import load_model
     from agentqat.quality import perplexity
 
+    torch.set_num_threads(defaults.TORCH_THREADS)
     corpus = load_corpus(args.corpus)
     loaded = load_model(args.model)
     split_tokens = {split: len(tokenize(loaded.tokenizer, corpus.split(split))) for split in SPLITS}
@@ -90,35 +89,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Applies one strategy and prints its perplexity, KL to the base model and effective bits."""
-    from agentqat import ui
-    from agentqat.apply import strategy_applied
-    from agentqat.bits import strategy_bits
-    from agentqat.calibration import calibration_key, load_or_collect
-    from agentqat.data import load_corpus, sample_windows, tokenize
-    from agentqat.models import load_model
-    from agentqat.quality import compare, reference_of
-    from agentqat.resolve import needs_calibration, resolve_strategy
-    from agentqat.strategy import load_strategy
+    from agentqat import session, ui
+    from agentqat.strategy import dump_strategy, load_strategy
 
-    strategy = load_strategy(args.strategy)
-    corpus = load_corpus(args.corpus)
-    loaded = load_model(args.model)
-    resolved = resolve_strategy(strategy, loaded.facts)
-    eval_windows = sample_windows(tokenize(loaded.tokenizer, corpus.evaluation), args.window_tokens, args.windows, args.seed)
-    calibration = None
-    if needs_calibration(resolved):
-        calibration_windows = sample_windows(
-            tokenize(loaded.tokenizer, corpus.calibration), args.window_tokens, args.calibration_windows, args.seed
-        )
-        key = calibration_key(loaded.facts.name, loaded.directory, corpus.source, calibration_windows)
-        calibration = load_or_collect(loaded.model, key, calibration_windows)
-    reference = reference_of(loaded.model, eval_windows)
-    started = time.perf_counter()
-    with strategy_applied(loaded.model, resolved, calibration) as applied:
-        quantize_seconds = time.perf_counter() - started
-        result = compare(loaded.model, reference)
-    bits = strategy_bits(resolved, loaded.facts, applied.outlier_counts)
-    report = ui.quantize_report(strategy, reference, result, bits, quantize_seconds, vars(args))
+    document = json.loads(dump_strategy(load_strategy(args.strategy)))
+    arena = session.quantize_arena(args.model, args.corpus, args.windows, args.window_tokens, args.calibration_windows, args.seed)
+    report = ui.quantize_report(session.quantize_one(document, arena, reporter=ui.PhaseLog()), vars(args))
     print(json.dumps(report, indent=2)) if args.json else ui.print_quantize(report)
     return 0
 
@@ -127,41 +103,23 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     """Plays the baseline matrix (RTN, GPTQ, AWQ, HQQ, SmoothQuant, NF4/FP4, fp8, LLM.int8 at 8/4/3/2 bits and
     several calibration budgets) on Ray evaluator actors, records every match in runs/<name>/ and prints it.
     Re-running with the same --run resumes: recorded matches are not played again."""
-    import platform
-
-    from agentqat import ui
+    from agentqat import session, ui
     from agentqat.arena.baselines import baseline_requests
     from agentqat.arena.config import load_arena
-    from agentqat.arena.pool import EvaluatorPool
-    from agentqat.arena.recorded import RecordedPlayer
-    from agentqat.arena.tournament import play_tournament
-    from agentqat.store import RunStore
 
     arena = load_arena(args.arena)
-    stage = args.stage or arena.stages[-1].name
-    arena.stage(stage)
+    stage = arena.stage(args.stage or arena.stages[-1].name)
     seed = arena.seed if args.seed is None else args.seed
-    requests = baseline_requests(stage, seed, _int_list(args.bits, "--bits"), _int_list(args.calibration, "--calibration"), _names(args.methods))
-    if not requests:
-        raise UserError("the baseline selection is empty", "check --methods and --bits")
-    directory = args.runs / (args.run or f"baseline-{arena.name}-{stage}-seed{seed}")
-    manifest = {
-        "kind": "baseline",
-        "arena": arena.model_dump(),
-        "stage": stage,
-        "seed": seed,
-        "requests": len(requests),
-        "versions": {"python": platform.python_version(), **_versions()},
-    }
-    store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(directory, manifest)
-    progress = ui.MatchProgress(total=len(requests) * arena.stage(stage).window_sets)
-    pool = EvaluatorPool(arena, workers=args.workers, ray_address=args.ray_address)
-    player = RecordedPlayer(pool.run, store, on_result=progress.update)
+    requests = baseline_requests(stage.name, seed, _int_list(args.bits, "--bits"), _int_list(args.calibration, "--calibration"), _names(args.methods))
+    directory = args.runs / (args.run or f"baseline-{arena.name}-{stage.name}-seed{seed}")
+    progress = ui.MatchProgress(total=len(requests) * stage.window_sets)
     with progress:
-        outcome = play_tournament(player, arena, requests, seed, stages=[stage])
-    ui.print_leaderboard(outcome.final.rows, title=f"baseline on {arena.name}, stage {stage}, seed {seed}")
-    ui.print_cache_stats(pool.cache_stats(), player.replayed)
-    pool.shutdown()
+        outcome = session.run_baseline(
+            directory, arena, requests, stage.name, seed, workers=args.workers, ray_address=args.ray_address,
+            on_result=progress.update, reporter=ui.PhaseLog(),
+        )  # fmt: skip
+    ui.print_leaderboard(outcome.rows, title=f"baseline on {arena.name}, stage {stage.name}, seed {seed}")
+    ui.print_cache_stats(list(outcome.cache_stats), outcome.replayed)
     print(f"run directory: {directory}")
     return 0
 
@@ -192,113 +150,64 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
 def cmd_evolve(args: argparse.Namespace) -> int:
     """Evolves strategies on an arena: generations of proposals from a generator (random, evo, llm), staged
     matches on Ray evaluator actors, survivors kept; every proposal and match recorded in runs/<name>/.
-    `--resume runs/<name>` continues a stopped or killed run with its recorded settings."""
-    import platform
-    from dataclasses import asdict
-
-    from agentqat import ui
-    from agentqat.arena.config import Arena, load_arena
-    from agentqat.arena.pool import make_pool
-    from agentqat.arena.recorded import RecordedPlayer
-    from agentqat.evolve import EvolveSettings, evolve
-    from agentqat.generators import GENERATORS, SearchSpace, make_generator
-    from agentqat.generators.fallback import WithFallback
-    from agentqat.generators.layout import layout_id
-    from agentqat.models import load_facts
-    from agentqat.runs import EvolveJournal
-    from agentqat.store import RunStore
-    from agentqat.strategy import SCHEMA_VERSION
+    `--resume runs/<name>` continues a stopped or killed run with its recorded settings, shows a finished one
+    (starting nothing), or extends it with new stopping rules (--generations, --patience, --budget, --minutes,
+    --no-clear-stop)."""
+    from agentqat import session, ui
 
     if args.resume:
-        directory = Path(args.resume)
-        store = RunStore.open(directory)
-        manifest = store.manifest
-        if manifest.get("kind") != "evolve":
-            raise UserError(f"{directory} is a {manifest.get('kind')} run, not an evolve run", "resume it with its own command")
-        arena, settings = Arena.model_validate(manifest["arena"]), EvolveSettings(**manifest["settings"])
+        directory, manifest = Path(args.resume), None
+        changes = _stop_rule_changes(args)
+        if not (changes and session.extend_run(directory, **changes)) and (summary := session.finished_summary(directory)):
+            return _show_finished(directory, summary)
+        settings = session.read_manifest(directory).settings
     else:
+        from agentqat.arena.config import load_arena
+
         arena = load_arena(args.arena)
-        try:
-            settings = EvolveSettings(
-                generator=args.generator, seed=args.seed, population=args.population,
-                generations=args.generations, patience=args.patience, match_budget=args.budget,
-                time_budget_s=None if args.minutes is None else args.minutes * 60, stop_when_clear=not args.no_clear_stop,
-            )  # fmt: skip
-        except ValueError as error:
-            raise UserError(str(error), "see agentqat evolve --help") from None
-        if settings.generator not in GENERATORS:
-            raise UserError(f"unknown generator {settings.generator!r}", f"pass --generator {' or '.join(sorted(GENERATORS))}")
+        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
+        manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, **_settings_fields(args))
+        settings = manifest.settings
         directory = args.runs / (args.run or f"evolve-{settings.generator}-{arena.name}-seed{settings.seed}")
-        llm = None
-        if settings.generator == "llm":
-            llm = {"backend": args.llm_backend, "model": args.llm_model, "url": args.llm_url or None, "fallback": args.llm_fallback}
-        manifest = {
-            "kind": "evolve",
-            "arena": arena.model_dump(),
-            "settings": asdict(settings),
-            "llm": llm,
-            "strategy_schema_version": SCHEMA_VERSION,
-            "versions": {"python": platform.python_version(), **_versions()},
-        }
-        store = RunStore.create(directory, manifest)
     try:
-        space = SearchSpace(load_facts(arena.model), arena.bits_budget)
-    except ValueError as error:
-        raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
-    journal = EvolveJournal(store)
-    llm = manifest.get("llm")
-    pool = make_pool(arena, _evolve_workers(args.workers, llm), args.ray_address)
-    view = ui.EvolveView(str(directory), settings.generator, settings.generations, settings.match_budget)
-    player = RecordedPlayer(pool.run, store, on_result=view.match_finished, on_start=view.match_started)
-    server = None
-    try:
-        with view:
-            options, probes = {}, 0
-            if llm:
-                options, server, probes = _llm_options(llm, arena, space, player, directory)
-                view.matches_before = probes
-            generator = make_generator(settings.generator, space, **options)
-            if llm and llm["fallback"]:
-                generator = WithFallback(generator, make_generator("random", space))
-            view.generator = generator
-            identity = functools.partial(layout_id, facts=space.facts)
-            outcome = evolve(generator, arena, player, settings, journal, view, prior_matches=probes, identity=identity)
+        with ui.EvolveView(str(directory), settings.generator, settings.generations, settings.match_budget) as view:
+            outcome = session.run_evolve(directory, manifest, workers=args.workers, ray_address=args.ray_address, observer=view)
     except KeyboardInterrupt:
         print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
         raise
-    finally:
-        pool.shutdown()
-        if server:
-            server.stop()
     ui.print_evolve_outcome(outcome, directory)
     return 0
 
 
-def _evolve_workers(workers: int | None, llm: dict | None) -> int:
-    """Returns the evaluator actors: as asked, else 2, or 1 beside a managed vLLM server (one core each)."""
-    if workers is not None:
-        return workers
-    return 1 if llm and llm["backend"] == "vllm" and not llm["url"] else defaults.EVOLVE_WORKERS
+STOP_RULE_FLAGS = {"generations": "--generations", "patience": "--patience", "match_budget": "--budget",
+                   "time_budget_s": "--minutes", "stop_when_clear": "--no-clear-stop"}  # fmt: skip
 
 
-def _llm_options(llm: dict, arena, space, player, directory: Path) -> tuple[dict, object, int]:
-    """Returns the LLM generator's options (backend, measured sensitivities), the managed server (or None) and
-    the number of sensitivity probe matches."""
-    from agentqat.llm.backends import make_backend
-    from agentqat.llm.server import VllmServer
-    from agentqat.sensitivity import measure
+def _settings_fields(args: argparse.Namespace) -> dict:
+    """Returns the EvolveSettings fields of a new run from the evolve flags (defaults where not given)."""
+    fields = {"generator": args.generator, "seed": args.seed, "population": args.population, **_stop_rule_changes(args)}
+    return {"generations": defaults.GENERATIONS, "patience": defaults.PATIENCE, **fields}
 
-    sensitivities, probes = measure(player, arena, space.facts)
-    server = None
-    if llm["backend"] == "vllm" and not llm["url"]:
-        server = VllmServer(llm["model"], threads=defaults.LLM_THREADS, log_path=directory / "llm-server.log").start()
-    try:
-        backend = make_backend(llm["backend"], llm["model"], llm["url"], server)
-    except BaseException:
-        if server:
-            server.stop()
-        raise
-    return {"backend": backend, "sensitivities": sensitivities}, server, probes
+
+def _stop_rule_changes(args: argparse.Namespace) -> dict:
+    """Returns the stopping rules given on the command line, as EvolveSettings fields."""
+    given = {"generations": args.generations, "patience": args.patience, "match_budget": args.budget,
+             "time_budget_s": None if args.minutes is None else args.minutes * 60}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None} | ({"stop_when_clear": False} if args.no_clear_stop else {})
+
+
+def _show_finished(directory: Path, summary: dict) -> int:
+    """Prints a finished run from its records (starting nothing) and the exact command that extends it."""
+    from agentqat import session, ui
+    from agentqat.runs import read_run
+
+    change = session.extension(session.read_manifest(directory), summary)
+    flags = [
+        STOP_RULE_FLAGS[key] if key == "stop_when_clear" else f"{STOP_RULE_FLAGS[key]} {value / 60 if key == 'time_budget_s' else value:g}"
+        for key, value in change.items()
+    ]
+    ui.print_finished(read_run(directory), " ".join(["agentqat evolve --resume", str(directory), *flags]) if change else "")
+    return 0
 
 
 def cmd_show(args: argparse.Namespace) -> int:
@@ -309,12 +218,6 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     ui.print_run(read_run(Path(args.run_dir)))
     return 0
-
-
-def _versions() -> dict:
-    from importlib.metadata import version
-
-    return {name: version(name) for name in ("agentqat", "torch", "transformers", "ray", "bitsandbytes")}
 
 
 def _int_list(text: str, option: str) -> list[int]:
@@ -394,8 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
     evolve.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
-    evolve.add_argument("--generations", type=int, default=defaults.GENERATIONS, help="at most this many generations (default: %(default)s)")
-    evolve.add_argument("--patience", type=int, default=defaults.PATIENCE, help="stop after this many generations without a better score (default: %(default)s)")
+    evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")
+    evolve.add_argument("--patience", type=int, default=None, help=f"stop after this many generations without a better score (default: {defaults.PATIENCE})")
     evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")
     evolve.add_argument("--minutes", type=float, default=None, help="time budget in minutes (default: none)")
     evolve.add_argument("--no-clear-stop", action="store_true", help="do not stop when one survivor's KL interval is clear of the rest (spend the whole budget)")
@@ -407,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     evolve.add_argument("--run", default="", help="run name under --runs (default: evolve-<generator>-<arena>-seed<seed>)")
     evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
-    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings")
+    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings; with stopping rules (--generations, --patience, --budget, --minutes, --no-clear-stop), extend it")
     evolve.set_defaults(handler=cmd_evolve)
 
     show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=cmd_show.__doc__)

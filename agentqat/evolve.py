@@ -99,6 +99,7 @@ class EvolveOutcome:
     generations: tuple[GenerationSummary, ...]
     stop_reason: str
     matches: int
+    stop_rule: str = ""  # the EvolveSettings field whose rule stopped the run ("" when the generator ran dry)
 
 
 class Journal(Protocol):
@@ -205,18 +206,18 @@ def _offspring_count(arena: Arena, settings: EvolveSettings, matches: int) -> in
     return min(settings.population, (settings.match_budget - matches) // arena.stages[0].window_sets)
 
 
-def _stop_reason(arena: Arena, settings: EvolveSettings, state: _State, elapsed: float) -> str | None:
-    """Returns why the run stops before the next generation, or None to go on."""
+def _stop_reason(arena: Arena, settings: EvolveSettings, state: _State, elapsed: float) -> tuple[str, str] | None:
+    """Returns the settings field whose rule stops the run before the next generation and why, or None."""
     if len(state.summaries) >= settings.generations:
-        return f"{settings.generations} generations done"
+        return "generations", f"{settings.generations} generations done"
     if settings.match_budget is not None and _offspring_count(arena, settings, state.matches) < 1:
-        return f"match budget of {settings.match_budget} spent ({state.matches} played)"
+        return "match_budget", f"match budget of {settings.match_budget} spent ({state.matches} played)"
     if settings.time_budget_s is not None and elapsed >= settings.time_budget_s:
-        return f"time budget of {settings.time_budget_s:.0f} s spent"
+        return "time_budget_s", f"time budget of {settings.time_budget_s:.0f} s spent"
     if state.stale >= settings.patience:
-        return f"no improvement for {settings.patience} generations"
+        return "patience", f"no improvement for {settings.patience} generations"
     if settings.stop_when_clear and clear_winner(state.population, state.rows, settings.population):
-        return "clear winner: its KL interval lies below every other survivor's"
+        return "stop_when_clear", "clear winner: its KL interval lies below every other survivor's"
     return None
 
 
@@ -264,7 +265,7 @@ def evolve(
         outcome = play_tournament(play, arena, proposals(), arena.seed)
         if not documents:
             journal.record_generator(generation, generator.take_records())  # e.g. the rejected replies
-            stop = "the generator proposed nothing new"
+            stop = ("", "the generator proposed nothing new")
             break
         state.documents.update({strategy_id(d): d for d in documents})
         state.matches += len(outcome.results)
@@ -303,6 +304,7 @@ def evolve(
             journal.record_generator(generation, noted)
         if observer:
             observer.generation_finished(summary, state.rows)
-    result = EvolveOutcome(tuple(state.rows), tuple(state.population), tuple(state.summaries), stop, state.matches)
+    rule, reason = stop
+    result = EvolveOutcome(tuple(state.rows), tuple(state.population), tuple(state.summaries), reason, state.matches, rule)
     journal.record_end(result)
     return result

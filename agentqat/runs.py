@@ -12,20 +12,79 @@ runs/<name>/summary.json        the final leaderboard and why the run stopped, r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from agentqat.arena.recorded import RESULTS_STREAM
 from agentqat.arena.result import MatchResult
+from agentqat.errors import UserError
 from agentqat.generators.base import GeneratorRecord
 from agentqat.scoring import Ranked
-from agentqat.store import RunStore, write_json_atomic
+from agentqat.store import RunStore, read_json_object, write_json_atomic
 from agentqat.strategy import strategy_id
 
 STRATEGIES_STREAM = "strategies"
 GENERATIONS_STREAM = "generations"
 SUMMARY_FILE = "summary.json"
+
+
+def parsed(store: RunStore, stream: str, parse: Callable[[dict], object]) -> list:
+    """Returns every record of a stream through `parse`; UserError naming the record that `parse` refuses (a
+    foreign or damaged line)."""
+    out = []
+    for number, record in enumerate(store.read(stream), 1):
+        try:
+            out.append(parse(record))
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise UserError(
+                f"{store.directory / stream}.jsonl record {number} is not a {stream} record ({type(error).__name__}: {error})",
+                "the run directory is damaged or foreign",
+            ) from None
+    return out
+
+
+def _generation_of(record: dict) -> int:
+    """Returns a record's generation, a non-negative int (ValueError otherwise)."""
+    generation = record["generation"]
+    if not isinstance(generation, int) or isinstance(generation, bool) or generation < 0:
+        raise ValueError(f"generation {generation!r} is not a non-negative integer")
+    return generation
+
+
+def _proposal(record: dict) -> tuple[int, int, dict]:
+    """Returns a strategies record as (generation, index, document)."""
+    index, document = record["index"], record["document"]
+    if not isinstance(index, int) or not isinstance(document, dict):
+        raise ValueError("index must be an integer and document an object")
+    return _generation_of(record), index, document
+
+
+def _generation_record(record: dict) -> dict:
+    """Returns a generations record once it has exactly the fields of a GenerationSummary and a number for
+    `elapsed_s`."""
+    from agentqat.evolve import GenerationSummary
+
+    expected = {field.name for field in fields(GenerationSummary)}
+    if set(record) != expected:
+        raise ValueError(f"fields {sorted(set(record) ^ expected)} differ from a generation summary's")
+    _generation_of(record)
+    if not isinstance(record["elapsed_s"], (int, float)):
+        raise ValueError("elapsed_s is not a number")
+    return record
+
+
+def _noted(stream: str) -> Callable[[dict], tuple[int | None, GeneratorRecord]]:
+    def parse(record: dict) -> tuple[int | None, GeneratorRecord]:
+        generation = _generation_of(record) if "generation" in record else None
+        return generation, GeneratorRecord(stream, {key: value for key, value in record.items() if key != "generation"})
+
+    return parse
+
+
+def read_results(store: RunStore) -> list[MatchResult]:
+    """Returns the run's recorded match results (UserError on a foreign record)."""
+    return parsed(store, RESULTS_STREAM, MatchResult.from_dict)
 
 
 class EvolveJournal:
@@ -34,16 +93,15 @@ class EvolveJournal:
     def __init__(self, store: RunStore):
         self.store = store
         self._proposals: dict[int, dict[int, dict]] = {}
-        for record in store.read(STRATEGIES_STREAM):  # a generation proposed again after a kill: the last wins
-            self._proposals.setdefault(record["generation"], {})[record["index"]] = record["document"]
-        generations = store.read(GENERATIONS_STREAM)
+        for generation, index, document in parsed(store, STRATEGIES_STREAM, _proposal):
+            self._proposals.setdefault(generation, {})[index] = document  # proposed again after a kill: last wins
+        generations = parsed(store, GENERATIONS_STREAM, _generation_record)
         self._finished = {record["generation"] for record in generations}
-        self._noted: dict[int, list[GeneratorRecord]] = {}  # what the generator noted, by generation
+        self._noted: dict[int | None, list[GeneratorRecord]] = {}  # what the generator noted, by generation
         own = {STRATEGIES_STREAM, GENERATIONS_STREAM, RESULTS_STREAM}
         for stream in sorted(path.stem for path in store.directory.glob("*.jsonl") if path.stem not in own):
-            for record in store.read(stream):
-                data = {key: value for key, value in record.items() if key != "generation"}
-                self._noted.setdefault(record.get("generation"), []).append(GeneratorRecord(stream, data))
+            for generation, record in parsed(store, stream, _noted(stream)):
+                self._noted.setdefault(generation, []).append(record)
         self.elapsed_before = max((record["elapsed_s"] for record in generations), default=0.0)
 
     def proposals(self, generation: int) -> list[dict] | None:
@@ -80,6 +138,7 @@ class EvolveJournal:
         """Writes summary.json: why the run stopped, its totals and the final leaderboard."""
         write_json_atomic(self.store.directory / SUMMARY_FILE, {
             "stop_reason": outcome.stop_reason,
+            "stop_rule": outcome.stop_rule,
             "generations": len(outcome.generations),
             "matches": outcome.matches,
             "population": [strategy_id(member.document) for member in outcome.population],
@@ -107,22 +166,31 @@ class RunView:
 
 
 def read_run(directory: Path) -> RunView:
-    """Returns the run in `directory` with each stage's leaderboard recomputed from its recorded results."""
-    import json
-
-    from agentqat.arena.config import Arena
+    """Returns the run in `directory` with each stage's leaderboard recomputed from its recorded results;
+    UserError (one line) when the directory is not a run or holds damaged or foreign records."""
     from agentqat.arena.tournament import rank_stage
+    from agentqat.session.manifest import read_manifest
 
     store = RunStore.open(directory)
-    manifest = store.manifest
-    arena = Arena.model_validate(manifest["arena"])
-    results = [MatchResult.from_dict(record) for record in store.read(RESULTS_STREAM)]
+    manifest = read_manifest(directory)
+    arena = manifest.arena
+    results = read_results(store)
     stages = {}
     for stage in arena.stages:
         played = [r for r in results if r.stage == stage.name]
         if played:
             stages[stage.name] = rank_stage(arena, played)
-    documents = {record["strategy_id"]: record["document"] for record in store.read(STRATEGIES_STREAM)}
-    summary_path = directory / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return RunView(directory, manifest, stages, store.read(GENERATIONS_STREAM), documents, summary)
+    documents = {strategy_id(document): document for _, _, document in parsed(store, STRATEGIES_STREAM, _proposal)}
+    generations = parsed(store, GENERATIONS_STREAM, _generation_record)
+    return RunView(directory, manifest.model_dump(mode="json"), stages, generations, documents, read_summary(directory))
+
+
+def read_summary(directory: Path) -> dict | None:
+    """Returns the run's summary.json (written when it ended), None when it has none; UserError when damaged."""
+    path = directory / SUMMARY_FILE
+    if not path.exists():
+        return None
+    summary = read_json_object(path)
+    if not isinstance(summary.get("stop_reason"), str) or not isinstance(summary.get("generations"), int):
+        raise UserError(f"{path} is not a run summary", "the run directory is damaged or foreign")
+    return summary

@@ -14,6 +14,7 @@ from pathlib import Path
 from agentqat.errors import UserError
 
 RUN_SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -37,26 +38,29 @@ class RunStore:
     @classmethod
     def create(cls, directory: Path, manifest: dict) -> RunStore:
         """Returns a new run directory holding `manifest`; refuses to overwrite an existing run."""
-        if (directory / "manifest.json").exists():
-            raise UserError(f"run {directory} already exists", "pick another --run name or resume it")
+        if (directory / MANIFEST_FILE).exists():
+            raise UserError(f"run {directory} already exists", "pick another run name, or resume it")
         directory.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(directory / "manifest.json", {"schema_version": RUN_SCHEMA_VERSION, **manifest})
+        write_json_atomic(directory / MANIFEST_FILE, {"schema_version": RUN_SCHEMA_VERSION, **manifest})
         return cls(directory)
 
     @classmethod
     def open(cls, directory: Path) -> RunStore:
-        """Returns the existing run in `directory`."""
-        path = directory / "manifest.json"
-        if not path.exists():
-            raise UserError(f"{directory} is not a run directory (no manifest.json)", "pass runs/<name>")
-        version = json.loads(path.read_text()).get("schema_version")
+        """Returns the existing run in `directory`; UserError when its manifest is missing, damaged or of
+        another schema version."""
+        path = directory / MANIFEST_FILE
+        if not path.is_file():
+            raise UserError(f"{directory} is not a run directory (no {MANIFEST_FILE})", "pass runs/<name>")
+        manifest = read_json_object(path)
+        version = manifest.get("schema_version")
         if version != RUN_SCHEMA_VERSION:
             raise UserError(f"run {directory} has schema_version {version}", f"this agentqat reads {RUN_SCHEMA_VERSION}")
         return cls(directory)
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.directory / "manifest.json").read_text())
+        """Returns the manifest as written (agentqat.session.read_manifest validates it)."""
+        return read_json_object(self.directory / MANIFEST_FILE)
 
     def append(self, stream: str, record: dict) -> None:
         """Appends one record to `<stream>.jsonl` and makes it durable before returning."""
@@ -70,7 +74,8 @@ class RunStore:
             os.fsync(handle.fileno())
 
     def read(self, stream: str) -> list[dict]:
-        """Returns the records of `<stream>.jsonl`, ignoring a last line cut short by a kill."""
+        """Returns the records (JSON objects) of `<stream>.jsonl`, ignoring a last line cut short by a kill;
+        UserError naming the line when another line is not a JSON object."""
         path = self.directory / f"{stream}.jsonl"
         if not path.exists():
             return []
@@ -80,11 +85,26 @@ class RunStore:
             if not line.strip():
                 continue
             try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                if number != len(lines) - 1:  # only the final, unterminated line may be partial
-                    raise UserError(f"{path} line {number + 1} is not JSON", "the run directory is damaged") from None
+                record = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                if number == len(lines) - 1:  # only the final, unterminated line may be partial
+                    continue
+                raise UserError(f"{path} line {number + 1} is not JSON", "the run directory is damaged") from None
+            if not isinstance(record, dict):
+                raise UserError(f"{path} line {number + 1} is not a JSON object", "the run directory is damaged or foreign")
+            records.append(record)
         return records
+
+
+def read_json_object(path: Path) -> dict:
+    """Returns the JSON object in `path`; UserError when the file is not one."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raise UserError(f"{path} is not JSON", "the run directory is damaged") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a JSON object", "the run directory is damaged or foreign")
+    return data
 
 
 def _drop_partial_last_line(path: Path) -> None:

@@ -13,41 +13,21 @@ stop is off: every run spends the whole budget. The LLM generator's per-layer pr
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
-from dataclasses import asdict
 from pathlib import Path
 
 from agentqat.arena.config import load_arena
-from agentqat.arena.pool import make_pool
-from agentqat.arena.recorded import RecordedPlayer
-from agentqat.evolve import EvolveSettings, evolve
-from agentqat.generators import SearchSpace, make_generator
-from agentqat.generators.layout import layout_id
-from agentqat.llm.backends import VllmBackend
-from agentqat.llm.server import VllmServer
-from agentqat.models import load_facts
-from agentqat.runs import EvolveJournal
-from agentqat.sensitivity import measure
-from agentqat.store import RunStore
+from agentqat.session import LlmSettings, Resources, evolve_manifest, run_evolve
 
 
-def run_one(arena, pool, space, settings: EvolveSettings, directory: Path, server: VllmServer | None):
-    """Returns the outcome of one evolve run in `directory` (resumed when it exists). The LLM generator gets
-    the shared vLLM server and its sensitivity probes, counted against the match budget as in `evolve`."""
-    manifest = {"kind": "evolve", "arena": arena.model_dump(), "settings": asdict(settings)}
-    store = RunStore.open(directory) if (directory / "manifest.json").exists() else RunStore.create(directory, manifest)
-    player = RecordedPlayer(pool.run, store)
-    options, probes = {}, 0
-    if settings.generator == "llm":
-        sensitivities, probes = measure(player, arena, space.facts)
-        options = {"backend": VllmBackend.for_server(server), "sensitivities": sensitivities}
-    generator = make_generator(settings.generator, space, **options)
-    identity = functools.partial(layout_id, facts=space.facts)
-    outcome = evolve(generator, arena, player, settings, EvolveJournal(store), prior_matches=probes, identity=identity)
-    if settings.generator == "llm":
-        print(f"llm seed {settings.seed}: proposals accepted {generator.accepted}, rejected {generator.rejected}, repaired {generator.repaired}")
-    return outcome
+def run_one(arena, shared: Resources, name: str, seed: int, args: argparse.Namespace):
+    """Returns the outcome of one evolve run (resumed when its directory exists) on the shared pool and server."""
+    directory = args.runs / f"{name}-seed{seed}"
+    manifest = None if (directory / "manifest.json").exists() else evolve_manifest(
+        arena, shared.llm if name == "llm" else None, generator=name, seed=seed, population=args.population,
+        generations=10_000, patience=10_000, match_budget=args.budget, stop_when_clear=False,
+    )  # fmt: skip
+    return run_evolve(directory, manifest, resources=shared)
 
 
 def main() -> None:
@@ -62,18 +42,12 @@ def main() -> None:
     args = parser.parse_args()
 
     arena = load_arena(args.arena)
-    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
-    pool = make_pool(arena, args.workers)
-    server = VllmServer().start() if "llm" in args.generators.split(",") else None
+    llm = LlmSettings() if "llm" in args.generators.split(",") else None
     rows = []
-    try:
+    with Resources(arena, args.workers, llm=llm, log_dir=args.runs) as shared:
         for name in args.generators.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
-                settings = EvolveSettings(
-                    generator=name, seed=seed, population=args.population, generations=10_000,
-                    patience=10_000, match_budget=args.budget, stop_when_clear=False,
-                )  # fmt: skip
-                outcome = run_one(arena, pool, space, settings, args.runs / f"{name}-seed{seed}", server)
+                outcome = run_one(arena, shared, name, seed, args)
                 best = next((row for row in outcome.rows if row.survives), None)
                 rows.append((name, seed, outcome, best))
                 agg = best.aggregate if best else None
@@ -83,10 +57,6 @@ def main() -> None:
                        f"score {best.score:.4f}" if best else "no survivor"),
                     flush=True,
                 )  # fmt: skip
-    finally:
-        pool.shutdown()
-        if server:
-            server.stop()
     print(f"\narena {arena.name}, budget {args.budget} matches, bits budget {arena.bits_budget}; best survivor per run")
     print(f"{'generator':10s} {'KL mean':>8s} {'KL sd':>7s} {'ppl mean':>9s} {'bits mean':>9s} {'score mean':>10s}  per seed KL")
     for name in args.generators.split(","):

@@ -1,0 +1,172 @@
+"""Evolve runs: start one, resume one with its recorded settings, extend a finished one, or show it.
+
+`run_evolve` is what the CLI, the benchmarks and the tests call; given open `Resources` it uses their pool
+and server, so many runs (generators, seeds) can share one of each.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Protocol
+
+from agentqat.arena.config import Arena
+from agentqat.errors import UserError
+from agentqat.evolve import EvolveOutcome, EvolveSettings, Observer, evolve
+from agentqat.progress import Reporter
+from agentqat.runs import SUMMARY_FILE, EvolveJournal, read_results, read_summary
+from agentqat.session.manifest import LlmSettings, Manifest, package_versions, read_manifest, write_manifest
+from agentqat.session.resources import Resources
+from agentqat.store import RunStore
+
+EXTENSIBLE = ("generations", "patience", "match_budget", "time_budget_s", "stop_when_clear")
+MORE_GENERATIONS = 2  # what the extension hint proposes
+
+
+class EvolveObserver(Reporter, Observer, Protocol):
+    """What a live view hears from a run: phases, matches, generations, and the generator once it is made."""
+
+    def match_started(self, worker: str, request) -> None: ...
+
+    def match_finished(self, result) -> None: ...
+
+    def generator_ready(self, generator, prior_matches: int) -> None: ...
+
+
+def evolve_manifest(arena: Arena, llm: LlmSettings | None = None, **settings: object) -> Manifest:
+    """Returns the manifest of a new evolve run: `settings` are EvolveSettings fields (generator, seed,
+    population, ...); `llm` the LLM generator's settings (defaults when the generator is llm and none given)."""
+    from agentqat.generators import GENERATORS
+    from agentqat.strategy import SCHEMA_VERSION
+
+    try:
+        evolve_settings = EvolveSettings(**settings)
+    except ValueError as error:
+        raise UserError(str(error), "see the evolve settings") from None
+    if evolve_settings.generator not in GENERATORS:
+        raise UserError(f"unknown generator {evolve_settings.generator!r}", f"set generator to one of {', '.join(sorted(GENERATORS))}")
+    if evolve_settings.generator == "llm":
+        llm = llm or LlmSettings()
+    return Manifest(
+        kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
+        strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
+    )  # fmt: skip
+
+
+def _search_space(arena: Arena):
+    from agentqat.generators import SearchSpace
+    from agentqat.models import load_facts
+
+    try:
+        return SearchSpace(load_facts(arena.model), arena.bits_budget)
+    except ValueError as error:
+        raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
+
+
+def _generator(manifest: Manifest, space, server, player):
+    """Returns the run's generator and the matches spent making it (the LLM generator's sensitivity probes).
+    The LLM backend is made first, so that an unreachable server ends the run before any probe."""
+    from agentqat.generators import make_generator
+
+    settings, llm = manifest.settings, manifest.llm
+    if settings.generator != "llm":
+        return make_generator(settings.generator, space), 0
+    from agentqat.generators.fallback import WithFallback
+    from agentqat.llm.backends import make_backend
+    from agentqat.sensitivity import measure
+
+    if llm.managed_server and server is None:
+        raise UserError("the run's LLM settings ask for a managed vLLM server", "open the shared resources with these llm settings")
+    backend = make_backend(llm.backend, llm.model, llm.url, server)
+    sensitivities, probes = measure(player, manifest.arena, space.facts)
+    generator = make_generator("llm", space, backend=backend, sensitivities=sensitivities)
+    if llm.fallback:
+        generator = WithFallback(generator, make_generator("random", space))
+    return generator, probes
+
+
+def _open_store(directory: Path, manifest: Manifest | None) -> tuple[RunStore, Manifest]:
+    """Returns the run's store and manifest: a new run when `manifest` is given, else the recorded one."""
+    if manifest is not None:
+        return RunStore.create(directory, manifest.model_dump(mode="json")), manifest
+    store = RunStore.open(directory)
+    recorded = read_manifest(directory)
+    if recorded.kind != "evolve":
+        raise UserError(f"{directory} is a {recorded.kind} run, not an evolve run", "resume it with its own command")
+    return store, recorded
+
+
+def run_evolve(
+    directory: Path,
+    manifest: Manifest | None = None,
+    *,
+    resources: Resources | None = None,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    observer: EvolveObserver | None = None,
+) -> EvolveOutcome:
+    """Returns the outcome of the evolve run in `directory`: a new run of `manifest`, or (None) the recorded run
+    resumed with its own settings. Uses the pool and server of `resources`, else opens (and closes) its own
+    with `workers` evaluator actors (default: see `default_workers`) on the Ray cluster at `ray_address`."""
+    from agentqat.arena.recorded import RecordedPlayer
+    from agentqat.generators.layout import layout_id
+
+    store, manifest = _open_store(Path(directory), manifest)
+    journal = EvolveJournal(store)
+    read_results(store)  # a damaged results stream is one clear line before anything starts
+    space = _search_space(manifest.arena)
+    own = resources or Resources(manifest.arena, workers, ray_address, manifest.llm, store.directory, observer)
+    with own if resources is None else nullcontext(resources):
+        player = RecordedPlayer(
+            own.pool.run, store, on_result=observer and observer.match_finished, on_start=observer and observer.match_started
+        )
+        generator, probes = _generator(manifest, space, own.server, player)
+        if observer:
+            observer.generator_ready(generator, probes)
+        identity = functools.partial(layout_id, facts=space.facts)
+        return evolve(generator, manifest.arena, player, manifest.settings, journal, observer, prior_matches=probes, identity=identity)
+
+
+def finished_summary(directory: Path) -> dict | None:
+    """Returns the summary of an evolve run that ended (summary.json), None when it has not ended."""
+    return read_summary(Path(directory))
+
+
+def extension(manifest: Manifest, summary: dict) -> dict[str, object]:
+    """Returns the settings change that lets a finished run go on past the rule that stopped it (empty when
+    the generator ran out of new proposals)."""
+    settings = manifest.settings
+    rule = summary.get("stop_rule", "generations")
+    if rule == "match_budget":
+        return {"match_budget": 2 * settings.match_budget}
+    if rule == "time_budget_s":
+        return {"time_budget_s": 2 * settings.time_budget_s}
+    if rule == "patience":
+        return {"patience": settings.patience + MORE_GENERATIONS, "generations": max(settings.generations, summary["generations"] + MORE_GENERATIONS)}
+    if rule == "stop_when_clear":
+        return {"stop_when_clear": False, "generations": max(settings.generations, summary["generations"] + MORE_GENERATIONS)}
+    if rule == "generations":
+        return {"generations": summary["generations"] + MORE_GENERATIONS}
+    return {}
+
+
+def extend_run(directory: Path, **changes: object) -> bool:
+    """Returns whether the stopping rules of the evolve run changed: when they differ from the recorded ones,
+    they are written to its manifest and its summary removed, so that the next resume plays on. Only
+    EXTENSIBLE settings may change."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    unknown = set(changes) - set(EXTENSIBLE)
+    if manifest.kind != "evolve" or unknown:
+        raise UserError(f"cannot change {sorted(unknown) or 'the settings'} of the {manifest.kind} run {directory}", f"only {', '.join(EXTENSIBLE)} may change")
+    try:
+        settings = dataclasses.replace(manifest.settings, **changes)
+    except ValueError as error:
+        raise UserError(str(error), "see the evolve settings") from None
+    if settings == manifest.settings:
+        return False
+    write_manifest(directory, manifest.model_copy(update={"settings": settings}))
+    (directory / SUMMARY_FILE).unlink(missing_ok=True)
+    return True

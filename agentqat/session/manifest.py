@@ -1,0 +1,108 @@
+"""What a run is, written once to its manifest.json and validated when read back: `Manifest` and `LlmSettings`.
+
+Every run directory (made by the CLI, a benchmark or a test through `run_evolve` / `run_baseline`) carries the
+full settings it was started with, so that resuming it needs nothing else.
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from agentqat import defaults
+from agentqat.arena.config import Arena
+from agentqat.errors import UserError
+from agentqat.evolve import EvolveSettings
+from agentqat.store import MANIFEST_FILE, RUN_SCHEMA_VERSION, read_json_object, write_json_atomic
+from agentqat.strategy import SCHEMA_VERSION
+
+VERSIONED_PACKAGES = ("agentqat", "torch", "transformers", "ray", "bitsandbytes")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LlmSettings(_Frozen):
+    """How the LLM generator reaches its model: a vLLM server (managed, or the one at `url`) or Outlines over
+    transformers in process; `fallback` goes on with the random generator when the server fails."""
+
+    backend: Literal["vllm", "transformers"] = "vllm"
+    model: str = defaults.DEFAULT_MODEL
+    url: str | None = None
+    fallback: bool = False
+
+    @property
+    def managed_server(self) -> bool:
+        """Returns whether the run starts (and stops) its own vLLM server."""
+        return self.backend == "vllm" and not self.url
+
+
+class Manifest(_Frozen):
+    """A run's manifest: its kind, arena and settings (evolve: search settings and, for the LLM generator, its
+    LLM settings; baseline: stage, seed and number of requests), schema versions and package versions."""
+
+    schema_version: int = RUN_SCHEMA_VERSION
+    kind: Literal["evolve", "baseline"]
+    arena: Arena
+    settings: EvolveSettings | None = None
+    llm: LlmSettings | None = None
+    stage: str | None = None
+    seed: int | None = None
+    requests: int | None = None
+    strategy_schema_version: int = SCHEMA_VERSION
+    versions: dict[str, str] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _llm_runs_have_llm_settings(cls, data: object) -> object:
+        """Fills the default LLM settings of an LLM run recorded without them (older benchmark runs used a
+        managed vLLM server on the default model)."""
+        if isinstance(data, dict) and isinstance(data.get("settings"), dict):
+            if data["settings"].get("generator") == "llm" and data.get("llm") is None:
+                return {**data, "llm": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _complete(self) -> Manifest:
+        if self.schema_version != RUN_SCHEMA_VERSION:
+            raise ValueError(f"schema_version {self.schema_version}: this agentqat reads {RUN_SCHEMA_VERSION}")
+        if self.kind == "evolve" and self.settings is None:
+            raise ValueError("an evolve run needs its settings")
+        if self.kind == "baseline" and (self.stage is None or self.seed is None):
+            raise ValueError("a baseline run needs its stage and seed")
+        return self
+
+
+def package_versions() -> dict[str, str]:
+    """Returns the versions of Python and of the packages a result depends on."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def read_manifest(directory: Path) -> Manifest:
+    """Returns the validated manifest of the run in `directory`; UserError (one line) when it is missing,
+    not JSON or not an agentqat manifest."""
+    path = directory / MANIFEST_FILE
+    if not path.is_file():
+        raise UserError(f"{directory} is not a run directory (no {MANIFEST_FILE})", "pass runs/<name>")
+    try:
+        return Manifest.model_validate(read_json_object(path))
+    except ValidationError as error:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in error.errors()[:3])
+        raise UserError(f"{path} is not an agentqat run manifest: {problems}", "the run directory is damaged or foreign") from None
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> None:
+    """Writes `manifest` to the run directory (atomically)."""
+    write_json_atomic(directory / MANIFEST_FILE, manifest.model_dump(mode="json"))

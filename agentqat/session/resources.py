@@ -1,0 +1,93 @@
+"""What runs share and must close: the evaluator pool and the LLM generator's vLLM server, as context managers
+that close them on any exit (Ctrl-C included), in reverse order of opening.
+
+    with Resources(arena, workers=1, llm=LlmSettings(), log_dir=run_dir, reporter=view) as shared:
+        run_evolve(run_a, manifest_a, resources=shared)
+        run_evolve(run_b, manifest_b, resources=shared)   # one pool, one server for both
+
+The recorded player holds no resource of its own (each result is appended, fsynced and closed), so each run
+makes its own over the shared pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+from agentqat import defaults
+from agentqat.arena.config import Arena
+from agentqat.progress import Reporter, phase
+from agentqat.session.manifest import LlmSettings
+
+SERVER_LOG = "llm-server.log"
+
+
+def default_workers(llm: LlmSettings | None) -> int:
+    """Returns the evaluator actors a run uses unless told: 2, or 1 beside a managed vLLM server (a core each)."""
+    return 1 if llm is not None and llm.managed_server else defaults.EVOLVE_WORKERS
+
+
+@contextmanager
+def evaluator_pool(arena: Arena, workers: int, ray_address: str | None = None, reporter: Reporter | None = None) -> Iterator:
+    """Yields the arena's evaluator pool (`workers` Ray actors, or in-process for 0), shut down on exit."""
+    from agentqat.arena.pool import make_pool
+
+    name = "starting the in-process evaluator" if workers == 0 else f"starting Ray and {workers} evaluator actor(s)"
+    with phase(reporter, name, detail="each loads the model and the base model's references"):
+        pool = make_pool(arena, workers, ray_address)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+
+
+@contextmanager
+def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = None) -> Iterator:
+    """Yields the managed vLLM server the LLM settings ask for (None when they name a URL or another backend),
+    stopped on exit."""
+    if not llm.managed_server:
+        yield None
+        return
+    from agentqat.llm.server import VllmServer
+
+    server = VllmServer(llm.model, threads=defaults.LLM_THREADS, log_path=log_path)
+    with phase(reporter, f"starting vLLM for {server.model_name}", detail=f"log: {server.log_path}"):
+        server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Resources:
+    """The pool and (for the LLM generator) the vLLM server that one or more runs share; a context manager.
+
+    The server starts first: a failing outside service ends the command before any model is loaded."""
+
+    def __init__(
+        self,
+        arena: Arena,
+        workers: int | None = None,
+        ray_address: str | None = None,
+        llm: LlmSettings | None = None,
+        log_dir: Path | None = None,
+        reporter: Reporter | None = None,
+    ):
+        self.arena, self.llm, self.ray_address, self.reporter = arena, llm, ray_address, reporter
+        self.workers = default_workers(llm) if workers is None else workers
+        self.log_path = (log_dir or defaults.cache_dir() / "logs") / SERVER_LOG
+        self.pool = None
+        self.server = None
+        self._stack = ExitStack()
+
+    def __enter__(self) -> Resources:
+        with ExitStack() as stack:
+            if self.llm is not None:
+                self.server = stack.enter_context(vllm_server(self.llm, self.log_path, self.reporter))
+            self.pool = stack.enter_context(evaluator_pool(self.arena, self.workers, self.ray_address, self.reporter))
+            self._stack = stack.pop_all()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()

@@ -1,0 +1,28 @@
+"""Everything the terminal shows; the only package that imports rich.
+
+    tables.py   reports and tables printed once (facts, validation, quantize, leaderboards, runs)
+    live.py     what moves while work runs: phases (progress.Reporter), match progress, the evolve live view
+"""
+
+from agentqat.ui.live import EvolveView, MatchProgress, PhaseLog
+from agentqat.ui.tables import (
+    console,
+    facts_dict,
+    pareto_front,
+    print_cache_stats,
+    print_evolve_outcome,
+    print_finished,
+    print_info,
+    print_invalid,
+    print_leaderboard,
+    print_quantize,
+    print_run,
+    print_valid,
+    quantize_report,
+)
+
+__all__ = [
+    "EvolveView", "MatchProgress", "PhaseLog", "console", "facts_dict", "pareto_front", "print_cache_stats",
+    "print_evolve_outcome", "print_finished", "print_info", "print_invalid", "print_leaderboard", "print_quantize",
+    "print_run", "print_valid", "quantize_report",
+]  # fmt: skip
