@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats, WeightQuant
+from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats, WeightQuant, WeightQuantizer
 from agentqat.quant.registry import Method, register
 from agentqat.quant.storage import fp32_absmax
 
@@ -54,7 +54,7 @@ def fp4(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = No
     return _four_bit(weight, config, "fp4")
 
 
-def four_bit_method(name: str, quantize) -> Method:
+def four_bit_method(name: str, quantize: WeightQuantizer) -> Method:
     """Returns the Method of a bitsandbytes 4-bit codebook: served as fake quantization (no engine of FACTS.md's
     serves bitsandbytes' codebooks; llama.cpp has no nf4/fp4 block type)."""
     return Method(
