@@ -3,9 +3,10 @@
 Per linear module with n = out x in weights and G groups (G = out x in / group_size; out for per-channel):
 
     code bits      bits x n                           (16 x n when bits is 16: the weight stays fp16/bf16)
-    scale bits     G x 16 for fp16 scales, G x 8 for power-of-two scales (an exponent byte);
-                   nf4 / fp4 store an fp32 absmax per block (G x 32), llm_int8 an fp32 scale per row (out x 32)
-    zero bits      asymmetric int grids only: G x bits (rtn, gptq, awq), G x 16 (hqq keeps a float zero)
+    scale bits,    the method's `storage` (agentqat.quant.storage): G x 16 for fp16 scales, G x 8 for
+    zero bits      power-of-two scales (an exponent byte); nf4 / fp4 store an fp32 absmax per block (G x 32),
+                   llm_int8 an fp32 scale per row (out x 32); zero points on asymmetric int grids only:
+                   G x bits (rtn, gptq, awq), G x 16 (hqq keeps a float zero)
     outlier bits   keep_fp16: per kept entry 16 (its fp16 value) + 32 (its int32 position);
                    llm_int8: per kept entry 16 + per kept column 32 (its index)
     smoothing bits 16 x in when SmoothQuant scales are applied (an fp16 divisor per input channel)
@@ -21,10 +22,9 @@ from dataclasses import dataclass
 
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import LayerStats, OutlierPolicy
+from agentqat.quant.registry import storing_method
 from agentqat.resolve import ModuleConfig, ResolvedStrategy
 
-SCALE_BITS = {"fp16": 16, "pow2": 8}
-BNB_ABSMAX_BITS = 32
 OUTLIER_VALUE_BITS = 16
 OUTLIER_INDEX_BITS = 32
 UNQUANTIZED_BITS = 16
@@ -87,23 +87,16 @@ def module_bits(config: ModuleConfig, info: LinearInfo, outlier_count: int) -> M
     n = info.in_features * info.out_features
     if weight.bits == 16:
         return ModuleBits(info.name, n, UNQUANTIZED_BITS * n, 0, 0, 0, 0)
-    groups = info.out_features * (info.in_features // weight.group_size) if weight.group_size else info.out_features
-    if weight.format in ("nf4", "fp4"):
-        scale_bits = BNB_ABSMAX_BITS * groups
-    elif weight.format == "llm_int8":
-        scale_bits = BNB_ABSMAX_BITS * info.out_features
-    else:
-        scale_bits = SCALE_BITS[weight.scale] * groups
-    zero_bits = 0
-    if weight.format == "int" and not weight.symmetric:
-        zero_bits = (16 if weight.rounding == "hqq" else weight.bits) * groups
+    storage = storing_method(weight).storage(weight, info)
     outlier_bits = OUTLIER_VALUE_BITS * outlier_count
     if config.outliers.method == "llm_int8":
         outlier_bits += OUTLIER_INDEX_BITS * (outlier_count // info.out_features)
     else:
         outlier_bits += OUTLIER_INDEX_BITS * outlier_count
     smoothing_bits = 16 * info.in_features if config.activation.smooth_alpha is not None else 0
-    return ModuleBits(info.name, n, weight.bits * n, scale_bits, zero_bits, outlier_bits, smoothing_bits)
+    return ModuleBits(
+        info.name, n, weight.bits * n, storage.scale_bits, storage.zero_bits, outlier_bits, smoothing_bits
+    )
 
 
 def strategy_bits(

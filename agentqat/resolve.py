@@ -12,15 +12,12 @@ from typing import get_args
 
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.registry import check_weight, format_method, method_of
 from agentqat.strategy import BASE_DEFAULT, GroupSize, Genes, Strategy, StrategyError
 
 ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
 GENE_TARGETS = {"weight": WeightQuant, "activation": ActivationQuant, "outliers": OutlierPolicy}
 GROUP_SIZES = get_args(GroupSize)
-BNB_BLOCK_SIZES = tuple(g for g in GROUP_SIZES if g >= 32 and g & (g - 1) == 0)  # powers of two bitsandbytes takes
-FORMAT_BITS = {"nf4": 4, "fp4": 4, "fp8_e4m3": 8, "llm_int8": 8}  # formats with a fixed code width
-BNB_BLOCK_FORMATS = ("nf4", "fp4")  # bitsandbytes formats with an absmax per block
-POW2_FORMATS = ("int", "fp8_e4m3")  # formats whose scales may be powers of two
 
 
 @dataclass(frozen=True)
@@ -90,36 +87,7 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
                 f"{where('weight', 'group_size')}: group_size {weight.group_size} does not divide the input width "
                 f"{info.in_features}; use one of {divisors} or 0 (per channel)"
             )
-        needed_bits = FORMAT_BITS.get(weight.format)
-        if needed_bits and weight.bits != needed_bits:
-            problems.append(
-                f"{where('weight', 'bits')}: format {weight.format} stores {needed_bits}-bit codes but bits is "
-                f"{weight.bits}; set bits to {needed_bits} or format to int"
-            )
-        if weight.format != "int" and weight.rounding != "rtn":
-            problems.append(
-                f"{where('weight', 'rounding')}: rounding {weight.rounding} works on integer grids only, not on "
-                f"format {weight.format}; use rounding rtn or format int"
-            )
-        if weight.format in BNB_BLOCK_FORMATS and weight.group_size not in BNB_BLOCK_SIZES:
-            problems.append(
-                f"{where('weight', 'group_size')}: bitsandbytes' {weight.format} takes blocks of "
-                f"{', '.join(map(str, BNB_BLOCK_SIZES))}, not {weight.group_size or 'per channel'}"
-            )
-        if weight.format in BNB_BLOCK_FORMATS and weight.clip != 1.0:
-            problems.append(
-                f"{where('weight', 'clip')}: bitsandbytes' {weight.format} scales by the block's absmax; set clip 1.0"
-            )
-        if weight.format == "llm_int8" and weight.group_size != 0:
-            problems.append(
-                f"{where('weight', 'group_size')}: llm_int8 scales each output row; set group_size 0, "
-                f"not {weight.group_size}"
-            )
-        if weight.format not in POW2_FORMATS and weight.scale == "pow2":
-            problems.append(
-                f"{where('weight', 'scale')}: bitsandbytes' {weight.format} keeps its own absmax scales; "
-                f"power-of-two scales apply to int and fp8_e4m3; set scale fp16"
-            )
+        problems.extend(f"{where('weight', p.field)}: {p.message}" for p in check_weight(weight, info))
     activation = config.activation
     if activation.format == "fp8_e4m3" and activation.bits not in (8, 16):
         problems.append(
@@ -164,7 +132,7 @@ def _layered(strategy: Strategy, selections: list[tuple[int, set[str]]], info: L
         if info.name in selected:
             _merge(values, origins, strategy.rules[index], f"rules[{index}]")
     if strategy.arithmetic.shift_scales:
-        values["weight"]["scale"] = "pow2" if values["weight"]["format"] in POW2_FORMATS else "fp16"
+        values["weight"]["scale"] = "pow2" if "pow2" in format_method(values["weight"]["format"]).scales else "fp16"
     return ModuleConfig(**{group: GENE_TARGETS[group](**values[group]) for group in GENE_TARGETS}), origins
 
 
@@ -195,14 +163,16 @@ def resolve_strategy(strategy: Strategy, facts: ModelFacts) -> ResolvedStrategy:
     return ResolvedStrategy(strategy, facts.name, modules, strategy.arithmetic.compute_dtype)
 
 
+def module_needs_calibration(config: ModuleConfig) -> bool:
+    """Returns whether a (valid) module config reads calibration statistics."""
+    return (
+        config.weight.bits != 16 and method_of(config.weight).needs_calibration
+        or config.activation.smooth_alpha is not None
+        or config.outliers.method == "llm_int8"
+        or (config.outliers.method == "keep_fp16" and config.outliers.criterion == "saliency")
+    )
+
+
 def needs_calibration(resolved: ResolvedStrategy) -> bool:
     """Returns whether any module's config reads calibration statistics."""
-    from agentqat.quant.base import NEEDS_CALIBRATION
-
-    return any(
-        c.weight.bits != 16 and c.weight.quantizer_name in NEEDS_CALIBRATION
-        or c.activation.smooth_alpha is not None
-        or c.outliers.method == "llm_int8"
-        or (c.outliers.method == "keep_fp16" and c.outliers.criterion == "saliency")
-        for c in resolved.modules.values()
-    )
+    return any(module_needs_calibration(c) for c in resolved.modules.values())

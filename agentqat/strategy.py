@@ -3,7 +3,9 @@
 A strategy holds a complete `default` and ordered `rules`; a rule selects layers and modules and overrides
 some fields for them, later rules winning. `schemas/strategy.schema.json` is generated from these classes
 (`python -m agentqat.strategy > schemas/strategy.schema.json`) and a test keeps the two identical. Integers
-and numbers are bounded by `enum`, which outlines-core and xgrammar both honour when constraining an LLM.
+and numbers are bounded by `enum`, which outlines-core and xgrammar both honour when constraining an LLM. The
+weight formats and roundings are the method registry's (`agentqat.quant.registry`), read when a document is
+validated or the schema is built: a registered method is a value documents may name.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJsonSchemaHandler, ValidationError
+from pydantic import field_validator
+from pydantic_core import PydanticCustomError, core_schema
 
 from agentqat.errors import UserError
+from agentqat.quant import registry
+from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 
 SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 256 * 1024
@@ -34,6 +42,32 @@ LAYER_SPEC = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|)(,[0-9]{1,3}(-[0-9]{1,3}|))*)$"
 MODULE_PATTERN = r"^[A-Za-z0-9_.*?]{1,64}$"
 
 
+@dataclass(frozen=True)
+class OneOf:
+    """A string field whose allowed values `names()` returns when a value is validated or the schema is built
+    (an `enum`, like a Literal's, with pydantic's literal_error for anything else)."""
+
+    names: Callable[[], tuple[str, ...]]
+
+    def _validate(self, value: Any) -> str:
+        allowed = self.names()
+        if not isinstance(value, str) or value not in allowed:
+            quoted = [repr(name) for name in allowed]
+            expected = quoted[0] if len(quoted) == 1 else f"{', '.join(quoted[:-1])} or {quoted[-1]}"
+            raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": expected})
+        return value
+
+    def __get_pydantic_core_schema__(self, source: Any, handler: GetCoreSchemaHandler) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(self._validate)
+
+    def __get_pydantic_json_schema__(self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler) -> dict:
+        return {"enum": list(self.names()), "type": "string"}
+
+
+WeightFormat = Annotated[str, OneOf(registry.formats)]
+Rounding = Annotated[str, OneOf(registry.roundings)]
+
+
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -44,9 +78,9 @@ class WeightGene(_Frozen):
     bits: Bits | None = Field(None, description="2-8 bit codes; 16 leaves the weight unquantized")
     group_size: GroupSize | None = Field(None, description="weights per scale along the input; 0 = per output channel")
     symmetric: bool | None = None
-    format: Literal["int", "nf4", "fp4", "fp8_e4m3", "llm_int8"] | None = None
+    format: WeightFormat | None = None
     scale: Literal["fp16", "pow2"] | None = Field(None, description="pow2 scales turn dequantization into shifts")
-    rounding: Literal["rtn", "gptq", "awq", "hqq"] | None = None
+    rounding: Rounding | None = None
     clip: ClipRatio | None = Field(None, description="share of each group's range kept, or an MSE search")
 
 
@@ -103,10 +137,10 @@ class Arithmetic(_Frozen):
     shift_scales: bool = Field(False, description="force power-of-two scales everywhere (multiplies become shifts)")
 
 
-BASE_DEFAULT = Genes(
-    weight=WeightGene(bits=4, group_size=64, symmetric=False, format="int", scale="fp16", rounding="rtn", clip=1.0),
-    activation=ActivationGene(bits=16, format="int", granularity="per_token", smooth_alpha=None),
-    outliers=OutlierGene(method="none", fraction=0.0, criterion="magnitude", threshold=6.0),
+BASE_DEFAULT = Genes(  # the quantizer configs' defaults, written once in agentqat.quant.base
+    weight=WeightGene(**asdict(WeightQuant())),
+    activation=ActivationGene(**asdict(ActivationQuant())),
+    outliers=OutlierGene(**asdict(OutlierPolicy())),
 )
 
 

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from agentqat.quant import (
-    WEIGHT_QUANTIZERS,
+    METHODS,
     LayerStats,
     OutlierPolicy,
     WeightQuant,
+    method_of,
     outlier_mask,
     proxy_error,
     quantize_weight,
@@ -73,7 +74,7 @@ CASES = [(name, bits) for name, (bit_choices, _) in CONTRACT.items() for bits in
 
 
 def test_contract_covers_the_whole_registry():
-    assert set(CONTRACT) == set(WEIGHT_QUANTIZERS)
+    assert set(CONTRACT) == set(METHODS)
 
 
 @pytest.mark.parametrize("name,bits", CASES, ids=[f"{name}-w{bits}" for name, bits in CASES])
@@ -81,7 +82,7 @@ def test_quantizer_contract(name, bits):
     weight = random_weight()
     original = weight.clone()
     config = CONTRACT[name][1](bits)
-    assert config.quantizer_name == name
+    assert method_of(config).name == name
     first = quantize_weight(weight, config, STATS)
     second = quantize_weight(weight, config, STATS)
     assert first.shape == weight.shape and first.dtype == torch.float32

@@ -1,14 +1,19 @@
 """The baseline matrix: standard methods at standard bit widths and calibration budgets, as strategies.
 
-Every entry is an ordinary strategy document, so baselines play the same matches as discovered strategies.
+One entry per registered weight method that declares a baseline (`Method.baseline`), named like the method with
+dashes ("fp8-e4m3"), plus the baselines that are not a weight method (SmoothQuant W8A8). Every entry is an ordinary
+strategy document, so baselines play the same matches as discovered strategies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from agentqat.arena.request import MatchRequest
+from agentqat.quant.base import DEFAULT_ROUNDING, ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.registry import METHODS, Method
+from agentqat.resolve import ModuleConfig, module_needs_calibration
 
 DEFAULT_BITS = (8, 4, 3, 2)
 DEFAULT_CALIBRATION_BUDGETS = (4, 16, 48)  # calibration windows of the arena's window length
@@ -16,38 +21,40 @@ DEFAULT_CALIBRATION_BUDGETS = (4, 16, 48)  # calibration windows of the arena's 
 
 @dataclass(frozen=True)
 class BaselineMethod:
-    """A standard method: the weight genes it sets, the bit widths it supports, whether it calibrates."""
+    """A standard method: the genes it sets besides the weight bits, and the bit widths it supports."""
 
     name: str
     genes: dict
     bits: tuple[int, ...]
-    calibrated: bool = False
+
+    @property
+    def calibrated(self) -> bool:
+        """Returns whether the method reads calibration statistics (it then plays once per calibration budget)."""
+        defaults = {"weight": WeightQuant(), "activation": ActivationQuant(), "outliers": OutlierPolicy()}
+        config = {group: replace(value, **self.genes.get(group, {})) for group, value in defaults.items()}
+        return module_needs_calibration(ModuleConfig(**config))
 
 
-METHODS = (
-    BaselineMethod("rtn", {"weight": {"group_size": 64, "symmetric": False, "rounding": "rtn"}}, (8, 4, 3, 2)),
-    BaselineMethod("gptq", {"weight": {"group_size": 64, "symmetric": False, "rounding": "gptq"}}, (8, 4, 3, 2), True),
-    BaselineMethod("awq", {"weight": {"group_size": 64, "symmetric": False, "rounding": "awq"}}, (8, 4, 3, 2), True),
-    BaselineMethod("hqq", {"weight": {"group_size": 64, "symmetric": False, "rounding": "hqq"}}, (8, 4, 3, 2)),
-    BaselineMethod(
-        "smoothquant-w8a8",
-        {
-            "weight": {"group_size": 0, "symmetric": True, "rounding": "rtn"},
-            "activation": {"bits": 8, "format": "int", "granularity": "per_token", "smooth_alpha": 0.5},
-        },
-        (8,),
-        True,
-    ),
-    BaselineMethod("nf4", {"weight": {"group_size": 64, "format": "nf4"}}, (4,)),
-    BaselineMethod("fp4", {"weight": {"group_size": 64, "format": "fp4"}}, (4,)),
-    BaselineMethod("fp8-e4m3", {"weight": {"group_size": 0, "symmetric": True, "format": "fp8_e4m3"}}, (8,)),
-    BaselineMethod(
-        "llm-int8",
-        {"weight": {"group_size": 0, "format": "llm_int8"}, "outliers": {"method": "llm_int8", "threshold": 6.0}},
-        (8,),
-        True,
-    ),
+SMOOTHQUANT_W8A8 = BaselineMethod(
+    "smoothquant-w8a8",
+    {
+        "weight": {"group_size": 0, "symmetric": True, "rounding": DEFAULT_ROUNDING},
+        "activation": {"bits": 8, "format": "int", "granularity": "per_token", "smooth_alpha": 0.5},
+    },
+    (8,),
 )
+
+
+def of_method(method: Method) -> BaselineMethod:
+    """Returns the baseline entry of a registered method (its `baseline` genes, its format and rounding)."""
+    genes = {group: dict(values) for group, values in method.baseline.items()}
+    genes["weight"] = {**genes.get("weight", {}), "format": method.format, "rounding": method.rounding}
+    return BaselineMethod(method.name.replace("_", "-"), genes, tuple(sorted(method.bits, reverse=True)))
+
+
+def baseline_methods() -> tuple[BaselineMethod, ...]:
+    """Returns the matrix's methods: every registered method with a baseline, in registration order, then the rest."""
+    return (*(of_method(m) for m in METHODS.values() if m.baseline is not None), SMOOTHQUANT_W8A8)
 
 
 def baseline_document(method: BaselineMethod, bits: int) -> dict:
@@ -66,7 +73,7 @@ def baseline_requests(
 ) -> list[MatchRequest]:
     """Returns one request per (method, bit width it supports, calibration budget if it calibrates)."""
     requests = []
-    for method in METHODS:
+    for method in baseline_methods():
         if methods and method.name not in methods:
             continue
         for width in method.bits:

@@ -10,15 +10,16 @@ through `restore`, so the generator continues as if it had never stopped.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, get_args, get_origin
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from agentqat.bits import module_bits
 from agentqat.models import ModelFacts
-from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig
 from agentqat.scoring import Ranked
 from agentqat.strategy import ActivationGene, Arithmetic, OutlierGene, WeightGene
@@ -31,44 +32,49 @@ def pick(rng: np.random.Generator, values: Sequence[T]) -> T:
     return values[int(rng.integers(len(values)))]
 
 
-def enum_values(gene: type[BaseModel], field: str) -> tuple:
-    """Returns the values the strategy schema allows for one gene field (None, "not set", left out)."""
-    annotation = gene.model_fields[field].annotation
-    arms = (annotation,) if get_origin(annotation) is Literal else get_args(annotation)  # Literal[...] | None
+def enum_values(gene: type[BaseModel], name: str) -> tuple:
+    """Returns the values the strategy schema allows for one gene field (None, "not set", left out), as the schema
+    lists them now (formats and roundings are the method registry's)."""
+    node = gene.model_json_schema()["properties"][name]
     values: list = []
-    for arm in arms:
-        if get_origin(arm) is Literal:
-            values.extend(get_args(arm))
-        elif arm is bool:
+    for arm in node.get("anyOf", [node]):
+        if "enum" in arm:
+            values.extend(arm["enum"])
+        elif arm.get("type") == "boolean":
             values.extend((False, True))
     return tuple(values)
 
 
+def _schema(gene: type[BaseModel], name: str) -> Any:
+    """Returns a dataclass field whose default is `enum_values(gene, name)` when an instance is made."""
+    return field(default_factory=partial(enum_values, gene, name))
+
+
 # What repair falls back on; every GeneChoices must allow them.
-FALLBACKS = {"formats": "int", "roundings": "rtn", "scales": "fp16", "clips": 1.0, "group_sizes": 0}
+FALLBACKS = {"formats": INT_GRID, "roundings": DEFAULT_ROUNDING, "scales": "fp16", "clips": 1.0, "group_sizes": 0}
 MAX_KEPT_FRACTION = 0.01  # the largest keep_fp16 fraction generators draw: 1% costs 0.48 bits per weight
 
 
 @dataclass(frozen=True)
 class GeneChoices:
-    """The gene values generators may use; by default every value the strategy schema allows."""
+    """The gene values generators may use; by default every value the strategy schema allows when they are made."""
 
-    bits: tuple[int, ...] = enum_values(WeightGene, "bits")
-    group_sizes: tuple[int, ...] = enum_values(WeightGene, "group_size")
-    symmetric: tuple[bool, ...] = enum_values(WeightGene, "symmetric")
-    formats: tuple[str, ...] = enum_values(WeightGene, "format")
-    scales: tuple[str, ...] = enum_values(WeightGene, "scale")
-    roundings: tuple[str, ...] = enum_values(WeightGene, "rounding")
-    clips: tuple[float | str, ...] = enum_values(WeightGene, "clip")
-    outlier_methods: tuple[str, ...] = enum_values(OutlierGene, "method")
-    outlier_fractions: tuple[float, ...] = enum_values(OutlierGene, "fraction")
-    outlier_criteria: tuple[str, ...] = enum_values(OutlierGene, "criterion")
-    outlier_thresholds: tuple[float, ...] = enum_values(OutlierGene, "threshold")
-    activation_bits: tuple[int, ...] = enum_values(ActivationGene, "bits")
-    activation_formats: tuple[str, ...] = enum_values(ActivationGene, "format")
-    granularities: tuple[str, ...] = enum_values(ActivationGene, "granularity")
-    smooth_alphas: tuple[float, ...] = enum_values(ActivationGene, "smooth_alpha")
-    compute_dtypes: tuple[str, ...] = enum_values(Arithmetic, "compute_dtype")
+    bits: tuple[int, ...] = _schema(WeightGene, "bits")
+    group_sizes: tuple[int, ...] = _schema(WeightGene, "group_size")
+    symmetric: tuple[bool, ...] = _schema(WeightGene, "symmetric")
+    formats: tuple[str, ...] = _schema(WeightGene, "format")
+    scales: tuple[str, ...] = _schema(WeightGene, "scale")
+    roundings: tuple[str, ...] = _schema(WeightGene, "rounding")
+    clips: tuple[float | str, ...] = _schema(WeightGene, "clip")
+    outlier_methods: tuple[str, ...] = _schema(OutlierGene, "method")
+    outlier_fractions: tuple[float, ...] = _schema(OutlierGene, "fraction")
+    outlier_criteria: tuple[str, ...] = _schema(OutlierGene, "criterion")
+    outlier_thresholds: tuple[float, ...] = _schema(OutlierGene, "threshold")
+    activation_bits: tuple[int, ...] = _schema(ActivationGene, "bits")
+    activation_formats: tuple[str, ...] = _schema(ActivationGene, "format")
+    granularities: tuple[str, ...] = _schema(ActivationGene, "granularity")
+    smooth_alphas: tuple[float, ...] = _schema(ActivationGene, "smooth_alpha")
+    compute_dtypes: tuple[str, ...] = _schema(Arithmetic, "compute_dtype")
 
     @property
     def kept_fractions(self) -> tuple[float, ...]:
@@ -85,7 +91,7 @@ def cheapest_bits_per_weight(facts: ModelFacts, choices: GeneChoices) -> float:
     """Returns the bits per weight of the cheapest strategy the choices allow (what repair can always reach)."""
     weight = WeightQuant(
         bits=min(choices.bits), group_size=0, symmetric=True in choices.symmetric, format="int",
-        scale="pow2" if "pow2" in choices.scales else "fp16", rounding="rtn",
+        scale="pow2" if "pow2" in choices.scales else "fp16", rounding=DEFAULT_ROUNDING,
     )  # fmt: skip
     config = ModuleConfig(weight, ActivationQuant(), OutlierPolicy())
     total = sum(module_bits(config, info, 0).total for info in facts.linears)
@@ -98,7 +104,7 @@ class SearchSpace:
 
     facts: ModelFacts
     bits_budget: float
-    choices: GeneChoices = GeneChoices()
+    choices: GeneChoices = field(default_factory=GeneChoices)
 
     def __post_init__(self) -> None:
         floor = cheapest_bits_per_weight(self.facts, self.choices)

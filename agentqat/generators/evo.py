@@ -32,7 +32,7 @@ from agentqat.generators.layout import Layout, document_of, layout_bits, layout_
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
-from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig, pattern_matches
 from agentqat.strategy import strategy_id
 
@@ -41,6 +41,7 @@ P_OTHER_MUTATION = 0.15
 MAX_SWITCHES = 3
 UNIT_ROLES = ("attn", "mlp")
 DRAWS_PER_PROPOSAL = 20
+START_ROUNDING = "gptq"  # EvoPress starts from uniform GPTQ levels; the default rounding where choices lack it
 
 
 def units_of(space: SearchSpace) -> list[list[int]]:
@@ -86,9 +87,9 @@ def level_switch(layout: Layout, space: SearchSpace, rng: np.random.Generator) -
 def uniform_start(space: SearchSpace) -> Layout:
     """Returns the best uniform int layout within budget: most bits, asymmetric, then smallest group; GPTQ."""
     choices, facts = space.choices, space.facts
-    rounding = "gptq" if "gptq" in choices.roundings else "rtn"
+    rounding = START_ROUNDING if START_ROUNDING in choices.roundings else DEFAULT_ROUNDING
     widths = {info.in_features for info in facts.linears}
-    sizes = sorted(valid_group_sizes("int", widths, choices), key=lambda g: (g == 0, g))  # smallest first, per channel last
+    sizes = sorted(valid_group_sizes(INT_GRID, widths, choices), key=lambda g: (g == 0, g))  # smallest first, per channel last
     for bits in sorted((b for b in choices.bits if b != 16), reverse=True):
         for symmetric in sorted(choices.symmetric):  # False (asymmetric) first where allowed
             for group in sizes:

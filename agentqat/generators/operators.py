@@ -13,10 +13,10 @@ taken. A mutation with nothing to change returns the document repaired (a copy w
     bit_shift          the region's bits one step up or down over choices.bits
     layer_reassign     a boundary between two layer spans of different configs moves: one span grows, its
                        neighbour shrinks (to nothing at most); nothing to move in a strategy uniform over layers
-    scale_swap         fp16 <-> pow2 scales (int and fp8 formats)
+    scale_swap         fp16 <-> pow2 scales (formats taking both: int and fp8)
     outlier_toggle     none / keep_fp16 (fraction up to MAX_KEPT_FRACTION, criterion) / llm_int8 (threshold):
                        to one of the other two
-    rounding_swap      another rounding among rtn, gptq, awq, hqq (int format)
+    rounding_swap      another rounding of the format (int: rtn, gptq, awq, hqq)
     group_size_change  another group size valid for every module of the region
 
 A crossover's child takes every layer's configs from one parent: `layerwise` tosses a coin per layer,
@@ -37,7 +37,8 @@ from agentqat.generators.base import SearchSpace, pick
 from agentqat.generators.layout import Layout, document_of, layout_of, module_cost
 from agentqat.generators.repair import fix_layout, repair, repair_layout, valid_group_sizes
 from agentqat.models import ModelFacts
-from agentqat.resolve import POW2_FORMATS, ModuleConfig, module_role_name, pattern_matches
+from agentqat.quant.registry import find, format_method
+from agentqat.resolve import ModuleConfig, module_role_name, pattern_matches
 from agentqat.strategy import strategy_id
 
 ATTEMPTS = 8
@@ -180,7 +181,8 @@ def scale_swap(layout: Layout, space: SearchSpace, rng: np.random.Generator) -> 
     """Returns the layout with a region's scales swapped between fp16 and pow2, and the region."""
 
     def eligible(config: ModuleConfig, widths: Collection[int], space: SearchSpace) -> bool:
-        return _quantized(config) and config.weight.format in POW2_FORMATS and len(set(space.choices.scales)) > 1
+        scales = set(format_method(config.weight.format).scales) & set(space.choices.scales)
+        return _quantized(config) and len(scales) > 1
 
     def swap(config: ModuleConfig, region: list[int]) -> ModuleConfig:
         return replace(config, weight=replace(config.weight, scale="pow2" if config.weight.scale == "fp16" else "fp16"))
@@ -216,14 +218,18 @@ def outlier_toggle(layout: Layout, space: SearchSpace, rng: np.random.Generator)
 
 @register_mutation("rounding_swap")
 def rounding_swap(layout: Layout, space: SearchSpace, rng: np.random.Generator) -> tuple[Layout, list[int]] | None:
-    """Returns the layout with a region's rounding changed (int formats), and the region."""
+    """Returns the layout with a region's rounding changed to another of its format's, and the region."""
 
-    def eligible(config: ModuleConfig, widths: Collection[int], space: SearchSpace) -> bool:
-        return _quantized(config) and config.weight.format == "int" and len(set(space.choices.roundings)) > 1
+    def others(config: ModuleConfig) -> list[str]:
+        weight = config.weight
+        return [r for r in space.choices.roundings if r != weight.rounding and find(weight.format, r) is not None]
 
     def swap(config: ModuleConfig, region: list[int]) -> ModuleConfig:
-        others = [r for r in space.choices.roundings if r != config.weight.rounding]
-        return replace(config, weight=replace(config.weight, rounding=pick(rng, others)))
+        return replace(config, weight=replace(config.weight, rounding=pick(rng, others(config))))
+
+    def eligible(config: ModuleConfig, widths: Collection[int], space: SearchSpace) -> bool:
+        roundings = {r for r in space.choices.roundings if find(config.weight.format, r) is not None}
+        return _quantized(config) and len(roundings) > 1
 
     return _edit_region(layout, space, rng, eligible, swap)
 

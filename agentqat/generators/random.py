@@ -6,11 +6,13 @@ One sample (`sample_layout`), with N the number of decoder layers:
     per group      one config (`sample_config`), drawn for the input widths of the group's modules:
       bits         among the quantized widths within [budget - 2, budget + 1], P proportional to 2^rank (the
                    widest most likely: at budget 4.5, 3/4/5 bits with P 1/7, 2/7, 4/7); 16 is never drawn
-      format       int with P 0.7, else one of the formats storing exactly `bits` (nf4/fp4 at 4, fp8/llm_int8 at 8)
-      group size   uniform among per channel and the sizes >= 32 that divide every width (bitsandbytes blocks
-                   for nf4/fp4, per channel only for llm_int8)
-      the rest     symmetric uniform; rounding uniform for int (rtn otherwise); scale pow2 with P 0.2 where the
-                   format allows; clip 1.0 with P 0.6, else uniform among the other ratios and "mse"
+      format       int with P 0.7, else one of the other registered formats storing `bits` (nf4/fp4 at 4,
+                   fp8/llm_int8 at 8)
+      group size   uniform among per channel and the sizes >= 32 the format takes on every width (bitsandbytes
+                   blocks for nf4/fp4, per channel only for llm_int8)
+      the rest     symmetric uniform; rounding uniform among the format's (int: rtn, gptq, awq, hqq); scale pow2
+                   with P 0.2 where the format allows; where it takes any clip, clip 1.0 with P 0.6, else uniform
+                   among the other ratios and "mse"
       outliers     keep_fp16 (fraction 0.1-1%, uniform criterion) with P 0.08, llm_int8 columns with P 0.04
       activation   quantized with P 0.1 (4 or 8 bits, fp8 only at 8, SmoothQuant with P 0.5), else 16-bit
     role variant   with P 0.35 per group, one role (attn, mlp or down_proj) of the group gets other bits
@@ -31,8 +33,9 @@ import numpy as np
 from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, register_generator
 from agentqat.generators.layout import Layout, document_of
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
-from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import FORMAT_BITS, POW2_FORMATS, ModuleConfig, pattern_matches
+from agentqat.quant.base import INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.registry import find, format_method, methods_on
+from agentqat.resolve import ModuleConfig, pattern_matches
 from agentqat.strategy import strategy_id
 
 MAX_GROUPS = 4
@@ -70,19 +73,23 @@ def _sample_weight(space: SearchSpace, rng: np.random.Generator, widths: Collect
     bits = sample_bits(space, rng)
     formats = [
         f for f in choices.formats
-        if f != "int" and FORMAT_BITS.get(f) == bits and valid_group_sizes(f, widths, choices)
+        if f != INT_GRID and bits in format_method(f).bits and valid_group_sizes(f, widths, choices)
     ]  # fmt: skip
-    weight_format = "int" if not formats or rng.random() < P_INT_FORMAT else pick(rng, formats)
-    ranged = weight_format in POW2_FORMATS and rng.random() >= P_FULL_RANGE
-    pow2 = weight_format in POW2_FORMATS and "pow2" in choices.scales and rng.random() < P_POW2_SCALES
+    weight_format = INT_GRID if not formats or rng.random() < P_INT_FORMAT else pick(rng, formats)
+    method = format_method(weight_format)
+    ranged = method.clips is None and rng.random() >= P_FULL_RANGE
+    pow2 = "pow2" in method.scales and "pow2" in choices.scales and rng.random() < P_POW2_SCALES
     sizes = valid_group_sizes(weight_format, widths, choices)
+    group_size = pick(rng, [g for g in sizes if g == 0 or g >= MIN_SAMPLED_GROUP] or sizes)
+    symmetric = pick(rng, choices.symmetric)
+    roundings = [r for r in choices.roundings if find(weight_format, r) is not None]
     return WeightQuant(
         bits=bits,
-        group_size=pick(rng, [g for g in sizes if g == 0 or g >= MIN_SAMPLED_GROUP] or sizes),
-        symmetric=pick(rng, choices.symmetric),
+        group_size=group_size,
+        symmetric=symmetric,
         format=weight_format,
-        scale="pow2" if pow2 else "fp16",
-        rounding=pick(rng, choices.roundings) if weight_format == "int" else "rtn",
+        scale="pow2" if pow2 else method.scales[0],
+        rounding=pick(rng, roundings) if len(methods_on(weight_format)) > 1 else method.rounding,
         clip=pick(rng, [c for c in choices.clips if c != 1.0]) if ranged else 1.0,
     )
 

@@ -2,20 +2,21 @@
 
 Three steps, each leaving alone what already holds:
 
-1. validity, module by module (`fix_config`, deterministic): a format whose code width is not `bits` becomes int;
-   other formats than int round with rtn; nf4/fp4 keep clip 1.0 and fp16 scales, llm_int8 fp16 scales and one
-   scale per row (group 0); a group size that does not fit the module becomes the nearest that does (the largest
-   smaller one, else the smallest larger one, else per channel); fp8 activations below 8 bits become 8-bit.
-   Weights left at 16 bits are not checked by resolution and are left as they are.
+1. validity, module by module (`fix_config`, deterministic): the weight config becomes the nearest its method
+   takes (`agentqat.quant.registry.repair_weight`: a format that does not store `bits`, or takes no allowed group
+   size on the module, becomes int; a rounding the format does not take becomes the format's; scales, clips and
+   group sizes the method does not take become its first, the nearest group size that fits: the largest smaller
+   one, else the smallest larger one, else per channel); fp8 activations below 8 bits become 8-bit. Weights left
+   at 16 bits are not checked by resolution and are left as they are.
 2. the rule limit: while the compiled document would need more than MAX_RULES rules, the modules of the least
    used config that can move move to the most used config valid for them.
 3. the budget: while over budget, a config class (its modules) is made cheaper by the first of CHEAPER_STEPS
    that lowers its cost. The class is drawn among those with the most bits (water-filling from the top, so that a
    sample keeps its low-bit groups instead of collapsing to 2 bits elsewhere) with probability proportional to
    their weights, sparing the modules an operator just changed while others can pay. The steps: bits one step
-   down, format int, no outliers, no SmoothQuant, a coarser group, power-of-two scales, symmetric, rtn instead of
-   hqq's float zeros. Every config reaches the cheapest config the choices allow this way, and SearchSpace
-   refuses budgets below that, so repair always ends.
+   down, format int, no outliers, no SmoothQuant, a coarser group, power-of-two scales, symmetric, the default
+   rounding (rtn) instead of a dearer one (hqq's float zeros). Every config reaches the cheapest config the
+   choices allow this way, and SearchSpace refuses budgets below that, so repair always ends.
 """
 
 from __future__ import annotations
@@ -31,33 +32,16 @@ from agentqat.bits import strategy_bits
 from agentqat.generators.base import GeneChoices, SearchSpace
 from agentqat.generators.layout import Layout, compile_rules, document_of, layout_bits, layout_of, module_cost
 from agentqat.models import ModelFacts
-from agentqat.resolve import (
-    BNB_BLOCK_FORMATS,
-    BNB_BLOCK_SIZES,
-    FORMAT_BITS,
-    POW2_FORMATS,
-    ModuleConfig,
-    resolve_strategy,
-)
+from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID
+from agentqat.quant.registry import format_method, repair_weight, storing_method
+from agentqat.resolve import ModuleConfig, resolve_strategy
 from agentqat.strategy import MAX_RULES, StrategyError, parse_strategy
 
 
 def valid_group_sizes(weight_format: str, widths: Iterable[int], choices: GeneChoices) -> tuple[int, ...]:
     """Returns the group sizes (0 = per channel) a format may use on modules of every one of these input widths."""
-    if weight_format == "llm_int8":
-        return (0,)
-    widths = tuple(widths)
-    sizes = tuple(g for g in choices.group_sizes if all(g == 0 or width % g == 0 for width in widths))
-    return tuple(g for g in sizes if g in BNB_BLOCK_SIZES) if weight_format in BNB_BLOCK_FORMATS else sizes
-
-
-def _nearest(size: int, sizes: tuple[int, ...]) -> int:
-    """Returns `size` if allowed, else the largest smaller allowed size, else the smallest larger one, else 0."""
-    if size in sizes:
-        return size
-    below = [s for s in sizes if 0 < s < size]
-    above = [s for s in sizes if s > size]
-    return max(below) if below else min(above) if above else 0
+    method, widths = format_method(weight_format), tuple(widths)
+    return tuple(g for g in choices.group_sizes if all(method.takes_group(g, width) for width in widths))
 
 
 @lru_cache(maxsize=1 << 14)
@@ -65,18 +49,7 @@ def fix_config(config: ModuleConfig, in_features: int, choices: GeneChoices) -> 
     """Returns the config made valid for a module of this input width (step 1 of the module docstring)."""
     weight, activation = config.weight, config.activation
     if weight.bits != 16:
-        weight_format = weight.format if FORMAT_BITS.get(weight.format, weight.bits) == weight.bits else "int"
-        sizes = valid_group_sizes(weight_format, (in_features,), choices)
-        if not sizes:  # no bitsandbytes block fits this width
-            weight_format, sizes = "int", valid_group_sizes("int", (in_features,), choices)
-        weight = replace(
-            weight,
-            format=weight_format,
-            group_size=_nearest(weight.group_size, sizes),
-            rounding=weight.rounding if weight_format == "int" else "rtn",
-            scale=weight.scale if weight_format in POW2_FORMATS else "fp16",
-            clip=1.0 if weight_format in BNB_BLOCK_FORMATS else weight.clip,
-        )
+        weight = repair_weight(weight, in_features, choices.group_sizes)
     if activation.format == "fp8_e4m3" and activation.bits not in (8, 16):
         activation = replace(activation, bits=8)
     return ModuleConfig(weight, activation, config.outliers)
@@ -112,7 +85,7 @@ def _lower_bits(config: ModuleConfig, in_features: int, choices: GeneChoices) ->
 
 
 def _int_format(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
-    return replace(config, weight=replace(config.weight, format="int")) if config.weight.format != "int" else None
+    return replace(config, weight=replace(config.weight, format=INT_GRID)) if config.weight.format != INT_GRID else None
 
 
 def _no_outliers(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
@@ -139,26 +112,27 @@ def _coarser_group(config: ModuleConfig, in_features: int, choices: GeneChoices)
 
 def _pow2_scales(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
     weight = config.weight
-    if weight.scale == "pow2" or weight.format not in POW2_FORMATS or "pow2" not in choices.scales:
+    if weight.scale == "pow2" or "pow2" not in storing_method(weight).scales or "pow2" not in choices.scales:
         return None
     return replace(config, weight=replace(weight, scale="pow2"))
 
 
 def _symmetric(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
     weight = config.weight
-    if weight.symmetric or weight.format != "int" or True not in choices.symmetric:
+    if weight.symmetric or True not in choices.symmetric:  # only lowers the cost of grids with zero points
         return None
     return replace(config, weight=replace(weight, symmetric=True))
 
 
-def _rtn_zeros(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
-    weight = config.weight
-    return replace(config, weight=replace(weight, rounding="rtn")) if weight.rounding == "hqq" else None
+def _default_rounding(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
+    if config.weight.rounding == DEFAULT_ROUNDING:  # lowers the cost of roundings that store more (hqq's float zeros)
+        return None
+    return replace(config, weight=replace(config.weight, rounding=DEFAULT_ROUNDING))
 
 
 CheaperStep = Callable[[ModuleConfig, int, GeneChoices], "ModuleConfig | None"]
 CHEAPER_STEPS: tuple[CheaperStep, ...] = (
-    _lower_bits, _int_format, _no_outliers, _no_smoothing, _coarser_group, _pow2_scales, _symmetric, _rtn_zeros,
+    _lower_bits, _int_format, _no_outliers, _no_smoothing, _coarser_group, _pow2_scales, _symmetric, _default_rounding,
 )  # fmt: skip
 
 

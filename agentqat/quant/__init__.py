@@ -1,30 +1,27 @@
-"""Weight and activation quantizers. Importing this package registers every weight quantizer by name."""
+"""Weight and activation quantizers. Importing this package registers every weight quantization method; the order
+of the imports is the order of the formats and roundings in the strategy schema."""
 
-from agentqat.quant import awq, bnb, fp8, gptq, hqq, rtn  # noqa: F401  (registration)
+from agentqat.quant import rtn, gptq, awq, hqq, bnb, fp8, llm_int8  # noqa: F401, I001  (registration, in order)
 from agentqat.quant.activation import fake_quantize_activation, smoothing_scales
-from agentqat.quant.base import (
-    NEEDS_CALIBRATION,
-    WEIGHT_QUANTIZERS,
-    ActivationQuant,
-    LayerStats,
-    OutlierPolicy,
-    WeightQuant,
-    quantize_weight,
-)
+from agentqat.quant.base import ActivationQuant, LayerStats, OutlierPolicy, WeightQuant
 from agentqat.quant.outliers import outlier_mask, quantize_with_outliers
 from agentqat.quant.proxy import proxy_error
+from agentqat.quant.registry import METHODS, Method, Problem, method_of, quantize_weight, registered
 
 __all__ = [
-    "NEEDS_CALIBRATION",
-    "WEIGHT_QUANTIZERS",
+    "METHODS",
     "ActivationQuant",
     "LayerStats",
+    "Method",
     "OutlierPolicy",
+    "Problem",
     "WeightQuant",
     "fake_quantize_activation",
+    "method_of",
     "outlier_mask",
     "proxy_error",
     "quantize_weight",
     "quantize_with_outliers",
+    "registered",
     "smoothing_scales",
 ]

@@ -14,8 +14,10 @@ from dataclasses import replace
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant, register
+from agentqat.quant.base import LayerStats, WeightQuant
+from agentqat.quant.grid import int_grid_method
 from agentqat.quant.proxy import proxy_error
+from agentqat.quant.registry import register
 from agentqat.quant.rtn import rtn
 
 ALPHAS: tuple[float, ...] = tuple(step / 20 for step in range(20))  # 0.0 to 0.95
@@ -32,7 +34,6 @@ def _scaled_rtn(weight: torch.Tensor, config: WeightQuant, scales: torch.Tensor)
     return rtn(weight * scales, config) / scales
 
 
-@register("awq", needs_calibration=True)
 def awq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
     """Returns the effective weight W_q / s of AWQ with the best alpha on the proxy error."""
     search_config = replace(config, clip=1.0) if config.clip == "mse" else config
@@ -43,3 +44,8 @@ def awq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> 
     ]
     best_alpha = ALPHAS[min(range(len(ALPHAS)), key=errors.__getitem__)]
     return _scaled_rtn(weight, config, channel_scales(stats.abs_mean, best_alpha))
+
+
+# Served as fake quantization only: each module's own 1/s cannot be folded into an input that q/k/v (or gate/up)
+# share, and no engine takes a per-module input scale.
+register(int_grid_method("awq", awq, frozenset({"fake-quant"}), needs_calibration=True))

@@ -1,9 +1,9 @@
-"""The quantizer interface: resolved per-module configs, calibration statistics, and the registry.
+"""The quantizer interface: resolved per-module configs and calibration statistics.
 
-A weight quantizer is a pure function `(weight, config, stats) -> dequantized weight` registered by name.
-It never modifies its input and returns a new float32 tensor of the same shape whose values lie on the
-quantization grid the config describes (fake quantization: the arena measures quality on these values,
-and `agentqat.bits` counts what storing them would cost).
+A weight quantizer is a pure function `(weight, config, stats) -> dequantized weight`, carried by the Method
+registered for it (`agentqat.quant.registry`). It never modifies its input and returns a new float32 tensor of
+the same shape whose values lie on the quantization grid the config describes (fake quantization: the arena
+measures quality on these values, and `agentqat.bits` counts what storing them would cost).
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Callable, Literal
 
 import torch
 
-WeightFormat = Literal["int", "nf4", "fp4", "fp8_e4m3", "llm_int8"]
 ScaleType = Literal["fp16", "pow2"]
-Rounding = Literal["rtn", "gptq", "awq", "hqq"]
 Clip = float | Literal["mse"]
+INT_GRID = "int"  # the format of the integer grid that several roundings (registered methods) share
+DEFAULT_ROUNDING = "rtn"  # the default config's method: round-to-nearest on the integer grid
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,10 @@ class WeightQuant:
     bits: int = 4
     group_size: int = 64
     symmetric: bool = False
-    format: WeightFormat = "int"
+    format: str = INT_GRID
     scale: ScaleType = "fp16"
-    rounding: Rounding = "rtn"
+    rounding: str = DEFAULT_ROUNDING
     clip: Clip = 1.0
-
-    @property
-    def quantizer_name(self) -> str:
-        """Returns the registry key: the rounding method for integer grids, the format otherwise."""
-        return self.rounding if self.format == "int" else self.format
 
 
 @dataclass(frozen=True)
@@ -85,29 +80,3 @@ class LayerStats:
 
 
 WeightQuantizer = Callable[[torch.Tensor, WeightQuant, "LayerStats | None"], torch.Tensor]
-WEIGHT_QUANTIZERS: dict[str, WeightQuantizer] = {}
-NEEDS_CALIBRATION: set[str] = set()
-
-
-def register(name: str, needs_calibration: bool = False) -> Callable[[WeightQuantizer], WeightQuantizer]:
-    """Returns a decorator that registers a weight quantizer under `name`."""
-
-    def decorate(function: WeightQuantizer) -> WeightQuantizer:
-        if name in WEIGHT_QUANTIZERS:
-            raise ValueError(f"quantizer {name!r} registered twice")
-        WEIGHT_QUANTIZERS[name] = function
-        if needs_calibration:
-            NEEDS_CALIBRATION.add(name)
-        return function
-
-    return decorate
-
-
-def quantize_weight(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
-    """Returns `weight` fake-quantized by the quantizer the config names (a copy for bits 16)."""
-    if config.bits == 16:
-        return weight.detach().to(torch.float32).clone()
-    name = config.quantizer_name
-    if name in NEEDS_CALIBRATION and stats is None:
-        raise ValueError(f"quantizer {name!r} needs calibration statistics")
-    return WEIGHT_QUANTIZERS[name](weight.detach().to(torch.float32), config, stats)

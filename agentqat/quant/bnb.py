@@ -1,18 +1,20 @@
-"""bitsandbytes' own formats through its own functions: NF4 and FP4 (blockwise absmax 4-bit codebooks) and
-LLM.int8's row-wise absmax int8. These formats have fixed codebooks and absmax scales: `symmetric` does not
-apply, and pow2 scales or clipping are refused. bitsandbytes is imported lazily (its import is slow).
+"""bitsandbytes' own 4-bit formats through its own functions: NF4 and FP4 (blockwise absmax 4-bit codebooks). These
+formats have fixed codebooks and absmax scales: `symmetric` does not apply, and pow2 scales or clipping are refused.
+bitsandbytes is imported lazily (its import is slow).
 """
 
 from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant, register
+from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats, WeightQuant, WeightQuantizer
+from agentqat.quant.registry import Method, register
+from agentqat.quant.storage import fp32_absmax
 
 BNB_BLOCK_SIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
 
 
-def _check(config: WeightQuant, bits: int) -> None:
+def check_absmax(config: WeightQuant, bits: int) -> None:
     """Raises ValueError when the config asks for what bitsandbytes' `config.format` cannot do."""
     if config.bits != bits:
         raise ValueError(f"{config.format} stores {bits}-bit values, got bits={config.bits}")
@@ -33,7 +35,7 @@ def _block_size(weight: torch.Tensor, config: WeightQuant) -> int:
 
 def _four_bit(weight: torch.Tensor, config: WeightQuant, quant_type: str) -> torch.Tensor:
     """Returns bitsandbytes' quantize_4bit / dequantize_4bit round trip of `weight`."""
-    _check(config, 4)
+    check_absmax(config, 4)
     from bitsandbytes import functional
 
     packed, state = functional.quantize_4bit(
@@ -42,25 +44,26 @@ def _four_bit(weight: torch.Tensor, config: WeightQuant, quant_type: str) -> tor
     return functional.dequantize_4bit(packed, state).to(torch.float32)
 
 
-@register("nf4")
 def nf4(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` through bitsandbytes' NF4 (normal-float 4-bit, blockwise absmax)."""
     return _four_bit(weight, config, "nf4")
 
 
-@register("fp4")
 def fp4(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` through bitsandbytes' FP4 (blockwise absmax)."""
     return _four_bit(weight, config, "fp4")
 
 
-@register("llm_int8")
-def llm_int8(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
-    """Returns `weight` through bitsandbytes' row-wise absmax int8 (int8_vectorwise_quant / _dequant)."""
-    _check(config, 8)
-    if config.group_size != 0:
-        raise ValueError(f"llm_int8 scales whole output rows: use group_size 0, got {config.group_size}")
-    from bitsandbytes import functional
+def four_bit_method(name: str, quantize: WeightQuantizer) -> Method:
+    """Returns the Method of a bitsandbytes 4-bit codebook: served as fake quantization (no engine of FACTS.md's
+    serves bitsandbytes' codebooks; llama.cpp has no nf4/fp4 block type)."""
+    return Method(
+        name=name, format=name, rounding=DEFAULT_ROUNDING, quantize=quantize, storage=fp32_absmax,
+        label=f"bitsandbytes' {name}", deploy_targets=frozenset({"fake-quant"}), bits=(4,),
+        group_sizes=BNB_BLOCK_SIZES, scales=("fp16",), clips=(1.0,), scaling="absmax",
+        baseline={"weight": {"group_size": 64}},
+    )  # fmt: skip
 
-    codes, row_stats, _ = functional.int8_vectorwise_quant(weight.contiguous())
-    return functional.int8_vectorwise_dequant(codes, row_stats).to(torch.float32)
+
+register(four_bit_method("nf4", nf4))
+register(four_bit_method("fp4", fp4))

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant, register
+from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats, WeightQuant
 from agentqat.quant.grid import clip_ratios, pick_best, store_scale, to_groups
+from agentqat.quant.registry import Method, register
+from agentqat.quant.storage import scales_only
 
 FP8_E4M3_MAX = 448.0
 
@@ -17,7 +19,6 @@ def fp8_round(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return scaled.to(torch.float8_e4m3fn).to(torch.float32) * scale
 
 
-@register("fp8_e4m3")
 def fp8_e4m3(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` rounded to FP8 E4M3 with one scale per group (per output channel for group_size 0)."""
     if config.bits != 8:
@@ -27,3 +28,11 @@ def fp8_e4m3(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None
     candidates = [(store_scale(absmax * ratio / FP8_E4M3_MAX, config.scale),) for ratio in clip_ratios(config.clip)]
     (scale,) = pick_best(groups, candidates, fp8_round)
     return fp8_round(groups, scale).reshape(weight.shape)
+
+
+# FP8 W8A8 is a CUDA path of vLLM, not a CPU one (FACTS.md); fp8 weights have no GGUF type.
+register(Method(
+    name="fp8_e4m3", format="fp8_e4m3", rounding=DEFAULT_ROUNDING, quantize=fp8_e4m3, storage=scales_only,
+    label="fp8_e4m3", deploy_targets=frozenset({"fake-quant", "vllm-cuda"}), bits=(8,), scaling="absmax",
+    baseline={"weight": {"group_size": 0, "symmetric": True}},
+))  # fmt: skip

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant, register
-from agentqat.quant.grid import Grid, code_range, fake_quantize, int_grid, to_groups
+from agentqat.quant.base import LayerStats, WeightQuant
+from agentqat.quant.grid import Grid, code_range, fake_quantize, int_grid, int_grid_method, to_groups
+from agentqat.quant.registry import register
+from agentqat.quant.rtn import SERVED_INT_GRID
 
 
 def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
@@ -83,7 +85,9 @@ def gptq_quantize(
     return quantized[:, torch.argsort(order)]
 
 
-@register("gptq", needs_calibration=True)
 def gptq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
     """Returns `weight` quantized by GPTQ with act-order and static groups against the layer's Hessian."""
     return gptq_quantize(weight, config, stats.hessian)
+
+
+register(int_grid_method("gptq", gptq, SERVED_INT_GRID, needs_calibration=True))  # its codes are an int grid's

@@ -18,7 +18,9 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from agentqat.quant.base import Clip, ScaleType, WeightQuant
+from agentqat.quant.base import INT_GRID, Clip, ScaleType, WeightQuant, WeightQuantizer
+from agentqat.quant.registry import Method
+from agentqat.quant.storage import StorageRule, integer_zeros
 
 MSE_RATIOS: tuple[float, ...] = tuple(1.0 - 0.025 * step for step in range(21))  # 1.0 down to 0.5
 MIN_SCALE = 2.0**-24  # smallest positive float16: all-zero groups get this scale instead of 0
@@ -123,3 +125,20 @@ def int_grid(groups: torch.Tensor, config: WeightQuant) -> Grid:
     candidates = [_scale_and_zero(groups, ratio, config, qmin, qmax) for ratio in clip_ratios(config.clip)]
     scale, zero = pick_best(groups, candidates, lambda values, s, z: fake_quantize(values, s, z, qmin, qmax))
     return Grid(scale, zero, qmin, qmax)
+
+
+INT_GRID_BASELINE = {"weight": {"group_size": 64, "symmetric": False}}  # the baseline matrix's int entries
+
+
+def int_grid_method(
+    rounding: str,
+    quantize: WeightQuantizer,
+    deploy_targets: frozenset[str],
+    storage: StorageRule = integer_zeros,
+    needs_calibration: bool = False,
+) -> Method:
+    """Returns the Method of a rounding on the integer grid (format int; any width 2-8, group, scale and clip)."""
+    return Method(
+        name=rounding, format=INT_GRID, rounding=rounding, quantize=quantize, storage=storage, label="integer grids",
+        deploy_targets=deploy_targets, needs_calibration=needs_calibration, baseline=INT_GRID_BASELINE,
+    )  # fmt: skip

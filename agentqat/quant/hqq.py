@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant, register
-from agentqat.quant.grid import Grid, fake_quantize, int_grid, to_groups
-from agentqat.quant.rtn import rtn
+from agentqat.quant.base import LayerStats, WeightQuant
+from agentqat.quant.grid import Grid, fake_quantize, int_grid, int_grid_method, to_groups
+from agentqat.quant.registry import register
+from agentqat.quant.rtn import SERVED_INT_GRID, rtn
+from agentqat.quant.storage import float_zeros
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
@@ -51,7 +53,6 @@ def optimize_zero(
     return best_zero.to(torch.float16).to(torch.float32)
 
 
-@register("hqq")
 def hqq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` on the asymmetric grid with HQQ-optimised float zero points (symmetric RTN if asked)."""
     if config.symmetric:
@@ -60,3 +61,6 @@ def hqq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = No
     grid = int_grid(groups, config)
     zero = optimize_zero(groups, grid)
     return fake_quantize(groups, grid.scale, zero, grid.qmin, grid.qmax).reshape(weight.shape)
+
+
+register(int_grid_method("hqq", hqq, SERVED_INT_GRID, storage=float_zeros))  # symmetric HQQ is RTN: served as RTN is

@@ -6,7 +6,8 @@ from typing import Callable
 
 import torch
 
-from agentqat.quant.base import LayerStats, OutlierPolicy, WeightQuant, quantize_weight
+from agentqat.quant.base import LayerStats, OutlierPolicy, WeightQuant
+from agentqat.quant.registry import quantize_weight
 
 
 def _required(stats: LayerStats | None, policy: OutlierPolicy) -> LayerStats:

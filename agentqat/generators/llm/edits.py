@@ -10,11 +10,11 @@ Operators and their values:
 
     set_bits        a width of the gene choices (16 leaves the weight unquantized)
     bit_shift       1 or -1: one step up or down over the allowed widths (unchanged at the ends)
-    set_format      int, nf4, fp4, fp8_e4m3, llm_int8, with what the format needs (its code width, rtn
-                    rounding, fp16 scales, a block size it takes)
+    set_format      a registered format (int, nf4, fp4, fp8_e4m3, llm_int8), with what the format needs (its
+                    code width, its rounding, its scales, a block size it takes)
     set_group_size  a group size (0 = per channel); must fit the selected modules' input widths and format
-    set_rounding    rtn, gptq, awq, hqq; gptq/awq/hqq need format int
-    set_scale       fp16 or pow2; pow2 needs format int or fp8_e4m3
+    set_rounding    a registered rounding (rtn, gptq, awq, hqq); it must be the format's (gptq/awq/hqq: int)
+    set_scale       fp16 or pow2; it must be the format's (pow2: int or fp8_e4m3)
     set_symmetric   true or false
     set_outliers    none, keep_fp16 (a middle fraction of the choices) or llm_int8 (threshold unchanged)
 
@@ -45,8 +45,10 @@ from agentqat.generators.layout import Layout, document_of, layout_bits, layout_
 from agentqat.generators.operators import blockwise, cross_layers, layerwise
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
 from agentqat.models import ModelFacts
-from agentqat.resolve import FORMAT_BITS, ROLE_PATTERNS, ModuleConfig, module_role_name, parse_layers, pattern_matches
-from agentqat.strategy import MODULE_PATTERN, Bits, GroupSize, strategy_json_schema
+from agentqat.quant.base import INT_GRID
+from agentqat.quant.registry import format_method, formats_taking_scale, formats_with_rounding
+from agentqat.resolve import ROLE_PATTERNS, ModuleConfig, module_role_name, parse_layers, pattern_matches
+from agentqat.strategy import MODULE_PATTERN, Bits, GroupSize, Rounding, WeightFormat, strategy_json_schema
 
 SPAN = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|))$"  # `(-N|)`, not `(-N)?`: see LAYER_SPEC in agentqat/strategy.py
 MAX_EDITS = 3
@@ -67,9 +69,9 @@ class _Frozen(BaseModel):
 OPERATORS: dict[str, tuple[Any, str | None]] = {
     "set_bits": (Bits, "bits"),
     "bit_shift": (Literal[-1, 1], None),
-    "set_format": (Literal["int", "nf4", "fp4", "fp8_e4m3", "llm_int8"], "formats"),
+    "set_format": (WeightFormat, "formats"),
     "set_group_size": (GroupSize, "group_sizes"),
-    "set_rounding": (Literal["rtn", "gptq", "awq", "hqq"], "roundings"),
+    "set_rounding": (Rounding, "roundings"),
     "set_scale": (Literal["fp16", "pow2"], "scales"),
     "set_symmetric": (bool, "symmetric"),
     "set_outliers": (Literal["none", "keep_fp16", "llm_int8"], "outlier_methods"),
@@ -116,7 +118,7 @@ def module_names(facts: ModelFacts) -> tuple[str, ...]:
 
 def common_group_sizes(space: SearchSpace) -> tuple[int, ...]:
     """Returns the allowed group sizes that fit every module's input width."""
-    return valid_group_sizes("int", {info.in_features for info in space.facts.linears}, space.choices)
+    return valid_group_sizes(INT_GRID, {info.in_features for info in space.facts.linears}, space.choices)
 
 
 def _narrow(node: dict, allowed: tuple) -> None:
@@ -194,6 +196,13 @@ def _shift(config: ModuleConfig, step: int, space: SearchSpace) -> ModuleConfig:
     return _weight(config, bits=widths[position]) if 0 <= position < len(widths) else config
 
 
+def _format(config: ModuleConfig, weight_format: str, space: SearchSpace) -> ModuleConfig:
+    """Returns the config in another format, at a code width it stores (its own if the bits are not one)."""
+    widths, bits = format_method(weight_format).bits, config.weight.bits
+    keep = bits in widths or (bits == 16 and len(widths) > 1)
+    return _weight(config, format=weight_format, bits=bits if keep else min(widths, key=lambda w: abs(w - bits)))
+
+
 def _outliers(config: ModuleConfig, method: str, space: SearchSpace) -> ModuleConfig:
     kept = space.choices.kept_fractions
     fraction = (config.outliers.fraction or kept[len(kept) // 2]) if method == "keep_fp16" and kept else 0.0
@@ -204,7 +213,7 @@ Change = Callable[[ModuleConfig, Any, SearchSpace], ModuleConfig]
 CHANGES: dict[str, Change] = {
     "set_bits": lambda c, v, s: _weight(c, bits=v),
     "bit_shift": _shift,
-    "set_format": lambda c, v, s: _weight(c, format=v, bits=FORMAT_BITS.get(v, c.weight.bits)),
+    "set_format": _format,
     "set_group_size": lambda c, v, s: _weight(c, group_size=v),
     "set_rounding": lambda c, v, s: _weight(c, rounding=v),
     "set_scale": lambda c, v, s: _weight(c, scale=v),
@@ -221,8 +230,10 @@ def _why_invalid(config: ModuleConfig, fixed: ModuleConfig, in_features: int, sp
         sizes = valid_group_sizes(weight.format, (in_features,), space.choices)
         return f"format {weight.format} on input width {in_features} takes group sizes {list(sizes)}"
     if fixed.weight.rounding != weight.rounding:
-        return f"rounding {weight.rounding} needs format int, these modules use {weight.format}"
-    return f"scale {weight.scale} needs format int or fp8_e4m3, these modules use {weight.format}"
+        formats = formats_with_rounding(weight.rounding)
+        return f"rounding {weight.rounding} needs format {' or '.join(formats)}, these modules use {weight.format}"
+    formats = formats_taking_scale(weight.scale)
+    return f"scale {weight.scale} needs format {' or '.join(formats)}, these modules use {weight.format}"
 
 
 def _edited(layout: Layout, edit: BaseModel, where: str, space: SearchSpace) -> tuple[Layout, list[int]]:
