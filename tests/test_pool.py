@@ -208,3 +208,17 @@ def test_joins_a_head_started_on_loopback_and_plays_a_match(loopback_head, arena
         ray.shutdown()
     assert names(shown)[:2] == ["joining Ray", "starting evaluator actors"]
     assert results[0].outcome in ("ok", "collapse") and results[0].worker == "worker-0", results[0].message
+
+
+def test_sensitivity_probes_are_a_phase_with_a_step_per_probe(arena):
+    from agentqat.arena.pool import LocalPool
+    from agentqat.models import load_facts
+    from agentqat.sensitivity import measure
+
+    pool, shown = LocalPool(arena), Recorder()
+    facts = load_facts(arena.model)
+    sensitivities, probes = measure(pool.run, arena, facts, reporter=shown)
+    assert probes == facts.num_layers == len(sensitivities)
+    assert shown.events[0][:3] == ("start", "sensitivity probes", facts.num_layers)
+    assert shown.events[1:-1] == [("step", 1)] * facts.num_layers
+    assert shown.events[-1] == ("end", "sensitivity probes")

@@ -100,9 +100,9 @@ def check_address(address: str) -> str:
     try:
         socket.create_connection((host, port), timeout=JOIN_CHECK_SECONDS).close()
     except OSError as error:
-        reason = error.strerror or type(error).__name__
+        reason = error.strerror or f"no answer within {JOIN_CHECK_SECONDS:g} s"
         raise UserError(
-            f"no Ray cluster answers at {address} ({reason} within {JOIN_CHECK_SECONDS:g} s)",
+            f"no Ray cluster answers at {address} ({reason})",
             "start one with `ray start --head` or check the ray_address setting",
         ) from None
     return host
