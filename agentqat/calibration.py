@@ -16,6 +16,7 @@ from torch import nn
 
 from agentqat.defaults import cache_dir
 from agentqat.models import quantizable_linears
+from agentqat.progress import Reporter, phase
 from agentqat.quant.base import LayerStats
 
 CALIBRATION_FORMAT = 1  # bump when what is collected changes, so old caches are not reused
@@ -54,8 +55,11 @@ class _Accumulator:
 
 
 @torch.inference_mode()
-def collect_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 2) -> dict[str, LayerStats]:
-    """Returns LayerStats for every quantizable linear module, from the base model's forward on `windows`."""
+def collect_stats(
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 2, reporter: Reporter | None = None
+) -> dict[str, LayerStats]:
+    """Returns LayerStats for every quantizable linear module, from the base model's forward on `windows`
+    (reported as the phase "collecting calibration statistics", one step per window)."""
     linears = quantizable_linears(model)
     accumulators: dict[str, _Accumulator] = {}
     owner: dict[str, str] = {}  # module -> the module whose accumulator it shares
@@ -75,10 +79,14 @@ def collect_stats(model: nn.Module, windows: torch.Tensor, batch_size: int = 2) 
         return record
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in linears.items()]
+    count, tokens = windows.shape
+    detail = f"{count} windows of {tokens} tokens through {len(linears)} linear modules"
     try:
-        for batch in windows.split(batch_size):
-            model(input_ids=batch)
-            batch_inputs.clear()
+        with phase(reporter, "collecting calibration statistics", total=count, detail=detail) as step:
+            for batch in windows.split(batch_size):
+                model(input_ids=batch)
+                batch_inputs.clear()
+                step(len(batch))
     finally:
         for handle in handles:
             handle.remove()
@@ -94,14 +102,14 @@ def calibration_key(model_name: str, model_directory: Path | None, corpus_source
     return digest.hexdigest()[:16]
 
 
-def load_or_collect(model: nn.Module, key: str, windows: torch.Tensor) -> Calibration:
+def load_or_collect(model: nn.Module, key: str, windows: torch.Tensor, reporter: Reporter | None = None) -> Calibration:
     """Returns the calibration for `key` from the disk cache, collecting and saving it on the first call."""
     path = cache_dir() / "calibration" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return Calibration(key, _load(path))
-        stats = collect_stats(model, windows)
+        stats = collect_stats(model, windows, reporter=reporter)
         _save(stats, path)
     return Calibration(key, stats)
 

@@ -21,6 +21,7 @@ from torch import nn
 
 from agentqat.defaults import DEFAULT_MODEL, cache_dir
 from agentqat.errors import UserError
+from agentqat.progress import Reporter, phase
 
 _LAYER_INDEX = re.compile(r"\.layers\.(\d+)\.")
 
@@ -137,39 +138,45 @@ def builtin_gguf_path(name: str) -> Path:
         return Path(importlib.import_module(builtin.package).assemble(target))
 
 
-def gguf_to_hf_directory(gguf_path: Path, cache_key: str) -> Path:
+def gguf_to_hf_directory(gguf_path: Path, cache_key: str, reporter: Reporter | None = None) -> Path:
     """Returns a cached Hugging Face directory with the dequantized weights and tokenizer of a GGUF file.
 
-    The first call dequantizes (about 30 s for SmolLM2 on 2 cores); a file lock keeps concurrent processes
-    from converting twice or reading a half-written directory.
+    The first call dequantizes (about 30 s for SmolLM2 on 2 cores), reported as the phase "converting the
+    model"; a file lock keeps concurrent processes from converting twice or reading a half-written directory.
     """
     target = cache_dir() / "models" / cache_key
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):
         if (target / "config.json").exists():
             return target
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        directory, file_name = str(gguf_path.parent), gguf_path.name
-        try:
-            model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name)
-        except Exception as error:  # transformers raises many types for unreadable GGUF files
-            raise UserError(
-                f"cannot read GGUF file {gguf_path}: {error}",
-                "pass a GGUF of an architecture transformers supports (llama, qwen2, gemma3, ...)",
-            ) from error
-        # GGUF loading leaves a quantizer behind that makes save_pretrained refuse; the weights are plain now.
-        model.hf_quantizer = None
-        model.config.__dict__.pop("quantization_config", None)
-        staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cache_key}-"))
-        try:
-            model.save_pretrained(staging)
-            tokenizer.save_pretrained(staging)
-            staging.replace(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+        with phase(reporter, "converting the model", detail=f"{gguf_path.name}, dequantized once and cached"):
+            _convert(gguf_path, target, cache_key)
     return target
+
+
+def _convert(gguf_path: Path, target: Path, cache_key: str) -> None:
+    """Writes the dequantized weights and tokenizer of a GGUF file as a Hugging Face directory at `target`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, file_name = str(gguf_path.parent), gguf_path.name
+    try:
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=file_name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=file_name)
+    except Exception as error:  # transformers raises many types for unreadable GGUF files
+        raise UserError(
+            f"cannot read GGUF file {gguf_path}: {error}",
+            "pass a GGUF of an architecture transformers supports (llama, qwen2, gemma3, ...)",
+        ) from error
+    # GGUF loading leaves a quantizer behind that makes save_pretrained refuse; the weights are plain now.
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cache_key}-"))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        staging.replace(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _file_cache_key(path: Path) -> str:
@@ -178,13 +185,13 @@ def _file_cache_key(path: Path) -> str:
     return f"{path.stem}-{digest}"
 
 
-def resolve_model_directory(spec: str = DEFAULT_MODEL) -> Path | None:
-    """Returns the local Hugging Face directory for `spec`, converting GGUF files on first use.
+def resolve_model_directory(spec: str = DEFAULT_MODEL, reporter: Reporter | None = None) -> Path | None:
+    """Returns the local Hugging Face directory for `spec`, converting GGUF files on first use (reported).
 
     Returns None for a hub id, which transformers resolves through its own cache.
     """
     if spec in BUILTIN_MODELS:
-        return gguf_to_hf_directory(builtin_gguf_path(spec), spec)
+        return gguf_to_hf_directory(builtin_gguf_path(spec), spec, reporter)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():
@@ -193,7 +200,7 @@ def resolve_model_directory(spec: str = DEFAULT_MODEL) -> Path | None:
     if path.suffix == ".gguf":
         if not path.is_file():
             raise UserError(f"GGUF file {path} does not exist", "check the path")
-        return gguf_to_hf_directory(path, _file_cache_key(path))
+        return gguf_to_hf_directory(path, _file_cache_key(path), reporter)
     if path.exists():
         raise UserError(f"model {spec} is a file but not a .gguf file", "pass a directory, a .gguf file or a name")
     if spec.startswith((".", "/", "~")) or path.is_absolute():  # a path, not a hub id: './x' matches org/name
@@ -206,11 +213,11 @@ def resolve_model_directory(spec: str = DEFAULT_MODEL) -> Path | None:
     )
 
 
-def load_facts(spec: str = DEFAULT_MODEL) -> ModelFacts:
+def load_facts(spec: str = DEFAULT_MODEL, reporter: Reporter | None = None) -> ModelFacts:
     """Returns the facts of the model named by `spec` without loading its weights (built on the meta device)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    directory = resolve_model_directory(spec)
+    directory = resolve_model_directory(spec, reporter)
     try:
         config = AutoConfig.from_pretrained(str(directory) if directory else spec)
     except OSError as error:
@@ -220,15 +227,17 @@ def load_facts(spec: str = DEFAULT_MODEL) -> ModelFacts:
     return model_facts(model, spec)
 
 
-def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32) -> LoadedModel:
-    """Returns the model named by `spec` in eval mode with its tokenizer and facts."""
+def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, reporter: Reporter | None = None) -> LoadedModel:
+    """Returns the model named by `spec` in eval mode with its tokenizer and facts (phases: converting the model
+    on first use, loading the model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    directory = resolve_model_directory(spec)
+    directory = resolve_model_directory(spec, reporter)
     source = str(directory) if directory is not None else spec
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        with phase(reporter, "loading the model", detail=spec):
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(source)
     except OSError as error:
         if directory is not None:
             raise UserError(f"cannot load model from {directory}: {error}", "check the directory's files") from error

@@ -7,13 +7,14 @@ generator's prompts carry them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player
 from agentqat.models import ModelFacts
+from agentqat.progress import Reporter, phase
 from agentqat.strategy import SCHEMA_VERSION, strategy_id
 
 PROBE_BITS = 3
@@ -44,9 +45,24 @@ def sensitivities(probes: dict[int, dict], results: Sequence[MatchResult]) -> di
     return {layer: worst if q is None else q.kl for layer, q in measured.items()}
 
 
-def measure(play: Player, arena: Arena, facts: ModelFacts) -> tuple[dict[int, float], int]:
+def measure(
+    play: Player, arena: Arena, facts: ModelFacts, reporter: Reporter | None = None
+) -> tuple[dict[int, float], int]:
     """Returns the sensitivities measured by playing the probes on the arena's first stage, and the number of
-    probe matches (a recorded player answers probes played before from the run)."""
+    probe matches (a recorded player answers probes played before from the run).
+
+    Reported as the phase "sensitivity probes", one step per probe the player takes up (a pool takes the next
+    one when a worker is free)."""
     probes = probe_documents(facts)
-    results = play([MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()])
+    requests = [MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()]
+    detail = f"one match per layer, that layer alone at {PROBE_BITS} bits"
+    with phase(reporter, "sensitivity probes", total=len(requests), detail=detail) as step:
+        results = play(_stepped(requests, step))
     return sensitivities(probes, results), len(results)
+
+
+def _stepped(requests: Sequence[MatchRequest], step: Callable[[int], None]) -> Iterator[MatchRequest]:
+    """Yields `requests`, advancing `step` by one for each when the player asks for the next."""
+    for request in requests:
+        yield request
+        step(1)

@@ -239,6 +239,27 @@ def test_gguf_is_converted_once_and_cached(tiny_gguf_path, tmp_path, fresh_cache
     assert_same_weights(load_model(str(gguf)).model, build_tiny_llama(seed=1))
 
 
+def test_conversion_and_loading_are_reported_as_phases(tiny_gguf_path, tmp_path, fresh_cache):
+    from test_progress import Recorder
+
+    gguf = tmp_path / "reported.gguf"
+    shutil.copy2(tiny_gguf_path, gguf)
+    first, again = Recorder(), Recorder()
+    load_model(str(gguf), reporter=first)
+    load_model(str(gguf), reporter=again)
+    assert [event[:2] for event in first.events] == [
+        ("start", "converting the model"),
+        ("end", "converting the model"),
+        ("start", "loading the model"),
+        ("end", "loading the model"),
+    ]
+    assert "reported.gguf" in first.events[0][3]
+    assert [event[:2] for event in again.events] == [("start", "loading the model"), ("end", "loading the model")]
+    facts = Recorder()
+    load_facts(str(gguf), reporter=facts)
+    assert facts.events == []  # converted already; facts load no weights
+
+
 def test_concurrent_conversions_in_threads(tiny_gguf_path, tmp_path, fresh_cache, monkeypatch):
     from transformers import AutoModelForCausalLM
 

@@ -1,12 +1,15 @@
-"""Ray evaluator actors on a real local Ray with 2 CPUs: parallel matches, a killed actor loses nothing."""
+"""Ray evaluator actors on a real local Ray with 2 CPUs: parallel matches, a killed actor loses nothing, phases
+reported from inside the actors; joining a Ray head started on loopback; an unreachable cluster is one line."""
 
 import threading
 import time
 
 import pytest
+from test_progress import Recorder
 
 from agentqat.arena.config import Arena, Stage
 from agentqat.arena.request import MatchRequest
+from agentqat.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,161 @@ def test_killing_an_actor_mid_run_loses_no_result(ray_session, arena):
     assert len(results) == 10
     assert {r.strategy_name for r in results} == {f"s{i}" for i in range(10)}
     assert all(r.outcome in ("ok", "collapse") for r in results), [(r.outcome, r.message) for r in results]
+
+
+def gptq_request(name, calibration_windows):
+    document = {"name": name, "default": {"weight": {"bits": 4, "group_size": 32, "rounding": "gptq"}}}
+    return MatchRequest(document, "screen", 0, 0, calibration_windows)
+
+
+def names(recorder):
+    return [event[1] for event in recorder.events if event[0] == "start"]
+
+
+def test_the_in_process_pool_reports_loading_base_references_and_calibration(arena):
+    from agentqat.arena.pool import make_pool
+
+    shown = Recorder()
+    pool = make_pool(arena, 0, reporter=shown)
+    assert names(shown) == ["loading the model", "base references"]
+    assert ("step", 1) in shown.events  # one window set of base references
+    pool.run([gptq_request("gptq-local", 4)])
+    assert names(shown)[2:] == ["collecting calibration statistics"]
+    assert shown.events[-1] == ("end", "collecting calibration statistics")
+    assert sum(event[1] for event in shown.events[-4:] if event[0] == "step") == 4  # one step per window
+
+
+def test_actors_phases_reach_the_driver_and_a_calibrating_match_says_so(ray_session, arena):
+    from agentqat.arena.pool import EvaluatorPool
+
+    shown = Recorder()
+    pool = EvaluatorPool(arena, workers=2, reporter=shown)
+    started = names(shown)
+    assert started[0] == "starting evaluator actors" and "base references" in started[1:], shown.events
+    shown.events.clear()
+    results = pool.run([gptq_request("gptq-pooled", 3)])  # 3 windows: a calibration no other test collects
+    pool.shutdown()
+    assert results[0].outcome in ("ok", "collapse"), results[0].message
+    calibration = [event for event in shown.events if event[0] == "start"]
+    assert calibration and calibration[0][1:3] == ("collecting calibration statistics", 3), shown.events
+    assert "match gptq-pooled" in calibration[0][3]
+    assert shown.events[-1] == ("end", "collecting calibration statistics")
+
+
+def test_an_address_where_nothing_listens_is_one_line_within_seconds():
+    import socket
+
+    from agentqat.arena.cluster import check_address
+
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=f"no Ray cluster answers at 127.0.0.1:{port}") as error:
+        check_address(f"127.0.0.1:{port}")
+    assert time.perf_counter() - started < 5
+    assert "\n" not in str(error.value) and "ray_address" in str(error.value)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1", "host:port", ":6379", "ray://:1", "10.0.0.1:70000"])
+def test_a_malformed_address_is_one_line(address):
+    from agentqat.arena.cluster import check_address
+
+    with pytest.raises(UserError, match="is not host:port"):
+        check_address(address)
+
+
+def test_loopback_hosts():
+    from agentqat.arena.cluster import is_loopback, split_address
+
+    assert [is_loopback(host) for host in ("127.0.0.1", "127.0.1.1", "localhost", "::1", "192.0.2.2", "ray")] == [
+        True, True, True, True, False, False
+    ]  # fmt: skip
+    assert split_address("ray://[::1]:10001") == ("::1", 10001)
+
+
+def _processes_of(marker: str) -> list[int]:
+    """Returns the PIDs whose command line holds `marker` (the head's private temp dir)."""
+    import os
+    from pathlib import Path
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture
+def loopback_head():
+    """A Ray head started with `ray start` on 127.0.0.1 in its own temp dir, as a separate process tree; its
+    processes (found by that temp dir) are stopped afterwards. Yields its address."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    temp_dir = tempfile.mkdtemp(prefix="aqhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--temp-dir", temp_dir, "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=120, env=os.environ.copy())
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _processes_of(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while _processes_of(temp_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert not _processes_of(temp_dir)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_joins_a_head_started_on_loopback_and_plays_a_match(loopback_head, arena):
+    import ray
+
+    from agentqat.arena.pool import make_pool
+
+    ray.shutdown()  # this module's local Ray, if an earlier test started it
+    shown = Recorder()
+    try:
+        pool = make_pool(arena, 1, ray_address=loopback_head, reporter=shown)
+        assert ray.get_runtime_context().gcs_address.endswith(loopback_head.rsplit(":", 1)[1])
+        results = pool.run(requests(1))
+        pool.shutdown()
+    finally:
+        ray.shutdown()
+    assert names(shown)[:2] == ["joining Ray", "starting evaluator actors"]
+    assert results[0].outcome in ("ok", "collapse") and results[0].worker == "worker-0", results[0].message
+
+
+def test_sensitivity_probes_are_a_phase_with_a_step_per_probe(arena):
+    from agentqat.arena.pool import LocalPool
+    from agentqat.models import load_facts
+    from agentqat.sensitivity import measure
+
+    pool, shown = LocalPool(arena), Recorder()
+    facts = load_facts(arena.model)
+    sensitivities, probes = measure(pool.run, arena, facts, reporter=shown)
+    assert probes == facts.num_layers == len(sensitivities)
+    assert shown.events[0][:3] == ("start", "sensitivity probes", facts.num_layers)
+    assert shown.events[1:-1] == [("step", 1)] * facts.num_layers
+    assert shown.events[-1] == ("end", "sensitivity probes")

@@ -30,6 +30,7 @@ from agentqat.bits import strategy_bits
 from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.models import load_model
+from agentqat.progress import Reporter, phase
 from agentqat.quality import Reference, compare, reference_of
 from agentqat.resolve import needs_calibration, resolve_strategy
 from agentqat.strategy import Strategy, StrategyError, parse_strategy
@@ -44,13 +45,16 @@ class _Timeout(Exception):
 
 
 class Workbench:
-    """What one worker loads once per arena: model, tokens, base references, calibrations, layer cache."""
+    """What one worker loads once per arena: model, tokens, base references, calibrations, layer cache. Its long
+    work (converting and loading the model, base references, collecting calibration statistics) is reported as
+    phases to `reporter`."""
 
-    def __init__(self, arena: Arena, worker: str = "local"):
+    def __init__(self, arena: Arena, worker: str = "local", reporter: Reporter | None = None):
         torch.set_num_threads(arena.compute_threads)
         self.arena = arena
         self.worker = worker
-        self.loaded = load_model(arena.model)
+        self.reporter = reporter
+        self.loaded = load_model(arena.model, reporter=reporter)
         corpus = load_corpus(arena.corpus)
         self.corpus_source = corpus.source
         self.eval_ids = tokenize(self.loaded.tokenizer, corpus.evaluation)
@@ -83,7 +87,7 @@ class Workbench:
         if windows not in self._calibrations:
             tokens = sample_windows(self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed)
             key = calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
-            self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens)
+            self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens, self.reporter)
         return self._calibrations[windows]
 
     def cloze(self, seed: int) -> tuple[ClozeSet, float]:
@@ -100,14 +104,23 @@ class Workbench:
         return self._questions
 
     def prepare(self, seed: int) -> None:
-        """Computes everything the base model contributes to every stage for `seed`, before any match."""
-        for stage in self.arena.stages:
-            for window_set in range(stage.window_sets):
-                self.reference(stage, seed, window_set)
-            if stage.cloze:
+        """Computes everything the base model contributes to every stage for `seed`, before any match (the phase
+        "base references", one step per window set, cloze set and question set)."""
+        stages = self.arena.stages
+        window_sets = sum(stage.window_sets for stage in stages)
+        cloze, qa = any(stage.cloze for stage in stages), any(stage.qa for stage in stages)
+        detail = f"the base model on {window_sets} window sets" + ", cloze items" * cloze + ", questions" * qa
+        with phase(self.reporter, "base references", total=window_sets + cloze + qa, detail=detail) as step:
+            for stage in stages:
+                for window_set in range(stage.window_sets):
+                    self.reference(stage, seed, window_set)
+                    step()
+            if cloze:
                 self.cloze(seed)
-            if stage.qa:
+                step()
+            if qa:
                 self.questions()
+                step()
 
     def play(self, request: MatchRequest) -> MatchResult:
         """Returns the result of one match; never raises for anything the strategy or model does.
