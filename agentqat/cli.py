@@ -94,7 +94,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 
     document = json.loads(dump_strategy(load_strategy(args.strategy)))
     arena = session.quantize_arena(args.model, args.corpus, args.windows, args.window_tokens, args.calibration_windows, args.seed)
-    report = ui.quantize_report(session.quantize_one(document, arena, reporter=ui.PhaseLog()), vars(args))
+    report = ui.quantize_report(session.quantize_one(document, arena, reporter=ui.PhaseView()), vars(args))
     print(json.dumps(report, indent=2)) if args.json else ui.print_quantize(report)
     return 0
 
@@ -116,7 +116,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     with progress:
         outcome = session.run_baseline(
             directory, arena, requests, stage.name, seed, workers=args.workers, ray_address=args.ray_address,
-            on_result=progress.update, reporter=ui.PhaseLog(),
+            on_result=progress.update, reporter=ui.PhaseView(),
         )  # fmt: skip
     ui.print_leaderboard(outcome.rows, title=f"baseline on {arena.name}, stage {stage.name}, seed {seed}")
     ui.print_cache_stats(list(outcome.cache_stats), outcome.replayed)

@@ -89,9 +89,8 @@ def quantize_one(document: dict, arena: Arena, reporter: Reporter | None = None)
     from agentqat.arena.request import MatchRequest
     from agentqat.progress import phase
 
-    with phase(reporter, "loading the model and the base model's references"):
-        workbench = Workbench(arena)
-        workbench.prepare(arena.seed)
+    workbench = Workbench(arena, reporter=reporter)
+    workbench.prepare(arena.seed)
     with phase(reporter, "quantizing and evaluating the strategy"):
         result = workbench.play(MatchRequest(document, QUANTIZE_STAGE, arena.seed))
     if result.quality is None:

@@ -55,17 +55,17 @@ def evolve_manifest(arena: Arena, llm: LlmSettings | None = None, **settings: ob
     )  # fmt: skip
 
 
-def _search_space(arena: Arena):
+def _search_space(arena: Arena, reporter: Reporter | None = None):
     from agentqat.generators import SearchSpace
     from agentqat.models import load_facts
 
     try:
-        return SearchSpace(load_facts(arena.model), arena.bits_budget)
+        return SearchSpace(load_facts(arena.model, reporter), arena.bits_budget)
     except ValueError as error:
         raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
 
 
-def _generator(manifest: Manifest, space, server, player):
+def _generator(manifest: Manifest, space, server, player, reporter: Reporter | None = None):
     """Returns the run's generator and the matches spent making it (the LLM generator's sensitivity probes).
     The LLM backend is made first, so that an unreachable server ends the run before any probe."""
     from agentqat.generators import make_generator
@@ -80,7 +80,7 @@ def _generator(manifest: Manifest, space, server, player):
     if llm.managed_server and server is None:
         raise UserError("the run's LLM settings ask for a managed vLLM server", "open the shared resources with these llm settings")
     backend = make_backend(llm.backend, llm.model, llm.url, server)
-    sensitivities, probes = measure(player, manifest.arena, space.facts)
+    sensitivities, probes = measure(player, manifest.arena, space.facts, reporter=reporter)
     generator = make_generator("llm", space, backend=backend, sensitivities=sensitivities)
     if llm.fallback:
         generator = WithFallback(generator, make_generator("random", space))
@@ -116,13 +116,13 @@ def run_evolve(
     store, manifest = _open_store(Path(directory), manifest)
     journal = EvolveJournal(store)
     read_results(store)  # a damaged results stream is one clear line before anything starts
-    space = _search_space(manifest.arena)
+    space = _search_space(manifest.arena, observer)
     own = resources or Resources(manifest.arena, workers, ray_address, manifest.llm, store.directory, observer)
     with own if resources is None else nullcontext(resources):
         player = RecordedPlayer(
             own.pool.run, store, on_result=observer and observer.match_finished, on_start=observer and observer.match_started
         )
-        generator, probes = _generator(manifest, space, own.server, player)
+        generator, probes = _generator(manifest, space, own.server, player, observer)
         if observer:
             observer.generator_ready(generator, probes)
         identity = functools.partial(layout_id, facts=space.facts)

@@ -33,9 +33,7 @@ def evaluator_pool(arena: Arena, workers: int, ray_address: str | None = None, r
     """Yields the arena's evaluator pool (`workers` Ray actors, or in-process for 0), shut down on exit."""
     from agentqat.arena.pool import make_pool
 
-    name = "starting the in-process evaluator" if workers == 0 else f"starting Ray and {workers} evaluator actor(s)"
-    with phase(reporter, name, detail="each loads the model and the base model's references"):
-        pool = make_pool(arena, workers, ray_address)
+    pool = make_pool(arena, workers, ray_address, reporter=reporter)
     try:
         yield pool
     finally:

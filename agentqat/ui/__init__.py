@@ -4,7 +4,7 @@
     live.py     what moves while work runs: phases (progress.Reporter), match progress, the evolve live view
 """
 
-from agentqat.ui.live import EvolveView, MatchProgress, PhaseLog
+from agentqat.ui.live import EvolveView, MatchProgress, PhaseView
 from agentqat.ui.tables import (
     console,
     facts_dict,
@@ -22,7 +22,7 @@ from agentqat.ui.tables import (
 )
 
 __all__ = [
-    "EvolveView", "MatchProgress", "PhaseLog", "console", "facts_dict", "pareto_front", "print_cache_stats",
+    "EvolveView", "MatchProgress", "PhaseView", "console", "facts_dict", "pareto_front", "print_cache_stats",
     "print_evolve_outcome", "print_finished", "print_info", "print_invalid", "print_leaderboard", "print_quantize",
     "print_run", "print_valid", "quantize_report",
 ]  # fmt: skip

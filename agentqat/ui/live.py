@@ -15,7 +15,7 @@ from agentqat.ui.tables import _duration, _front_text, _number, console
 PHASE_PLAIN_STEPS = 10  # a piped phase with steps prints a line at each tenth of them
 
 
-class PhaseLog:
+class PhaseView:
     """progress.Reporter for phases of long work (converting the model, calibration, base references, starting
     Ray or vLLM, probes). Live (`live=True`): a live view renders `text()`. Plain: a line on stderr when a phase
     starts, at each tenth of its steps and when it ends, so stdout keeps only results."""
@@ -110,7 +110,7 @@ class EvolveView:
         self.run, self.generator_name, self.generations, self.match_budget = run, generator_name, generations, match_budget
         self.generator = None  # set once made: the LLM generator's accepted and rejected counts are shown
         self.clock = clock or time.monotonic
-        self.phases = PhaseLog(live=console.is_terminal, clock=self.clock)
+        self.phases = PhaseView(live=console.is_terminal, clock=self.clock)
         self.started = self.clock()
         self.lock = threading.Lock()
         self.generation, self.proposals, self.played, self.done_in_generation = -1, 0, 0, 0
