@@ -283,17 +283,22 @@ def _evolve_workers(workers: int | None, llm: dict | None) -> int:
 
 def _llm_options(llm: dict, arena, space, player, directory: Path) -> tuple[dict, object, int]:
     """Returns the LLM generator's options (backend, measured sensitivities), the managed server (or None) and
-    the number of sensitivity probe matches."""
-    from agentqat.llm.backends import make_backend
+    the number of sensitivity probe matches. The backend is checked (health, constrained decoding) before any
+    probe is played."""
+    from agentqat.llm.backends import check_constrained, check_server, make_backend
     from agentqat.llm.server import VllmServer
     from agentqat.sensitivity import measure
 
-    sensitivities, probes = measure(player, arena, space.facts)
     server = None
-    if llm["backend"] == "vllm" and not llm["url"]:
+    if llm["backend"] == "vllm" and llm["url"]:
+        check_server(llm["url"], llm["model"])
+    elif llm["backend"] == "vllm":
         server = VllmServer(llm["model"], threads=defaults.LLM_THREADS, log_path=directory / "llm-server.log").start()
     try:
         backend = make_backend(llm["backend"], llm["model"], llm["url"], server)
+        if llm["backend"] == "transformers":
+            check_constrained(backend)  # a vLLM server was checked as it started or above
+        sensitivities, probes = measure(player, arena, space.facts)
     except BaseException:
         if server:
             server.stop()
