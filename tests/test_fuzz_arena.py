@@ -78,16 +78,9 @@ def assert_arena_or_one_line(path) -> None:
 
 
 @FUZZ
-@given(text=arena_texts | deep_tomls | st.text(max_size=300))
-def test_arena_texts_load_or_fail_in_one_line(text, arena_file):
-    arena_file.write_text(text, encoding="utf-8", errors="surrogatepass")
-    assert_arena_or_one_line(arena_file)
-
-
-@FUZZ
-@given(data=st.binary(max_size=2000))
-def test_random_bytes_fail_in_one_line(data, arena_file):
-    arena_file.write_bytes(data)
+@given(content=(arena_texts | deep_tomls | st.text(max_size=300)).map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=2000))
+def test_arena_files_load_or_fail_in_one_line(content, arena_file):
+    arena_file.write_bytes(content)
     assert_arena_or_one_line(arena_file)
 
 

@@ -31,16 +31,9 @@ documents = st.lists(st.lists(words, max_size=8).map(" ".join), max_size=12).map
 
 
 @FUZZ
-@given(text=documents | st.text(max_size=400))
-def test_any_text_is_a_corpus_or_one_line(text, corpus_file):
-    corpus_file.write_text(text, encoding="utf-8", errors="surrogatepass")
-    assert_corpus_or_one_line(corpus_file)
-
-
-@FUZZ
-@given(data=st.binary(max_size=2000))
-def test_any_bytes_are_a_corpus_or_one_line(data, corpus_file):
-    corpus_file.write_bytes(data)
+@given(content=(documents | st.text(max_size=400)).map(lambda text: text.encode("utf-8", "surrogatepass")) | st.binary(max_size=2000))
+def test_any_text_or_bytes_are_a_corpus_or_one_line(content, corpus_file):
+    corpus_file.write_bytes(content)
     assert_corpus_or_one_line(corpus_file)
 
 
