@@ -16,6 +16,7 @@ SPLITS = ("calibration", "evaluation", "heldout")
 PACKAGED_CORPORA = ("lee-news",)
 # A user's single text file is cut at document (line) boundaries into these shares, in file order.
 USER_SPLIT_SHARES = {"evaluation": 0.4, "calibration": 0.4, "heldout": 0.2}
+MAX_FILE_BYTES = 512 * 1024**2  # every split is tokenized whole
 
 
 @dataclass(frozen=True)
@@ -35,11 +36,23 @@ class Corpus:
         return getattr(self, name)
 
 
+def _file_size(path: Path) -> int | None:
+    """Returns the size of the file at `path`, None when no file is there; raises UserError for a path that
+    cannot be looked at (a name too long, a NUL byte, no permission)."""
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError) as error:
+        raise UserError(f"corpus path {str(path)[:200]!r} cannot be read ({error.__class__.__name__})", "check the path") from None
+
+
 def _read_text_file(path: Path) -> str:
-    if not path.exists():
+    size = _file_size(path)
+    if size is None and not path.exists():
         raise UserError(f"corpus file {path} does not exist", "check the path")
-    if not path.is_file():
+    if size is None:
         raise UserError(f"corpus path {path} is not a file", "pass a UTF-8 text file")
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"corpus file {path} is {size:,} bytes; corpora are at most {MAX_FILE_BYTES:,}", "pass a shorter text file")
     raw = path.read_bytes()
     if b"\x00" in raw[:65536]:
         raise UserError(f"corpus file {path} looks binary (it holds NUL bytes)", "pass a UTF-8 text file")
@@ -80,13 +93,19 @@ def load_corpus(spec: str = DEFAULT_CORPUS) -> Corpus:
     if spec.startswith("hf:"):
         return _load_hf_dataset(spec)
     path = Path(spec).expanduser()
-    if not path.exists() and "/" not in spec and "." not in spec:
+    if "/" not in spec and "." not in spec and _file_size(path) is None and not path.exists():
         raise UserError(
             f"unknown corpus '{spec}'",
             f"use a packaged corpus ({', '.join(PACKAGED_CORPORA)}), a text file, or hf:DATASET[:CONFIG]",
         )
     documents = [line.strip() for line in _read_text_file(path).splitlines() if line.strip()]
-    return Corpus(name=path.stem, source=str(path), **_split_documents(documents))
+    splits = _split_documents(documents)
+    if not all(splits.values()):
+        raise UserError(
+            f"corpus file {path} holds too little text to cut into {', '.join(USER_SPLIT_SHARES)} parts",
+            "pass a file with more text (one document per line)",
+        )
+    return Corpus(name=path.stem, source=str(path), **splits)
 
 
 def _load_hf_dataset(spec: str) -> Corpus:

@@ -29,6 +29,9 @@ from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 SCHEMA_VERSION = 1
 MAX_FILE_BYTES = 256 * 1024
 MAX_RULES = 32
+MAX_DEPTH = 8  # arrays and objects in arrays and objects: a strategy nests 4 deep (rules, a rule, a gene, a list)
+MAX_SHOWN = 60  # characters of a wrong value quoted in an error line
+TOO_DEEP = f"arrays and objects nest deeper than {MAX_DEPTH} levels, where a strategy's nest at most 4; check the file"
 
 Bits = Literal[2, 3, 4, 5, 6, 8, 16]
 GroupSize = Literal[0, 16, 32, 64, 96, 128, 192, 256, 384, 576, 768, 1536]
@@ -170,20 +173,38 @@ def _json_path(location: tuple) -> str:
     return path or "(document)"
 
 
+def _shown(value: object) -> str:
+    """Returns `value`'s repr, cut to MAX_SHOWN characters."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
 def _error_line(error: dict) -> str:
     path = _json_path(tuple(p for p in error["loc"] if not str(p).startswith("function-")))
-    kind = error["type"]
+    kind, got = error["type"], _shown(error.get("input"))
     if kind == "extra_forbidden":
         return f"{path}: unknown key; remove it or check its spelling against schemas/strategy.schema.json"
     if kind == "literal_error" and path == "schema_version":
-        return f"schema_version: {error['input']!r} is not supported; this agentqat reads schema_version {SCHEMA_VERSION}"
+        return f"schema_version: {got} is not supported; this agentqat reads schema_version {SCHEMA_VERSION}"
     if kind in ("model_type", "dict_type", "model_attributes_type"):
-        return f"{path}: must be a JSON object (got {error.get('input')!r})"
+        return f"{path}: must be a JSON object (got {got})"
     if kind in ("tuple_type", "list_type"):
-        return f"{path}: must be a JSON array (got {error.get('input')!r})"
+        return f"{path}: must be a JSON array (got {got})"
     if kind == "string_pattern_mismatch" and path.endswith(".layers"):
-        return f'{path}: {error["input"]!r} is not a layer selection; write "all" or indices and ranges like "0-3,7"'
-    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+        return f'{path}: {got} is not a layer selection; write "all" or indices and ranges like "0-3,7"'
+    return f"{path}: {error['msg']} (got {got})"
+
+
+def _nesting(document: object) -> int:
+    """Returns how deep arrays and objects nest in a parsed JSON document (0 for a scalar), counting no
+    further than MAX_DEPTH + 1."""
+    deepest, stack = 0, [(document, 1)]
+    while stack and deepest <= MAX_DEPTH:
+        node, level = stack.pop()
+        if isinstance(node, (dict, list, tuple)):
+            deepest = max(deepest, level)
+            stack.extend((child, level + 1) for child in (node.values() if isinstance(node, dict) else node))
+    return deepest
 
 
 class StrategyError(UserError):
@@ -198,6 +219,8 @@ def parse_strategy(document: object, source: str = "strategy") -> Strategy:
     """Returns the Strategy a parsed JSON document describes, or raises StrategyError listing every problem."""
     if not isinstance(document, dict):
         raise StrategyError(source, [f"the document must be a JSON object, not {type(document).__name__}"])
+    if _nesting(document) > MAX_DEPTH:
+        raise StrategyError(source, [TOO_DEEP])
     try:
         # Strict JSON-mode validation: "yes" is not a boolean and 4.0 is not an integer bit width.
         return Strategy.model_validate_json(json.dumps(document), strict=True)
@@ -214,6 +237,8 @@ def parse_strategy_text(text: str, source: str = "strategy") -> Strategy:
     except json.JSONDecodeError as error:
         hint = "the document ends early (truncated?)" if error.pos >= len(text.rstrip()) else error.msg
         raise StrategyError(source, [f"not valid JSON at line {error.lineno} column {error.colno}: {hint}"]) from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise StrategyError(source, [TOO_DEEP]) from None
     return parse_strategy(document, source)
 
 

@@ -15,7 +15,7 @@ import jsonschema
 import pytest
 
 from agentqat.errors import UserError
-from agentqat.llm.backends import TransformersBackend, VllmBackend, make_backend
+from agentqat.llm.backends import CANARY_REPLY, TransformersBackend, VllmBackend, check_constrained, check_server, make_backend
 from agentqat.llm.server import VllmServer, bound_cpus, free_port
 
 STRATEGY_SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "strategy.schema.json").read_text())
@@ -56,6 +56,84 @@ def test_in_process_backend_follows_the_strategy_schema(tiny_backend):
     for document in complete:
         jsonschema.validate(document, STRATEGY_SCHEMA)
     assert tiny_backend.generate(PROMPT, STRATEGY_SCHEMA, seed=3, max_tokens=128) == replies[3]
+
+
+class UnconstrainedTransformers:
+    """A real transformers `generate` on the chat prompt that never sees the schema: what a server does that
+    ignores the schema field (vLLM >= 0.12 sent `guided_json` by an old Outlines)."""
+
+    def __init__(self, directory):
+        from agentqat.models import load_model
+
+        loaded = load_model(str(directory))
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.name = f"unconstrained transformers {directory}"
+
+    def generate(self, prompt, schema, seed, max_tokens):
+        import transformers
+
+        transformers.set_seed(seed)
+        messages = [{"role": "user", "content": prompt}]
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+        output = self.model.generate(ids, max_new_tokens=max_tokens, do_sample=True, pad_token_id=self.tokenizer.eos_token_id)
+        return self.tokenizer.decode(output[0, ids.shape[1] :], skip_special_tokens=True)
+
+
+def test_the_constraint_check_passes_a_constraining_backend_and_refuses_one_that_is_not(tiny_backend, tiny_llama_dir):
+    check_constrained(tiny_backend)  # Outlines over transformers: the canary comes back whatever the model
+    free = UnconstrainedTransformers(tiny_llama_dir)
+    with pytest.raises(UserError, match="does not constrain its decoding") as caught:
+        check_constrained(free)
+    assert free.name in str(caught.value) and "outlines >= 1.3.3" in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_a_server_where_nothing_listens_is_one_line_at_once():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    started = time.perf_counter()
+    with pytest.raises(UserError, match=f"no LLM server answers at {url}") as caught:
+        check_server(url)
+    assert "\n" not in str(caught.value) and time.perf_counter() - started < 5
+    with pytest.raises(UserError, match="not an http"):
+        check_server("127.0.0.1:8000/v1")
+
+
+def test_evolve_checks_a_given_server_before_any_match(tmp_path, sensitive_llama_dir, small_corpus_file, capsys):
+    """`--llm-url` where nothing listens: exit 2 with one line, and not one sensitivity probe played."""
+    from agentqat.cli import main
+
+    arena = tmp_path / "tiny.toml"
+    arena.write_text(f'model = "{sensitive_llama_dir}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
+                     'calibration_windows = 4\nbits_budget = 5.0\n[[stages]]\nname = "screen"\nwindows = 2\n')  # fmt: skip
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    args = ["evolve", "--arena", str(arena), "--generator", "llm", "--llm-url", url, "--workers", "0",
+            "--runs", str(tmp_path), "--run", "dead"]  # fmt: skip
+    assert main(args) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"no LLM server answers at {url}" in error
+    assert not (tmp_path / "dead" / "results.jsonl").exists() or not (tmp_path / "dead" / "results.jsonl").read_text()
+
+
+def test_fallback_proposals_are_recorded_under_the_generator_that_made_them(tmp_path, sensitive_llama_dir, smollm2_shaped_facts):
+    """The LLM fails (nothing listens), the random generator takes over: the journal names it per proposal."""
+    import numpy as np
+
+    from agentqat.generators import SearchSpace, make_generator
+    from agentqat.generators.fallback import WithFallback
+    from agentqat.runs import EvolveJournal
+    from agentqat.store import RunStore
+
+    space = SearchSpace(smollm2_shaped_facts, 4.5)
+    dead = VllmBackend(f"http://127.0.0.1:{free_port()}/v1", "smollm2-135m", timeout_s=2, retries=0)
+    generator = WithFallback(make_generator("llm", space, backend=dead), make_generator("random", space))
+    assert generator.name == "llm"
+    journal = EvolveJournal(RunStore.create(tmp_path / "run", {"kind": "evolve"}))
+    for index, document in enumerate(generator.iter_proposals([], 3, np.random.default_rng(0))):
+        journal.record_proposal(0, index, generator.name, document)  # as evolve does, while the generator waits
+    journal.record_generator(0, generator.take_records())
+    store = RunStore.open(tmp_path / "run")
+    assert [p["generator"] for p in store.read("strategies")] == ["random"] * 3
+    assert [(f["from"], f["to"]) for f in store.read("fallbacks")] == [("llm", "random")]
 
 
 def test_vllm_backend_gives_up_after_bounded_retries_naming_the_url():
@@ -156,6 +234,17 @@ def test_vllm_server_answers_strategy_schema_json_reproducibly(smollm2_server):
     for reply in replies:
         jsonschema.validate(json.loads(reply), STRATEGY_SCHEMA)
     assert backend.generate(PROMPT, STRATEGY_SCHEMA, seed=0, max_tokens=512) == replies[0]
+
+
+@pytest.mark.slow
+def test_the_constraint_check_passes_the_real_vllm_server(smollm2_server):
+    """The server decodes under its structured outputs: the canary comes back; a model it does not serve is one line."""
+    check_constrained(VllmBackend.for_server(smollm2_server))
+    assert json.loads(VllmBackend.for_server(smollm2_server).generate("Say hello.", {"enum": ["zebra"]}, 0, 8)) == "zebra"
+    check_server(smollm2_server.base_url, "smollm2-135m")
+    with pytest.raises(UserError, match=r"serves \['smollm2-135m'\], not 'gemma3-270m'"):
+        check_server(smollm2_server.base_url, "gemma3-270m")
+    assert CANARY_REPLY == {"agentqat_canary": "zebra-quartz-17"}
 
 
 @pytest.mark.slow

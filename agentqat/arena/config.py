@@ -5,15 +5,27 @@ from __future__ import annotations
 import importlib.resources
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentqat import defaults
 from agentqat.errors import UserError
 
 ARENA_DEFINITIONS = importlib.resources.files("agentqat.arena") / "definitions"
 DEFAULT_ARENA = "smollm2-default"
+MAX_FILE_BYTES = 64 * 1024  # the packaged arenas are under 2 KB
+MAX_MESSAGE = 300  # characters of a parser's message kept in an error line
+
+
+def _printable(text: str) -> str:
+    if not text.isprintable():
+        raise ValueError("must be printable text (no control characters such as NUL or a newline)")
+    return text
+
+
+# A name, model or corpus: printable (no NUL that a path would choke on, no newline in an error line), bounded.
+Text = Annotated[str, Field(min_length=1, max_length=512), AfterValidator(_printable)]
 
 
 class _Frozen(BaseModel):
@@ -23,7 +35,7 @@ class _Frozen(BaseModel):
 class Stage(_Frozen):
     """One round of evaluation: how many tokens, on how many disjoint window sets, and who moves on."""
 
-    name: str
+    name: Text
     windows: int = Field(ge=1, le=256, description="evaluation windows per window set")
     window_sets: int = Field(1, ge=1, le=8, description="disjoint, seeded window sets (>= 3 for confidence intervals)")
     promote: float = Field(0.5, gt=0, le=1, description="share of this stage's survivors evaluated on the next stage")
@@ -45,10 +57,10 @@ class ScoreWeights(_Frozen):
 class Arena(_Frozen):
     """A complete arena: everything a match needs besides the strategy and the seed."""
 
-    name: str
-    model: str = defaults.DEFAULT_MODEL
-    corpus: str = defaults.DEFAULT_CORPUS
-    seed: int = defaults.SEED
+    name: Text
+    model: Text = defaults.DEFAULT_MODEL
+    corpus: Text = defaults.DEFAULT_CORPUS
+    seed: int = Field(defaults.SEED, ge=0, lt=2**63)
     window_tokens: int = Field(defaults.WINDOW_TOKENS, ge=16, le=4096)
     calibration_windows: int = Field(defaults.CALIBRATION_WINDOWS, ge=1, le=512)
     bits_budget: float = Field(4.5, gt=1, le=16, description="effective bits per weight a survivor may use")
@@ -84,18 +96,34 @@ def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
     path = Path(spec)
     if not path.suffix:
         path = ARENA_DEFINITIONS / f"{spec}.toml"
-    if not path.is_file():
-        raise UserError(f"arena {spec} does not exist", f"pass a TOML file or one of {packaged_arenas()}")
     try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"arena file {path} is not valid TOML: {error}", "fix the syntax") from None
+        size = path.stat().st_size if path.is_file() else None
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        size = None
+    if size is None:
+        raise UserError(f"arena {spec[:200]!r} does not exist", f"pass a TOML file or one of {packaged_arenas()}")
+    if size > MAX_FILE_BYTES:
+        raise UserError(f"arena file {path} is {size:,} bytes; arenas are at most {MAX_FILE_BYTES:,}", "pass an arena TOML file")
+    document = _parsed(path)
     document.setdefault("name", path.stem)
     try:
         return Arena.model_validate({**document, "source": str(path)})
     except ValidationError as error:
         lines = [
-            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" + (" (unknown key)" if e["type"] == "extra_forbidden" else "")
+            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg'][:MAX_MESSAGE]}" + (" (unknown key)" if e["type"] == "extra_forbidden" else "")
             for e in error.errors()
         ]
         raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see agentqat/arena/definitions/README.md for the fields") from None
+
+
+def _parsed(path: Path) -> dict:
+    """Returns the TOML document in the file at `path`; raises UserError with one line when it is not one."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"arena file {path} is not UTF-8 text", "save it as UTF-8") from None
+    except RecursionError:  # tomllib recurses once per level of nested arrays and tables
+        raise UserError(f"arena file {path} nests arrays or tables too deep to read", "an arena nests two levels") from None
+    except tomllib.TOMLDecodeError as error:
+        message = " ".join(str(error).split())[:MAX_MESSAGE]
+        raise UserError(f"arena file {path} is not valid TOML: {message}", "fix the syntax") from None

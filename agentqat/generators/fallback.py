@@ -13,13 +13,18 @@ from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
 
 
 class WithFallback:
-    """`primary` until it raises UserError, then `fallback`; named and counted like `primary`."""
+    """`primary` until it raises UserError, then `fallback`; counted like `primary`, named like the active one."""
 
     def __init__(self, primary: Generator, fallback: Generator):
         self.primary, self.fallback = primary, fallback
-        self.name = primary.name
         self.active = primary
         self._records: list[GeneratorRecord] = []
+
+    @property
+    def name(self) -> str:
+        """Returns the active generator's name: while `iter_proposals` is suspended at a proposal, the name of
+        the generator that made it (what the journal records beside each proposal)."""
+        return self.active.name
 
     @property
     def accepted(self) -> int | None:

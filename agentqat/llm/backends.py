@@ -4,6 +4,10 @@
   (its structured outputs, xgrammar), so the client compiles nothing.
 - `TransformersBackend`: Outlines over transformers in this process, for where vLLM cannot run.
 
+The constraint is checked, not assumed: `check_constrained` sends one request whose schema an unconstrained
+reply breaks (a server that ignores the schema field decodes freely and nothing else would notice), and
+`check_server` first asks a given server whether it answers and serves the model.
+
 Both sample (temperature 1 by default) and are reproducible: the same prompt, schema and seed give the
 same text. Callers validate the text again (json + jsonschema): constrained decoding does not enforce
 every schema keyword, and a reply cut at max_tokens is not complete JSON.
@@ -14,6 +18,8 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,6 +30,17 @@ if TYPE_CHECKING:
     from agentqat.llm.server import VllmServer
 
 BACKENDS = ("vllm", "transformers")
+# The canary: one exact object that no model writes when asked for a sentence, unless its decoding is constrained.
+CANARY_REPLY = {"agentqat_canary": "zebra-quartz-17"}
+CANARY_SCHEMA = {
+    "type": "object",
+    "properties": {"agentqat_canary": {"enum": ["zebra-quartz-17"]}},
+    "required": ["agentqat_canary"],
+    "additionalProperties": False,
+}
+CANARY_PROMPT = "Write one short sentence about the weather in Paris."
+CANARY_MAX_TOKENS = 48
+HEALTH_TIMEOUT_S = 5.0
 
 
 class JsonBackend(Protocol):
@@ -154,3 +171,51 @@ def make_backend(
     if kind == "vllm":
         raise UserError("the vllm backend needs a server URL", "pass the URL that `agentqat llm serve` prints")
     raise UserError(f"unknown LLM backend {kind!r}", f"use one of {', '.join(BACKENDS)}")
+
+
+def check_constrained(backend: JsonBackend) -> None:
+    """Returns None when the backend's reply to a prompt asking for prose is exactly the canary object its
+    schema admits; raises UserError when the reply breaks the schema (decoding is not constrained)."""
+    from importlib.metadata import version
+
+    reply = backend.generate(CANARY_PROMPT, CANARY_SCHEMA, seed=0, max_tokens=CANARY_MAX_TOKENS)
+    try:
+        constrained = json.loads(reply) == CANARY_REPLY
+    except ValueError:  # not JSON (RecursionError is a RuntimeError: a reply of 48 tokens cannot nest that deep)
+        constrained = False
+    if not constrained:
+        raise UserError(
+            f"the LLM backend {backend.name} does not constrain its decoding: asked for {json.dumps(CANARY_REPLY)}, "
+            f"it replied {reply[:80]!r}",
+            f"serve the proposer with vLLM >= 0.12 (structured outputs) and use outlines >= 1.3.3 "
+            f"(installed: {version('outlines')})",
+        )
+
+
+def served_models(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> list[str]:
+    """Returns the model names an OpenAI-compatible server at base URL `url` lists; raises UserError when
+    nothing answers there or the answer is not a model list."""
+    fix = "start a server there (`agentqat llm serve` prints its URL) or correct the LLM server URL"
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/models", timeout=timeout_s) as response:
+            listing = json.loads(response.read(1_000_000))
+        return [str(entry["id"]) for entry in listing["data"]]
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise UserError(f"no LLM server answers at {url} ({reason})", fix) from None
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"the server at {url} did not answer GET {url.rstrip('/')}/models with a model list", fix) from None
+
+
+def check_server(url: str, model: str | None = None) -> None:
+    """Returns None when the vLLM server at base URL `url` answers, serves `model` (when given; else its first
+    model) and constrains decoding to a JSON schema; raises UserError with one line otherwise. Quick: call it
+    before any match."""
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"the LLM server URL {url!r} is not an http(s) URL", "write it like http://127.0.0.1:8000/v1")
+    models = served_models(url)
+    if model is not None and model not in models:
+        raise UserError(f"the LLM server at {url} serves {models}, not {model!r}", "set the LLM model to one it serves")
+    if not models:
+        raise UserError(f"the LLM server at {url} serves no model", "start it with a model")
+    check_constrained(VllmBackend(url, model or models[0], timeout_s=defaults.LLM_REQUEST_TIMEOUT_S, retries=0))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.errors import UserError
+from agentqat.llm.backends import check_server
 from agentqat.models import BUILTIN_MODELS, resolve_model_directory
 
 LOG_TAIL_LINES = 15
@@ -110,8 +111,9 @@ class VllmServer:
         ]  # fmt: skip
 
     def start(self) -> VllmServer:
-        """Starts the server and returns self once it answers /health and lists the model; raises UserError
-        (with the log's last lines) when it exits or is not ready within `start_timeout_s`."""
+        """Starts the server and returns self once it answers /health, lists the model and constrains decoding
+        to a JSON schema (`check_server`); raises UserError (with the log's last lines) when it exits or is not
+        ready within `start_timeout_s`, and stops it when a check fails."""
         directory = resolve_model_directory(self._spec)  # converts a built-in's GGUF on first use
         env = {
             **os.environ,
@@ -133,10 +135,11 @@ class VllmServer:
             )
         try:
             self._wait_ready(started + self.start_timeout_s)
+            self.start_seconds = time.perf_counter() - started
+            check_server(self.base_url, self.model_name)
         except BaseException:
             self.stop()
             raise
-        self.start_seconds = time.perf_counter() - started
         return self
 
     def _wait_ready(self, deadline: float) -> None:

@@ -74,12 +74,14 @@ def _generator(manifest: Manifest, space, server, player, reporter: Reporter | N
     if settings.generator != "llm":
         return make_generator(settings.generator, space), 0
     from agentqat.generators.fallback import WithFallback
-    from agentqat.llm.backends import make_backend
+    from agentqat.llm.backends import check_constrained, make_backend
     from agentqat.sensitivity import measure
 
     if llm.managed_server and server is None:
         raise UserError("the run's LLM settings ask for a managed vLLM server", "open the shared resources with these llm settings")
     backend = make_backend(llm.backend, llm.model, llm.url, server)
+    if llm.backend == "transformers":
+        check_constrained(backend)  # a vLLM server is checked as it starts, or when Resources open for its URL
     sensitivities, probes = measure(player, manifest.arena, space.facts, reporter=reporter)
     generator = make_generator("llm", space, backend=backend, sensitivities=sensitivities)
     if llm.fallback:

@@ -43,8 +43,13 @@ def evaluator_pool(arena: Arena, workers: int, ray_address: str | None = None, r
 @contextmanager
 def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = None) -> Iterator:
     """Yields the managed vLLM server the LLM settings ask for (None when they name a URL or another backend),
-    stopped on exit."""
+    stopped on exit. A server given by URL is checked first (it answers, serves the model, constrains JSON)."""
     if not llm.managed_server:
+        if llm.backend == "vllm":
+            from agentqat.llm.backends import check_server
+
+            with phase(reporter, f"checking the vLLM server at {llm.url}"):
+                check_server(llm.url, llm.model)
         yield None
         return
     from agentqat.llm.server import VllmServer

@@ -66,6 +66,8 @@ def _reason(error: Exception) -> str:
     """Returns a one-line rejection reason for a failed check."""
     if isinstance(error, json.JSONDecodeError):
         return f"not JSON (cut at the token limit?): {error.msg} at column {error.colno}"
+    if isinstance(error, RecursionError):
+        return "JSON nested deeper than the parser reads"
     if isinstance(error, jsonschema.ValidationError):
         return f"schema: {error.message} at {'/'.join(map(str, error.absolute_path)) or 'the top'}"
     if isinstance(error, StrategyError):
@@ -169,7 +171,7 @@ class LlmGenerator:
             reply = self.backend.generate(prompt, self._schemas[request.kind], request.seed, MAX_TOKENS[request.kind])
             try:
                 document, repaired = self._candidate(request, reply)
-            except (ValueError, StrategyError, jsonschema.ValidationError) as error:
+            except (ValueError, RecursionError, StrategyError, jsonschema.ValidationError) as error:
                 self._reject(request, reply, _reason(error))
                 continue
             if strategy_id(document) in seen:
