@@ -237,7 +237,7 @@ def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_arena(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
+    parser.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="seed choosing windows and items (default: the arena's)")
     parser.add_argument("--workers", type=int, default=2, help="Ray evaluator actors (default: %(default)s)")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evolve = commands.add_parser("evolve", help="evolve strategies on an arena, recorded as a resumable run", description=cmd_evolve.__doc__)
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
-    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
+    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
     evolve.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
     evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")

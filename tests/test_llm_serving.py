@@ -109,8 +109,8 @@ def test_evolve_checks_a_given_server_before_any_match(tmp_path, sensitive_llama
     args = ["evolve", "--arena", str(arena), "--generator", "llm", "--llm-url", url, "--workers", "0",
             "--runs", str(tmp_path), "--run", "dead"]  # fmt: skip
     assert main(args) == 2
-    error = capsys.readouterr().err
-    assert error.count("\n") == 1 and f"no LLM server answers at {url}" in error
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("agentqat evolve: error")]
+    assert len(errors) == 1 and f"no LLM server answers at {url}" in errors[0]
     assert not (tmp_path / "dead" / "results.jsonl").exists() or not (tmp_path / "dead" / "results.jsonl").read_text()
 
 

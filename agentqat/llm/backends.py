@@ -153,6 +153,13 @@ class TransformersBackend:
                 torch.set_num_threads(threads)
 
 
+def served_name(model: str) -> str:
+    """Returns the name vLLM serves a model under: a built-in name as it is, a directory by its last part."""
+    from agentqat.models import BUILTIN_MODELS
+
+    return model if model in BUILTIN_MODELS else Path(model).name
+
+
 def make_backend(
     kind: str,
     model: str = defaults.DEFAULT_MODEL,
@@ -167,7 +174,7 @@ def make_backend(
     if kind == "vllm" and server is not None:
         return VllmBackend.for_server(server)
     if kind == "vllm" and url:
-        return VllmBackend(url, model)
+        return VllmBackend(url, served_name(model))
     if kind == "vllm":
         raise UserError("the vllm backend needs a server URL", "pass the URL that `agentqat llm serve` prints")
     raise UserError(f"unknown LLM backend {kind!r}", f"use one of {', '.join(BACKENDS)}")

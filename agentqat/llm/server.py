@@ -27,8 +27,8 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.errors import UserError
-from agentqat.llm.backends import check_server
-from agentqat.models import BUILTIN_MODELS, resolve_model_directory
+from agentqat.llm.backends import check_server, served_name
+from agentqat.models import resolve_model_directory
 
 LOG_TAIL_LINES = 15
 
@@ -72,7 +72,7 @@ class VllmServer:
         start_timeout_s: float = defaults.LLM_START_TIMEOUT_S,
     ):
         spec = str(model)
-        self.model_name = spec if spec in BUILTIN_MODELS else Path(spec).name
+        self.model_name = served_name(spec)
         self.port = port or free_port()
         self.threads = threads
         self.log_path = Path(log_path or defaults.cache_dir() / "logs" / f"vllm-{self.model_name}-{self.port}.log")

@@ -46,10 +46,10 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
     stopped on exit. A server given by URL is checked first (it answers, serves the model, constrains JSON)."""
     if not llm.managed_server:
         if llm.backend == "vllm":
-            from agentqat.llm.backends import check_server
+            from agentqat.llm.backends import check_server, served_name
 
             with phase(reporter, f"checking the vLLM server at {llm.url}"):
-                check_server(llm.url, llm.model)
+                check_server(llm.url, served_name(llm.model))
         yield None
         return
     from agentqat.llm.server import VllmServer

@@ -47,10 +47,10 @@ class PhaseView:
             self._say(f"  {name}: {entry[2]}/{total}")
 
     def phase_finished(self, name: str, seconds: float) -> None:
-        """Shows that a phase ended, with its duration."""
+        """Shows that a phase ended (finished, or stopped by an error that the command reports), with its duration."""
         with self.lock:
             self.active = [entry for entry in self.active if entry[0] != name]
-        self._say(f"{name}: done in {seconds:.1f} s")
+        self._say(f"{name}: ended after {seconds:.1f} s")
 
     def text(self) -> str:
         """Returns the running phases as one line ("" when none runs)."""
