@@ -1,0 +1,160 @@
+"""Comparisons: one evolve run per arm and seed at an equal budget on one shared evaluator pool and vLLM server,
+then the uniform baselines, the winners re-scored on unseen text, and the report.
+
+    DIR/compare.json               what the comparison is (CompareSettings), written once, read back to resume
+    DIR/runs/<arm>-seed<k>/        the evolve runs (resumable like any run)
+    DIR/baseline/                  the uniform baselines on the arena's last stage (Pareto fronts)
+    DIR/test/results.jsonl         every run's winners re-scored on the test split and any extra text file
+    DIR/report.md, report.html     rebuilt from all of the above (`agentqat report DIR`)
+
+Runs are played seed by seed (every arm at seed 0, then every arm at seed 1, ...), so a comparison stopped
+early is still balanced between its arms.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from agentqat.arena.config import Arena
+from agentqat.errors import UserError
+from agentqat.session.manifest import LlmSettings
+from agentqat.store import read_json_object, write_json_atomic
+
+COMPARE_FILE = "compare.json"
+RUNS_DIR = "runs"
+BASELINE_DIR = "baseline"
+BASELINE_BITS = (4, 3)
+BASELINE_METHODS = ("rtn", "gptq", "awq", "hqq", "nf4")
+ARM_NAME = r"^[a-z0-9][a-z0-9_.+-]{0,40}$"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Arm(_Frozen):
+    """One arm of a comparison: a name (its runs' directory prefix), the generator it runs, and for LLM arms
+    the LLM settings (proposer model, ablations)."""
+
+    name: str = Field(pattern=ARM_NAME)
+    generator: str
+    llm: LlmSettings | None = None
+
+
+class CompareSettings(_Frozen):
+    """What a comparison is: the arena, the arms, the seeds and the equal budget every run gets."""
+
+    kind: str = "compare"
+    arena: Arena
+    arms: tuple[Arm, ...] = Field(min_length=1)
+    seeds: tuple[int, ...] = Field(min_length=1)
+    match_budget: int = Field(gt=0)
+    population: int = Field(gt=0)
+    generations: int = Field(gt=0)
+    test_corpus: str | None = None
+
+    @field_validator("arms")
+    @classmethod
+    def _unique_arm_names(cls, arms: tuple[Arm, ...]) -> tuple[Arm, ...]:
+        names = [arm.name for arm in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be unique, got {names}")
+        return arms
+
+    def run_name(self, arm: Arm, seed: int) -> str:
+        """Returns the directory name of an arm's run at `seed`."""
+        return f"{arm.name}-seed{seed}"
+
+    def llm_settings(self) -> LlmSettings | None:
+        """Returns the LLM settings the shared vLLM server is started with (the first LLM arm's), or None."""
+        return next((arm.llm for arm in self.arms if arm.llm is not None), None)
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """Returns the seeds of "0-4" or "0,1,5" (UserError otherwise)."""
+    if re.fullmatch(r"\d+-\d+", text.strip()):
+        first, last = (int(part) for part in text.split("-"))
+        if first <= last:
+            return tuple(range(first, last + 1))
+    elif re.fullmatch(r"\d+(,\d+)*", text.replace(" ", "")):
+        return tuple(dict.fromkeys(int(part) for part in text.replace(" ", "").split(",")))
+    raise UserError(f"seeds {text!r} are not a range like 0-4 or a list like 0,1,5", "write the seeds as 0-4 or 0,1,5")
+
+
+def write_settings(directory: Path, settings: CompareSettings) -> None:
+    """Writes DIR/compare.json (UserError when the directory holds another comparison)."""
+    path = Path(directory) / COMPARE_FILE
+    if path.exists() and read_settings(directory) != settings:
+        raise UserError(f"{directory} holds another comparison", "resume it with `agentqat compare --resume DIR` or pick another name")
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, settings.model_dump(mode="json"))
+
+
+def read_settings(directory: Path) -> CompareSettings:
+    """Returns the settings recorded in DIR/compare.json (one UserError line when missing or damaged)."""
+    document = read_json_object(Path(directory) / COMPARE_FILE)
+    try:
+        return CompareSettings.model_validate(document)
+    except ValidationError as error:
+        first = error.errors()[0]
+        raise UserError(f"{directory}/{COMPARE_FILE} is not a comparison: {'.'.join(map(str, first['loc']))}: {first['msg']}",
+                        "restore the file or start a new comparison") from None  # fmt: skip
+
+
+def run_compare(
+    directory: Path,
+    settings: CompareSettings | None = None,
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    observer_for: Callable[[str], object] | None = None,
+    reporter=None,
+) -> tuple[Path, Path]:
+    """Returns the paths of the report of the comparison in `directory`: a new one of `settings`, or (None) the
+    recorded one resumed. Every run, the baselines and the re-evaluations already recorded are not played again.
+    `observer_for(run_name)` gives each run's live view."""
+    from contextlib import nullcontext
+
+    from agentqat.report import build_report
+    from agentqat.session.evolve import evolve_manifest, run_evolve
+    from agentqat.session.resources import Resources
+    from agentqat.study.unseen import reevaluate
+
+    directory = Path(directory)
+    if settings is None:
+        settings = read_settings(directory)
+    else:
+        write_settings(directory, settings)
+    resources = Resources(settings.arena, workers, ray_address, settings.llm_settings(), directory, reporter)
+    with resources:
+        for seed in settings.seeds:
+            for arm in settings.arms:
+                run = directory / RUNS_DIR / settings.run_name(arm, seed)
+                manifest = None if (run / "manifest.json").exists() else evolve_manifest(
+                    settings.arena, arm.llm, generator=arm.generator, seed=seed, population=settings.population,
+                    generations=settings.generations, patience=settings.generations, match_budget=settings.match_budget,
+                    stop_when_clear=False,
+                )  # fmt: skip
+                observer = observer_for(run.name) if observer_for else None
+                with observer if observer is not None else nullcontext():
+                    run_evolve(run, manifest, resources=resources, observer=observer)
+        play_baselines(directory, settings, resources, reporter)
+    sources = ("test",) + ((settings.test_corpus,) if settings.test_corpus else ())
+    reevaluate(directory, sources, reporter=reporter)
+    return build_report(directory)
+
+
+def play_baselines(directory: Path, settings: CompareSettings, resources, reporter=None) -> None:
+    """Plays (or resumes) the uniform baselines (RTN, GPTQ, AWQ, HQQ, NF4 at 4 and 3 bits) on the arena's last
+    stage in DIR/baseline/, on the comparison's shared pool."""
+    from agentqat.arena.baselines import baseline_requests
+    from agentqat.session.baseline import run_baseline
+
+    arena = settings.arena
+    stage = arena.stages[-1].name
+    requests = baseline_requests(stage, arena.seed, list(BASELINE_BITS), [arena.calibration_windows], list(BASELINE_METHODS))
+    run_baseline(Path(directory) / BASELINE_DIR, arena, requests, stage, arena.seed, resources=resources, reporter=reporter)
