@@ -306,15 +306,15 @@ def test_proposals_from_a_tiny_model_resolve_fit_and_repeat_for_a_seed(facts, ba
     generator = make_generator("llm", space, backend=backend, sensitivities={k: 1 / (1 + k) for k in range(30)})
     started = time.perf_counter()
     proposals = generator.propose([], 3, rng(0))
-    requests = generator.accepted + generator.rejected
+    requests = generator.counts["accepted"] + generator.counts["rejected"]
     print(f"{requests} requests in {time.perf_counter() - started:.1f} s")  # shown with -s
-    assert 1 <= len(proposals) == generator.accepted <= 3 and requests <= 9
+    assert 1 <= len(proposals) == generator.counts["accepted"] <= 3 and requests <= 9
     assert len({strategy_id(d) for d in proposals}) == len(proposals)
     for document in proposals:
         assert_within(document, space)
         assert document["name"] == f"llm-{strategy_id(document)}" and document["notes"].startswith("llm propose")
     records = generator.take_records()
-    assert [r.stream for r in records] == ["rejections"] * generator.rejected
+    assert [r.stream for r in records] == ["rejections"] * generator.counts["rejected"]
     assert all(r.data["reason"].startswith("propose: ") and r.data["reply"] is not None for r in records)
     assert generator.take_records() == []
 
@@ -355,7 +355,7 @@ def test_later_generations_mutate_and_recombine_the_elite(facts, backend):
         assert strategy_id(document) not in known
         assert document["notes"].split(" ")[1] in ("propose", "mutate", "recombine")
     rejections = [r.data["reason"] for r in generator.take_records()]
-    assert len(rejections) == generator.rejected == len(counting.prompts) - 1 - len(rest)
+    assert len(rejections) == generator.counts["rejected"] == len(counting.prompts) - 1 - len(rest)
 
 
 @pytest.mark.slow
