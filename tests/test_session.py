@@ -108,7 +108,7 @@ def test_resources_close_the_pool_on_ctrl_c(arena, monkeypatch):
         def shutdown(self):
             events.append("pool closed")
 
-    monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None: Recording())
+    monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None, reporter=None: Recording())
     with pytest.raises(KeyboardInterrupt):
         with Resources(arena, workers=1) as shared:
             assert shared.server is None and isinstance(shared.pool, Recording)
@@ -124,6 +124,6 @@ def test_a_run_refuses_shared_resources_without_the_server_its_llm_settings_need
         def shutdown(self):
             pass
 
-    monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None: Idle())
+    monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None, reporter=None: Idle())
     with Resources(arena, workers=1) as shared, pytest.raises(UserError, match="managed vLLM server"):
         run_evolve(tmp_path / "llm", evolve_manifest(arena, generator="llm", population=2), resources=shared)
