@@ -65,11 +65,19 @@ def measure(
     Reported as the phase "sensitivity probes", one step per probe the player takes up (a pool takes the next
     one when a worker is free)."""
     probes = probe_documents(facts)
-    requests = [MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()]
     detail = f"one match per layer, that layer alone at {PROBE_BITS} bits"
-    with phase(reporter, "sensitivity probes", total=len(requests), detail=detail) as step:
-        results = play(_stepped(requests, step))
+    results = play_probes(play, arena, list(probes.values()), "sensitivity probes", detail, reporter)
     return sensitivities(probes, results), len(results)
+
+
+def play_probes(
+    play: Player, arena: Arena, documents: Sequence[dict], title: str, detail: str, reporter: Reporter | None = None
+) -> list[MatchResult]:
+    """Returns the results of playing `documents` on the arena's first stage, reported as the phase `title`
+    with one step per probe the player takes up."""
+    requests = [MatchRequest(document, arena.stages[0].name, arena.seed) for document in documents]
+    with phase(reporter, title, total=len(requests), detail=detail) as step:
+        return play(_stepped(requests, step))
 
 
 def _stepped(requests: Sequence[MatchRequest], step: Callable[[int], None]) -> Iterator[MatchRequest]:
