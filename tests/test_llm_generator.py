@@ -2,6 +2,7 @@
 the session's tiny random-weight Llama under constrained decoding (in-process Outlines, no server)."""
 
 import json
+import math
 import time
 
 import numpy as np
@@ -377,3 +378,23 @@ def test_smollm2_on_vllm_proposes_edits_and_recombines_within_budget(facts, smol
         assert_within(document, space)
     again = LlmGenerator(space, VllmBackend.for_server(smollm2_server), sensitivities=sensitivities)
     assert again.propose([], 4, rng(0)) == first
+
+
+# --- ablations and counts (the llm-random-edits control runs the same pipeline without a model) ------------------
+
+
+def test_ablations_leave_lessons_and_sensitivities_out_and_counts_are_recorded(facts):
+    from agentqat.session import LlmSettings
+
+    assert LlmSettings.model_validate({"reflection": False, "sensitivities": False}).model_dump()["reflection"] is False
+    space = SearchSpace(facts, 4.5)
+    full = make_generator("llm-random-edits", space, sensitivities={k: 1 / (1 + k) for k in range(30)})
+    ablated = make_generator("llm-random-edits", space, reflect=False)
+    for generator in (full, ablated):
+        proposals = generator.propose([], 4, rng(0))
+        generator.tell([Evaluated(d, -math.inf, False, "collapse", None, None) for d in proposals])
+    assert full.context([]).lessons and not ablated.context([]).lessons
+    assert ablated.context([]).sensitivities == "not measured" != full.context([]).sensitivities
+    counts = full.take_records()[-1].data
+    assert counts["accepted"] == 4 and counts["decode_s"] >= 0
+    assert counts["repaired_modules"] >= counts["repaired"] and (counts["repaired_bits"] > 0) == (counts["repaired"] > 0)
