@@ -2,10 +2,13 @@
 
 One generation g:
 
-    proposals   the journal's recorded proposals when g finished before (a resumed run), else the generator's,
-                asked with the random generator default_rng([seed, g]) for `population` documents (fewer when
-                the match budget cannot pay a first-stage match for each); duplicates of earlier proposals by
-                `identity` (a canonical hash) are dropped and asked for again; each is recorded and sent to the arena as soon as the generator yields it
+    proposals   the journal's recorded proposals when g finished before (a resumed run); else, in generation 0
+                of a run with a shared `prior`, the prior's documents (the same for every generator, recorded as
+                proposed by "prior"; the generator is not asked); else the generator's, asked with the random
+                generator default_rng([seed, g]) for `population` documents (fewer when the budget cannot pay
+                for each: see "budget" below); duplicates of earlier proposals by `identity` (the canonical hash,
+                `agentqat.canonical`) are dropped and asked for again; each is recorded and sent to the arena as
+                soon as the generator yields it
     evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
                 `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
     tell        the generator learns every proposal's fate: its row on the last stage it reached, failures
@@ -15,7 +18,13 @@ One generation g:
     survive     the population is the best `population` survivors of the last stage's leaderboard over every
                 generation so far (elitism: a strategy leaves only when better ones arrive)
 
-The run stops after `generations`, or before a generation when the match budget or the time budget is spent,
+Budget: a run counts matches and evaluated tokens (per match, the stage's windows x the arena's window tokens;
+a stage plays each candidate once per window set), those spent before the loop included (`prior_cost`: e.g. the
+knapsack's measurements). A generation takes only as many proposals as the match and token budgets can pay for
+in the worst case (every candidate promoted as far as the stages' shares allow), so the last generation is cut
+to fit and no budget is overrun.
+
+The run stops after `generations`, or before a generation when the match, token or time budget is spent,
 when the best score has not improved for `patience` generations, when the generator has nothing new to offer,
 or (`stop_when_clear`) when the survival boundary is clear: the population is full and the leader's KL 95%
 interval lies entirely below every other member's (on a last stage with window sets for intervals).
@@ -30,7 +39,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -44,6 +53,7 @@ from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
 from agentqat.scoring import Ranked
 from agentqat.strategy import strategy_id
 
+PRIOR = "prior"  # the generator name the journal records for the shared prior's documents
 ASKS_PER_GENERATION = 3  # how often the generator is asked again for proposals that were all evaluated before
 IMPROVEMENT = 1e-9
 
@@ -59,6 +69,7 @@ class EvolveSettings:
     generations: int = defaults.GENERATIONS
     patience: int = defaults.PATIENCE
     match_budget: int | None = None
+    token_budget: int | None = None
     time_budget_s: float | None = None
     stop_when_clear: bool = True  # off for comparisons at an equal budget
 
@@ -66,8 +77,9 @@ class EvolveSettings:
         for name in ("population", "generations", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.match_budget is not None and self.match_budget < 1:
-            raise ValueError(f"the match budget must be at least 1, got {self.match_budget}")
+        for name in ("match_budget", "token_budget"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be at least 1, got {getattr(self, name)}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"the time budget must be positive, got {self.time_budget_s}")
 
@@ -88,6 +100,7 @@ class GenerationSummary:
     population: tuple[str, ...]
     matches: int  # matches in the run so far (replayed ones included)
     elapsed_s: float  # seconds of the run so far (earlier sessions included)
+    tokens: int = 0  # evaluated tokens in the run so far (replayed ones included)
 
 
 @dataclass(frozen=True)
@@ -100,6 +113,7 @@ class EvolveOutcome:
     stop_reason: str
     matches: int
     stop_rule: str = ""  # the EvolveSettings field whose rule stopped the run ("" when the generator ran dry)
+    tokens: int = 0
 
 
 class Journal(Protocol):
@@ -145,6 +159,7 @@ class _State:
     best_score: float = -math.inf
     stale: int = 0
     matches: int = 0
+    tokens: int = 0
 
 
 def _fresh_proposals(
@@ -170,6 +185,15 @@ def _fresh_proposals(
                 yield document
             if given == count:
                 return
+
+
+def _distinct(documents: Sequence[dict], seen: set[str], identity: Callable[[dict], str]) -> Iterator[dict]:
+    """Yields the documents whose identities are not in `seen` nor earlier in `documents`."""
+    given: set[str] = set()
+    for document in documents:
+        if identity(document) not in seen and identity(document) not in given:
+            given.add(identity(document))
+            yield document
 
 
 def _fates(documents: Sequence[dict], stage_rows: Sequence[Sequence[Ranked]]) -> list[Evaluated]:
@@ -199,19 +223,53 @@ def clear_winner(population: Sequence[Evaluated], rows: Sequence[Ranked], size: 
     return all(intervals[0][1] < other[0] for other in intervals[1:])
 
 
-def _offspring_count(arena: Arena, settings: EvolveSettings, matches: int) -> int:
-    """Returns how many proposals the generation may evaluate: all, or what the match budget can screen."""
-    if settings.match_budget is None:
-        return settings.population
-    return min(settings.population, (settings.match_budget - matches) // arena.stages[0].window_sets)
+@dataclass(frozen=True)
+class Cost:
+    """Matches and evaluated tokens."""
+
+    matches: int = 0
+    tokens: int = 0
+
+
+def match_tokens(arena: Arena, stage: str) -> int:
+    """Returns the tokens one match on `stage` evaluates: its windows x the arena's window tokens."""
+    return arena.stage(stage).windows * arena.window_tokens
+
+
+def tournament_cost(arena: Arena, candidates: int) -> Cost:
+    """Returns the most a tournament of `candidates` can cost: each stage plays every candidate it takes on each
+    of its window sets and promotes at most ceil(share x candidates) (as `scoring.promote` rounds)."""
+    matches = tokens = 0
+    for stage in arena.stages:
+        if candidates < 1:
+            break
+        matches += candidates * stage.window_sets
+        tokens += candidates * stage.window_sets * match_tokens(arena, stage.name)
+        candidates = math.ceil(round(stage.promote * candidates, 9))
+    return Cost(matches, tokens)
+
+
+def _offspring_count(arena: Arena, settings: EvolveSettings, spent: Cost, wanted: int) -> int:
+    """Returns how many of `wanted` proposals the generation may evaluate: the most whose worst-case tournament
+    fits what is left of the match and token budgets."""
+    for count in range(wanted, 0, -1):
+        cost = tournament_cost(arena, count)
+        if (settings.match_budget is None or spent.matches + cost.matches <= settings.match_budget) and (
+            settings.token_budget is None or spent.tokens + cost.tokens <= settings.token_budget
+        ):
+            return count
+    return 0
 
 
 def _stop_reason(arena: Arena, settings: EvolveSettings, state: _State, elapsed: float) -> tuple[str, str] | None:
     """Returns the settings field whose rule stops the run before the next generation and why, or None."""
     if len(state.summaries) >= settings.generations:
         return "generations", f"{settings.generations} generations done"
-    if settings.match_budget is not None and _offspring_count(arena, settings, state.matches) < 1:
+    spent = Cost(state.matches, state.tokens)
+    if settings.match_budget is not None and _offspring_count(arena, replace(settings, token_budget=None), spent, 1) < 1:
         return "match_budget", f"match budget of {settings.match_budget} spent ({state.matches} played)"
+    if settings.token_budget is not None and _offspring_count(arena, replace(settings, match_budget=None), spent, 1) < 1:
+        return "token_budget", f"token budget of {settings.token_budget:,} spent ({state.tokens:,} evaluated)"
     if settings.time_budget_s is not None and elapsed >= settings.time_budget_s:
         return "time_budget_s", f"time budget of {settings.time_budget_s:.0f} s spent"
     if state.stale >= settings.patience:
@@ -229,34 +287,39 @@ def evolve(
     journal: Journal,
     observer: Observer | None = None,
     clock: Callable[[], float] = time.monotonic,
-    prior_matches: int = 0,
+    prior_cost: Cost = Cost(),
     identity: Callable[[dict], str] = strategy_id,
+    prior: Sequence[dict] = (),
 ) -> EvolveOutcome:
     """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring).
 
-    `prior_matches`: matches the run spent before the loop (the LLM generator's sensitivity probes), counted
-    against the match budget. `identity`: the canonical hash that finds duplicate proposals (`layout_id` for
-    one model: documents that configure every module alike are duplicates)."""
+    `prior_cost`: what the run spent before the loop (e.g. the knapsack's measurements), counted against the
+    budgets. `identity`: the canonical hash that finds duplicate proposals (`canonical_id` for one model). `prior`:
+    the shared seed strategies, played as generation 0."""
     started = clock()
-    state = _State(matches=prior_matches)
+    state = _State(matches=prior_cost.matches, tokens=prior_cost.tokens)
     final_stage = arena.stages[-1].name
     stop = None
     while (stop := _stop_reason(arena, settings, state, journal.elapsed_before + clock() - started)) is None:
         generation = len(state.summaries)
         recorded = journal.proposals(generation)
-        count = len(recorded) if recorded is not None else _offspring_count(arena, settings, state.matches)
+        seeded = list(prior) if generation == 0 and recorded is None else []
+        spent = Cost(state.matches, state.tokens)
+        count = len(recorded) if recorded is not None else _offspring_count(arena, settings, spent, len(seeded) or settings.population)
         documents: list[dict] = []
 
         def proposals() -> Iterator[MatchRequest]:
             if recorded is not None:
                 source: Iterable[dict] = recorded
+            elif seeded:
+                source = _distinct(seeded[:count], state.seen, identity)
             else:
                 rng = np.random.default_rng([settings.seed, generation])
                 source = _fresh_proposals(generator, state.population, count, rng, state.seen, identity)
             for document in source:
                 state.seen.add(identity(document))
                 if recorded is None:
-                    journal.record_proposal(generation, len(documents), generator.name, document)
+                    journal.record_proposal(generation, len(documents), PRIOR if seeded else generator.name, document)
                 documents.append(document)
                 yield MatchRequest(document, arena.stages[0].name, arena.seed)
 
@@ -269,6 +332,7 @@ def evolve(
             break
         state.documents.update({strategy_id(d): d for d in documents})
         state.matches += len(outcome.results)
+        state.tokens += sum(match_tokens(arena, result.stage) for result in outcome.results)
         fates = _fates(documents, [stage.rows for stage in outcome.stages])
         if recorded is not None:
             generator.restore(journal.generator_records(generation))
@@ -297,6 +361,7 @@ def evolve(
             population=tuple(strategy_id(member.document) for member in state.population),
             matches=state.matches,
             elapsed_s=journal.elapsed_before + clock() - started,
+            tokens=state.tokens,
         )
         state.summaries.append(summary)
         journal.record_generation(summary)
@@ -305,6 +370,8 @@ def evolve(
         if observer:
             observer.generation_finished(summary, state.rows)
     rule, reason = stop
-    result = EvolveOutcome(tuple(state.rows), tuple(state.population), tuple(state.summaries), reason, state.matches, rule)
+    result = EvolveOutcome(
+        tuple(state.rows), tuple(state.population), tuple(state.summaries), reason, state.matches, rule, state.tokens
+    )
     journal.record_end(result)
     return result

@@ -141,6 +141,7 @@ class EvolveJournal:
             "stop_rule": outcome.stop_rule,
             "generations": len(outcome.generations),
             "matches": outcome.matches,
+            "tokens": outcome.tokens,
             "population": [strategy_id(member.document) for member in outcome.population],
             "leaderboard": [row_dict(row) for row in outcome.rows],
         })  # fmt: skip

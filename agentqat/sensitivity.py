@@ -3,11 +3,19 @@ quantized to PROBE_BITS (RTN, asymmetric, the finest group of 64 or more that di
 channel) and everything else left at 16 bits. A layer's sensitivity is the probe's KL to the base model on the
 arena's first stage; a failed probe (e.g. a collapse) counts twice the largest measured KL. The LLM
 generator's prompts carry them.
+
+Measured once per arena (its seed included) and shared: `shared_sensitivities` keeps them in the cache directory
+(`sensitivities/<arena key>.json`, with what measuring them cost), so every run and every arm of a comparison
+reads the same values, and a comparison charges their cost once, as preparation, apart from each run's budget.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest
@@ -15,7 +23,10 @@ from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player
 from agentqat.models import ModelFacts
 from agentqat.progress import Reporter, phase
+from agentqat.store import read_json_object, write_json_atomic
 from agentqat.strategy import SCHEMA_VERSION, strategy_id
+
+CACHE_FOLDER = "sensitivities"
 
 PROBE_BITS = 3
 PROBE_GROUPS = (64, 96, 128, 192, 256)
@@ -54,11 +65,19 @@ def measure(
     Reported as the phase "sensitivity probes", one step per probe the player takes up (a pool takes the next
     one when a worker is free)."""
     probes = probe_documents(facts)
-    requests = [MatchRequest(document, arena.stages[0].name, arena.seed) for document in probes.values()]
     detail = f"one match per layer, that layer alone at {PROBE_BITS} bits"
-    with phase(reporter, "sensitivity probes", total=len(requests), detail=detail) as step:
-        results = play(_stepped(requests, step))
+    results = play_probes(play, arena, list(probes.values()), "sensitivity probes", detail, reporter)
     return sensitivities(probes, results), len(results)
+
+
+def play_probes(
+    play: Player, arena: Arena, documents: Sequence[dict], title: str, detail: str, reporter: Reporter | None = None
+) -> list[MatchResult]:
+    """Returns the results of playing `documents` on the arena's first stage, reported as the phase `title`
+    with one step per probe the player takes up."""
+    requests = [MatchRequest(document, arena.stages[0].name, arena.seed) for document in documents]
+    with phase(reporter, title, total=len(requests), detail=detail) as step:
+        return play(_stepped(requests, step))
 
 
 def _stepped(requests: Sequence[MatchRequest], step: Callable[[int], None]) -> Iterator[MatchRequest]:
@@ -66,3 +85,35 @@ def _stepped(requests: Sequence[MatchRequest], step: Callable[[int], None]) -> I
     for request in requests:
         yield request
         step(1)
+
+
+@dataclass(frozen=True)
+class Sensitivities:
+    """Per-layer sensitivities and what measuring them cost (matches, evaluated tokens); `cached`: read back."""
+
+    values: dict[int, float]
+    matches: int
+    tokens: int
+    cached: bool = False
+
+
+def arena_key(arena: Arena) -> str:
+    """Returns a hash of everything in the arena that a probe's result depends on (its source path left out)."""
+    text = json.dumps(arena.model_dump(mode="json", exclude={"source"}), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def shared_sensitivities(
+    play: Player, arena: Arena, facts: ModelFacts, cache: Path, reporter: Reporter | None = None
+) -> Sensitivities:
+    """Returns the arena's sensitivities from `cache` (a folder), measuring them with `play` and storing them
+    there first when absent (see the module docstring)."""
+    path = Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}.json"
+    if path.is_file():
+        data = read_json_object(path)
+        values = {int(layer): float(kl) for layer, kl in data["values"].items()}
+        return Sensitivities(values, int(data["matches"]), int(data["tokens"]), cached=True)
+    values, matches = measure(play, arena, facts, reporter)
+    measured = Sensitivities(values, matches, matches * arena.stages[0].windows * arena.window_tokens)
+    write_json_atomic(path, {**asdict(measured), "arena": arena.name, "cached": False})
+    return measured

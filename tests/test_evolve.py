@@ -1,6 +1,8 @@
 """The evolution loop on a tiny model sensitive to quantization, played in process; resume after a crash and
 after SIGKILL ends with the leaderboard of an uninterrupted run; `show` reads a run back."""
 
+import copy
+import functools
 import json
 import os
 import re
@@ -16,10 +18,12 @@ import pytest
 from agentqat.arena.config import Arena, Stage
 from agentqat.arena.pool import LocalPool
 from agentqat.arena.recorded import RecordedPlayer
-from agentqat.evolve import EvolveSettings, clear_winner, evolve
+from agentqat.canonical import canonical_id
+from agentqat.evolve import Cost, EvolveSettings, clear_winner, evolve, tournament_cost
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.base import GeneratorRecord
-from agentqat.generators.evo import level_switch, uniform_start, units_of
+from agentqat.generators.evo import level_switch, units_of
+from agentqat.generators.prior import best_uniform, uniform_prior
 from agentqat.generators.layout import layout_bits
 from agentqat.generators.repair import within
 from agentqat.models import load_facts
@@ -106,9 +110,39 @@ def test_the_match_budget_limits_the_run(arena, pool, tmp_path):
     settings = EvolveSettings(generator="random", seed=1, population=4, generations=10, match_budget=14, stop_when_clear=False, patience=10)
     outcome, _ = run_evolve(arena, pool, tmp_path / "run", settings)
     assert outcome.stop_reason.startswith("match budget of 14 spent")
-    # a generation screens at most what the budget has left; its promotions may overshoot by their window sets
-    assert outcome.matches <= 14 + 3 * 2
-    assert [g.proposed for g in outcome.generations][0] == 4
+    # a generation takes only what the budget pays for if every promotion happens: 4 (4 + 2 x 3 matches), then 1
+    assert outcome.matches <= 14
+    assert [g.proposed for g in outcome.generations] == [4, 1]
+
+
+def test_the_token_budget_cuts_the_last_generation_to_fit(arena, pool, tmp_path):
+    assert tournament_cost(arena, 4) == Cost(matches=4 + 2 * 3, tokens=(4 + 2 * 3) * 2 * 64)
+    settings = EvolveSettings(generator="random", seed=1, population=4, generations=10, token_budget=1800,
+                              stop_when_clear=False, patience=10)  # fmt: skip
+    outcome, played = run_evolve(arena, pool, tmp_path / "run", settings)
+    assert outcome.stop_rule == "token_budget" and outcome.tokens <= 1800
+    assert outcome.tokens == sum(2 * 64 for _ in played) and outcome.generations[-1].tokens == outcome.tokens
+    assert [g.proposed for g in outcome.generations] == [4, 1]  # 1,280 tokens, then what 520 pays for
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tokens"] == outcome.tokens
+
+
+def test_the_shared_prior_is_generation_zero_and_twins_play_once(arena, pool, tmp_path):
+    facts = load_facts(arena.model)
+    prior = uniform_prior(SearchSpace(facts, arena.bits_budget))
+    twin = copy.deepcopy(prior[0])
+    twin["default"]["activation"]["format"] = "fp8_e4m3"  # no effect: activations stay at 16 bits
+    twin["name"] = "twin"
+    settings = EvolveSettings(generator="evo", seed=2, population=3, generations=2, stop_when_clear=False, patience=5)
+    store = RunStore.create(tmp_path / "run", {"kind": "evolve", "arena": arena.model_dump(), "settings": asdict(settings)})
+    generator = make_generator("evo", SearchSpace(facts, arena.bits_budget))
+    identity = functools.partial(canonical_id, facts=facts)
+    outcome = evolve(generator, arena, RecordedPlayer(pool.run, store), settings, EvolveJournal(store),
+                     identity=identity, prior=[*prior, twin])  # fmt: skip
+    proposals = store.read("strategies")
+    assert [(p["generation"], p["generator"]) for p in proposals][: len(prior)] == [(0, "prior")] * len(prior)
+    assert outcome.generations[0].proposed == len(prior)  # the twin was not played
+    assert {p["generator"] for p in proposals if p["generation"] == 1} == {"evo"}
+    assert strategy_id(twin) not in {p["strategy_id"] for p in proposals}
 
 
 def test_no_improvement_stops_the_run(arena, pool, tmp_path):
@@ -190,7 +224,7 @@ def test_clear_winner_needs_a_full_population_and_separate_intervals():
 
 def test_level_switch_moves_bits_between_units_within_budget(arena):
     facts = load_facts(arena.model)
-    start = uniform_start(SearchSpace(facts, 4.5))
+    start = best_uniform(SearchSpace(facts, 4.5), "gptq")
     assert start.configs[0].weight.bits == 4 and start.configs[0].weight.group_size == 64
     space = SearchSpace(facts, layout_bits(start, facts))  # the start spends the whole budget
     rng = np.random.default_rng(0)
@@ -312,8 +346,9 @@ def test_proposals_stream_into_the_arena_as_the_generator_yields_them(arena, poo
 
 
 def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_path, capsys):
-    """`evolve --generator llm` with Outlines over transformers in process (the tiny model proposes):
-    per-layer probes first, then proposals; every accepted proposal resolves and fits, rejections keep reasons."""
+    """`evolve --generator llm` with Outlines over transformers in process (the tiny model proposes): the shared
+    prior first, then proposals; every accepted proposal resolves and fits, rejections keep reasons. The per-layer
+    probes are measured once into the cache (preparation, not in the run's results or budget)."""
     from agentqat.cli import main
 
     args = ["evolve", "--arena", str(arena_file), "--generator", "llm", "--llm-backend", "transformers",
@@ -321,10 +356,13 @@ def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_pat
             "--runs", str(tmp_path), "--run", "llm"]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err
     store = RunStore.open(tmp_path / "llm")
-    assert store.manifest["llm"] == {"backend": "transformers", "model": str(tiny_llama_dir), "url": None, "fallback": False}
+    assert store.manifest["llm"] == {"backend": "transformers", "model": str(tiny_llama_dir), "url": None,
+                                     "fallback": False, "reflection": True, "sensitivities": True}  # fmt: skip
     results = store.read("results")
-    probes = [r for r in results if r["strategy_name"].startswith("probe-layer")]
-    assert len(probes) == 2  # one per decoder layer of the tiny model
+    assert not [r for r in results if r["strategy_name"].startswith("probe-layer")]
+    sensitivities = json.loads((tmp_path / "llm" / "sensitivities.json").read_text())
+    assert len(sensitivities["values"]) == sensitivities["matches"] == 2  # one probe per decoder layer of the tiny model
+    assert [p["generator"] for p in store.read("strategies") if p["generation"] == 0] == ["prior"] * len(store.manifest["prior"])
     space = SearchSpace(load_facts(store.manifest["arena"]["model"]), store.manifest["arena"]["bits_budget"])
 
     proposals = store.read("strategies")
@@ -332,7 +370,7 @@ def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_pat
     assert all(r["reason"] for r in store.read("rejections"))
     assert store.read("reflections")
     summary = json.loads((tmp_path / "llm" / "summary.json").read_text())
-    assert summary["matches"] == len(results)  # the probes count against the match budget
+    assert summary["matches"] == len(results)  # the probes are preparation: not charged to the run
 
 
 @pytest.mark.slow

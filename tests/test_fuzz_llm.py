@@ -51,7 +51,7 @@ def test_every_reply_is_a_proposal_or_a_recorded_rejection(texts, seed, survivor
     generator = LlmGenerator(space, backend)
     proposals = generator.propose(population, len(texts), np.random.default_rng(seed))
     records = generator.take_records()
-    assert len(proposals) + len(records) == backend.requests == generator.accepted + generator.rejected
+    assert len(proposals) + len(records) == backend.requests == generator.counts["accepted"] + generator.counts["rejected"]
     assert backend.requests >= len(texts) or len(proposals) == len(texts)
     assert all(within(document, space) for document in proposals)
     assert all(r.stream == "rejections" and r.data["reason"] and "\n" not in r.data["reason"] for r in records)

@@ -2,6 +2,7 @@
 the session's tiny random-weight Llama under constrained decoding (in-process Outlines, no server)."""
 
 import json
+import math
 import time
 
 import numpy as np
@@ -306,15 +307,15 @@ def test_proposals_from_a_tiny_model_resolve_fit_and_repeat_for_a_seed(facts, ba
     generator = make_generator("llm", space, backend=backend, sensitivities={k: 1 / (1 + k) for k in range(30)})
     started = time.perf_counter()
     proposals = generator.propose([], 3, rng(0))
-    requests = generator.accepted + generator.rejected
+    requests = generator.counts["accepted"] + generator.counts["rejected"]
     print(f"{requests} requests in {time.perf_counter() - started:.1f} s")  # shown with -s
-    assert 1 <= len(proposals) == generator.accepted <= 3 and requests <= 9
+    assert 1 <= len(proposals) == generator.counts["accepted"] <= 3 and requests <= 9
     assert len({strategy_id(d) for d in proposals}) == len(proposals)
     for document in proposals:
         assert_within(document, space)
         assert document["name"] == f"llm-{strategy_id(document)}" and document["notes"].startswith("llm propose")
     records = generator.take_records()
-    assert [r.stream for r in records] == ["rejections"] * generator.rejected
+    assert [r.stream for r in records] == ["rejections"] * generator.counts["rejected"]
     assert all(r.data["reason"].startswith("propose: ") and r.data["reply"] is not None for r in records)
     assert generator.take_records() == []
 
@@ -355,7 +356,7 @@ def test_later_generations_mutate_and_recombine_the_elite(facts, backend):
         assert strategy_id(document) not in known
         assert document["notes"].split(" ")[1] in ("propose", "mutate", "recombine")
     rejections = [r.data["reason"] for r in generator.take_records()]
-    assert len(rejections) == generator.rejected == len(counting.prompts) - 1 - len(rest)
+    assert len(rejections) == generator.counts["rejected"] == len(counting.prompts) - 1 - len(rest)
 
 
 @pytest.mark.slow
@@ -377,3 +378,23 @@ def test_smollm2_on_vllm_proposes_edits_and_recombines_within_budget(facts, smol
         assert_within(document, space)
     again = LlmGenerator(space, VllmBackend.for_server(smollm2_server), sensitivities=sensitivities)
     assert again.propose([], 4, rng(0)) == first
+
+
+# --- ablations and counts (the llm-random-edits control runs the same pipeline without a model) ------------------
+
+
+def test_ablations_leave_lessons_and_sensitivities_out_and_counts_are_recorded(facts):
+    from agentqat.session import LlmSettings
+
+    assert LlmSettings.model_validate({"reflection": False, "sensitivities": False}).model_dump()["reflection"] is False
+    space = SearchSpace(facts, 4.5)
+    full = make_generator("llm-random-edits", space, sensitivities={k: 1 / (1 + k) for k in range(30)})
+    ablated = make_generator("llm-random-edits", space, reflect=False)
+    for generator in (full, ablated):
+        proposals = generator.propose([], 4, rng(0))
+        generator.tell([Evaluated(d, -math.inf, False, "collapse", None, None) for d in proposals])
+    assert full.context([]).lessons and not ablated.context([]).lessons
+    assert ablated.context([]).sensitivities == "not measured" != full.context([]).sensitivities
+    counts = full.take_records()[-1].data
+    assert counts["accepted"] == 4 and counts["decode_s"] >= 0
+    assert counts["repaired_modules"] >= counts["repaired"] and (counts["repaired_bits"] > 0) == (counts["repaired"] > 0)

@@ -21,9 +21,11 @@ from agentqat.generators.llm.prompts import (
     describe_model,
     describe_sensitivities,
     describe_strategy,
+    example,
     render,
     template_name,
 )
+from agentqat.generators.llm.generator import PARENTS
 from agentqat.generators.llm.reflection import Reflection
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -78,18 +80,24 @@ def empty_context(space) -> Context:
     )
 
 
-CASES = {  # golden file -> (kind, context builder, parents)
-    "propose.v1.txt": ("propose", golden_context, ()),
-    "propose.v1.first.txt": ("propose", empty_context, ()),
-    "mutate.v1.txt": ("mutate", golden_context, (PARENT_A,)),
-    "recombine.v1.txt": ("recombine", golden_context, (PARENT_A, PARENT_B)),
+SCHEMAS = {"propose": propose_schema, "mutate": edit_schema, "recombine": lambda space: recombine_schema()}
+EXAMPLE_SEED = 7
+CASES = {  # golden file -> (kind, context builder, parents, template version)
+    "propose.v1.txt": ("propose", golden_context, (), "v1"),
+    "propose.v1.first.txt": ("propose", empty_context, (), "v1"),
+    "mutate.v1.txt": ("mutate", golden_context, (PARENT_A,), "v1"),
+    "recombine.v1.txt": ("recombine", golden_context, (PARENT_A, PARENT_B), "v1"),
+    "propose.v2.txt": ("propose", golden_context, (), "v2"),
+    "propose.v2.first.txt": ("propose", empty_context, (), "v2"),
+    "mutate.v2.txt": ("mutate", golden_context, (PARENT_A,), "v2"),
+    "recombine.v2.txt": ("recombine", golden_context, (PARENT_A, PARENT_B), "v2"),
 }
 
 
 @pytest.mark.parametrize("golden", sorted(CASES))
 def test_rendered_prompt_matches_its_golden_file(space, golden):
-    kind, context, parents = CASES[golden]
-    text = render(kind, context(space), parents)
+    kind, context, parents, version = CASES[golden]
+    text = render(kind, context(space), parents, version, example(SCHEMAS[kind](space), EXAMPLE_SEED))
     path = GOLDEN / golden
     if os.environ.get("UPDATE_GOLDEN") == "1":
         path.parent.mkdir(exist_ok=True)
@@ -141,13 +149,26 @@ def test_unknown_request_kind():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_each_template_example_is_valid_under_its_schema(space, kind):
+def test_each_v1_template_example_is_valid_under_its_schema(space, kind):
     import jsonschema
 
-    text = (TEMPLATES / template_name(kind)).read_text(encoding="utf-8")
-    example = json.loads(re.search(r"^Example: (\{.*\})$", text, re.MULTILINE).group(1))
-    schema = {"propose": propose_schema, "mutate": edit_schema, "recombine": lambda s: recombine_schema()}[kind](space)
-    jsonschema.Draft202012Validator(schema).validate(example)
+    text = (TEMPLATES / template_name(kind, "v1")).read_text(encoding="utf-8")
+    fixed = json.loads(re.search(r"^Example: (\{.*\})$", text, re.MULTILINE).group(1))
+    jsonschema.Draft202012Validator(SCHEMAS[kind](space)).validate(fixed)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_drawn_examples_are_valid_seeded_and_varied(space, kind):
+    import jsonschema
+
+    schema = SCHEMAS[kind](space)
+    drawn = [example(schema, seed) for seed in range(40)]
+    for text in drawn:
+        jsonschema.Draft202012Validator(schema).validate(json.loads(text))
+    assert drawn == [example(schema, seed) for seed in range(40)]
+    assert len(set(drawn)) > 20
+    prompt = render(kind, golden_context(space), (PARENT_A, PARENT_B)[: PARENTS[kind]], example=drawn[0])
+    assert f"not a recommendation): {drawn[0]}\n" in prompt
 
 
 @pytest.mark.slow
@@ -172,7 +193,8 @@ def test_prompts_fit_the_proposers_context(space, monkeypatch):
     context = Context(context.model, context.budget, context.sensitivities, elite, lessons)
     counts = {}
     for kind, parents in (("propose", ()), ("mutate", (longs[0],)), ("recombine", (longs[0], longs[1]))):
-        messages = [{"role": "user", "content": render(kind, context, parents)}]
+        longest = max((example(SCHEMAS[kind](space), seed) for seed in range(500)), key=len)  # drawn examples vary
+        messages = [{"role": "user", "content": render(kind, context, parents, example=longest)}]
         chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         counts[kind] = len(tokenizer(chat, add_special_tokens=False)["input_ids"])
     assert max(counts.values()) < MAX_PROMPT_TOKENS, counts

@@ -1,6 +1,6 @@
 """Generators of strategies and their variation operators. Importing this package registers every generator."""
 
-from agentqat.generators import evo, random  # noqa: F401  (registration)
+from agentqat.generators import evo, knapsack, random, random_edits  # noqa: F401  (registration)
 from agentqat.generators import llm  # noqa: F401  (registration)
 from agentqat.generators.base import (
     GENERATORS,

@@ -4,9 +4,8 @@ After EvoPress (Sieberling et al., 2024), inside our arena: the loop's staged ev
 offspring, more tokens and window sets for the best share) plays the role of EvoPress's multi-step selection,
 and KL to the base model leads the score.
 
-    start      with no population: the best uniform int strategy that fits the budget (most bits, asymmetric
-               where it fits, then the smallest group; GPTQ rounding where the choices allow: EvoPress starts
-               from uniform GPTQ levels; 4-bit g64 asymmetric at a 4.5-bit budget), then random proposals
+    start      with no survivor: random proposals. The uniform GPTQ start EvoPress uses comes from the shared prior
+               (`agentqat.generators.prior`), which the loop plays for every generator alike as generation 0
     parent     the best of the population (1+λ: the parent stays in the population until an offspring beats it)
     offspring  λ per generation, each from the parent by
                  P 0.7   1-3 level switches (`level_switch`)
@@ -31,9 +30,8 @@ from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pi
 from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
-from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
-from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig, pattern_matches
+from agentqat.generators.repair import fix_config, repair_layout
+from agentqat.resolve import pattern_matches
 from agentqat.strategy import strategy_id
 
 P_LEVEL_SWITCH = 0.7
@@ -41,7 +39,6 @@ P_OTHER_MUTATION = 0.15
 MAX_SWITCHES = 3
 UNIT_ROLES = ("attn", "mlp")
 DRAWS_PER_PROPOSAL = 20
-START_ROUNDING = "gptq"  # EvoPress starts from uniform GPTQ levels; the default rounding where choices lack it
 
 
 def units_of(space: SearchSpace) -> list[list[int]]:
@@ -84,22 +81,6 @@ def level_switch(layout: Layout, space: SearchSpace, rng: np.random.Generator) -
     return switched
 
 
-def uniform_start(space: SearchSpace) -> Layout:
-    """Returns the best uniform int layout within budget: most bits, asymmetric, then smallest group; GPTQ."""
-    choices, facts = space.choices, space.facts
-    rounding = START_ROUNDING if START_ROUNDING in choices.roundings else DEFAULT_ROUNDING
-    widths = {info.in_features for info in facts.linears}
-    sizes = sorted(valid_group_sizes(INT_GRID, widths, choices), key=lambda g: (g == 0, g))  # smallest first, per channel last
-    for bits in sorted((b for b in choices.bits if b != 16), reverse=True):
-        for symmetric in sorted(choices.symmetric):  # False (asymmetric) first where allowed
-            for group in sizes:
-                weight = WeightQuant(bits=bits, group_size=group, symmetric=symmetric, rounding=rounding)
-                layout = Layout((ModuleConfig(weight, ActivationQuant(), OutlierPolicy()),) * len(facts.linears), "fp32")
-                if layout_bits(layout, facts) <= space.bits_budget:
-                    return layout
-    return repair_layout(layout, space, np.random.default_rng(0))  # nothing uniform fits: the cheapest repair
-
-
 @register_generator("evo")
 @dataclass(frozen=True)
 class EvoGenerator:
@@ -128,7 +109,7 @@ class EvoGenerator:
         return document_of(layout, self.space.facts, "evo", notes)
 
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
-        """Returns up to `count` new documents: the uniform start and random ones at first, then offspring."""
+        """Returns up to `count` new documents: random ones while nothing survives, then offspring."""
         seen = {strategy_id(member.document) for member in population}
         ranked = sorted((member for member in population if member.survives), key=lambda member: -member.score)
         proposals: list[dict] = []
@@ -139,7 +120,6 @@ class EvoGenerator:
                 proposals.append(document)
 
         if not ranked:
-            add(document_of(uniform_start(self.space), self.space.facts, "evo", "uniform start"))
             for document in RandomGenerator(self.space).propose(population, count, rng):
                 add(document)
             return proposals

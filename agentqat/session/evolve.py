@@ -2,6 +2,13 @@
 
 `run_evolve` is what the CLI, the benchmarks and the tests call; given open `Resources` it uses their pool
 and server, so many runs (generators, seeds) can share one of each.
+
+Every generator gets the same help, the same way: the manifest's shared prior (played as generation 0 by the
+loop), and, for generators that use them (`uses_sensitivities`), the arena's per-layer sensitivities, measured
+once per arena and kept in the cache directory (`agentqat.sensitivity.shared_sensitivities`); their cost is
+preparation, written to the run's sensitivities.json and not charged to the run. A generator that measures
+something of its own (`prepare`, e.g. the knapsack's unit costs) plays it through the run's recorded player,
+and the loop charges it to the run's budget.
 """
 
 from __future__ import annotations
@@ -9,19 +16,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 from contextlib import nullcontext
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
-from agentqat.evolve import EvolveOutcome, EvolveSettings, Observer, evolve
+from agentqat.evolve import Cost, EvolveOutcome, EvolveSettings, Observer, evolve
 from agentqat.progress import Reporter
 from agentqat.runs import SUMMARY_FILE, EvolveJournal, read_results, read_summary
 from agentqat.session.manifest import LlmSettings, Manifest, package_versions, read_manifest, write_manifest
 from agentqat.session.resources import Resources
-from agentqat.store import RunStore
+from agentqat.store import RunStore, write_json_atomic
 
-EXTENSIBLE = ("generations", "patience", "match_budget", "time_budget_s", "stop_when_clear")
+EXTENSIBLE = ("generations", "patience", "match_budget", "token_budget", "time_budget_s", "stop_when_clear")
+SENSITIVITIES_FILE = "sensitivities.json"
 MORE_GENERATIONS = 2  # what the extension hint proposes
 
 
@@ -35,10 +44,14 @@ class EvolveObserver(Reporter, Observer, Protocol):
     def generator_ready(self, generator, prior_matches: int) -> None: ...
 
 
-def evolve_manifest(arena: Arena, llm: LlmSettings | None = None, **settings: object) -> Manifest:
+def evolve_manifest(
+    arena: Arena, llm: LlmSettings | None = None, prior: Sequence[dict] | None = None, **settings: object
+) -> Manifest:
     """Returns the manifest of a new evolve run: `settings` are EvolveSettings fields (generator, seed,
-    population, ...); `llm` the LLM generator's settings (defaults when the generator is llm and none given)."""
+    population, ...); `llm` the LLM generator's settings (defaults when the generator is llm and none given);
+    `prior` the shared seed strategies (None: `uniform_prior` of the arena's search space; () for none)."""
     from agentqat.generators import GENERATORS
+    from agentqat.generators.prior import uniform_prior
     from agentqat.strategy import SCHEMA_VERSION
 
     try:
@@ -49,9 +62,10 @@ def evolve_manifest(arena: Arena, llm: LlmSettings | None = None, **settings: ob
         raise UserError(f"unknown generator {evolve_settings.generator!r}", f"set generator to one of {', '.join(sorted(GENERATORS))}")
     if evolve_settings.generator == "llm":
         llm = llm or LlmSettings()
+    prior = uniform_prior(_search_space(arena)) if prior is None else prior
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
-        strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
+        prior=tuple(prior), strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
     )  # fmt: skip
 
 
@@ -65,28 +79,42 @@ def _search_space(arena: Arena, reporter: Reporter | None = None):
         raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
 
 
-def _generator(manifest: Manifest, space, server, player, reporter: Reporter | None = None):
-    """Returns the run's generator and the matches spent making it (the LLM generator's sensitivity probes).
-    The LLM backend is made first, so that an unreachable server ends the run before any probe."""
-    from agentqat.generators import make_generator
-
-    settings, llm = manifest.settings, manifest.llm
-    if settings.generator != "llm":
-        return make_generator(settings.generator, space), 0
-    from agentqat.generators.fallback import WithFallback
+def _llm_options(llm: LlmSettings, server) -> dict:
+    """Returns the LLM generator's backend and ablation options. The backend is made (and an in-process one
+    checked) first, so that an unreachable server ends the run before any probe."""
     from agentqat.llm.backends import check_constrained, make_backend
-    from agentqat.sensitivity import measure
 
     if llm.managed_server and server is None:
         raise UserError("the run's LLM settings ask for a managed vLLM server", "open the shared resources with these llm settings")
     backend = make_backend(llm.backend, llm.model, llm.url, server)
     if llm.backend == "transformers":
         check_constrained(backend)  # a vLLM server is checked as it starts, or when Resources open for its URL
-    sensitivities, probes = measure(player, manifest.arena, space.facts, reporter=reporter)
-    generator = make_generator("llm", space, backend=backend, sensitivities=sensitivities)
-    if llm.fallback:
+    return {"backend": backend, "reflect": llm.reflection}
+
+
+def _generator(manifest: Manifest, space, pool_run, player, directory: Path, server, reporter: Reporter | None = None):
+    """Returns the run's generator and what making it cost the run (a `prepare` played through `player`)."""
+    from agentqat import defaults
+    from agentqat.generators import GENERATORS, make_generator
+    from agentqat.sensitivity import shared_sensitivities
+
+    name, llm = manifest.settings.generator, manifest.llm
+    factory = GENERATORS[name]
+    options = _llm_options(llm, server) if llm is not None else {}
+    if getattr(factory, "uses_sensitivities", False) and (llm is None or llm.sensitivities):
+        measured = shared_sensitivities(pool_run, manifest.arena, space.facts, defaults.cache_dir(), reporter)
+        write_json_atomic(directory / SENSITIVITIES_FILE, dataclasses.asdict(measured))
+        options["sensitivities"] = measured.values
+    cost = Cost()
+    if hasattr(factory, "prepare"):
+        extra, cost = factory.prepare(space, manifest.arena, player, reporter)
+        options.update(extra)
+    generator = make_generator(name, space, **options)
+    if llm is not None and llm.fallback:
+        from agentqat.generators.fallback import WithFallback
+
         generator = WithFallback(generator, make_generator("random", space))
-    return generator, probes
+    return generator, cost
 
 
 def _open_store(directory: Path, manifest: Manifest | None) -> tuple[RunStore, Manifest]:
@@ -113,7 +141,7 @@ def run_evolve(
     resumed with its own settings. Uses the pool and server of `resources`, else opens (and closes) its own
     with `workers` evaluator actors (default: see `default_workers`) on the Ray cluster at `ray_address`."""
     from agentqat.arena.recorded import RecordedPlayer
-    from agentqat.generators.layout import layout_id
+    from agentqat.canonical import canonical_id
 
     store, manifest = _open_store(Path(directory), manifest)
     journal = EvolveJournal(store)
@@ -124,11 +152,14 @@ def run_evolve(
         player = RecordedPlayer(
             own.pool.run, store, on_result=observer and observer.match_finished, on_start=observer and observer.match_started
         )
-        generator, probes = _generator(manifest, space, own.server, player, observer)
+        generator, cost = _generator(manifest, space, own.pool.run, player, store.directory, own.server, observer)
         if observer:
-            observer.generator_ready(generator, probes)
-        identity = functools.partial(layout_id, facts=space.facts)
-        return evolve(generator, manifest.arena, player, manifest.settings, journal, observer, prior_matches=probes, identity=identity)
+            observer.generator_ready(generator, cost.matches)
+        identity = functools.partial(canonical_id, facts=space.facts)
+        return evolve(
+            generator, manifest.arena, player, manifest.settings, journal, observer,
+            prior_cost=cost, identity=identity, prior=manifest.prior,
+        )  # fmt: skip
 
 
 def finished_summary(directory: Path) -> dict | None:
@@ -143,6 +174,8 @@ def extension(manifest: Manifest, summary: dict) -> dict[str, object]:
     rule = summary.get("stop_rule", "generations")
     if rule == "match_budget":
         return {"match_budget": 2 * settings.match_budget}
+    if rule == "token_budget":
+        return {"token_budget": 2 * settings.token_budget}
     if rule == "time_budget_s":
         return {"time_budget_s": 2 * settings.time_budget_s}
     if rule == "patience":

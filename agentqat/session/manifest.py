@@ -28,12 +28,16 @@ class _Frozen(BaseModel):
 
 class LlmSettings(_Frozen):
     """How the LLM generator reaches its model: a vLLM server (managed, or the one at `url`) or Outlines over
-    transformers in process; `fallback` goes on with the random generator when the server fails."""
+    transformers in process; `fallback` goes on with the random generator when the server fails. Ablations:
+    `reflection` false leaves the lessons out of the prompts, `sensitivities` false leaves the per-layer
+    sensitivities out ("not measured")."""
 
     backend: Literal["vllm", "transformers"] = "vllm"
     model: str = defaults.DEFAULT_MODEL
     url: str | None = None
     fallback: bool = False
+    reflection: bool = True
+    sensitivities: bool = True
 
     @property
     def managed_server(self) -> bool:
@@ -42,14 +46,16 @@ class LlmSettings(_Frozen):
 
 
 class Manifest(_Frozen):
-    """A run's manifest: its kind, arena and settings (evolve: search settings and, for the LLM generator, its
-    LLM settings; baseline: stage, seed and number of requests), schema versions and package versions."""
+    """A run's manifest: its kind, arena and settings (evolve: search settings, the shared prior's documents that
+    generation 0 plays and, for the LLM generator, its LLM settings; baseline: stage, seed and number of
+    requests), schema versions and package versions."""
 
     schema_version: int = RUN_SCHEMA_VERSION
     kind: Literal["evolve", "baseline"]
     arena: Arena
     settings: EvolveSettings | None = None
     llm: LlmSettings | None = None
+    prior: tuple[dict, ...] = ()
     stage: str | None = None
     seed: int | None = None
     requests: int | None = None

@@ -16,20 +16,30 @@ and the notes say so). A failed check or a duplicate (by strategy id, against th
 rejects the reply with its reason; reasons feed the reflection, and `take_records` hands the loop
 "rejections" (one per reply) and "reflections" (after each `tell`, with the accepted/rejected/repaired counts).
 At most ATTEMPTS_PER_PROPOSAL requests per proposal asked for: `propose` may return fewer than `count`.
-Proposals are named "llm-<strategy id>"; their notes say which request produced them.
+Proposals are named "<generator name>-<strategy id>"; their notes say which request produced them.
+
+Each prompt shows an example reply drawn at random from the request's schema (`prompts.example`, seeded by the
+request's seed), so no example carries a known-good answer. Ablations (recorded in the run's manifest):
+`reflect=False` leaves the lessons out of every prompt; no `sensitivities` shows "not measured". The counts
+recorded after each `tell` add the seconds spent in the backend (`decode_s`) and what repair did to accepted
+proposals: how many it changed (`repaired`), the modules it changed (`repaired_modules`) and the bits per weight
+it took away (`repaired_bits`, summed over proposals).
 """
 
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import jsonschema
 import numpy as np
 import pydantic
 
 from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, register_generator
+from agentqat.generators.layout import layout_bits, layout_of
 from agentqat.generators.repair import repair, within
 
 from agentqat.generators.llm import edits, prompts, reflection
@@ -45,6 +55,7 @@ MAX_TOKENS = {"propose": 400, "mutate": 160, "recombine": 100}
 ATTEMPTS_PER_PROPOSAL = 3
 MAX_REASON = 300
 MAX_KEPT_REPLY = 2000
+COUNTS = ("accepted", "rejected", "repaired", "repaired_modules", "repaired_bits", "decode_s")
 
 
 @dataclass(frozen=True)
@@ -77,18 +88,35 @@ def _reason(error: Exception) -> str:
     return str(error)
 
 
+@dataclass(frozen=True)
+class Repair:
+    """What the budget repair did to one accepted proposal: modules changed and bits per weight taken away."""
+
+    modules: int = 0
+    bits: float = 0.0
+
+
 @register_generator("llm")
 class LlmGenerator:
     """Asks an LLM backend for strategies, edits and crossovers; checks every reply (see the module docstring)."""
 
     name = "llm"
+    uses_sensitivities = True  # the session measures them once per arena and seed and passes them in
 
-    def __init__(self, space: SearchSpace, backend: JsonBackend, sensitivities: Mapping[int, float] | None = None):
+    def __init__(
+        self,
+        space: SearchSpace,
+        backend: JsonBackend,
+        sensitivities: Mapping[int, float] | None = None,
+        reflect: bool = True,
+    ):
         self.space = space
         self.backend = backend
         self.sensitivities = dict(sensitivities) if sensitivities else None
+        self.reflect = reflect
         self.reflection = reflection.Reflection(space.facts)
-        self.accepted = self.rejected = self.repaired = 0
+        self.counts: dict[str, float] = dict.fromkeys(COUNTS, 0)
+        self._unbounded = replace(space, bits_budget=math.inf)  # where a candidate is built without the repair
         self._model = prompts.describe_model(space.facts, edits.common_group_sizes(space))
         self._schemas = {
             "propose": edits.propose_schema(space),
@@ -102,6 +130,7 @@ class LlmGenerator:
     def context(self, best: Sequence[Evaluated]) -> prompts.Context:
         """Returns what every prompt carries, for this elite and the current reflections."""
         lessons = list(dict.fromkeys(self.reflection.short_term + self.reflection.long_term))[:MAX_LESSONS]
+        lessons = lessons if self.reflect else []
         return prompts.Context(
             model=self._model,
             budget=self.space.bits_budget,
@@ -118,38 +147,58 @@ class LlmGenerator:
         chosen = rng.choice(len(best), PARENTS[kind], replace=False) if PARENTS[kind] else []
         return Request(kind, tuple(best[int(i)].document for i in chosen), int(rng.integers(2**31)))
 
-    def _candidate(self, request: Request, reply: str) -> tuple[dict, bool]:
-        """Returns the document a reply describes and whether it was repaired into the budget; raises on failure."""
+    def _built(self, request: Request, reply: str, space: SearchSpace) -> tuple[dict, bool]:
+        """Returns the document a checked reply describes in `space` and whether it was repaired into the
+        budget; raises on failure."""
         answer = json.loads(reply)
-        self._validators[request.kind].validate(answer)
         rng = np.random.default_rng(request.seed)
         if request.kind == "mutate":
             document, repaired = edits.apply_edits(
-                request.parents[0], edits.parse_reply(reply, edits.EditDocument), self.space, rng
+                request.parents[0], edits.parse_reply(reply, edits.EditDocument), space, rng
             )
         elif request.kind == "recombine":
             document, repaired = edits.apply_recombination(
-                *request.parents, edits.parse_reply(reply, edits.Recombination), self.space, rng
+                *request.parents, edits.parse_reply(reply, edits.Recombination), space, rng
             )  # fmt: skip
         else:
             document, repaired = {"schema_version": SCHEMA_VERSION, **answer}, False
-        resolve_strategy(parse_strategy(document), self.space.facts)  # raises StrategyError naming each problem
-        if not within(document, self.space):
-            document, repaired = repair(document, self.space, rng), True
+        resolve_strategy(parse_strategy(document), space.facts)  # raises StrategyError naming each problem
+        if not within(document, space):
+            document, repaired = repair(document, space, rng), True
         return document, repaired
 
-    def _named(self, document: dict, request: Request, reply: str, repaired: bool) -> dict:
-        """Returns the document named "llm-<strategy id>", its notes saying which request produced it."""
+    def _candidate(self, request: Request, reply: str) -> tuple[dict, Repair | None]:
+        """Returns the document a reply describes and what the budget repair did (None: nothing); raises on failure."""
+        self._validators[request.kind].validate(json.loads(reply))
+        document, repaired = self._built(request, reply, self.space)
+        if not repaired:
+            return document, None
+        facts = self.space.facts
+        before, after = layout_of(self._built(request, reply, self._unbounded)[0], facts), layout_of(document, facts)
+        changed = sum(old != new for old, new in zip(before.configs, after.configs, strict=True))
+        return document, Repair(changed, layout_bits(before, facts) - layout_bits(after, facts))
+
+    def _applies(self, request: Request, reply: str) -> bool:
+        """Returns whether a reply passes every check for this request (an example worth showing)."""
+        try:
+            self._candidate(request, reply)
+        except (ValueError, RecursionError, StrategyError, jsonschema.ValidationError):
+            return False
+        return True
+
+    def _named(self, document: dict, request: Request, reply: str, repaired: Repair | None) -> dict:
+        """Returns the document named "<generator name>-<strategy id>", its notes saying which request produced it."""
         parents = " x ".join(str(parent.get("name", "unnamed")) for parent in request.parents)
-        notes = f"llm {request.kind}" + (f" of {parents}" if parents else "")
-        notes += "; repaired into the budget" if repaired else ""
+        notes = f"{self.name} {request.kind}" + (f" of {parents}" if parents else "")
+        if repaired is not None:
+            notes += f"; repaired into the budget ({repaired.modules} modules, -{repaired.bits:.3f} b/w)"
         notes += f"; reply {json.dumps(json.loads(reply), separators=(',', ':'))}" if request.kind != "propose" else ""
         body = {key: value for key, value in document.items() if key not in ("schema_version", "name", "notes")}
-        name = f"llm-{strategy_id(document)}"
+        name = f"{self.name}-{strategy_id(document)}"
         return {"schema_version": SCHEMA_VERSION, "name": name, "notes": notes[:500], **body}
 
     def _reject(self, request: Request, reply: str, reason: str) -> None:
-        self.rejected += 1
+        self.counts["rejected"] += 1
         reason = f"{request.kind}: {reason}"[:MAX_REASON]
         self._reasons.append(reason)
         parents = [parent.get("name", "unnamed") for parent in request.parents]
@@ -167,8 +216,12 @@ class LlmGenerator:
             if accepted == count:
                 return
             request = self._request(best, rng)
-            prompt = prompts.render(request.kind, context, request.parents)
-            reply = self.backend.generate(prompt, self._schemas[request.kind], request.seed, MAX_TOKENS[request.kind])
+            schema = self._schemas[request.kind]
+            example = prompts.example(schema, request.seed, lambda text: self._applies(request, text))
+            prompt = prompts.render(request.kind, context, request.parents, example=example)
+            started = time.perf_counter()
+            reply = self.backend.generate(prompt, schema, request.seed, MAX_TOKENS[request.kind])
+            self.counts["decode_s"] += time.perf_counter() - started
             try:
                 document, repaired = self._candidate(request, reply)
             except (ValueError, RecursionError, StrategyError, jsonschema.ValidationError) as error:
@@ -178,8 +231,11 @@ class LlmGenerator:
                 self._reject(request, reply, "duplicate of a strategy already proposed or evaluated")
                 continue
             seen.add(strategy_id(document))
-            self.accepted += 1
-            self.repaired += repaired
+            self.counts["accepted"] += 1
+            if repaired is not None:
+                self.counts["repaired"] += 1
+                self.counts["repaired_modules"] += repaired.modules
+                self.counts["repaired_bits"] += repaired.bits
             accepted += 1
             yield self._named(document, request, reply, repaired)
 
@@ -189,10 +245,10 @@ class LlmGenerator:
 
     def tell(self, evaluated: Sequence[Evaluated]) -> None:
         """Turns the evaluated strategies and the replies rejected since the last call into reflections."""
-        self.reflection.observe(evaluated, self._reasons)
+        if self.reflect:
+            self.reflection.observe(evaluated, self._reasons)
         self._reasons = []
-        data = {"short_term": self.reflection.short_term, "long_term": self.reflection.long_term,
-                "accepted": self.accepted, "rejected": self.rejected, "repaired": self.repaired}  # fmt: skip
+        data = {"short_term": self.reflection.short_term, "long_term": self.reflection.long_term, **self.counts}
         self._records.append(GeneratorRecord("reflections", data))
 
     def take_records(self) -> list[GeneratorRecord]:
@@ -206,4 +262,4 @@ class LlmGenerator:
             if record.stream == "rejections":
                 self._reasons.append(record.data["reason"])
             elif record.stream == "reflections":
-                self.accepted, self.rejected, self.repaired = (record.data[key] for key in ("accepted", "rejected", "repaired"))
+                self.counts.update({key: record.data[key] for key in COUNTS if key in record.data})

@@ -3,23 +3,33 @@
 Every prompt carries a `Context`: the model in a few lines, the bit budget, per-layer sensitivities, the elite
 with their scores and the reflections. The proposer is a small model with a 2048-token context, so every
 description here is compact (a strategy is one line, e.g. "4b g64 asym gptq; 0-3 down_proj: 8b").
+
+From v2 on, a prompt's example reply is drawn at random from the request's schema (`example`, seeded by the
+request's seed), so the example carries no known-good answer. The v1 templates (fixed examples: uniform GPTQ W4
+g64 with early MLP layers at 5 bits) stay readable for runs recorded with them.
 """
 
 from __future__ import annotations
 
 import importlib.resources
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import jinja2
+import numpy as np
 
 from agentqat.generators.base import Evaluated
+from agentqat.generators.llm.schema_sampler import sample_instance
 from agentqat.models import ModelFacts
 from agentqat.resolve import module_role_name, pattern_matches
 from agentqat.strategy import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
 
 TEMPLATES = importlib.resources.files("agentqat.generators.llm") / "templates"
-VERSION = "v1"
+VERSION = "v2"
+EXAMPLE_STREAM = 1  # the example's random stream beside the request seed (a random backend draws on the seed alone)
+MAX_EXAMPLE_CHARS = 240  # ~80 tokens: the longest prompt and its reply stay inside the proposer's 2048-token context
+EXAMPLE_DRAWS = 20
 KINDS = ("propose", "mutate", "recombine")
 MOST_SENSITIVE = 3
 ELITE_RULES_SHOWN = 2  # rules shown per elite strategy
@@ -56,15 +66,32 @@ def template_name(kind: str, version: str = VERSION) -> str:
     return f"{kind}.{version}.md"
 
 
-def render(kind: str, context: Context, parents: Sequence[dict] = (), version: str = VERSION) -> str:
-    """Returns the prompt of a request kind: its template rendered with the context and the parent strategies.
+def render(kind: str, context: Context, parents: Sequence[dict] = (), version: str = VERSION, example: str = "") -> str:
+    """Returns the prompt of a request kind: its template rendered with the context, the parent strategies and
+    (from v2) the example reply.
 
     The elite is listed without the parents, which the prompt shows in full."""
     template = _environment.get_template(template_name(kind, version))
     parent_ids = {strategy_id(parent) for parent in parents}
     elite = [describe_member(m) for m in context.elite if strategy_id(m.document) not in parent_ids]
     lines = [describe_strategy(parent, PARENT_RULES_SHOWN) for parent in parents]
-    return template.render(context=context, elite=elite, parents=lines).strip() + "\n"
+    return template.render(context=context, elite=elite, parents=lines, example=example).strip() + "\n"
+
+
+def example(schema: dict, seed: int, accept: Callable[[str], bool] = lambda text: True) -> str:
+    """Returns an example reply for a request, as compact JSON: the first of up to EXAMPLE_DRAWS random instances
+    of its schema (drawn from the request's seed, stream EXAMPLE_STREAM) that is at most MAX_EXAMPLE_CHARS long
+    and that `accept` takes (e.g. an edit that applies to the parent), else the last short one drawn."""
+    rng = np.random.default_rng([seed, EXAMPLE_STREAM])
+    fallback = None
+    for _ in range(EXAMPLE_DRAWS):
+        text = json.dumps(sample_instance(schema, rng), separators=(", ", ": "))
+        if len(text) > MAX_EXAMPLE_CHARS:
+            continue
+        if accept(text):
+            return text
+        fallback = text
+    return fallback or text
 
 
 def describe_model(facts: ModelFacts, group_sizes: Sequence[int]) -> str:
