@@ -168,3 +168,11 @@ def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, offset
         )
     order = np.random.default_rng(seed).permutation(available)
     return torch.stack([ids[slot * length : (slot + 1) * length] for slot in order[offset : offset + count]])
+
+
+def unseen_text(source: str, corpus_spec: str) -> str:
+    """Returns the unseen text that final winners are re-evaluated on: the test split of `corpus_spec` when
+    `source` is "test", else the whole of the text file `source` (one document per line)."""
+    if source == "test":
+        return load_corpus(corpus_spec).test
+    return "\n".join(line.strip() for line in _read_text_file(Path(source).expanduser()).splitlines() if line.strip())
