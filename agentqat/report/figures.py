@@ -88,11 +88,11 @@ def pareto_plot(records: ComparisonRecords, path: Path) -> Path:
         ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
         ax.step(*zip(*_front(points)), where="post", color=color, label=f"{arm} front")
     if records.baseline:
-        for row in records.baseline.rows:
-            if not row.aggregate.failed:
-                ax.scatter(row.aggregate.bits_per_weight, row.aggregate.kl, marker="x", color="black", s=30)
-                ax.annotate(row.aggregate.strategy_name, (row.aggregate.bits_per_weight, row.aggregate.kl), fontsize=7,
-                            xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        measured = sorted((row.aggregate.bits_per_weight, row.aggregate.kl, row.aggregate.strategy_name) for row in records.baseline.rows if not row.aggregate.failed)
+        for k, (bits, kl, name) in enumerate(measured):  # labels alternate sides so that neighbours stay legible
+            ax.scatter(bits, kl, marker="x", color="black", s=30)
+            ax.annotate(name, (bits, kl), fontsize=7, xytext=(5 if k % 2 else -5, 0), textcoords="offset points",
+                        ha="left" if k % 2 else "right", va="center")  # fmt: skip
     budget = records.runs[0].arena.bits_budget
     ax.axvline(budget, color="grey", linestyle=":", label=f"bits budget {budget}")
     ax.set_xlabel("effective bits per weight")
@@ -123,6 +123,7 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
             grid[info.layer, modules.index(info.name.split(f".{info.layer}.", 1)[1])] = configs[info.name].weight.bits
         image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=2, vmax=8, interpolation="nearest")
         ax.set_xticks(range(len(modules)), [m.rsplit(".", 1)[-1] for m in modules], rotation=90, fontsize=7)
+        ax.set_yticks(range(0, facts.num_layers, max(1, facts.num_layers // 10)))
         ax.set_ylabel("layer")
         ax.set_title(f"{arm}\n{run.name}, KL {row.aggregate.kl:.3g}\n{row.aggregate.bits_per_weight:.3f} bits", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), label="weight bits (16 shown as 8+)", shrink=0.8)
@@ -149,7 +150,7 @@ def failure_plot(records: ComparisonRecords, path: Path) -> Path:
             left += share
     ax.set_xlabel("share of matches")
     ax.set_xlim(0, 1)
-    ax.legend(fontsize=7, ncols=4, loc="upper center", bbox_to_anchor=(0.5, -0.35 - 0.1 / len(records.arms)))
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.set_title("Failure taxonomy per arm (every match)")
     return _save(fig, path)
 
