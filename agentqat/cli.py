@@ -220,6 +220,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuilds DIR/report.md and the self-contained DIR/report.html of a comparison directory (DIR/runs/
+    <generator>-seed<k>/ evolve runs, optionally DIR/baseline/ and DIR/test/) from its records alone."""
+    from agentqat.report import build_report
+
+    markdown, page = build_report(Path(args.comparison_dir), seed=args.seed)
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
 def _int_list(text: str, option: str) -> list[int]:
     try:
         return [int(part) for part in text.split(",") if part.strip()]
@@ -316,6 +326,11 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=cmd_show.__doc__)
     show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/evolve-random-smollm2-default-seed0")
     show.set_defaults(handler=cmd_show)
+
+    report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=cmd_report.__doc__)
+    report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")
+    report.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the bootstrap and permutation draws (default: %(default)s)")
+    report.set_defaults(handler=cmd_report)
     return parser
 
 

@@ -1,4 +1,8 @@
-"""Text corpora split into calibration / evaluation / held-out parts, and seeded token windows over them."""
+"""Text corpora split into calibration / evaluation / held-out / test parts, and seeded token windows over them.
+
+The test split is for the re-evaluation of final winners only (agentqat.study): no arena stage, calibration,
+score or task reads it (tests/test_data.py checks the code for it).
+"""
 
 from __future__ import annotations
 
@@ -12,25 +16,28 @@ import torch
 from agentqat.defaults import DEFAULT_CORPUS
 from agentqat.errors import UserError
 
-SPLITS = ("calibration", "evaluation", "heldout")
+SPLITS = ("calibration", "evaluation", "heldout", "test")
+SEARCH_SPLITS = ("calibration", "evaluation", "heldout")  # what a search may read; never "test"
 PACKAGED_CORPORA = ("lee-news",)
-# A user's single text file is cut at document (line) boundaries into these shares, in file order.
-USER_SPLIT_SHARES = {"evaluation": 0.4, "calibration": 0.4, "heldout": 0.2}
+# A user's single text file is cut at document (line) boundaries into these shares, in file order. The cuts at
+# 40% and 80% are where they were before the test split came: the last 20% went to heldout and is now halved.
+USER_SPLIT_SHARES = {"evaluation": 0.4, "calibration": 0.4, "heldout": 0.1, "test": 0.1}
 MAX_FILE_BYTES = 512 * 1024**2  # every split is tokenized whole
 
 
 @dataclass(frozen=True)
 class Corpus:
-    """A corpus's three non-overlapping splits as text, one document per line, and where it came from."""
+    """A corpus's four non-overlapping splits as text, one document per line, and where it came from."""
 
     name: str
     source: str
     calibration: str
     evaluation: str
     heldout: str
+    test: str  # read only by the re-evaluation of final winners (agentqat.study)
 
     def split(self, name: str) -> str:
-        """Returns the text of split `name` (calibration, evaluation or heldout)."""
+        """Returns the text of split `name` (calibration, evaluation, heldout or test)."""
         if name not in SPLITS:
             raise UserError(f"unknown corpus split '{name}'", f"use one of {', '.join(SPLITS)}")
         return getattr(self, name)
@@ -161,3 +168,11 @@ def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, offset
         )
     order = np.random.default_rng(seed).permutation(available)
     return torch.stack([ids[slot * length : (slot + 1) * length] for slot in order[offset : offset + count]])
+
+
+def unseen_text(source: str, corpus_spec: str) -> str:
+    """Returns the unseen text that final winners are re-evaluated on: the test split of `corpus_spec` when
+    `source` is "test", else the whole of the text file `source` (one document per line)."""
+    if source == "test":
+        return load_corpus(corpus_spec).test
+    return "\n".join(line.strip() for line in _read_text_file(Path(source).expanduser()).splitlines() if line.strip())

@@ -35,3 +35,7 @@ CACHE_ENV = "AGENTQAT_CACHE_DIR"
 def cache_dir() -> Path:
     """Returns the cache directory: $AGENTQAT_CACHE_DIR, else ~/.cache/agentqat."""
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "agentqat")
+
+# Re-evaluation of final winners on unseen text (agentqat.study): windows of the arena's length, at most this many.
+TEST_WINDOWS = 16
+TEST_TOP = 1  # winners per run re-evaluated: the top survivors of each run's last stage

@@ -1,30 +1,62 @@
 """Corpora and token windows."""
 
+import itertools
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
-from agentqat.data import SPLITS, load_corpus, sample_windows, tokenize
+import agentqat
+from agentqat.data import SEARCH_SPLITS, SPLITS, load_corpus, sample_windows, tokenize
 from agentqat.errors import UserError
 
 
 def test_packaged_corpus_splits_share_no_document():
     corpus = load_corpus("lee-news")
-    assert [len(corpus.split(s).splitlines()) for s in SPLITS] == [117, 117, 59]
+    assert [len(corpus.split(s).splitlines()) for s in SPLITS] == [117, 117, 59, 50]
     documents = {split: set(corpus.split(split).splitlines()) for split in SPLITS}
-    assert not documents["calibration"] & documents["evaluation"]
-    assert not documents["calibration"] & documents["heldout"]
-    assert not documents["evaluation"] & documents["heldout"]
+    for first, second in itertools.combinations(SPLITS, 2):
+        assert not documents[first] & documents[second], (first, second)
 
 
-def test_user_text_file_is_cut_in_order_into_three_splits(tmp_path):
+def test_the_test_split_shares_no_passage_with_what_a_search_reads():
+    """No 12-word passage of the test articles appears in the evaluation, calibration or held-out text."""
+    corpus = load_corpus("lee-news")
+
+    def passages(text):
+        words = text.split()
+        return {" ".join(words[i : i + 12]) for i in range(len(words) - 11)}
+
+    searched = set().union(*(passages(corpus.split(split)) for split in SEARCH_SPLITS))
+    assert "test" not in SEARCH_SPLITS and not passages(corpus.test) & searched
+
+
+def test_no_search_code_reads_the_test_split():
+    """The arena (stages, calibration, tasks, scores), the generators and the evolve loop never name the test
+    split: only agentqat.study, the report, the CLI and data.py itself do."""
+    package = Path(agentqat.__file__).parent
+    readers = {"data.py", "cli.py"}
+    allowed = {package / "study", package / "report"}
+    pattern = re.compile(r"""\.test\b|["']test["']|split\(\s*["']test""")
+    offenders = [
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if path.name not in readers and not any(folder in path.parents for folder in allowed)
+        and pattern.search(path.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []
+
+
+def test_user_text_file_is_cut_in_order_into_four_splits(tmp_path):
     path = tmp_path / "notes.txt"
-    lines = [f"document number {i} " + "word " * 50 for i in range(10)]
+    lines = [f"document number {i:02d} " + "word " * 50 for i in range(20)]
     path.write_text("\n".join(lines) + "\n")
     corpus = load_corpus(str(path))
     assert corpus.name == "notes"
-    rebuilt = corpus.evaluation.splitlines() + corpus.calibration.splitlines() + corpus.heldout.splitlines()
+    assert [len(corpus.split(s).splitlines()) for s in ("evaluation", "calibration", "heldout", "test")] == [8, 8, 2, 2]
+    rebuilt = [line for s in ("evaluation", "calibration", "heldout", "test") for line in corpus.split(s).splitlines()]
     assert [line.strip() for line in rebuilt] == [line.strip() for line in lines]
-    assert all(corpus.split(s) for s in SPLITS)
 
 
 def test_a_single_long_document_is_still_split(tmp_path):

@@ -1,0 +1,117 @@
+"""A comparison directory read back: its evolve runs, an optional baseline run and the test re-evaluations.
+
+DIR/runs/<generator>-seed<k>/   evolve runs (agentqat.runs layout)
+DIR/baseline/                   a baseline run (optional)
+DIR/test/results.jsonl          re-evaluations of final winners on unseen text (agentqat.study.unseen)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from agentqat.arena.config import Arena
+from agentqat.arena.result import MatchResult
+from agentqat.runs import read_results, read_run
+from agentqat.scoring import Ranked
+from agentqat.store import RunStore
+from agentqat.study.unseen import read_test_results, run_directories
+
+BASELINE_DIR = "baseline"
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One evolve run: its arm (generator), seed, arena, every match in the order played, its documents and
+    the leaderboard of its last stage."""
+
+    name: str
+    arm: str
+    seed: int
+    arena: Arena
+    results: tuple[MatchResult, ...]
+    documents: dict[str, dict]
+    rows: tuple[Ranked, ...]
+
+    def completions(self, metric: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns, per match in play order: tokens spent, 1 (a match), and the `metric` ("kl" or "perplexity")
+        of a surviving strategy on the match that completed its last stage (NaN on every other match)."""
+        last = self.arena.stages[-1]
+        by_id = {row.strategy_id: row for row in self.rows}
+        seen: dict[str, int] = {}
+        losses = []
+        for result in self.results:
+            loss = math.nan
+            if result.stage == last.name:
+                seen[result.strategy_id] = seen.get(result.strategy_id, 0) + 1
+                row = by_id.get(result.strategy_id)
+                if row is not None and row.survives and seen[result.strategy_id] == last.window_sets:
+                    loss = getattr(row.aggregate, metric)
+            losses.append(loss)
+        tokens = np.array([result.tokens for result in self.results], float)
+        return tokens, np.ones(len(tokens)), np.array(losses, float)
+
+    def best(self, metric: str = "kl") -> Ranked | None:
+        """Returns the surviving row of the last stage with the lowest `metric`, None when none survived."""
+        survivors = [row for row in self.rows if row.survives]
+        return min(survivors, key=lambda row: getattr(row.aggregate, metric)) if survivors else None
+
+
+@dataclass(frozen=True)
+class BaselineRecord:
+    """A baseline run's leaderboard (uniform methods at some bits) on its one stage."""
+
+    rows: tuple[Ranked, ...]
+    bits_budget: float
+
+    def best_within_budget(self, metric: str = "kl") -> Ranked | None:
+        """Returns the baseline with the lowest `metric` among those within the bits budget, None if none is."""
+        fitting = [row for row in self.rows if row.survives]
+        return min(fitting, key=lambda row: getattr(row.aggregate, metric)) if fitting else None
+
+
+@dataclass(frozen=True)
+class ComparisonRecords:
+    """Everything a report is built from."""
+
+    directory: Path
+    runs: tuple[RunRecord, ...]
+    baseline: BaselineRecord | None
+    tests: tuple[MatchResult, ...]
+
+    @property
+    def arms(self) -> list[str]:
+        """Returns the arms in a stable order: llm first, then the others alphabetically."""
+        names = sorted({run.arm for run in self.runs})
+        return sorted(names, key=lambda name: (name != "llm", name))
+
+    def of_arm(self, arm: str) -> list[RunRecord]:
+        """Returns the arm's runs, by seed."""
+        return sorted((run for run in self.runs if run.arm == arm), key=lambda run: run.seed)
+
+
+def read_run_record(path: Path) -> RunRecord:
+    """Returns the evolve run in `path` (its last-stage leaderboard empty when no strategy reached it yet)."""
+    view = read_run(path)
+    settings = view.manifest["settings"]
+    arena = Arena.model_validate(view.manifest["arena"])
+    rows = view.stages.get(arena.stages[-1].name, [])
+    return RunRecord(
+        name=path.name, arm=settings["generator"], seed=settings["seed"], arena=arena,
+        results=tuple(read_results(RunStore.open(path))), documents=view.documents, rows=tuple(rows),
+    )  # fmt: skip
+
+
+def read_comparison(directory: Path) -> ComparisonRecords:
+    """Returns the records of the comparison in `directory` (UserError when it holds no runs)."""
+    directory = Path(directory)
+    runs = tuple(read_run_record(path) for path in run_directories(directory))
+    baseline = None
+    if (directory / BASELINE_DIR / "manifest.json").is_file():
+        view = read_run(directory / BASELINE_DIR)
+        rows = next(iter(view.stages.values()), [])
+        baseline = BaselineRecord(tuple(rows), Arena.model_validate(view.manifest["arena"]).bits_budget)
+    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)))

@@ -1,0 +1,188 @@
+"""The report of a comparison: DIR/report.md (PNGs beside it in DIR/figures/) and a self-contained
+DIR/report.html (the same content, PNGs embedded as base64), rebuilt from the records alone.
+
+The content is a list of blocks (heading, paragraph, table, image) rendered twice, once per format.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentqat.arena.tournament import rank_stage
+from agentqat.models import load_facts
+from agentqat.report import figures
+from agentqat.report.analysis import QUANTITIES, comparisons, reference_arm, summarize
+from agentqat.report.patterns import Played, contrasts
+from agentqat.report.records import ComparisonRecords, read_comparison
+
+FIGURES_DIR = "figures"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One piece of the report: kind "h2", "p", "table" (rows[0] is the header) or "img" (text: caption)."""
+
+    kind: str
+    text: str = ""
+    rows: tuple[tuple[str, ...], ...] = ()
+    image: Path | None = None
+
+
+def _number(value: float) -> str:
+    return "never" if value == math.inf else "-" if value is None or math.isnan(value) else f"{value:.4g}"
+
+
+def played_first_stage(records: ComparisonRecords) -> list[Played]:
+    """Returns every strategy of every run with its fate on the run's first stage."""
+    played = []
+    for run in records.runs:
+        first = run.arena.stages[0].name
+        results = [result for result in run.results if result.stage == first]
+        for row in rank_stage(run.arena, results) if results else []:
+            if row.strategy_id in run.documents:
+                kl = row.aggregate.kl if row.aggregate.kl is not None else math.nan
+                played.append(Played(run.documents[row.strategy_id], row.survives, kl))
+    return played
+
+
+def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
+    summaries = summarize(records, seed)
+    header = ("arm", "runs", *QUANTITIES)
+    rows = [header]
+    for summary in summaries:
+        cells = []
+        for quantity in QUANTITIES:
+            interval = summary.intervals[quantity]
+            values = summary.values[quantity]
+            never = sum(1 for v in values if v == math.inf)
+            cell = "-" if not values else f"{_number(interval.value)} [{_number(interval.low)}, {_number(interval.high)}]" if interval else "never"
+            cells.append(cell + (f" ({never} never)" if never and interval else ""))
+        rows.append((summary.arm, str(len(summary.seeds)), *cells))
+    tests = comparisons(records, summaries, seed)
+    test_rows = [("arms", "quantity", "medians", "U", "p (one-sided, a lower)", "p (two-sided)", "Cliff's delta", "p (permutation)", "method")]
+    test_rows += [
+        (f"{c.a} vs {c.b}", c.metric, f"{_number(c.median_a)} vs {_number(c.median_b)}", f"{c.u:g}", f"{c.p_less:.3g}",
+         f"{c.p_two_sided:.3g}", f"{c.cliffs_delta:+.2f}", f"{c.p_permutation:.3g}", c.method)
+        for c in tests
+    ]  # fmt: skip
+    return [
+        Block("h2", "Statistics"),
+        Block("p", "Per arm: the mean over runs (seeds) with a seeded percentile-bootstrap 95% interval. Final = the best "
+                   "last-stage survivor of each run; AUC = mean best-so-far KL up to the smallest budget any run spent; "
+                   "tokens to baseline KL = evaluated tokens until the run first matched the best uniform baseline within "
+                   "the bits budget ('never' runs are left out of the interval and counted); test = the run's winner on "
+                   "unseen text."),  # fmt: skip
+        Block("table", rows=tuple(rows)),
+        Block("p", f"Reference arm {reference_arm(records)} against each other arm: Mann-Whitney U (exact for small samples "
+                   "without ties), Cliff's delta (negative: the reference is lower, i.e. better) and a permutation test "
+                   "of the difference in means. Lower is better for every quantity."),  # fmt: skip
+        Block("table", rows=tuple(test_rows)),
+        *[Block("p", c.sentence) for c in tests],
+    ]
+
+
+def _pattern_blocks(records: ComparisonRecords, facts, out: Path, seed: int) -> list[Block]:
+    found = contrasts(played_first_stage(records), facts, seed)
+    image = figures.patterns_plot(found, out / "patterns.png")
+    if not found:
+        return [Block("h2", "Survival patterns"), Block("p", "Too few strategies on both sides of any feature to contrast.")]
+    rows = [("feature", "with / without", "survival with / without", "survival diff [95%]", "median log KL diff [95%]", "contradicts practice")]
+    for c in found:
+        kl = "-" if c.log_kl_diff is None else "{:+.3f} [{:+.3f}, {:+.3f}]".format(*c.log_kl_diff)
+        rows.append((c.feature, f"{c.n_with} / {c.n_without}", f"{c.survival_with:.0%} / {c.survival_without:.0%}",
+                     "{:+.2f} [{:+.2f}, {:+.2f}]".format(*c.survival_diff), kl, "YES" if c.contradicts else ""))  # fmt: skip
+    called = [c.feature for c in found if c.contradicts]
+    note = ("Contradicting common practice (interval excludes 0 on the unexpected side): " + "; ".join(called) + ".") if called else (
+        "No contrast contradicts common practice with an interval that excludes 0.")
+    return [
+        Block("h2", "Survival patterns"),
+        Block("p", "Over every strategy's first-stage match, pooled across arms and seeds: strategies with a feature against "
+                   "those without it. These are associations over what the arms proposed, not controlled experiments. " + note),  # fmt: skip
+        Block("table", rows=tuple(rows)),
+        Block("img", "Differences with bootstrap 95% intervals", image=image),
+    ]
+
+
+def report_blocks(records: ComparisonRecords, out: Path, seed: int = 0) -> list[Block]:
+    """Returns the report's blocks, writing its PNGs into `out`."""
+    out.mkdir(parents=True, exist_ok=True)
+    facts = load_facts(records.runs[0].arena.model)
+    arena = records.runs[0].arena
+    arms = ", ".join(f"{arm} ({len(records.of_arm(arm))} seeds)" for arm in records.arms)
+    blocks = [
+        Block("p", f"Arena {arena.name} (model {arena.model}, bits budget {arena.bits_budget}); arms: {arms}; "
+                   f"baseline run: {'yes' if records.baseline else 'none'}; test re-evaluations: {len(records.tests)}."),  # fmt: skip
+        *_statistics_blocks(records, seed),
+        Block("h2", "Best so far"),
+        Block("img", "Best surviving KL and perplexity against budget", image=figures.best_so_far_plot(records, out / "best_so_far.png")),
+        Block("h2", "Pareto fronts"),
+        Block("img", "Bits against KL per arm, uniform baselines marked x", image=figures.pareto_plot(records, out / "pareto.png")),
+        Block("h2", "Winners' bit maps"),
+        Block("img", "Weight bits per layer and module of each arm's best winner", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
+        Block("h2", "Failure taxonomy"),
+        Block("img", "Outcome of every match, per arm", image=figures.failure_plot(records, out / "failures.png")),
+        Block("h2", "Search score against test score"),
+    ]
+    scatter = figures.search_vs_test_plot(records, out / "search_vs_test.png")
+    blocks.append(Block("img", "Winners re-evaluated on unseen text", image=scatter) if scatter else Block("p", "No test re-evaluations recorded (DIR/test/)."))
+    return blocks + _pattern_blocks(records, facts, out, seed)
+
+
+def to_markdown(title: str, blocks: list[Block], relative_to: Path) -> str:
+    """Returns the blocks as Markdown, images linked relative to `relative_to`."""
+    lines = [f"# {title}", ""]
+    for block in blocks:
+        if block.kind == "h2":
+            lines += [f"## {block.text}", ""]
+        elif block.kind == "p":
+            lines += [block.text, ""]
+        elif block.kind == "table":
+            header, *body = block.rows
+            lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(row) + " |" for row in body] + [""]
+        elif block.image is not None:
+            lines += [f"![{block.text}]({block.image.relative_to(relative_to).as_posix()})", ""]
+        else:
+            lines += [f"({block.text}: nothing to plot)", ""]
+    return "\n".join(lines)
+
+
+def to_html(title: str, blocks: list[Block]) -> str:
+    """Returns the blocks as one self-contained HTML page (images inlined as base64 PNG)."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+             "body{font-family:sans-serif;max-width:1150px;margin:2em auto;padding:0 1em}table{border-collapse:collapse;"
+             "font-size:13px}td,th{border:1px solid #ccc;padding:3px 6px}img{max-width:100%}</style></head><body>",
+             f"<h1>{html.escape(title)}</h1>"]  # fmt: skip
+    for block in blocks:
+        if block.kind == "h2":
+            parts.append(f"<h2>{html.escape(block.text)}</h2>")
+        elif block.kind == "p":
+            parts.append(f"<p>{html.escape(block.text)}</p>")
+        elif block.kind == "table":
+            header, *body = block.rows
+            cells = "".join(f"<th>{html.escape(cell)}</th>" for cell in header)
+            rows = "".join("<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in body)
+            parts.append(f"<table><tr>{cells}</tr>{rows}</table>")
+        elif block.image is not None:
+            data = base64.b64encode(block.image.read_bytes()).decode("ascii")
+            parts.append(f"<figure><img alt='{html.escape(block.text)}' src='data:image/png;base64,{data}'><figcaption>{html.escape(block.text)}</figcaption></figure>")
+        else:
+            parts.append(f"<p>({html.escape(block.text)}: nothing to plot)</p>")
+    return "\n".join(parts + ["</body></html>"])
+
+
+def build_report(directory: Path, seed: int = 0) -> tuple[Path, Path]:
+    """Returns the paths of DIR/report.md and DIR/report.html, rebuilt from the comparison's records (bootstrap
+    and permutation draws seeded with `seed`)."""
+    directory = Path(directory)
+    records = read_comparison(directory)
+    blocks = report_blocks(records, directory / FIGURES_DIR, seed)
+    title = f"Comparison {directory.name}"
+    markdown, page = directory / "report.md", directory / "report.html"
+    markdown.write_text(to_markdown(title, blocks, directory), encoding="utf-8")
+    page.write_text(to_html(title, blocks), encoding="utf-8")
+    return markdown, page

@@ -1,0 +1,75 @@
+"""A tiny comparison on the tiny model (random and evo, 3 seeds each, a baseline run, winners re-evaluated on
+the test split and on a text file), its report rendered by `agentqat report DIR`."""
+
+import json
+
+import pytest
+
+from agentqat.arena.baselines import baseline_requests
+from agentqat.arena.config import load_arena
+from agentqat.cli import main
+from agentqat.report.records import read_comparison
+from agentqat.session import evolve_manifest, run_baseline, run_evolve
+from agentqat.study.unseen import UnseenBench, reevaluate, test_scores
+
+ARMS, SEEDS = ("random", "evo"), (0, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def arena(sensitive_llama_dir, small_corpus_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("arena") / "tiny-study.toml"
+    path.write_text(
+        f'name = "tiny-study"\nmodel = "{sensitive_llama_dir}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
+        "calibration_windows = 4\nbits_budget = 4.6\n"
+        '[[stages]]\nname = "screen"\nwindows = 2\npromote = 0.7\n[[stages]]\nname = "confirm"\nwindows = 2\nwindow_sets = 2\n'
+    )
+    return load_arena(str(path))
+
+
+@pytest.fixture(scope="module")
+def comparison(arena, small_corpus_file, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("compare") / "tiny"
+    for arm in ARMS:
+        for seed in SEEDS:
+            manifest = evolve_manifest(arena, generator=arm, seed=seed, population=3, generations=2, stop_when_clear=False)
+            run_evolve(directory / "runs" / f"{arm}-seed{seed}", manifest, workers=0)
+    requests = baseline_requests("confirm", arena.seed, bits=(3, 4), methods=("rtn", "gptq"))
+    run_baseline(directory / "baseline", arena, requests, "confirm", arena.seed, workers=0)
+    unseen = tmp_path_factory.mktemp("unseen") / "other.txt"
+    unseen.write_text(small_corpus_file.read_text().splitlines()[0] * 3 + "\n")
+    reevaluate(directory, sources=("test", str(unseen)), windows=4)
+    return directory
+
+
+def test_test_scores_use_unseen_windows_and_record_a_test_stage(arena):
+    bench = UnseenBench(arena, "test", windows=3)
+    document = {"schema_version": 1, "name": "w8", "default": {"weight": {"bits": 8}}}
+    result = test_scores(document, arena, bench=bench)
+    assert result.outcome == "ok" and result.stage == "test" and result.tokens == 3 * 64
+    assert result.quality.kl < 0.05 and result.quality.top1 > 0.9
+    searched = {tuple(w.tolist()) for w in bench.eval_ids.unfold(0, 64, 64)}
+    assert not searched & {tuple(w.tolist()) for w in bench.windows(bench.stage, arena.seed, 0)}
+
+
+def test_reevaluation_records_every_winner_once_per_source(comparison):
+    records = read_comparison(comparison)
+    assert len(records.runs) == len(ARMS) * len(SEEDS) and records.baseline is not None
+    stages = sorted({result.stage for result in records.tests})
+    assert stages == ["test", "test:other.txt"]
+    assert len(records.tests) == 2 * len(ARMS) * len(SEEDS)
+    assert reevaluate(comparison, sources=("test",), windows=4) == list(records.tests)  # nothing played again
+
+
+def test_report_renders_from_the_records(comparison, capsys):
+    assert main(["report", str(comparison)]) == 0
+    markdown = (comparison / "report.md").read_text()
+    for section in ("## Statistics", "## Best so far", "## Pareto fronts", "## Winners' bit maps", "## Failure taxonomy",
+                    "## Search score against test score", "## Survival patterns"):  # fmt: skip
+        assert section in markdown
+    assert "evo vs random" in markdown and "Mann-Whitney" in markdown
+    assert "do not differ significantly" in markdown or "significantly" in markdown
+    page = (comparison / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 5 and "src='figures/" not in page
+    pngs = sorted(path.name for path in (comparison / "figures").glob("*.png"))
+    assert {"best_so_far.png", "pareto.png", "bit_maps.png", "failures.png", "search_vs_test.png"} <= set(pngs)
+    assert json.dumps(markdown)  # plain text
