@@ -220,6 +220,43 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compares generators at an equal budget: one evolve run per arm and seed on one shared evaluator pool and
+    vLLM server (seed by seed), the uniform baselines, every run's winner re-scored on the test split (and on
+    --test-corpus), then the report (DIR/report.md, DIR/report.html). `--resume DIR` continues a comparison."""
+    from agentqat import session, ui
+    from agentqat.session import compare
+
+    if args.resume:
+        directory, settings = Path(args.resume), compare.read_settings(Path(args.resume))
+    else:
+        from agentqat.arena.config import load_arena
+
+        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        settings = compare.CompareSettings(
+            arena=load_arena(args.arena), arms=tuple(compare.parse_arm(spec, llm) for spec in _names(args.generators)),
+            seeds=compare.parse_seeds(args.seeds), match_budget=args.budget, token_budget=args.tokens,
+            population=args.population, generations=args.generations, test_corpus=args.test_corpus,
+        )  # fmt: skip
+        directory = args.runs / (args.run or f"compare-{settings.arena.name}")
+
+    def view(run: str):
+        manifest = session.read_manifest(directory / compare.RUNS_DIR / run) if (directory / compare.RUNS_DIR / run / "manifest.json").exists() else None
+        generator = manifest.settings.generator if manifest else run.rpartition("-seed")[0]
+        return ui.EvolveView(run, generator, settings.generations, settings.match_budget)
+
+    try:
+        markdown, page = compare.run_compare(
+            directory, None if args.resume else settings, workers=args.workers, ray_address=args.ray_address,
+            observer_for=view, reporter=ui.PhaseView(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"agentqat compare: interrupted; continue with: agentqat compare --resume {directory}", file=sys.stderr)
+        raise
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuilds DIR/report.md and the self-contained DIR/report.html of a comparison directory (DIR/runs/
     <generator>-seed<k>/ evolve runs, optionally DIR/baseline/ and DIR/test/) from its records alone."""
@@ -326,6 +363,25 @@ def build_parser() -> argparse.ArgumentParser:
     show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=cmd_show.__doc__)
     show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/evolve-random-smollm2-default-seed0")
     show.set_defaults(handler=cmd_show)
+
+    compare = commands.add_parser("compare", help="generators against each other at an equal budget, with statistics and a report", description=cmd_compare.__doc__)
+    compare.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    compare.add_argument("--generators", default=defaults.COMPARE_ARMS, help="arms: generators, LLM ablations as llm/no-reflection or llm/no-sensitivities, proposers as llm@MODEL (default: %(default)s)")
+    compare.add_argument("--seeds", default=defaults.COMPARE_SEEDS, help="search seeds, a range or a list (default: %(default)s)")
+    compare.add_argument("--budget", type=int, default=defaults.COMPARE_MATCHES, help="matches per run, the same for every arm (default: %(default)s)")
+    compare.add_argument("--tokens", type=int, default=None, help="evaluated tokens per run, the same for every arm (default: no token limit)")
+    compare.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
+    compare.add_argument("--generations", type=int, default=defaults.COMPARE_GENERATIONS, help="at most this many generations per run (default: %(default)s)")
+    compare.add_argument("--test-corpus", default=None, metavar="FILE", help="also re-score every winner on this text file")
+    compare.add_argument("--workers", type=int, default=None, help="Ray evaluator actors (default: 2, or 1 beside a managed vLLM server)")
+    compare.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    compare.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM arms' backend (default: %(default)s)")
+    compare.add_argument("--llm-model", default=defaults.DEFAULT_MODEL, help="the LLM arms' proposer unless an arm names one (default: %(default)s)")
+    compare.add_argument("--llm-url", default="", help="use this running vLLM server instead of starting one")
+    compare.add_argument("--run", default="", help="comparison name under --runs (default: compare-<arena>)")
+    compare.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
+    compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
+    compare.set_defaults(handler=cmd_compare)
 
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")

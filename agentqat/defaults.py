@@ -16,6 +16,12 @@ GENERATOR = "random"
 POPULATION = 8  # survivors kept, and proposals evaluated per generation
 GENERATIONS = 6
 PATIENCE = 3  # generations without a better score before the run stops
+
+# Comparisons (agentqat compare): every arm runs at every seed with the same budget.
+COMPARE_ARMS = "llm,llm-random-edits,random,evo,knapsack"
+COMPARE_SEEDS = "0-4"
+COMPARE_MATCHES = 60
+COMPARE_GENERATIONS = 50  # the budget, not the generation count, ends a comparison's runs
 EVOLVE_WORKERS = 2  # Ray evaluator actors
 
 # The LLM generator's vLLM server (agentqat llm serve) and its clients.

@@ -157,7 +157,9 @@ def failure_plot(records: ComparisonRecords, path: Path) -> Path:
 
 def search_vs_test_plot(records: ComparisonRecords, path: Path) -> Path | None:
     """KL of each re-evaluated winner on its run's last stage against its KL on unseen text."""
-    points = [(r.extra["generator"], r.extra["search"]["kl"], r.quality.kl) for r in records.tests if r.quality and r.extra["search"].get("kl") is not None]
+    arm_of_run = {run.name: run.arm for run in records.runs}
+    points = [(arm_of_run.get(r.extra["run"], r.extra["generator"]), r.extra["search"]["kl"], r.quality.kl)
+              for r in records.tests if r.quality and r.extra["search"].get("kl") is not None]  # fmt: skip
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(6.5, 5.5))

@@ -93,6 +93,13 @@ class ComparisonRecords:
         return sorted((run for run in self.runs if run.arm == arm), key=lambda run: run.seed)
 
 
+def arm_of(run_name: str, settings: dict) -> str:
+    """Returns a run's arm: its directory name less "-seed<k>" (so ablations of one generator are arms of their
+    own), or its generator for a directory named otherwise."""
+    arm, _, seed = run_name.rpartition("-seed")
+    return arm if arm and seed.isdigit() else settings["generator"]
+
+
 def read_run_record(path: Path) -> RunRecord:
     """Returns the evolve run in `path` (its last-stage leaderboard empty when no strategy reached it yet)."""
     view = read_run(path)
@@ -100,7 +107,7 @@ def read_run_record(path: Path) -> RunRecord:
     arena = Arena.model_validate(view.manifest["arena"])
     rows = view.stages.get(arena.stages[-1].name, [])
     return RunRecord(
-        name=path.name, arm=settings["generator"], seed=settings["seed"], arena=arena,
+        name=path.name, arm=arm_of(path.name, settings), seed=settings["seed"], arena=arena,
         results=tuple(read_results(RunStore.open(path))), documents=view.documents, rows=tuple(rows),
     )  # fmt: skip
 

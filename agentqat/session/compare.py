@@ -55,6 +55,7 @@ class CompareSettings(_Frozen):
     match_budget: int = Field(gt=0)
     population: int = Field(gt=0)
     generations: int = Field(gt=0)
+    token_budget: int | None = Field(None, gt=0)
     test_corpus: str | None = None
 
     @field_validator("arms")
@@ -72,6 +73,38 @@ class CompareSettings(_Frozen):
     def llm_settings(self) -> LlmSettings | None:
         """Returns the LLM settings the shared vLLM server is started with (the first LLM arm's), or None."""
         return next((arm.llm for arm in self.arms if arm.llm is not None), None)
+
+    def manifest(self, arm: Arm, seed: int):
+        """Returns the evolve manifest of an arm's run at `seed`: the comparison's budget, the shared prior."""
+        from agentqat.session.evolve import evolve_manifest
+
+        return evolve_manifest(
+            self.arena, arm.llm, generator=arm.generator, seed=seed, population=self.population,
+            generations=self.generations, patience=self.generations, match_budget=self.match_budget,
+            token_budget=self.token_budget, stop_when_clear=False,
+        )  # fmt: skip
+
+
+def parse_arm(spec: str, llm: LlmSettings) -> Arm:
+    """Returns the arm a spec names: GENERATOR, then for LLM arms any of "/no-reflection", "/no-sensitivities"
+    and "@MODEL" (the proposer); `llm` gives the rest of the LLM settings. "llm/no-reflection" is the arm
+    "llm-no-reflection"."""
+    from agentqat.generators import GENERATORS
+
+    head, _, model = spec.partition("@")
+    generator, *ablations = head.split("/")
+    if generator not in GENERATORS:
+        raise UserError(f"arm {spec!r}: unknown generator {generator!r}", f"use one of {', '.join(sorted(GENERATORS))}")
+    unknown = set(ablations) - {"no-reflection", "no-sensitivities"}
+    if unknown or ((ablations or model) and generator != "llm"):
+        raise UserError(f"arm {spec!r}: {sorted(unknown) or 'ablations and @MODEL'} apply to llm arms only as "
+                        "/no-reflection, /no-sensitivities, @MODEL", "write e.g. llm/no-reflection or llm@gemma3-270m")  # fmt: skip
+    name = "-".join([generator, *ablations] + ([Path(model).name] if model else []))
+    if generator != "llm":
+        return Arm(name=name, generator=generator)
+    settings = llm.model_copy(update={"reflection": "no-reflection" not in ablations,
+                                      "sensitivities": "no-sensitivities" not in ablations, "model": model or llm.model})  # fmt: skip
+    return Arm(name=name, generator=generator, llm=settings)
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -120,7 +153,7 @@ def run_compare(
     from contextlib import nullcontext
 
     from agentqat.report import build_report
-    from agentqat.session.evolve import evolve_manifest, run_evolve
+    from agentqat.session.evolve import run_evolve
     from agentqat.session.resources import Resources
     from agentqat.study.unseen import reevaluate
 
@@ -134,11 +167,7 @@ def run_compare(
         for seed in settings.seeds:
             for arm in settings.arms:
                 run = directory / RUNS_DIR / settings.run_name(arm, seed)
-                manifest = None if (run / "manifest.json").exists() else evolve_manifest(
-                    settings.arena, arm.llm, generator=arm.generator, seed=seed, population=settings.population,
-                    generations=settings.generations, patience=settings.generations, match_budget=settings.match_budget,
-                    stop_when_clear=False,
-                )  # fmt: skip
+                manifest = None if (run / "manifest.json").exists() else settings.manifest(arm, seed)
                 observer = observer_for(run.name) if observer_for else None
                 with observer if observer is not None else nullcontext():
                     run_evolve(run, manifest, resources=resources, observer=observer)

@@ -1,0 +1,72 @@
+"""`agentqat compare` on the tiny model: every arm at every seed with the same budget on one pool, the uniform
+baselines, the winners re-scored on the test split, the report; a resumed comparison plays nothing again."""
+
+import pytest
+
+from agentqat.cli import main
+from agentqat.errors import UserError
+from agentqat.session import LlmSettings
+from agentqat.session.compare import parse_arm, parse_seeds, read_settings
+
+
+@pytest.mark.parametrize(
+    "text, seeds",
+    [("0-4", (0, 1, 2, 3, 4)), ("3", (3,)), ("0,2,2,7", (0, 2, 7)), ("4-2", "error"), ("a-b", "error"), ("", "error")],
+)
+def test_seeds(text, seeds):
+    if seeds == "error":
+        with pytest.raises(UserError, match="0-4 or 0,1,5"):
+            parse_seeds(text)
+    else:
+        assert parse_seeds(text) == seeds
+
+
+def test_arms_name_their_ablations_and_proposers():
+    base = LlmSettings(url="http://127.0.0.1:9/v1")
+    plain = parse_arm("llm", base)
+    ablated = parse_arm("llm/no-reflection/no-sensitivities", base)
+    bigger = parse_arm("llm@gemma3-270m", base)
+    assert (plain.name, plain.llm) == ("llm", base.model_copy(update={"reflection": True, "sensitivities": True}))
+    assert ablated.name == "llm-no-reflection-no-sensitivities"
+    assert not ablated.llm.reflection and not ablated.llm.sensitivities and ablated.llm.url == base.url
+    assert (bigger.name, bigger.llm.model) == ("llm-gemma3-270m", "gemma3-270m")
+    assert parse_arm("random", base).llm is None
+    for bad in ("llm/no-prompts", "random/no-reflection", "evo@gemma3-270m", "nosuch"):
+        with pytest.raises(UserError):
+            parse_arm(bad, base)
+
+
+@pytest.fixture(scope="module")
+def tiny_arena(sensitive_llama_dir, small_corpus_file, tmp_path_factory):
+    path = tmp_path_factory.mktemp("arena") / "tiny-compare.toml"
+    path.write_text(
+        f'name = "tiny-compare"\nmodel = "{sensitive_llama_dir}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
+        "calibration_windows = 4\nbits_budget = 4.6\n"
+        '[[stages]]\nname = "screen"\nwindows = 2\npromote = 0.5\n[[stages]]\nname = "confirm"\nwindows = 2\nwindow_sets = 2\n'
+    )
+    return path
+
+
+def _line_counts(directory):
+    return {path.relative_to(directory): len(path.read_text().splitlines()) for path in sorted(directory.rglob("results.jsonl"))}
+
+
+def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_arena, tmp_path, capsys):
+    args = ["compare", "--arena", str(tiny_arena), "--generators", "random,evo,knapsack", "--seeds", "0-1", "--budget", "10",
+            "--population", "3", "--workers", "0", "--runs", str(tmp_path), "--run", "tiny"]  # fmt: skip
+    assert main(args) == 0
+    directory = tmp_path / "tiny"
+    settings = read_settings(directory)
+    assert [arm.name for arm in settings.arms] == ["random", "evo", "knapsack"] and settings.seeds == (0, 1)
+    runs = sorted(path.name for path in (directory / "runs").iterdir())
+    assert runs == ["evo-seed0", "evo-seed1", "knapsack-seed0", "knapsack-seed1", "random-seed0", "random-seed1"]
+    for run in runs:
+        results = (directory / "runs" / run / "results.jsonl").read_text().splitlines()
+        assert len(results) <= 10, f"{run} overran its budget of 10 matches"
+    assert (directory / "baseline" / "results.jsonl").exists() and (directory / "test" / "results.jsonl").exists()
+    markdown = (directory / "report.md").read_text()
+    assert "## Statistics" in markdown and "knapsack" in markdown
+    before = _line_counts(directory)
+
+    assert main(["compare", "--resume", str(directory)]) == 0
+    assert _line_counts(directory) == before  # nothing played again
