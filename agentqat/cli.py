@@ -124,6 +124,28 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_levels_build(args: argparse.Namespace) -> int:
+    """Builds the arena's level database: every linear module quantized at every level of its [levels] ladder,
+    stored under the cache directory and shared by every worker and run on this machine. Levels already built
+    are kept, so a killed build resumes where it stopped; matches build missing levels themselves otherwise."""
+    import torch
+
+    from agentqat import ui
+    from agentqat.arena.config import load_arena
+    from agentqat.arena.match import Workbench
+
+    arena = load_arena(args.arena)
+    if arena.levels is None:
+        raise UserError(f"arena {arena.name} declares no level ladder", "pass an arena with [levels], e.g. --arena smollm2-3bit")
+    started = time.perf_counter()
+    workbench = Workbench(arena, reporter=ui.PhaseView())
+    torch.set_num_threads(args.threads)
+    database = workbench.levels()
+    size = sum(path.stat().st_size for path in database.directory.glob("*.safetensors"))
+    print(f"level database: {len(database.levels)} levels, {size / 2**30:.2f} GiB in {database.directory} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     """Serves the LLM generator's proposer model with vLLM's OpenAI-compatible server (JSON-schema-constrained
     decoding) until Ctrl-C; restarts it once if it dies. Prints the URL and model name that clients use."""
@@ -282,6 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--calibration", default=",".join(map(str, BASELINE_BUDGETS)), help="calibration budgets in windows (default: %(default)s)")
     baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
     baseline.set_defaults(handler=cmd_baseline)
+
+    levels = commands.add_parser("levels", help="the level database of an arena's ladder", description="The level database of an arena's ladder.")
+    levels_commands = levels.add_subparsers(dest="levels_command", required=True, metavar="LEVELS_COMMAND")
+    build = levels_commands.add_parser("build", help="quantize every module at every ladder level (resumable)", description=cmd_levels_build.__doc__)
+    build.add_argument("--arena", default="smollm2-3bit", help="arena name or TOML file with a [levels] ladder (default: %(default)s)")
+    build.add_argument("--threads", type=int, default=defaults.TORCH_THREADS, help="torch threads (default: %(default)s)")
+    build.set_defaults(handler=cmd_levels_build)
 
     llm = commands.add_parser("llm", help="the LLM generator's model server", description="The LLM generator's model server.")
     llm_commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")

@@ -18,6 +18,15 @@ A level switch works on units: the attention or the MLP modules of one decoder l
 One unit, drawn uniformly among those that can rise, goes one level up (the next allowed bit width, its other
 genes kept); while the layout is over budget, other units drawn uniformly go one level down. Like EvoPress's
 switch of compression levels, the bits move between layers and the total stays at the budget.
+
+With a ladder (an arena with a level database: `space.ladder`), evo searches EvoPress's space instead: every
+module at a ladder level, fused sets (q/k/v, gate/up) moving together. The start is the costliest uniform level
+within the budget, and the first generation is that start and its offspring (no random strategies). Every
+offspring of the best is min(U{1,3}, U{1,3}) level switches of `agentqat.generators.switches` (EvoPress draws its
+mutation count so), each over layers with P P_LAYER_SWITCH and over module units otherwise; a parent off the
+ladder (a seeded strategy of another kind) is snapped onto it first. Unlike EvoPress, whose selection steps run
+inside one generation, the staged tournament of the evolution loop selects: few tokens for every offspring, more
+for the best share (the arena's stages).
 """
 
 from __future__ import annotations
@@ -32,6 +41,14 @@ from agentqat.generators.layout import Layout, document_of, layout_bits, layout_
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.generators.switches import (
+    best_uniform_level,
+    layer_units,
+    ladder_switch,
+    layout_at,
+    module_units,
+    snap_to_ladder,
+)
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig, pattern_matches
 from agentqat.strategy import strategy_id
@@ -41,6 +58,7 @@ P_OTHER_MUTATION = 0.15
 MAX_SWITCHES = 3
 UNIT_ROLES = ("attn", "mlp")
 DRAWS_PER_PROPOSAL = 20
+P_LAYER_SWITCH = 0.25  # ladder switches that move whole layers; the rest move module units
 START_ROUNDING = "gptq"  # EvoPress starts from uniform GPTQ levels; the default rounding where choices lack it
 
 
@@ -108,6 +126,11 @@ class EvoGenerator:
     space: SearchSpace
     name: str = field(default="evo", init=False)
 
+    def _uniform_level(self) -> dict:
+        """Returns the document of the costliest uniform ladder level within the budget."""
+        levels = [best_uniform_level(self.space)] * len(self.space.facts.linears)
+        return document_of(layout_at(levels, self.space), self.space.facts, "evo", "uniform ladder level")
+
     def _offspring(self, population: Sequence[Evaluated], rng: np.random.Generator) -> dict | None:
         """Returns one child of the population's best, or None when the drawn operator found nothing to do."""
         parent = population[0].document
@@ -127,8 +150,20 @@ class EvoGenerator:
         notes = f"{switches} level switch(es) of {parent.get('name', 'unnamed')}"
         return document_of(layout, self.space.facts, "evo", notes)
 
+    def _ladder_offspring(self, parent: dict, rng: np.random.Generator) -> dict:
+        """Returns a child of `parent` on the ladder: min(U{1,3}, U{1,3}) level switches of its snapped levels."""
+        space = self.space
+        levels = snap_to_ladder(layout_of(parent, space.facts), space, rng)
+        switches = int(min(rng.integers(1, MAX_SWITCHES + 1), rng.integers(1, MAX_SWITCHES + 1)))
+        for _ in range(switches):
+            units = layer_units(space.facts) if rng.random() < P_LAYER_SWITCH else module_units(space.facts)
+            levels = ladder_switch(levels, units, space, rng) or levels
+        notes = f"{switches} ladder switch(es) of {parent.get('name', 'unnamed')}"
+        return document_of(layout_at(levels, space), space.facts, "evo", notes)
+
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
-        """Returns up to `count` new documents: the uniform start and random ones at first, then offspring."""
+        """Returns up to `count` new documents: the uniform start and random ones at first (on a ladder: the
+        uniform level and its offspring), then offspring of the best."""
         seen = {strategy_id(member.document) for member in population}
         ranked = sorted((member for member in population if member.survives), key=lambda member: -member.score)
         proposals: list[dict] = []
@@ -138,6 +173,15 @@ class EvoGenerator:
                 seen.add(strategy_id(document))
                 proposals.append(document)
 
+        if self.space.ladder:
+            parent = ranked[0].document if ranked else self._uniform_level()
+            if not ranked:
+                add(parent)
+            for _ in range(DRAWS_PER_PROPOSAL * count):
+                if len(proposals) == count:
+                    break
+                add(self._ladder_offspring(parent, rng))
+            return proposals
         if not ranked:
             add(document_of(uniform_start(self.space), self.space.facts, "evo", "uniform start"))
             for document in RandomGenerator(self.space).propose(population, count, rng):

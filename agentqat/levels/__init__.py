@@ -2,10 +2,11 @@
 stored on disk and shared by workers and runs, so that a match over ladder levels costs a weight swap."""
 
 from agentqat.levels.database import LevelDatabase, build_database, database_directory, open_database
-from agentqat.levels.ladder import ladder_configs, level_config, level_name
+from agentqat.levels.ladder import arena_ladder, ladder_configs, level_config, level_name
 
 __all__ = [
     "LevelDatabase",
+    "arena_ladder",
     "build_database",
     "database_directory",
     "ladder_configs",

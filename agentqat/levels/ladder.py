@@ -4,6 +4,7 @@ method registry and ordered by what they cost on it."""
 from __future__ import annotations
 
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 from agentqat.bits import module_bits
 from agentqat.errors import UserError
@@ -11,6 +12,9 @@ from agentqat.models import ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig, resolve_strategy
 from agentqat.strategy import BASE_DEFAULT, StrategyError, WeightGene, parse_strategy
+
+if TYPE_CHECKING:
+    from agentqat.arena.config import Levels
 
 
 def level_config(gene: WeightGene) -> ModuleConfig:
@@ -53,3 +57,8 @@ def ladder_configs(ladder: tuple[WeightGene, ...], facts: ModelFacts) -> tuple[M
     if len(set(configs)) != len(configs):
         raise UserError("levels.ladder names one level twice (after the base defaults)", "remove the repeated level")
     return tuple(sorted(configs, key=lambda config: (_uniform_bits(config, facts), level_name(config))))
+
+
+def arena_ladder(levels: Levels | None, facts: ModelFacts) -> tuple[ModuleConfig, ...]:
+    """Returns an arena's ladder on this model (cheapest level first), or () when the arena declares none."""
+    return ladder_configs(levels.ladder, facts) if levels is not None else ()
