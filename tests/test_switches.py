@@ -83,3 +83,24 @@ def test_evo_on_a_ladder_starts_uniform_and_proposes_ladder_allocations(space):
         layout = layout_of(document, space.facts)
         assert set(layout.configs) <= set(space.ladder)
         assert layout_bits(layout, space.facts) <= 3.3
+
+
+def test_llm_edits_set_levels_on_fused_sets_and_stay_on_the_ladder(space, smollm2_shaped_facts):
+    from agentqat.generators.llm.edits import EditDocument, EditError, apply_edits, edit_schema
+
+    start = [best_uniform_level(space)] * len(space.facts.linears)
+    parent = _document(start, space)
+    edit = EditDocument.model_validate({"edits": [
+        {"operator": "set_level", "layers": "0-2", "modules": "q_proj", "value": "gptq-w8-g0-asym"}]})
+    child, repaired = apply_edits(parent, edit, space, np.random.default_rng(0))
+    layout = layout_of(child, space.facts)
+    assert repaired and set(layout.configs) <= set(space.ladder) and layout_bits(layout, space.facts) <= 3.3
+    raised = {module_role_name(info) for info, config in zip(space.facts.linears, layout.configs)
+              if level_name(config) == "gptq-w8-g0-asym"}  # fmt: skip
+    assert raised == {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}
+    value = edit_schema(space)["$defs"]["Edit_set_level"]["properties"]["value"]
+    assert value["enum"][0] == "gptq-w2-g64-asym" and len(value["enum"]) == 9
+    no_ladder = SearchSpace(smollm2_shaped_facts, 3.3)
+    assert "Edit_set_level" not in edit_schema(no_ladder)["$defs"]
+    with pytest.raises(EditError, match="no level of the ladder"):
+        apply_edits(parent, edit, no_ladder, np.random.default_rng(0))

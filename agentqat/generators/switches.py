@@ -16,7 +16,7 @@ does), otherwise the cheapest faller that keeps the layout within the budget. No
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from functools import lru_cache
 
 import numpy as np
@@ -51,6 +51,11 @@ def layer_units(facts: ModelFacts) -> tuple[Unit, ...]:
     return tuple(tuple(units[layer]) for layer in sorted(units))
 
 
+def unit_closure(indices: Collection[int], facts: ModelFacts) -> list[int]:
+    """Returns `indices` with the rest of every module unit they touch (a fused set moves as one)."""
+    return sorted({i for unit in module_units(facts) if set(unit) & set(indices) for i in unit})
+
+
 def _weights(facts: ModelFacts) -> int:
     return sum(info.in_features * info.out_features for info in facts.linears)
 
@@ -65,9 +70,12 @@ def layout_at(levels: Sequence[int], space: SearchSpace, compute_dtype: str = "f
     return Layout(tuple(space.ladder[level] for level in levels), compute_dtype)
 
 
-def snap_to_ladder(layout: Layout, space: SearchSpace, rng: np.random.Generator) -> list[int]:
+def snap_to_ladder(
+    layout: Layout, space: SearchSpace, rng: np.random.Generator, spared: Collection[int] = ()
+) -> list[int]:
     """Returns a level per module for `layout`: each module unit takes the costliest level that costs no more than
-    its configs do now (the cheapest level when none does); while that is over budget, random units fall a level."""
+    its configs do now (the cheapest level when none does); while that is over budget, random units fall a level,
+    those without a module in `spared` first."""
     facts, ladder = space.facts, space.ladder
     levels = [0] * len(facts.linears)
     for unit in module_units(facts):
@@ -79,7 +87,8 @@ def snap_to_ladder(layout: Layout, space: SearchSpace, rng: np.random.Generator)
     limit = space.bits_budget * _weights(facts)
     while _cost(levels, space) > limit:
         fallers = [unit for unit in module_units(facts) if all(levels[i] > 0 for i in unit)]
-        for index in pick(rng, fallers):
+        others = [unit for unit in fallers if not set(unit) & set(spared)]
+        for index in pick(rng, others or fallers):
             levels[index] -= 1
     return levels
 
