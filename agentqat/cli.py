@@ -188,7 +188,10 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
         arena = load_arena(args.arena)
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
-        manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, **_settings_fields(args))
+        fields = _settings_fields(args)
+        if args.population is None:  # the arena's offspring per generation where it declares a ladder
+            fields["population"] = arena.levels.offspring if arena.levels else defaults.POPULATION
+        manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, **fields)
         settings = manifest.settings
         directory = args.runs / (args.run or f"evolve-{settings.generator}-{arena.name}-seed{settings.seed}")
     try:
@@ -325,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
     evolve.add_argument("--arena", default=DEFAULT_ARENA, help="arena name in arena/ or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
-    evolve.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
+    evolve.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's [levels] offspring, else {defaults.POPULATION})")
     evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")
     evolve.add_argument("--patience", type=int, default=None, help=f"stop after this many generations without a better score (default: {defaults.PATIENCE})")
     evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")

@@ -96,3 +96,10 @@ def test_a_killed_build_keeps_finished_levels_and_resumes(benches, tmp_path, mon
     assert 10**6 - reporter.steps == modules * (len(levels) - 1)
     assert missing_levels(directory, levels) == []
     assert sorted(p.name for p in directory.glob("*.safetensors")) == sorted(level_file(c) for c in levels)
+
+
+def test_levels_build_refuses_an_arena_without_a_ladder(capsys):
+    from agentqat.cli import main
+
+    assert main(["levels", "build", "--arena", "smollm2-default"]) == 2
+    assert "declares no level ladder" in capsys.readouterr().err

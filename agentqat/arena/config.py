@@ -60,6 +60,7 @@ class Levels(_Frozen):
     what searches over it use. A level writes only the fields that differ from the base default's weight."""
 
     ladder: tuple[WeightGene, ...] = Field(min_length=2, max_length=32, description="weight genes, one per level")
+    offspring: int = Field(32, ge=1, le=1024, description="proposals per generation of `evolve` (EvoPress's lambda)")
     offspring: int = Field(32, ge=1, le=1024, description="proposals per generation (EvoPress's lambda)")
 
     @model_validator(mode="after")
