@@ -79,6 +79,8 @@ def build_database(
     directory = database_directory(model_name, calibration)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory / "build.lock")):
+        for staging in directory.glob("*.tmp"):  # a level a killed build was writing
+            staging.unlink()
         missing = missing_levels(directory, levels)
         if not missing:
             return directory
