@@ -3,7 +3,8 @@
 The caller's base nn.Linear modules are never modified: each quantized module is a new QuantizedLinear
 holding its own fake-quantized weight, and `restore` puts the original module objects back. Quantized
 modules are memoised in a LayerCache keyed by (module, resolved config, compute dtype, calibration), so a
-config seen before costs a dictionary look-up.
+config seen before costs a dictionary look-up. Given a level database (agentqat.levels), a module whose config is
+one of its levels takes its stored weight instead of being quantized: the same values, read from disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +25,9 @@ from agentqat.models import quantizable_linears
 from agentqat.quant import fake_quantize_activation, quantize_with_outliers, smoothing_scales
 from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.resolve import ModuleConfig, ResolvedStrategy
+
+if TYPE_CHECKING:
+    from agentqat.levels import LevelDatabase
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -89,6 +94,22 @@ def quantize_module(
     return QuantizedLinear(quantized, linear.bias, config.activation, input_divisor, compute_dtype, int(mask.sum()))
 
 
+def _module_maker(
+    name: str, linear: nn.Linear, config: ModuleConfig, calibration: Calibration | None, compute_dtype: torch.dtype,
+    levels: LevelDatabase | None,
+):  # fmt: skip
+    """Returns a function making the module's QuantizedLinear: from the level database where `config` is one of its
+    levels (a level has no smoothing and no outliers), by quantizing otherwise."""
+
+    def make() -> QuantizedLinear:
+        stored = levels.weight(name, config, calibration.key if calibration else None) if levels else None
+        if stored is not None:
+            return QuantizedLinear(stored, linear.bias, config.activation, None, compute_dtype, 0)
+        return quantize_module(linear, config, calibration.stats.get(name) if calibration else None, compute_dtype)
+
+    return make
+
+
 class LayerCache:
     """Least-recently-used store of quantized modules, bounded in bytes, counting hits and misses."""
 
@@ -150,8 +171,10 @@ def apply_strategy(
     resolved: ResolvedStrategy,
     calibration: Calibration | None,
     cache: LayerCache | None = None,
+    levels: LevelDatabase | None = None,
 ) -> AppliedStrategy:
-    """Swaps quantized modules into `model` as `resolved` says; returns what `restore` needs to undo it."""
+    """Swaps quantized modules into `model` as `resolved` says (weights at database levels read from `levels`);
+    returns what `restore` needs to undo it."""
     started = time.perf_counter()
     compute_dtype = COMPUTE_DTYPES[resolved.compute_dtype]
     calibration_key = calibration.key if calibration else None
@@ -160,8 +183,7 @@ def apply_strategy(
         config = resolved.modules[name]
         if _is_identity(config, compute_dtype):
             continue
-        stats = calibration.stats.get(name) if calibration else None
-        make = lambda: quantize_module(linear, config, stats, compute_dtype)  # noqa: E731
+        make = _module_maker(name, linear, config, calibration, compute_dtype, levels)
         module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
         originals[name] = linear
         outlier_counts[name] = module.outlier_count
@@ -177,10 +199,11 @@ def restore(model: nn.Module, applied: AppliedStrategy) -> None:
 
 @contextmanager
 def strategy_applied(
-    model: nn.Module, resolved: ResolvedStrategy, calibration: Calibration | None, cache: LayerCache | None = None
+    model: nn.Module, resolved: ResolvedStrategy, calibration: Calibration | None, cache: LayerCache | None = None,
+    levels: LevelDatabase | None = None,
 ) -> Iterator[AppliedStrategy]:
     """Yields while `model` computes under `resolved`; the base modules are back afterwards, even on error."""
-    applied = apply_strategy(model, resolved, calibration, cache)
+    applied = apply_strategy(model, resolved, calibration, cache, levels)
     try:
         yield applied
     finally:

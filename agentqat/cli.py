@@ -124,6 +124,28 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_levels_build(args: argparse.Namespace) -> int:
+    """Builds the arena's level database: every linear module quantized at every level of its [levels] ladder,
+    stored under the cache directory and shared by every worker and run on this machine. Levels already built
+    are kept, so a killed build resumes where it stopped; matches build missing levels themselves otherwise."""
+    import torch
+
+    from agentqat import ui
+    from agentqat.arena.config import load_arena
+    from agentqat.arena.match import Workbench
+
+    arena = load_arena(args.arena)
+    if arena.levels is None:
+        raise UserError(f"arena {arena.name} declares no level ladder", "pass an arena with [levels], e.g. --arena smollm2-3bit")
+    started = time.perf_counter()
+    workbench = Workbench(arena, reporter=ui.PhaseView())
+    torch.set_num_threads(args.threads)
+    database = workbench.levels()
+    size = sum(path.stat().st_size for path in database.directory.glob("*.safetensors"))
+    print(f"level database: {len(database.levels)} levels, {size / 2**30:.2f} GiB in {database.directory} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
 def cmd_llm_serve(args: argparse.Namespace) -> int:
     """Serves the LLM generator's proposer model with vLLM's OpenAI-compatible server (JSON-schema-constrained
     decoding) until Ctrl-C; restarts it once if it dies. Prints the URL and model name that clients use."""
@@ -166,7 +188,10 @@ def cmd_evolve(args: argparse.Namespace) -> int:
 
         arena = load_arena(args.arena)
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
-        manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, **_settings_fields(args))
+        fields = _settings_fields(args)
+        if args.population is None:  # the arena's offspring per generation where it declares a ladder
+            fields["population"] = arena.levels.offspring if arena.levels else defaults.POPULATION
+        manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, **fields)
         settings = manifest.settings
         directory = args.runs / (args.run or f"evolve-{settings.generator}-{arena.name}-seed{settings.seed}")
     try:
@@ -330,6 +355,13 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
     baseline.set_defaults(handler=cmd_baseline)
 
+    levels = commands.add_parser("levels", help="the level database of an arena's ladder", description="The level database of an arena's ladder.")
+    levels_commands = levels.add_subparsers(dest="levels_command", required=True, metavar="LEVELS_COMMAND")
+    build = levels_commands.add_parser("build", help="quantize every module at every ladder level (resumable)", description=cmd_levels_build.__doc__)
+    build.add_argument("--arena", default="smollm2-3bit", help="arena name or TOML file with a [levels] ladder (default: %(default)s)")
+    build.add_argument("--threads", type=int, default=defaults.TORCH_THREADS, help="torch threads (default: %(default)s)")
+    build.set_defaults(handler=cmd_levels_build)
+
     llm = commands.add_parser("llm", help="the LLM generator's model server", description="The LLM generator's model server.")
     llm_commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
     serve = llm_commands.add_parser("serve", help="serve the proposer model with vLLM until Ctrl-C", description=cmd_llm_serve.__doc__)
@@ -343,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
     evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
-    evolve.add_argument("--population", type=int, default=defaults.POPULATION, help="survivors kept and proposals per generation (default: %(default)s)")
+    evolve.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's [levels] offspring, else {defaults.POPULATION})")
     evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")
     evolve.add_argument("--patience", type=int, default=None, help=f"stop after this many generations without a better score (default: {defaults.PATIENCE})")
     evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")

@@ -11,6 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agentqat import defaults
 from agentqat.errors import UserError
+from agentqat.strategy import WeightGene
 
 ARENA_DEFINITIONS = importlib.resources.files("agentqat.arena") / "definitions"
 DEFAULT_ARENA = "smollm2-default"
@@ -54,6 +55,21 @@ class ScoreWeights(_Frozen):
     qa: float = 0.5
 
 
+class Levels(_Frozen):
+    """The level ladder (agentqat/levels): weight genes every module is quantized at once, stored on disk, and
+    what searches over it use. A level writes only the fields that differ from the base default's weight."""
+
+    ladder: tuple[WeightGene, ...] = Field(min_length=2, max_length=32, description="weight genes, one per level")
+    offspring: int = Field(32, ge=1, le=1024, description="proposals per generation of `evolve` (EvoPress's lambda)")
+    offspring: int = Field(32, ge=1, le=1024, description="proposals per generation (EvoPress's lambda)")
+
+    @model_validator(mode="after")
+    def _distinct_levels(self) -> Levels:
+        if len(set(self.ladder)) != len(self.ladder):
+            raise ValueError("ladder levels must be distinct")
+        return self
+
+
 class Arena(_Frozen):
     """A complete arena: everything a match needs besides the strategy and the seed."""
 
@@ -69,6 +85,7 @@ class Arena(_Frozen):
     compute_threads: int = Field(1, ge=1, le=64, description="torch threads per evaluator actor")
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
+    levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")
     source: str = ""
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from agentqat.arena.tasks import (
 from agentqat.bits import strategy_bits
 from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
+from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
 from agentqat.quality import Reference, compare, reference_of
@@ -65,6 +66,7 @@ class Workbench:
         self._calibrations: dict[int, Calibration] = {}
         self._cloze: dict[int, tuple[ClozeSet, float]] = {}
         self._questions: list[Question] | None = None
+        self._levels: LevelDatabase | None = None
 
     def windows(self, stage: Stage, seed: int, window_set: int) -> torch.Tensor:
         """Returns the evaluation windows of a stage's window set; all stages' sets are disjoint per seed."""
@@ -90,6 +92,15 @@ class Workbench:
             self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens, self.reporter)
         return self._calibrations[windows]
 
+    def levels(self) -> LevelDatabase | None:
+        """Returns the arena's level database (None without a ladder), building the levels missing on disk first
+        (the phase "building the level database"; another worker building meanwhile is waited for)."""
+        if self.arena.levels is not None and self._levels is None:
+            ladder = ladder_configs(self.arena.levels.ladder, self.loaded.facts)
+            calibration = self.calibration(self.arena.calibration_windows)
+            self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter)
+        return self._levels
+
     def cloze(self, seed: int) -> tuple[ClozeSet, float]:
         """Returns the cloze items for `seed` and the base model's accuracy on them."""
         if seed not in self._cloze:
@@ -105,7 +116,8 @@ class Workbench:
 
     def prepare(self, seed: int) -> None:
         """Computes everything the base model contributes to every stage for `seed`, before any match (the phase
-        "base references", one step per window set, cloze set and question set)."""
+        "base references", one step per window set, cloze set and question set), and the level database."""
+        self.levels()
         stages = self.arena.stages
         window_sets = sum(stage.window_sets for stage in stages)
         cloze, qa = any(stage.cloze for stage in stages), any(stage.qa for stage in stages)
@@ -177,7 +189,8 @@ class Workbench:
         questions = self.questions() if stage.qa and run_tasks else []
         started = time.perf_counter()  # the limit is on the strategy's work, not on the base model's
         quantize_started = time.perf_counter()
-        with strategy_applied(model, resolved, calibration, self.cache) as applied:
+        levels = self.levels()
+        with strategy_applied(model, resolved, calibration, self.cache, levels) as applied:
             quantize_seconds = time.perf_counter() - quantize_started
             self._check_time(started, "quantization")
             with _OverflowWatch(model, COMPUTE_DTYPES[resolved.compute_dtype]) as overflow:

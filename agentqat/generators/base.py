@@ -100,11 +100,13 @@ def cheapest_bits_per_weight(facts: ModelFacts, choices: GeneChoices) -> float:
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """What generators may produce: strategies for one model, within a bit budget, from these gene choices."""
+    """What generators may produce: strategies for one model, within a bit budget, from these gene choices; with
+    a ladder (the arena's level database, cheapest level first), module-level allocations over its levels."""
 
     facts: ModelFacts
     bits_budget: float
     choices: GeneChoices = field(default_factory=GeneChoices)
+    ladder: tuple[ModuleConfig, ...] = ()
 
     def __post_init__(self) -> None:
         floor = cheapest_bits_per_weight(self.facts, self.choices)

@@ -17,6 +17,15 @@ A level switch works on units: the attention or the MLP modules of one decoder l
 One unit, drawn uniformly among those that can rise, goes one level up (the next allowed bit width, its other
 genes kept); while the layout is over budget, other units drawn uniformly go one level down. Like EvoPress's
 switch of compression levels, the bits move between layers and the total stays at the budget.
+
+With a ladder (an arena with a level database: `space.ladder`), evo searches EvoPress's space instead: every
+module at a ladder level, fused sets (q/k/v, gate/up) moving together. The start is the costliest uniform level
+within the budget, and the first generation is that start and its offspring (no random strategies). Every
+offspring of the best is min(U{1,3}, U{1,3}) level switches of `agentqat.generators.switches` (EvoPress draws its
+mutation count so), each over layers with P P_LAYER_SWITCH and over module units otherwise; a parent off the
+ladder (a seeded strategy of another kind) is snapped onto it first. Unlike EvoPress, whose selection steps run
+inside one generation, the staged tournament of the evolution loop selects: few tokens for every offspring, more
+for the best share (the arena's stages).
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ from agentqat.generators.layout import Layout, document_of, layout_bits, layout_
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
 from agentqat.generators.repair import fix_config, repair_layout
+from agentqat.generators.switches import layer_units, ladder_switch, layout_at, module_units, snap_to_ladder
 from agentqat.resolve import pattern_matches
 from agentqat.strategy import strategy_id
 
@@ -39,6 +49,7 @@ P_OTHER_MUTATION = 0.15
 MAX_SWITCHES = 3
 UNIT_ROLES = ("attn", "mlp")
 DRAWS_PER_PROPOSAL = 20
+P_LAYER_SWITCH = 0.25  # ladder switches that move whole layers; the rest move module units
 
 
 def units_of(space: SearchSpace) -> list[list[int]]:
@@ -108,8 +119,21 @@ class EvoGenerator:
         notes = f"{switches} level switch(es) of {parent.get('name', 'unnamed')}"
         return document_of(layout, self.space.facts, "evo", notes)
 
+    def _ladder_offspring(self, parent: dict, rng: np.random.Generator) -> dict:
+        """Returns a child of `parent` on the ladder: min(U{1,3}, U{1,3}) level switches of its snapped levels."""
+        space = self.space
+        levels = snap_to_ladder(layout_of(parent, space.facts), space, rng)
+        switches = int(min(rng.integers(1, MAX_SWITCHES + 1), rng.integers(1, MAX_SWITCHES + 1)))
+        for _ in range(switches):
+            units = layer_units(space.facts) if rng.random() < P_LAYER_SWITCH else module_units(space.facts)
+            levels = ladder_switch(levels, units, space, rng) or levels
+        notes = f"{switches} ladder switch(es) of {parent.get('name', 'unnamed')}"
+        return document_of(layout_at(levels, space), space.facts, "evo", notes)
+
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
-        """Returns up to `count` new documents: random ones while nothing survives, then offspring."""
+        """Returns up to `count` new documents: random ones while nothing survives (the shared prior, played
+        before any generator is asked, is where every arm starts), then offspring of the best (on a ladder: its
+        ladder switches)."""
         seen = {strategy_id(member.document) for member in population}
         ranked = sorted((member for member in population if member.survives), key=lambda member: -member.score)
         proposals: list[dict] = []
@@ -119,6 +143,13 @@ class EvoGenerator:
                 seen.add(strategy_id(document))
                 proposals.append(document)
 
+        if self.space.ladder and ranked:
+            parent = ranked[0].document
+            for _ in range(DRAWS_PER_PROPOSAL * count):
+                if len(proposals) == count:
+                    break
+                add(self._ladder_offspring(parent, rng))
+            return proposals
         if not ranked:
             for document in RandomGenerator(self.space).propose(population, count, rng):
                 add(document)

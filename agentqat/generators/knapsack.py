@@ -2,7 +2,7 @@
 proposed per-tensor --target-bpw, HIGGS), as a baseline every search arm has to beat.
 
     units        each decoder layer's linear modules (UNITS "layer"), or its attention and its MLP ("role")
-    ladder       the levels a unit may take: uniform int weights at each allowed width within LADDER_SPAN of the
+    ladder       the levels a unit may take: the arena's level ladder where it declares one, else uniform int weights at each allowed width within LADDER_SPAN of the
                  budget, asymmetric, GPTQ rounding (the default rounding where the choices lack it), at the group
                  size of the best uniform strategy within budget (the shared prior's); fp32 compute
     costs        measured once, before the search (`prepare`): per unit and level, the KL to the base model on the
@@ -63,7 +63,10 @@ def knapsack_units(space: SearchSpace, units: str = UNITS) -> list[list[int]]:
 
 
 def ladder(space: SearchSpace) -> tuple[ModuleConfig, ...]:
-    """Returns the levels a unit may take (see the module docstring), fewest bits first."""
+    """Returns the levels a unit may take, fewest bits first: the arena's ladder when it has one (the level
+    database's levels), else the ladder the module docstring describes."""
+    if space.ladder:
+        return space.ladder
     rounding = LADDER_ROUNDING if LADDER_ROUNDING in space.choices.roundings else DEFAULT_ROUNDING
     group = best_uniform(space, rounding).configs[0].weight.group_size
     widths = [b for b in sorted(space.choices.bits) if b != 16 and abs(b - space.bits_budget) <= LADDER_SPAN]

@@ -7,7 +7,10 @@ instead of on rules whose fields override each other. Compilation (`document_of`
                smooth_alpha), with every field
     rules      per other config, one rule per set of modules it covers in a layer: `layers` lists the layers
                sharing that set ("0-3,7"), `modules` names it by role where a role fits exactly (all, attn,
-               mlp) and by name otherwise; a rule writes only the fields that differ from the default
+               mlp) and by name otherwise; a rule writes only the fields that differ from the default. Where
+               it gives fewer rules (module-level allocations, whose sets differ from layer to layer), one rule
+               per config and layer set instead, naming the modules that have that config in exactly those
+               layers (fused sets at one level share a rule)
 
 Rules never overlap, so their order does not matter. `arithmetic.shift_scales` is compiled away: the power-of-two
 scales it forces are written into the configs.
@@ -144,14 +147,33 @@ def _default_config(layout: Layout) -> ModuleConfig:
     return max(unsmoothed or counts, key=counts.__getitem__)  # max keeps the first of equals: first use
 
 
+def _rules_by_module(config: ModuleConfig, default: ModuleConfig, indices: list[int], facts: ModelFacts) -> list[dict]:
+    """Returns rules giving the modules at `indices` `config`: one per set of layers, naming every module that
+    has `config` in exactly those layers."""
+    layers_by_name: dict[str, set[int]] = {}
+    for index in indices:
+        info = facts.linears[index]
+        layers_by_name.setdefault(module_role_name(info), set()).add(info.layer)
+    names_by_layers: dict[str, list[str]] = {}
+    for name, layers in layers_by_name.items():
+        names_by_layers.setdefault(layer_spec(layers), []).append(name)
+    genes = _difference(config, default)
+    return [
+        {"layers": spec, "modules": names[start : start + MAX_MODULE_PATTERNS], **copy.deepcopy(genes)}
+        for spec, names in names_by_layers.items()
+        for start in range(0, len(names), MAX_MODULE_PATTERNS)
+    ]
+
+
 def compile_rules(layout: Layout, facts: ModelFacts) -> tuple[ModuleConfig, list[dict]]:
     """Returns the default config and the rules of the layout's document (see the module docstring)."""
     default = _default_config(layout)
-    rules = []
+    by_set, by_module = [], []
     for config, indices in layout.classes().items():
         if config != default:
-            rules.extend(_rules_for(config, default, indices, facts))
-    return default, rules
+            by_set.extend(_rules_for(config, default, indices, facts))
+            by_module.extend(_rules_by_module(config, default, indices, facts))
+    return default, by_set if len(by_set) <= len(by_module) else by_module
 
 
 def document_of(layout: Layout, facts: ModelFacts, prefix: str, notes: str = "") -> dict:

@@ -71,10 +71,12 @@ def evolve_manifest(
 
 def _search_space(arena: Arena, reporter: Reporter | None = None):
     from agentqat.generators import SearchSpace
+    from agentqat.levels import arena_ladder
     from agentqat.models import load_facts
 
+    facts = load_facts(arena.model, reporter)
     try:
-        return SearchSpace(load_facts(arena.model, reporter), arena.bits_budget)
+        return SearchSpace(facts, arena.bits_budget, ladder=arena_ladder(arena.levels, facts))
     except ValueError as error:
         raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
 

@@ -17,6 +17,10 @@ Operators and their values:
     set_scale       fp16 or pow2; it must be the format's (pow2: int or fp8_e4m3)
     set_symmetric   true or false
     set_outliers    none, keep_fp16 (a middle fraction of the choices) or llm_int8 (threshold unchanged)
+    set_level       a level of the arena's ladder by name (e.g. "gptq-w3-g64-asym"; arenas with [levels] only):
+                    the selected modules take that level's whole config; a fused set (q/k/v, gate/up) moves as
+                    one, so selecting q_proj sets k_proj and v_proj too. Over budget, a ladder layout stays on
+                    the ladder: other module units fall a level until it fits
 
 set_bits, bit_shift and set_format make the configs they touch valid (a fixed-width format becomes int when its
 width changes); the other operators must be valid as written, and the edits together must change something.
@@ -44,6 +48,8 @@ from agentqat.generators.base import SearchSpace
 from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.generators.operators import blockwise, cross_layers, layerwise
 from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.generators.switches import layout_at, snap_to_ladder, unit_closure
+from agentqat.levels.ladder import level_name
 from agentqat.models import ModelFacts
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.registry import format_method, formats_taking_scale, formats_with_rounding
@@ -51,6 +57,7 @@ from agentqat.resolve import ROLE_PATTERNS, ModuleConfig, module_role_name, pars
 from agentqat.strategy import MODULE_PATTERN, Bits, GroupSize, Rounding, WeightFormat, strategy_json_schema
 
 SPAN = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|))$"  # `(-N|)`, not `(-N)?`: see LAYER_SPEC in agentqat/strategy.py
+LEVEL_NAME = r"^[a-z0-9_.-]{1,64}$"
 MAX_EDITS = 3
 MAX_SPANS = 4
 MAX_PROPOSED_RULES = 4
@@ -75,6 +82,7 @@ OPERATORS: dict[str, tuple[Any, str | None]] = {
     "set_scale": (Literal["fp16", "pow2"], "scales"),
     "set_symmetric": (bool, "symmetric"),
     "set_outliers": (Literal["none", "keep_fp16", "llm_int8"], "outlier_methods"),
+    "set_level": (Annotated[str, Field(pattern=LEVEL_NAME)], None),
 }
 EDIT_MODELS = {
     operator: create_model(
@@ -165,13 +173,22 @@ def propose_schema(space: SearchSpace) -> dict:
 
 
 def edit_schema(space: SearchSpace) -> dict:
-    """Returns the EditDocument schema narrowed to the model's module names and the gene choices."""
+    """Returns the EditDocument schema narrowed to the model's module names, the gene choices and the ladder's
+    level names (set_level left out without a ladder)."""
     schema = EditDocument.model_json_schema()
     for operator, (_, field) in OPERATORS.items():
         properties = schema["$defs"][EDIT_MODELS[operator].__name__]["properties"]
         properties["modules"] = {"enum": list(module_names(space.facts)), "type": "string"}
         if field is not None:
             _narrow(properties["value"], _choices(space, field))
+    level_model = EDIT_MODELS["set_level"].__name__
+    if space.ladder:
+        schema["$defs"][level_model]["properties"]["value"] = {"enum": [level_name(c) for c in space.ladder], "type": "string"}
+    else:
+        del schema["$defs"][level_model]
+        items = schema["properties"]["edits"]["items"]
+        items["oneOf"] = [arm for arm in items["oneOf"] if arm["$ref"] != f"#/$defs/{level_model}"]
+        items["discriminator"]["mapping"].pop("set_level")
     return schema
 
 
@@ -219,8 +236,18 @@ CHANGES: dict[str, Change] = {
     "set_scale": lambda c, v, s: _weight(c, scale=v),
     "set_symmetric": lambda c, v, s: _weight(c, symmetric=v),
     "set_outliers": _outliers,
+    "set_level": lambda c, v, s: _level(v, s),
 }
-MADE_VALID = ("set_bits", "bit_shift", "set_format")  # the others must be valid as written
+MADE_VALID = ("set_bits", "bit_shift", "set_format", "set_level")  # the others must be valid as written
+
+
+def _level(name: str, space: SearchSpace) -> ModuleConfig:
+    """Returns the ladder level called `name`; raises EditError naming the levels when there is none."""
+    levels = {level_name(config): config for config in space.ladder}
+    if name not in levels:
+        known = ", ".join(levels) if levels else "none: this arena declares no [levels] ladder"
+        raise EditError(f"set_level {name!r} is no level of the ladder; levels: {known}")
+    return levels[name]
 
 
 def _why_invalid(config: ModuleConfig, fixed: ModuleConfig, in_features: int, space: SearchSpace) -> str:
@@ -246,6 +273,8 @@ def _edited(layout: Layout, edit: BaseModel, where: str, space: SearchSpace) -> 
     region = [i for i, info in enumerate(facts.linears) if info.layer in layers and pattern_matches(edit.modules, info)]
     if not region:
         raise EditError(f"{where}.modules: {edit.modules!r} selects no module in layers {edit.layers}")
+    if edit.operator == "set_level":
+        region = unit_closure(region, facts)
     configs = []
     for index in region:
         info = facts.linears[index]
@@ -275,7 +304,10 @@ def apply_edits(
         touched.update(region)
     if layout == parent_layout:
         raise EditError("edits: they change nothing; the parent already has what they set")
-    repaired = repair_layout(layout, space, rng, touched)
+    if space.ladder and set(layout.configs) <= set(space.ladder):  # a ladder layout stays on the ladder
+        repaired = layout_at(snap_to_ladder(layout, space, rng, touched), space, layout.compute_dtype)
+    else:
+        repaired = repair_layout(layout, space, rng, touched)
     return document_of(repaired, space.facts, "edited"), repaired != layout
 
 
