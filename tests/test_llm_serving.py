@@ -155,7 +155,8 @@ def test_make_backend_and_its_errors():
 
 
 def test_llm_serve_command_line_and_thread_binding():
-    from agentqat.cli import build_parser, cmd_llm_serve
+    from agentqat.cli import build_parser
+    from agentqat.cli.commands import cmd_llm_serve
 
     args = build_parser().parse_args(["llm", "serve"])
     assert (args.handler, args.model, args.port, args.threads, args.log) == (cmd_llm_serve, "smollm2-135m", 8000, 1, None)

@@ -45,7 +45,8 @@ class EvolveObserver(Reporter, Observer, Protocol):
 
 
 def evolve_manifest(
-    arena: Arena, llm: LlmSettings | None = None, prior: Sequence[dict] | None = None, **settings: object
+    arena: Arena, llm: LlmSettings | None = None, prior: Sequence[dict] | None = None, reporter: Reporter | None = None,
+    **settings: object,
 ) -> Manifest:
     """Returns the manifest of a new evolve run: `settings` are EvolveSettings fields (generator, seed,
     population, ...); `llm` the LLM generator's settings (defaults when the generator is llm and none given);
@@ -62,7 +63,7 @@ def evolve_manifest(
         raise UserError(f"unknown generator {evolve_settings.generator!r}", f"set generator to one of {', '.join(sorted(GENERATORS))}")
     if evolve_settings.generator == "llm":
         llm = llm or LlmSettings()
-    prior = uniform_prior(_search_space(arena)) if prior is None else prior
+    prior = uniform_prior(_search_space(arena, reporter)) if prior is None else prior
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
         prior=tuple(prior), strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),

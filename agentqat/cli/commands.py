@@ -1,0 +1,301 @@
+"""The commands: each `cmd_*` turns parsed arguments into one session (or library) call and hands the result
+to `ui` to print. Bad input raises UserError; `agentqat.cli.main` prints it as one line with exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from agentqat import defaults
+from agentqat.errors import UserError
+
+
+def _quiet_libraries() -> None:
+    """Silences the progress bars and notices that libraries print on every model load, through their
+    environment variables: nothing heavy is imported before the first screen."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF conversion bar: the phase view shows it instead
+    # bitsandbytes warns on import that an optional hub-downloaded CPU kernel is missing; it has a fallback.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Prints the model's and corpus's facts and the base model's perplexity on the evaluation split."""
+    import torch
+
+    from agentqat import ui
+    from agentqat.data import SPLITS, load_corpus, sample_windows, tokenize
+    from agentqat.models import load_model
+    from agentqat.quality import perplexity
+
+    torch.set_num_threads(defaults.TORCH_THREADS)
+    corpus = load_corpus(args.corpus)
+    loaded = load_model(args.model)
+    split_tokens = {split: len(tokenize(loaded.tokenizer, corpus.split(split))) for split in SPLITS}
+    eval_ids = tokenize(loaded.tokenizer, corpus.evaluation)
+    windows = sample_windows(eval_ids, args.window_tokens, args.windows, args.seed)
+    started = time.perf_counter()
+    base_ppl = perplexity(loaded.model, windows)
+    report = {
+        "model": ui.facts_dict(loaded.facts, loaded.directory),
+        "corpus": {"name": corpus.name, "source": corpus.source, "tokens": split_tokens},
+        "base_perplexity": {
+            "value": base_ppl,
+            "split": "evaluation",
+            "windows": args.windows,
+            "window_tokens": args.window_tokens,
+            "seed": args.seed,
+            "seconds": time.perf_counter() - started,
+        },
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        ui.print_info(report, loaded.facts)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Checks strategy files against the schema and a model; exit code 0 when all are valid, 2 otherwise."""
+    from agentqat import ui
+    from agentqat.models import load_facts
+    from agentqat.resolve import resolve_strategy
+    from agentqat.strategy import StrategyError, load_strategy
+
+    facts = load_facts(args.model)
+    failures = 0
+    for path in args.strategies:
+        try:
+            resolved = resolve_strategy(load_strategy(path), facts)
+        except StrategyError as error:
+            failures += 1
+            ui.print_invalid(path, error.lines)
+        else:
+            ui.print_valid(path, resolved, facts)
+    return 2 if failures else 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    """Applies one strategy and prints its perplexity, KL to the base model and effective bits."""
+    from agentqat import session, ui
+    from agentqat.strategy import dump_strategy, load_strategy
+
+    document = json.loads(dump_strategy(load_strategy(args.strategy)))
+    arena = session.quantize_arena(args.model, args.corpus, args.windows, args.window_tokens, args.calibration_windows, args.seed)
+    report = ui.quantize_report(session.quantize_one(document, arena, reporter=ui.PhaseView()), vars(args))
+    print(json.dumps(report, indent=2)) if args.json else ui.print_quantize(report)
+    return 0
+
+
+def cmd_baseline(args: argparse.Namespace) -> int:
+    """Plays the baseline matrix (RTN, GPTQ, AWQ, HQQ, SmoothQuant, NF4/FP4, fp8, LLM.int8 at 8/4/3/2 bits and
+    several calibration budgets) on Ray evaluator actors, records every match in runs/<name>/ and prints it.
+    Re-running with the same --run resumes: recorded matches are not played again."""
+    from agentqat import session, ui
+    from agentqat.arena.baselines import baseline_requests
+    from agentqat.arena.config import load_arena
+
+    arena = load_arena(args.arena)
+    stage = arena.stage(args.stage or arena.stages[-1].name)
+    seed = arena.seed if args.seed is None else args.seed
+    requests = baseline_requests(stage.name, seed, _int_list(args.bits, "--bits"), _int_list(args.calibration, "--calibration"), _names(args.methods))
+    directory = args.runs / (args.run or f"baseline-{arena.name}-{stage.name}-seed{seed}")
+    progress = ui.MatchProgress(total=len(requests) * stage.window_sets)
+    with progress:
+        outcome = session.run_baseline(
+            directory, arena, requests, stage.name, seed, workers=args.workers, ray_address=args.ray_address,
+            on_result=progress.update, reporter=ui.PhaseView(),
+        )  # fmt: skip
+    ui.print_leaderboard(outcome.rows, title=f"baseline on {arena.name}, stage {stage.name}, seed {seed}")
+    ui.print_cache_stats(list(outcome.cache_stats), outcome.replayed)
+    print(f"run directory: {directory}")
+    return 0
+
+
+def cmd_levels_build(args: argparse.Namespace) -> int:
+    """Builds the arena's level database: every linear module quantized at every level of its [levels] ladder,
+    stored under the cache directory and shared by every worker and run on this machine. Levels already built
+    are kept, so a killed build resumes where it stopped; matches build missing levels themselves otherwise."""
+    import torch
+
+    from agentqat import ui
+    from agentqat.arena.config import load_arena
+    from agentqat.arena.match import Workbench
+
+    arena = load_arena(args.arena)
+    if arena.levels is None:
+        raise UserError(f"arena {arena.name} declares no level ladder", "pass an arena with [levels], e.g. --arena smollm2-3bit")
+    started = time.perf_counter()
+    workbench = Workbench(arena, reporter=ui.PhaseView())
+    torch.set_num_threads(args.threads)
+    database = workbench.levels()
+    size = sum(path.stat().st_size for path in database.directory.glob("*.safetensors"))
+    print(f"level database: {len(database.levels)} levels, {size / 2**30:.2f} GiB in {database.directory} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def cmd_llm_serve(args: argparse.Namespace) -> int:
+    """Serves the LLM generator's proposer model with vLLM's OpenAI-compatible server (JSON-schema-constrained
+    decoding) until Ctrl-C; restarts it once if it dies. Prints the URL and model name that clients use."""
+    import signal
+
+    from agentqat.llm.server import VllmServer
+
+    # The server runs in its own process group, so it outlives this process unless we stop it: make `kill` stop
+    # it as Ctrl-C does.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = VllmServer(args.model, port=args.port, threads=args.threads, log_path=args.log)
+    print(f"starting vLLM for {server.model_name} on port {server.port}, log in {server.log_path} ...", flush=True)
+    with server:
+        print(f"serving model {server.model_name} at {server.base_url} (ready in {server.start_seconds:.0f} s); Ctrl-C stops it", flush=True)
+        try:
+            while True:
+                server.ensure_running()
+                time.sleep(2)
+        except KeyboardInterrupt:
+            print("stopping the server", flush=True)
+    return 0
+
+
+def cmd_evolve(args: argparse.Namespace) -> int:
+    """Evolves strategies on an arena: generations of proposals from a generator (random, evo, llm), staged
+    matches on Ray evaluator actors, survivors kept; every proposal and match recorded in runs/<name>/.
+    `--resume runs/<name>` continues a stopped or killed run with its recorded settings, shows a finished one
+    (starting nothing), or extends it with new stopping rules (--generations, --patience, --budget, --minutes,
+    --no-clear-stop)."""
+    from agentqat import session, ui
+
+    if args.resume:
+        directory, arena = Path(args.resume), None
+        changes = _stop_rule_changes(args)
+        if not (changes and session.extend_run(directory, **changes)) and (summary := session.finished_summary(directory)):
+            return _show_finished(directory, summary)
+        fields = vars(session.read_manifest(directory).settings)
+    else:
+        from agentqat.arena.config import load_arena
+
+        arena, fields = load_arena(args.arena), _settings_fields(args)
+        if args.population is None:  # the arena's offspring per generation where it declares a ladder
+            fields["population"] = arena.levels.offspring if arena.levels else defaults.POPULATION
+        directory = args.runs / (args.run or f"evolve-{fields['generator']}-{arena.name}-seed{fields['seed']}")
+    try:
+        # The view opens first: a new run's manifest loads the model's facts (converting the model on first use).
+        with ui.EvolveView(str(directory), fields["generator"], fields["generations"], fields.get("match_budget")) as view:
+            manifest = None
+            if arena is not None:
+                llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
+                manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, reporter=view, **fields)
+            outcome = session.run_evolve(directory, manifest, workers=args.workers, ray_address=args.ray_address, observer=view)
+    except KeyboardInterrupt:
+        print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
+        raise
+    ui.print_evolve_outcome(outcome, directory)
+    return 0
+
+
+STOP_RULE_FLAGS = {"generations": "--generations", "patience": "--patience", "match_budget": "--budget",
+                   "time_budget_s": "--minutes", "stop_when_clear": "--no-clear-stop"}  # fmt: skip
+
+
+def _settings_fields(args: argparse.Namespace) -> dict:
+    """Returns the EvolveSettings fields of a new run from the evolve flags (defaults where not given)."""
+    fields = {"generator": args.generator, "seed": args.seed, "population": args.population, **_stop_rule_changes(args)}
+    return {"generations": defaults.GENERATIONS, "patience": defaults.PATIENCE, **fields}
+
+
+def _stop_rule_changes(args: argparse.Namespace) -> dict:
+    """Returns the stopping rules given on the command line, as EvolveSettings fields."""
+    given = {"generations": args.generations, "patience": args.patience, "match_budget": args.budget,
+             "time_budget_s": None if args.minutes is None else args.minutes * 60}  # fmt: skip
+    return {key: value for key, value in given.items() if value is not None} | ({"stop_when_clear": False} if args.no_clear_stop else {})
+
+
+def _show_finished(directory: Path, summary: dict) -> int:
+    """Prints a finished run from its records (starting nothing) and the exact command that extends it."""
+    from agentqat import session, ui
+    from agentqat.runs import read_run
+
+    change = session.extension(session.read_manifest(directory), summary)
+    flags = [
+        STOP_RULE_FLAGS[key] if key == "stop_when_clear" else f"{STOP_RULE_FLAGS[key]} {value / 60 if key == 'time_budget_s' else value:g}"
+        for key, value in change.items()
+    ]
+    ui.print_finished(read_run(directory), " ".join(["agentqat evolve --resume", str(directory), *flags]) if change else "")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Prints a recorded run (evolve or baseline): its generations, every stage's leaderboard (failures
+    included) and the Pareto front of KL against bits, recomputed from the recorded match results."""
+    from agentqat import ui
+    from agentqat.runs import read_run
+
+    ui.print_run(read_run(Path(args.run_dir)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Compares generators at an equal budget: one evolve run per arm and seed on one shared evaluator pool and
+    vLLM server (seed by seed), the uniform baselines, every run's winner re-scored on the test split (and on
+    --test-corpus), then the report (DIR/report.md, DIR/report.html). `--resume DIR` continues a comparison."""
+    from agentqat import session, ui
+    from agentqat.session import compare
+
+    if args.resume:
+        directory, settings = Path(args.resume), compare.read_settings(Path(args.resume))
+    else:
+        from agentqat.arena.config import load_arena
+
+        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        arena = load_arena(args.arena)
+        population = args.population or (arena.levels.offspring if arena.levels else defaults.POPULATION)
+        settings = compare.CompareSettings(
+            arena=arena, arms=tuple(compare.parse_arm(spec, llm) for spec in _names(args.generators)),
+            seeds=compare.parse_seeds(args.seeds), match_budget=args.budget, token_budget=args.tokens,
+            population=population, generations=args.generations, test_corpus=args.test_corpus,
+        )  # fmt: skip
+        directory = args.runs / (args.run or f"compare-{settings.arena.name}")
+
+    def view(run: str):
+        manifest = session.read_manifest(directory / compare.RUNS_DIR / run) if (directory / compare.RUNS_DIR / run / "manifest.json").exists() else None
+        generator = manifest.settings.generator if manifest else run.rpartition("-seed")[0]
+        return ui.EvolveView(run, generator, settings.generations, settings.match_budget)
+
+    try:
+        markdown, page = compare.run_compare(
+            directory, None if args.resume else settings, workers=args.workers, ray_address=args.ray_address,
+            observer_for=view, reporter=ui.PhaseView(),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        print(f"agentqat compare: interrupted; continue with: agentqat compare --resume {directory}", file=sys.stderr)
+        raise
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Rebuilds DIR/report.md and the self-contained DIR/report.html of a comparison directory (DIR/runs/
+    <generator>-seed<k>/ evolve runs, optionally DIR/baseline/ and DIR/test/) from its records alone."""
+    from agentqat.report import build_report
+
+    markdown, page = build_report(Path(args.comparison_dir), seed=args.seed)
+    print(f"wrote {markdown} and {page}")
+    return 0
+
+
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{option} {text!r} is not a comma-separated list of integers", f"e.g. {option} 8,4,3") from None
+
+
+def _names(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]

@@ -1,0 +1,131 @@
+"""The argument parser: one sub-command per job, each bound to its `handlers.cmd_*` handler."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from agentqat import defaults
+from agentqat.arena.baselines import DEFAULT_BITS as BASELINE_BITS
+from agentqat.arena.baselines import DEFAULT_CALIBRATION_BUDGETS as BASELINE_BUDGETS
+from agentqat.arena.config import DEFAULT_ARENA
+from agentqat.cli import commands as handlers
+
+
+def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=defaults.DEFAULT_MODEL, help="built-in name, HF directory, .gguf file or hub id (default: %(default)s)")
+    parser.add_argument("--corpus", default=defaults.DEFAULT_CORPUS, help="packaged corpus, text file or hf:DATASET[:CONFIG] (default: %(default)s)")
+
+
+def _add_arena(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, help="seed choosing windows and items (default: the arena's)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray evaluator actors (default: %(default)s)")
+    parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    parser.add_argument("--run", default="", help="run name under --runs (default: derived from the job)")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
+
+
+def _add_windows(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--windows", type=int, default=defaults.EVAL_WINDOWS, help="evaluation windows (default: %(default)s)")
+    parser.add_argument("--window-tokens", type=int, default=defaults.WINDOW_TOKENS, help="tokens per window (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=defaults.SEED, help="seed choosing the windows (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser with one sub-command per job."""
+    parser = argparse.ArgumentParser(prog="agentqat", description="Discover LLM quantization strategies in a survival tournament.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    info = commands.add_parser("info", help="model and corpus facts, base perplexity", description=handlers.cmd_info.__doc__)
+    _add_model_corpus(info)
+    _add_windows(info)
+    info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    info.set_defaults(handler=handlers.cmd_info)
+
+    validate = commands.add_parser("validate", help="check strategy files against the schema and a model", description=handlers.cmd_validate.__doc__)
+    validate.add_argument("strategies", nargs="+", metavar="STRATEGY.json")
+    validate.add_argument("--model", default=defaults.DEFAULT_MODEL, help="model to resolve against (default: %(default)s)")
+    validate.set_defaults(handler=handlers.cmd_validate)
+
+    quantize = commands.add_parser("quantize", help="apply one strategy: perplexity, KL to base, effective bits", description=handlers.cmd_quantize.__doc__)
+    quantize.add_argument("--strategy", required=True, metavar="STRATEGY.json")
+    _add_model_corpus(quantize)
+    _add_windows(quantize)
+    quantize.add_argument("--calibration-windows", type=int, default=defaults.CALIBRATION_WINDOWS, help="calibration windows (default: %(default)s)")
+    quantize.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    quantize.set_defaults(handler=handlers.cmd_quantize)
+
+    baseline = commands.add_parser("baseline", help="the baseline matrix of standard methods, recorded as a run", description=handlers.cmd_baseline.__doc__)
+    _add_arena(baseline)
+    baseline.add_argument("--stage", default="", help="arena stage to play (default: the arena's last)")
+    baseline.add_argument("--bits", default=",".join(map(str, BASELINE_BITS)), help="bit widths (default: %(default)s)")
+    baseline.add_argument("--calibration", default=",".join(map(str, BASELINE_BUDGETS)), help="calibration budgets in windows (default: %(default)s)")
+    baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
+    baseline.set_defaults(handler=handlers.cmd_baseline)
+
+    levels = commands.add_parser("levels", help="the level database of an arena's ladder", description="The level database of an arena's ladder.")
+    levels_commands = levels.add_subparsers(dest="levels_command", required=True, metavar="LEVELS_COMMAND")
+    build = levels_commands.add_parser("build", help="quantize every module at every ladder level (resumable)", description=handlers.cmd_levels_build.__doc__)
+    build.add_argument("--arena", default="smollm2-3bit", help="arena name or TOML file with a [levels] ladder (default: %(default)s)")
+    build.add_argument("--threads", type=int, default=defaults.TORCH_THREADS, help="torch threads (default: %(default)s)")
+    build.set_defaults(handler=handlers.cmd_levels_build)
+
+    llm = commands.add_parser("llm", help="the LLM generator's model server", description="The LLM generator's model server.")
+    llm_commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
+    serve = llm_commands.add_parser("serve", help="serve the proposer model with vLLM until Ctrl-C", description=handlers.cmd_llm_serve.__doc__)
+    serve.add_argument("--model", default=defaults.DEFAULT_MODEL, help="built-in name or HF directory (default: %(default)s)")
+    serve.add_argument("--port", type=int, default=defaults.LLM_PORT, help="port on 127.0.0.1 (default: %(default)s)")
+    serve.add_argument("--threads", type=int, default=defaults.LLM_THREADS, help="CPU threads of the vLLM worker, bound to the last CPUs (default: %(default)s)")
+    serve.add_argument("--log", type=Path, default=None, help="server log file (default: $AGENTQAT_CACHE_DIR/logs/vllm-MODEL-PORT.log)")
+    serve.set_defaults(handler=handlers.cmd_llm_serve)
+
+    evolve = commands.add_parser("evolve", help="evolve strategies on an arena, recorded as a resumable run", description=handlers.cmd_evolve.__doc__)
+    evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
+    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
+    evolve.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's [levels] offspring, else {defaults.POPULATION})")
+    evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")
+    evolve.add_argument("--patience", type=int, default=None, help=f"stop after this many generations without a better score (default: {defaults.PATIENCE})")
+    evolve.add_argument("--budget", type=int, default=None, help="match budget: stop before a generation it cannot pay (default: none)")
+    evolve.add_argument("--minutes", type=float, default=None, help="time budget in minutes (default: none)")
+    evolve.add_argument("--no-clear-stop", action="store_true", help="do not stop when one survivor's KL interval is clear of the rest (spend the whole budget)")
+    evolve.add_argument("--workers", type=int, default=None, help="Ray evaluator actors; 0 plays in this process (default: 2, or 1 beside a managed vLLM server)")
+    evolve.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM generator's backend: a vLLM server, or Outlines over transformers in this process (default: %(default)s)")
+    evolve.add_argument("--llm-model", default=defaults.DEFAULT_MODEL, help="the proposer model: built-in name or HF directory (default: %(default)s)")
+    evolve.add_argument("--llm-url", default="", help="use this running vLLM server (OpenAI API base URL) instead of starting one")
+    evolve.add_argument("--llm-fallback", action="store_true", help="when the LLM server fails after its retries, record it and go on with the random generator")
+    evolve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    evolve.add_argument("--run", default="", help="run name under --runs (default: evolve-<generator>-<arena>-seed<seed>)")
+    evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
+    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings; with stopping rules (--generations, --patience, --budget, --minutes, --no-clear-stop), extend it")
+    evolve.set_defaults(handler=handlers.cmd_evolve)
+
+    show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=handlers.cmd_show.__doc__)
+    show.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, e.g. runs/evolve-random-smollm2-default-seed0")
+    show.set_defaults(handler=handlers.cmd_show)
+
+    compare = commands.add_parser("compare", help="generators against each other at an equal budget, with statistics and a report", description=handlers.cmd_compare.__doc__)
+    compare.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    compare.add_argument("--generators", default=defaults.COMPARE_ARMS, help="arms: generators, LLM ablations as llm/no-reflection or llm/no-sensitivities, proposers as llm@MODEL (default: %(default)s)")
+    compare.add_argument("--seeds", default=defaults.COMPARE_SEEDS, help="search seeds, a range or a list (default: %(default)s)")
+    compare.add_argument("--budget", type=int, default=defaults.COMPARE_MATCHES, help="matches per run, the same for every arm (default: %(default)s)")
+    compare.add_argument("--tokens", type=int, default=None, help="evaluated tokens per run, the same for every arm (default: no token limit)")
+    compare.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's ladder offspring, else {defaults.POPULATION})")
+    compare.add_argument("--generations", type=int, default=defaults.COMPARE_GENERATIONS, help="at most this many generations per run (default: %(default)s)")
+    compare.add_argument("--test-corpus", default=None, metavar="FILE", help="also re-score every winner on this text file")
+    compare.add_argument("--workers", type=int, default=None, help="Ray evaluator actors (default: 2, or 1 beside a managed vLLM server)")
+    compare.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
+    compare.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM arms' backend (default: %(default)s)")
+    compare.add_argument("--llm-model", default=defaults.DEFAULT_MODEL, help="the LLM arms' proposer unless an arm names one (default: %(default)s)")
+    compare.add_argument("--llm-url", default="", help="use this running vLLM server instead of starting one")
+    compare.add_argument("--run", default="", help="comparison name under --runs (default: compare-<arena>)")
+    compare.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
+    compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
+    compare.set_defaults(handler=handlers.cmd_compare)
+
+    report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
+    report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")
+    report.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the bootstrap and permutation draws (default: %(default)s)")
+    report.set_defaults(handler=handlers.cmd_report)
+    return parser
