@@ -107,3 +107,20 @@ def test_llm_edits_set_levels_on_fused_sets_and_stay_on_the_ladder(space, smollm
     assert "Edit_set_level" not in edit_schema(no_ladder)["$defs"]
     with pytest.raises(EditError, match="no level of the ladder"):
         apply_edits(parent, edit, no_ladder, np.random.default_rng(0))
+
+
+def test_every_arm_proposes_ladder_allocations_on_a_ladder_arena(space):
+    from agentqat.generators import make_generator
+    from agentqat.generators.ladder import OnLadder
+
+    random = OnLadder(make_generator("random", space), space)
+    proposals = random.propose([], 8, np.random.default_rng(3))
+    assert random.name == "random" and len(proposals) == 8
+    for document in proposals:
+        layout = layout_of(document, space.facts)
+        assert set(layout.configs) <= set(space.ladder) and layout_bits(layout, space.facts) <= 3.3
+        assert all(len({layout.configs[i] for i in unit}) == 1 for unit in module_units(space.facts))
+    already = _document([best_uniform_level(space)] * len(space.facts.linears), space)
+    from agentqat.generators.ladder import on_ladder
+
+    assert on_ladder(already, space, np.random.default_rng(0)) is already

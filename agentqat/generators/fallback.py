@@ -27,12 +27,9 @@ class WithFallback:
         return self.active.name
 
     @property
-    def accepted(self) -> int | None:
-        return getattr(self.primary, "accepted", None)
-
-    @property
-    def rejected(self) -> int | None:
-        return getattr(self.primary, "rejected", None)
+    def counts(self) -> dict | None:
+        """Returns the primary's proposal counts (accepted, rejected, repaired, ...) for the live view."""
+        return getattr(self.primary, "counts", None)
 
     def iter_proposals(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> Iterator[dict]:
         """Yields the active generator's proposals; after a failure of the primary, the fallback's."""

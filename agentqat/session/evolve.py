@@ -117,6 +117,10 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
         from agentqat.generators.fallback import WithFallback
 
         generator = WithFallback(generator, make_generator("random", space))
+    if space.ladder:
+        from agentqat.generators.ladder import OnLadder
+
+        generator = OnLadder(generator, space)  # every arm searches the same space: ladder allocations
     return generator, cost
 
 

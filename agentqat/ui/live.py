@@ -208,9 +208,9 @@ class EvolveView:
             f"{rate:.0f} matches/h",
             _duration(elapsed),
         ]
-        accepted, rejected = getattr(self.generator, "accepted", None), getattr(self.generator, "rejected", None)
-        if accepted is not None and rejected is not None:
-            parts.append(f"LLM proposals accepted {accepted}, rejected {rejected}")
+        counts = getattr(self.generator, "counts", None)
+        if counts:
+            parts.append(f"LLM proposals accepted {counts['accepted']:.0f}, rejected {counts['rejected']:.0f}, repaired {counts['repaired']:.0f}")
         return " · ".join(parts)
 
     def _render(self):
