@@ -155,7 +155,7 @@ def run_compare(
     from agentqat.report import build_report
     from agentqat.session.evolve import run_evolve
     from agentqat.session.resources import Resources
-    from agentqat.study.unseen import reevaluate
+    from agentqat.study.unseen import TEST_STAGE, reevaluate
 
     directory = Path(directory)
     if settings is None:
@@ -172,7 +172,7 @@ def run_compare(
                 with observer if observer is not None else nullcontext():
                     run_evolve(run, manifest, resources=resources, observer=observer)
         play_baselines(directory, settings, resources, reporter)
-    sources = ("test",) + ((settings.test_corpus,) if settings.test_corpus else ())
+    sources = (TEST_STAGE,) + ((settings.test_corpus,) if settings.test_corpus else ())
     reevaluate(directory, sources, reporter=reporter)
     return build_report(directory)
 
