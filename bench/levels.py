@@ -25,6 +25,21 @@ from agentqat.levels import arena_ladder, level_name
 from agentqat.models import quantizable_linears
 
 
+def play_and_time(workbench: Workbench, documents: list[dict], windows: torch.Tensor) -> tuple:
+    """Returns the first match played on the first stage (cold), the matches of the other documents, and the
+    seconds of 3 bare forward passes over `windows`."""
+    stage, seed = workbench.arena.stages[0], workbench.arena.seed
+    cold = workbench.play(MatchRequest(documents[0], stage.name, seed))
+    results = [workbench.play(MatchRequest(document, stage.name, seed)) for document in documents[1:]]
+    bare = []
+    with torch.inference_mode():
+        for _ in range(3):
+            began = time.perf_counter()
+            workbench.loaded.model(input_ids=windows)
+            bare.append(time.perf_counter() - began)
+    return cold, results, bare
+
+
 def ladder_documents(workbench: Workbench, count: int, seed: int = 0) -> list[dict]:
     """Returns the uniform ladder level and `count - 1` of its offspring, as the evo generator proposes them."""
     arena, facts = workbench.arena, workbench.loaded.facts
@@ -58,14 +73,7 @@ def main() -> None:
     workbench.prepare(arena.seed)
     windows = workbench.windows(stage, arena.seed, 0)
     documents = ladder_documents(workbench, args.matches + 1)
-    cold = workbench.play(MatchRequest(documents[0], stage.name, arena.seed))
-    results = [workbench.play(MatchRequest(d, stage.name, arena.seed)) for d in documents[1:]]
-    with torch.inference_mode():
-        bare = []
-        for _ in range(3):
-            began = time.perf_counter()
-            workbench.loaded.model(input_ids=windows)
-            bare.append(time.perf_counter() - began)
+    cold, results, bare = play_and_time(workbench, documents, windows)
     match = statistics.median(r.seconds for r in results)
     swap = statistics.median(r.cost.quantize_seconds for r in results)
     print(f"DB-backed screening match ({windows.numel()} tokens, {arena.compute_threads} thread): first {cold.seconds:.2f} s "

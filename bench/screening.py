@@ -14,27 +14,18 @@ import argparse
 import statistics
 import time
 
-import torch
-
 from agentqat.arena.config import load_arena
 from agentqat.arena.match import Workbench
 from agentqat.arena.pool import EvaluatorPool
 from agentqat.arena.request import MatchRequest
-from levels import ladder_documents  # bench/levels.py, beside this script
+from levels import ladder_documents, play_and_time  # bench/levels.py, beside this script
 
 
 def where_time_goes(workbench: Workbench, documents: list[dict]) -> None:
     """Prints the median split of an in-process screening match, and the bare forward pass."""
     arena, stage = workbench.arena, workbench.arena.stages[0]
-    workbench.play(MatchRequest(documents[0], stage.name, arena.seed))
-    results = [workbench.play(MatchRequest(d, stage.name, arena.seed)) for d in documents[1:]]
     windows = workbench.windows(stage, arena.seed, 0)
-    with torch.inference_mode():
-        bare = []
-        for _ in range(3):
-            began = time.perf_counter()
-            workbench.loaded.model(input_ids=windows)
-            bare.append(time.perf_counter() - began)
+    _, results, bare = play_and_time(workbench, documents, windows)
     total = statistics.median(r.seconds for r in results)
     swap = statistics.median(r.cost.quantize_seconds for r in results)
     forward_kl = statistics.median(r.cost.evaluate_seconds for r in results)

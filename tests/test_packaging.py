@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "agentqat"
-MAX_MODULE_LINES = 420
+MAX_MODULE_LINES = 400
 
 
 def _module_name(path: Path) -> str:

@@ -110,7 +110,7 @@ class VllmBackend:
                 last_error = error
         raise UserError(
             f"no answer from the vLLM server at {self.base_url} after {self.retries + 1} attempts: {last_error}",
-            "start one with `agentqat llm serve` (or pass its URL), or use --llm-backend transformers",
+            "start one with `agentqat llm serve` (or set the LLM server URL), or set the LLM backend to transformers",
         ) from last_error
 
 

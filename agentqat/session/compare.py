@@ -122,7 +122,7 @@ def write_settings(directory: Path, settings: CompareSettings) -> None:
     """Writes DIR/compare.json (UserError when the directory holds another comparison)."""
     path = Path(directory) / COMPARE_FILE
     if path.exists() and read_settings(directory) != settings:
-        raise UserError(f"{directory} holds another comparison", "resume it with `agentqat compare --resume DIR` or pick another name")
+        raise UserError(f"{directory} holds another comparison", "resume the recorded comparison or pick another name")
     Path(directory).mkdir(parents=True, exist_ok=True)
     write_json_atomic(path, settings.model_dump(mode="json"))
 

@@ -47,7 +47,7 @@ class UnseenBench(Workbench):
         if count < 1:
             raise UserError(
                 f"the unseen text {source!r} holds {len(self.unseen_ids)} tokens, less than one window of {arena.window_tokens}",
-                "pass a longer --test-corpus file",
+                "use a longer test corpus file",
             )
         self.stage = Stage(name=stage_name(source), windows=count)
         self.arena = arena.model_copy(update={"stages": (self.stage,), "match_seconds": REEVALUATION_SECONDS})
