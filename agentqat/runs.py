@@ -61,13 +61,16 @@ def _proposal(record: dict) -> tuple[int, int, dict]:
 
 
 def _generation_record(record: dict) -> dict:
-    """Returns a generations record once it has exactly the fields of a GenerationSummary and a number for
-    `elapsed_s`."""
+    """Returns a generations record once it has the fields of a GenerationSummary (those added with a default
+    since may be missing: earlier runs did not write them) and a number for `elapsed_s`."""
+    from dataclasses import MISSING
+
     from agentqat.evolve import GenerationSummary
 
-    expected = {field.name for field in fields(GenerationSummary)}
-    if set(record) != expected:
-        raise ValueError(f"fields {sorted(set(record) ^ expected)} differ from a generation summary's")
+    known = {field.name for field in fields(GenerationSummary)}
+    required = {field.name for field in fields(GenerationSummary) if field.default is MISSING and field.default_factory is MISSING}
+    if not required <= set(record) <= known:
+        raise ValueError(f"fields {sorted((required - set(record)) | (set(record) - known))} differ from a generation summary's")
     _generation_of(record)
     if not isinstance(record["elapsed_s"], (int, float)):
         raise ValueError("elapsed_s is not a number")
