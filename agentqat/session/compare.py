@@ -21,7 +21,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
+from agentqat.progress import Reporter
 from agentqat.session.manifest import LlmSettings
+from agentqat.session.resources import Resources
 from agentqat.store import read_json_object, write_json_atomic
 
 COMPARE_FILE = "compare.json"
@@ -145,7 +147,7 @@ def run_compare(
     workers: int | None = None,
     ray_address: str | None = None,
     observer_for: Callable[[str], object] | None = None,
-    reporter=None,
+    reporter: Reporter | None = None,
 ) -> tuple[Path, Path]:
     """Returns the paths of the report of the comparison in `directory`: a new one of `settings`, or (None) the
     recorded one resumed. Every run, the baselines and the re-evaluations already recorded are not played again.
@@ -154,7 +156,6 @@ def run_compare(
 
     from agentqat.report import build_report
     from agentqat.session.evolve import run_evolve
-    from agentqat.session.resources import Resources
     from agentqat.study.unseen import TEST_STAGE, reevaluate
 
     directory = Path(directory)
@@ -177,7 +178,7 @@ def run_compare(
     return build_report(directory)
 
 
-def play_baselines(directory: Path, settings: CompareSettings, resources, reporter=None) -> None:
+def play_baselines(directory: Path, settings: CompareSettings, resources: Resources, reporter: Reporter | None = None) -> None:
     """Plays (or resumes) the uniform baselines (RTN, GPTQ, AWQ, HQQ, NF4 at 4 and 3 bits) on the arena's last
     stage in DIR/baseline/, on the comparison's shared pool."""
     from agentqat.arena.baselines import baseline_requests
