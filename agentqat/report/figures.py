@@ -12,6 +12,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from agentqat.models import ModelFacts  # noqa: E402
 from agentqat.report.analysis import common_grid, curves  # noqa: E402
@@ -60,6 +61,8 @@ def best_so_far_plot(records: ComparisonRecords, path: Path) -> Path:
             ax.set_xlabel(f"budget spent ({budget})")
             ax.set_ylabel(f"best {'KL (nats/token)' if metric == 'kl' else 'perplexity'} so far")
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ScalarFormatter())  # plain numbers: a narrow range shows 0.559, not 5.59e-1
+            ax.yaxis.set_minor_formatter(ScalarFormatter())
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle("Best surviving strategy so far (last stage): median over seeds, band = min..max")
