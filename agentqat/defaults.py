@@ -34,6 +34,7 @@ LLM_REQUEST_TIMEOUT_S = 120.0
 LLM_RETRIES = 3  # retries of a request after a connection error, timeout or 5xx
 LLM_BACKOFF_S = 1.0  # first retry's wait, doubled on each retry
 LLM_TEMPERATURE = 1.0
+LLM_CONCURRENCY = 8  # proposal requests in flight at once; the vLLM server decodes them as one batch
 
 CACHE_ENV = "AGENTQAT_CACHE_DIR"
 

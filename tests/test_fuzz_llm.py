@@ -26,6 +26,7 @@ class Replies:
     """A backend whose replies are given: each request gets the next one (then empty replies); counts requests."""
 
     name = "fuzzed replies"
+    concurrency = 1
 
     def __init__(self, replies: list[str]):
         self.replies, self.requests = iter(replies), 0

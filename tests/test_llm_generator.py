@@ -3,6 +3,7 @@ the session's tiny random-weight Llama under constrained decoding (in-process Ou
 
 import json
 import math
+import threading
 import time
 
 import numpy as np
@@ -13,6 +14,7 @@ from pydantic import ValidationError
 from agentqat.bits import strategy_bits
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.llm import LlmGenerator
+from agentqat.generators.random_edits import RandomJsonBackend
 from agentqat.llm.backends import TransformersBackend
 from agentqat.generators.llm.edits import (
     EditDocument,
@@ -328,6 +330,7 @@ class Counting:
 
     def __init__(self, backend):
         self.backend, self.name, self.prompts = backend, backend.name, []
+        self.concurrency = backend.concurrency
 
     def generate(self, prompt, schema, seed, max_tokens):
         self.prompts.append(prompt)
@@ -398,3 +401,32 @@ def test_ablations_leave_lessons_and_sensitivities_out_and_counts_are_recorded(f
     counts = full.take_records()[-1].data
     assert counts["accepted"] == 4 and counts["decode_s"] >= 0
     assert counts["repaired_modules"] >= counts["repaired"] and (counts["repaired_bits"] > 0) == (counts["repaired"] > 0)
+
+
+class Overlapping(RandomJsonBackend):
+    """The schema sampler, slowed down and sent `concurrency` requests at once; records the most in flight."""
+
+    def __init__(self, concurrency):
+        self.concurrency, self.in_flight, self.most = concurrency, 0, 0
+        self._lock = threading.Lock()
+
+    def generate(self, prompt, schema, seed, max_tokens):
+        with self._lock:
+            self.in_flight += 1
+            self.most = max(self.most, self.in_flight)
+        time.sleep(0.05)
+        with self._lock:
+            self.in_flight -= 1
+        return super().generate(prompt, schema, seed, max_tokens)
+
+
+def test_concurrent_requests_give_the_one_at_a_time_proposals(facts):
+    space = SearchSpace(facts, 4.5)
+    parents = [Evaluated(d, -0.1 * k, True, "ok", 0.1 * k, 4.3) for k, d in enumerate([GPTQ4, SYM3])]
+    sequential, concurrent = Overlapping(1), Overlapping(4)
+    one_at_a_time = LlmGenerator(space, sequential).propose(parents, 6, rng(3))
+    batched = LlmGenerator(space, concurrent).propose(parents, 6, rng(3))
+    assert [doc["name"] for doc in batched] == [doc["name"] for doc in one_at_a_time]
+    assert len(batched) == 6
+    assert sequential.most == 1
+    assert concurrent.most > 1

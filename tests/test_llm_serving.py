@@ -68,6 +68,7 @@ class UnconstrainedTransformers:
         loaded = load_model(str(directory))
         self.model, self.tokenizer = loaded.model, loaded.tokenizer
         self.name = f"unconstrained transformers {directory}"
+        self.concurrency = 1
 
     def generate(self, prompt, schema, seed, max_tokens):
         import transformers

@@ -12,8 +12,10 @@ from agentqat.study.stats import (
     budget_to_reach,
     cliffs_delta,
     compare_arms,
+    compare_with_value,
     on_grid,
     permutation_p,
+    sign_flip_p,
     smallest_p,
 )
 
@@ -89,3 +91,24 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
     assert first == bootstrap_interval(values, np.random.default_rng(0))
     assert first.value == 3.0 and 1.0 <= first.low < 3.0 < first.high <= 5.0
     assert bootstrap_interval([2.0, 2.0], np.random.default_rng(0)) == bootstrap_interval([2.0], np.random.default_rng(5))
+
+
+def test_sign_flip_p_counts_every_flip():
+    # 3 positive differences: of the 8 sign patterns, only all-plus and all-minus are as extreme
+    assert sign_flip_p([1.0, 2.0, 3.0]) == pytest.approx(2 / 8)
+    assert sign_flip_p([1.0, -1.0]) == 1.0
+
+
+def test_runs_against_one_seed_independent_value():
+    below = compare_with_value("llm", [0.50, 0.51, 0.52, 0.53, 0.54], "knapsack", 0.60, "final KL")
+    assert below.p_less == pytest.approx(1 / 32) and below.p_two_sided == pytest.approx(2 / 32)
+    assert below.cliffs_delta == -1.0 and below.n_b == 1 and below.median_b == 0.60
+    # with 5 runs no two-sided signed-rank p can fall below 2/32: the sentence says so instead of claiming a win
+    assert "do not differ significantly" in below.sentence and "no p below 0.0625" in below.sentence
+    assert smallest_p(5, 1, against_value=True) == pytest.approx(2 / 32)
+    six = compare_with_value("llm", [0.50, 0.51, 0.52, 0.53, 0.54, math.inf], "knapsack", 0.60, "final KL")
+    # a run that found nothing counts as worse than the value by more than any other difference (rank 6):
+    # W+ = 6, and 14 of the 64 sign patterns have W+ <= 6
+    assert six.cliffs_delta == pytest.approx(-4 / 6) and six.p_less == pytest.approx(14 / 64)
+    same = compare_with_value("llm", [0.6, 0.6], "knapsack", 0.6, "final KL")
+    assert same.p_two_sided == 1.0 and same.cliffs_delta == 0.0

@@ -11,6 +11,7 @@ from agentqat.generators.base import (
     SearchSpace,
     make_generator,
     register_generator,
+    uses_seed,
 )
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS, apply_random_operator
 from agentqat.generators.repair import repair
@@ -28,4 +29,5 @@ __all__ = [
     "make_generator",
     "register_generator",
     "repair",
+    "uses_seed",
 ]

@@ -182,6 +182,12 @@ def register_generator(name: str) -> Callable[[GeneratorFactory], GeneratorFacto
     return decorate
 
 
+def uses_seed(name: str) -> bool:
+    """Returns whether the generator registered under `name` proposes differently at another search seed (False
+    for one that declares `uses_seed = False`, such as the knapsack allocator: its runs repeat each other)."""
+    return getattr(GENERATORS[name], "uses_seed", True)
+
+
 def make_generator(name: str, space: SearchSpace, **options) -> Generator:
     """Returns the generator registered under `name`, set up for `space` (with its own keyword options)."""
     if name not in GENERATORS:

@@ -118,6 +118,7 @@ class KnapsackGenerator:
     """Proposes the KL-optimal allocation of ladder levels to units within budget, then the next-best ones."""
 
     name = "knapsack"
+    uses_seed = False  # the same costs give the same proposals: a comparison plays it at its first seed only
 
     def __init__(self, space: SearchSpace, costs: Costs, units: str = UNITS):
         self.space, self.costs, self.units = space, dict(costs), units

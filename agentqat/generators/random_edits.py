@@ -27,6 +27,7 @@ class RandomJsonBackend:
     """A JsonBackend whose reply is a random instance of the request's schema, drawn from the request's seed."""
 
     name = "random-json (schema sampler)"
+    concurrency = 1  # nothing to wait for
 
     def generate(self, prompt: str, schema: dict, seed: int, max_tokens: int) -> str:
         """Returns a random instance of `schema` drawn with default_rng(seed), as JSON (the prompt unread)."""

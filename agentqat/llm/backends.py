@@ -45,6 +45,7 @@ HEALTH_TIMEOUT_S = 5.0
 
 class JsonBackend(Protocol):
     name: str  # what the run manifest records, e.g. "vllm http://127.0.0.1:8000/v1 smollm2-135m"
+    concurrency: int  # requests worth sending at once (a server batches them; 1 for an in-process model)
 
     def generate(self, prompt: str, schema: dict, seed: int, max_tokens: int) -> str:
         """Returns the model's reply to the chat prompt, decoding constrained to the JSON schema."""
@@ -64,6 +65,7 @@ class VllmBackend:
         backoff_s: float = defaults.LLM_BACKOFF_S,
         temperature: float = defaults.LLM_TEMPERATURE,
         server: VllmServer | None = None,
+        concurrency: int = defaults.LLM_CONCURRENCY,
     ):
         import openai
         import outlines
@@ -75,6 +77,7 @@ class VllmBackend:
         self.backoff_s = backoff_s
         self.temperature = temperature
         self.server = server
+        self.concurrency = concurrency
         # Retries are ours (bounded, with backoff, then a UserError), not the OpenAI client's.
         client = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
         self._model = outlines.from_vllm(client, model_name)
@@ -126,6 +129,7 @@ class TransformersBackend:
 
         loaded = load_model(str(model))
         self.name = f"transformers {loaded.directory or model}"
+        self.concurrency = 1  # one model in this process: requests run one at a time anyway
         self.threads = threads
         self.temperature = temperature
         self._model = outlines.from_transformers(loaded.model, loaded.tokenizer)

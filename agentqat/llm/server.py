@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -80,6 +81,7 @@ class VllmServer:
         self.max_model_len = max_model_len
         self.start_timeout_s = start_timeout_s
         self.restarts = 0
+        self._restart_lock = threading.Lock()  # proposal requests run in threads (backends.VllmBackend)
         self.start_seconds: float | None = None  # how long the last start took
         self._spec = spec
         self._process: subprocess.Popen | None = None
@@ -169,7 +171,12 @@ class VllmServer:
 
     def ensure_running(self) -> None:
         """Restarts the server when it is not running (it died, or was stopped), once in its life; raises
-        UserError when that restart is spent."""
+        UserError when that restart is spent. Callers in several threads restart it once between them."""
+        with self._restart_lock:
+            self._restart_if_dead()
+
+    def _restart_if_dead(self) -> None:
+        """Restarts a dead server, the body of `ensure_running`."""
         if self.running():
             return
         code = self._process.returncode if self._process else None

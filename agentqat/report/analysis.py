@@ -14,8 +14,19 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from agentqat.generators import uses_seed
 from agentqat.report.records import ComparisonRecords, RunRecord
-from agentqat.study.stats import Comparison, Interval, area_under_curve, best_so_far, bootstrap_interval, budget_to_reach, compare_arms, on_grid
+from agentqat.study.stats import (
+    Comparison,
+    Interval,
+    area_under_curve,
+    best_so_far,
+    bootstrap_interval,
+    budget_to_reach,
+    compare_arms,
+    compare_with_value,
+    on_grid,
+)
 
 GRID_POINTS = 200
 BUDGETS = ("tokens", "matches")
@@ -116,7 +127,9 @@ def reference_arm(records: ComparisonRecords) -> str:
 
 
 def comparisons(records: ComparisonRecords, summaries: list[ArmSummary], seed: int = 0) -> list[Comparison]:
-    """Returns the reference arm against each other arm on each quantity both measured."""
+    """Returns the reference arm against each other arm on each quantity both measured: rank-sum tests, or
+    against an arm whose generator does not use the seed (one run stands for every seed) a signed-rank test of
+    the reference's runs against its one value."""
     rng = np.random.default_rng(seed)
     by_arm = {summary.arm: summary for summary in summaries}
     reference = by_arm[reference_arm(records)]
@@ -124,8 +137,11 @@ def comparisons(records: ComparisonRecords, summaries: list[ArmSummary], seed: i
     for other in summaries:
         if other.arm == reference.arm:
             continue
+        single = len(other.seeds) == 1 and not uses_seed(records.of_arm(other.arm)[0].generator)
         for quantity in QUANTITIES:
             a, b = reference.values[quantity], other.values[quantity]
-            if a and b:
+            if a and b and single:
+                out.append(compare_with_value(reference.arm, a, other.arm, b[0], quantity))
+            elif a and b:
                 out.append(compare_arms(reference.arm, a, other.arm, b, quantity, rng))
     return out

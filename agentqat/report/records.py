@@ -30,6 +30,7 @@ class RunRecord:
 
     name: str
     arm: str
+    generator: str
     seed: int
     arena: Arena
     results: tuple[MatchResult, ...]
@@ -107,7 +108,7 @@ def read_run_record(path: Path) -> RunRecord:
     arena = Arena.model_validate(view.manifest["arena"])
     rows = view.stages.get(arena.stages[-1].name, [])
     return RunRecord(
-        name=path.name, arm=arm_of(path.name, settings), seed=settings["seed"], arena=arena,
+        name=path.name, arm=arm_of(path.name, settings), generator=settings["generator"], seed=settings["seed"], arena=arena,
         results=tuple(read_results(RunStore.open(path))), documents=view.documents, rows=tuple(rows),
     )  # fmt: skip
 

@@ -8,7 +8,8 @@ then the uniform baselines, the winners re-scored on unseen text, and the report
     DIR/report.md, report.html     rebuilt from all of the above (`agentqat report DIR`)
 
 Runs are played seed by seed (every arm at seed 0, then every arm at seed 1, ...), so a comparison stopped
-early is still balanced between its arms.
+early is still balanced between its arms. An arm whose generator does not use the seed (the knapsack allocator)
+is played at the first seed only: its runs at other seeds would repeat it match for match.
 """
 
 from __future__ import annotations
@@ -71,6 +72,13 @@ class CompareSettings(_Frozen):
     def run_name(self, arm: Arm, seed: int) -> str:
         """Returns the directory name of an arm's run at `seed`."""
         return f"{arm.name}-seed{seed}"
+
+    def seeds_of(self, arm: Arm) -> tuple[int, ...]:
+        """Returns the seeds an arm is played at: every seed, or the first alone for a generator whose proposals
+        do not depend on the seed (its other runs would repeat that run match for match)."""
+        from agentqat.generators import uses_seed
+
+        return self.seeds if uses_seed(arm.generator) else self.seeds[:1]
 
     def llm_settings(self) -> LlmSettings | None:
         """Returns the LLM settings the shared vLLM server is started with (the first LLM arm's), or None."""
@@ -166,7 +174,7 @@ def run_compare(
     resources = Resources(settings.arena, workers, ray_address, settings.llm_settings(), directory, reporter)
     with resources:
         for seed in settings.seeds:
-            for arm in settings.arms:
+            for arm in (arm for arm in settings.arms if seed in settings.seeds_of(arm)):
                 run = directory / RUNS_DIR / settings.run_name(arm, seed)
                 manifest = None if (run / "manifest.json").exists() else settings.manifest(arm, seed)
                 observer = observer_for(run.name) if observer_for else None

@@ -5,7 +5,9 @@ matches), put on a common grid, their normalised area under the curve, the budge
 target (e.g. the best uniform baseline's KL), and the final best with a seeded bootstrap interval.
 Between arms: Mann-Whitney U (exact for small samples without ties), Cliff's delta (= the rank-biserial
 correlation of U) and a seeded permutation test of the difference in means, each with a sentence that says
-whether the difference is significant at the chosen level, and says so in words when it is not.
+whether the difference is significant at the chosen level, and says so in words when it is not. Against an arm
+that does not depend on the seed (one run stands for every seed), the runs are tested against its single value:
+Wilcoxon's signed-rank test (exact) and the exact sign-flip test of the mean difference.
 Lower is better for every loss here.
 """
 
@@ -151,22 +153,57 @@ def compare_arms(a_name: str, a: Sequence[float], b_name: str, b: Sequence[float
     )  # fmt: skip
 
 
-def smallest_p(n_a: int, n_b: int) -> float:
-    """Returns the smallest two-sided exact Mann-Whitney p-value two samples of these sizes can reach:
-    2 / C(n_a + n_b, n_a) (the two most extreme orderings), at most 1."""
-    return min(1.0, 2 / math.comb(n_a + n_b, n_a))
+def sign_flip_p(differences: Sequence[float]) -> float:
+    """Returns the exact two-sided p-value of the mean of `differences` under every flip of their signs (2^n)."""
+    d = np.asarray(differences, float)
+    signs = np.array(np.meshgrid(*[[-1.0, 1.0]] * len(d))).reshape(len(d), -1).T
+    means = np.abs((signs * d).mean(axis=1))
+    return float(np.mean(means >= abs(d.mean()) - 1e-12 * max(1.0, abs(d.mean()))))
 
 
-def verdict(a: str, b: str, metric: str, p_two_sided: float, delta: float, n_a: int, n_b: int, alpha: float = ALPHA) -> str:
+def compare_with_value(a_name: str, a: Sequence[float], b_name: str, value: float, metric: str, alpha: float = ALPHA) -> Comparison:
+    """Returns the comparison of arm `a`'s runs with the single `value` of an arm that does not use the seed:
+    Wilcoxon's signed-rank test of a - value (exact; zero differences dropped, p = 1 when none is left), Cliff's
+    delta against the one value and the exact sign-flip p. `u` holds the signed-rank statistic."""
+    a = np.asarray(a, float)
+    finite = a[np.isfinite(a)]
+    worst = max(float(finite.max()) if len(finite) else value, value) + 1.0
+    ranked = np.where(np.isfinite(a), a, worst)
+    differences = ranked - value
+    nonzero = differences[differences != 0]
+    if len(nonzero):
+        less = scipy_stats.wilcoxon(nonzero, alternative="less", method="exact")
+        two = scipy_stats.wilcoxon(nonzero, alternative="two-sided", method="exact")
+        statistic, p_less, p_two = float(two.statistic), float(less.pvalue), float(two.pvalue)
+        p_flip = sign_flip_p(nonzero)
+    else:
+        statistic, p_less, p_two, p_flip = 0.0, 1.0, 1.0, 1.0
+    delta = float(np.mean(np.sign(differences)))
+    return Comparison(
+        a=a_name, b=b_name, metric=metric, n_a=len(a), n_b=1, median_a=float(np.median(a)), median_b=float(value),
+        u=statistic, p_less=p_less, p_two_sided=p_two, cliffs_delta=delta, p_permutation=p_flip,
+        method="signed-rank", sentence=verdict(a_name, b_name, metric, p_two, delta, len(a), 1, alpha, against_value=True),
+    )  # fmt: skip
+
+
+def smallest_p(n_a: int, n_b: int, against_value: bool = False) -> float:
+    """Returns the smallest two-sided exact p-value two samples of these sizes can reach: Mann-Whitney's
+    2 / C(n_a + n_b, n_a) (the two most extreme orderings), or with `against_value` (signed ranks of n_a
+    differences from one value) 2 / 2^n_a; at most 1."""
+    return min(1.0, 2 / (2**n_a if against_value else math.comb(n_a + n_b, n_a)))
+
+
+def verdict(a: str, b: str, metric: str, p_two_sided: float, delta: float, n_a: int, n_b: int, alpha: float = ALPHA, against_value: bool = False) -> str:
     """Returns one sentence saying whether `a` and `b` differ on `metric` at level `alpha`, in words, and that a
     non-significant difference is not one."""
     direction = "lower (better)" if delta < 0 else "higher (worse)" if delta > 0 else "neither lower nor higher"
     size = f"Cliff's delta {delta:+.2f}, {n_a} vs {n_b} runs"
+    test = f"Wilcoxon signed-rank against {b}'s one seed-independent value," if against_value else "Mann-Whitney"
     if p_two_sided < alpha:
-        return f"{a} reaches a significantly {direction} {metric} than {b} (two-sided Mann-Whitney p = {p_two_sided:.3g} < {alpha}; {size})."
-    floor = smallest_p(n_a, n_b)
+        return f"{a} reaches a significantly {direction} {metric} than {b} (two-sided {test} p = {p_two_sided:.3g} < {alpha}; {size})."
+    floor = smallest_p(n_a, n_b, against_value)
     note = f"; with these sample sizes no p below {floor:.3g} is possible" if floor >= alpha else ""
     return (
-        f"{a} and {b} do not differ significantly in {metric} (two-sided Mann-Whitney p = {p_two_sided:.3g} >= {alpha}; "
+        f"{a} and {b} do not differ significantly in {metric} (two-sided {test} p = {p_two_sided:.3g} >= {alpha}; "
         f"{size}{note}): the observed difference may be chance and is not evidence that either arm is better."
     )

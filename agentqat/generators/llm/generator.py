@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -206,38 +207,55 @@ class LlmGenerator:
                 "reply": reply[:MAX_KEPT_REPLY]}  # fmt: skip
         self._records.append(GeneratorRecord("rejections", data))
 
+    def _replies(self, requests: Sequence[Request], context: prompts.Context) -> list[str]:
+        """Returns the backend's replies to `requests`, in order; up to `backend.concurrency` are in flight at
+        once (a vLLM server batches them), and the wall time is added to `decode_s`."""
+        prompts_ = []
+        for request in requests:
+            schema = self._schemas[request.kind]
+            example = prompts.example(schema, request.seed, lambda text, request=request: self._applies(request, text))
+            prompts_.append(prompts.render(request.kind, context, request.parents, example=example))
+        started = time.perf_counter()
+        if self.backend.concurrency <= 1 or len(requests) == 1:
+            replies = [self._ask(request, prompt) for request, prompt in zip(requests, prompts_, strict=True)]
+        else:
+            with ThreadPoolExecutor(min(self.backend.concurrency, len(requests))) as pool:
+                replies = list(pool.map(self._ask, requests, prompts_))
+        self.counts["decode_s"] += time.perf_counter() - started
+        return replies
+
+    def _ask(self, request: Request, prompt: str) -> str:
+        """Returns the backend's reply to one request's prompt."""
+        return self.backend.generate(prompt, self._schemas[request.kind], request.seed, MAX_TOKENS[request.kind])
+
     def iter_proposals(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> Iterator[dict]:
-        """Yields up to `count` new documents, each as soon as its reply has passed every check."""
+        """Yields up to `count` new documents, each as soon as its batch of replies is checked. Requests go out
+        in batches of at most the proposals still missing, so the requests drawn (and so the proposals) are the
+        ones a one-at-a-time loop would draw."""
         seen = {strategy_id(member.document) for member in population}
         best = elite(population)
         context = self.context(best)
-        accepted = 0
-        for _ in range(ATTEMPTS_PER_PROPOSAL * count):
-            if accepted == count:
-                return
-            request = self._request(best, rng)
-            schema = self._schemas[request.kind]
-            example = prompts.example(schema, request.seed, lambda text: self._applies(request, text))
-            prompt = prompts.render(request.kind, context, request.parents, example=example)
-            started = time.perf_counter()
-            reply = self.backend.generate(prompt, schema, request.seed, MAX_TOKENS[request.kind])
-            self.counts["decode_s"] += time.perf_counter() - started
-            try:
-                document, repaired = self._candidate(request, reply)
-            except (ValueError, RecursionError, StrategyError, jsonschema.ValidationError) as error:
-                self._reject(request, reply, _reason(error))
-                continue
-            if strategy_id(document) in seen:
-                self._reject(request, reply, "duplicate of a strategy already proposed or evaluated")
-                continue
-            seen.add(strategy_id(document))
-            self.counts["accepted"] += 1
-            if repaired is not None:
-                self.counts["repaired"] += 1
-                self.counts["repaired_modules"] += repaired.modules
-                self.counts["repaired_bits"] += repaired.bits
-            accepted += 1
-            yield self._named(document, request, reply, repaired)
+        accepted, attempts = 0, ATTEMPTS_PER_PROPOSAL * count
+        while accepted < count and attempts > 0:
+            requests = [self._request(best, rng) for _ in range(min(count - accepted, attempts))]
+            attempts -= len(requests)
+            for request, reply in zip(requests, self._replies(requests, context), strict=True):
+                try:
+                    document, repaired = self._candidate(request, reply)
+                except (ValueError, RecursionError, StrategyError, jsonschema.ValidationError) as error:
+                    self._reject(request, reply, _reason(error))
+                    continue
+                if strategy_id(document) in seen:
+                    self._reject(request, reply, "duplicate of a strategy already proposed or evaluated")
+                    continue
+                seen.add(strategy_id(document))
+                self.counts["accepted"] += 1
+                if repaired is not None:
+                    self.counts["repaired"] += 1
+                    self.counts["repaired_modules"] += repaired.modules
+                    self.counts["repaired_bits"] += repaired.bits
+                accepted += 1
+                yield self._named(document, request, reply, repaired)
 
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
         """Returns up to `count` new documents, distinct from each other and from the population."""
