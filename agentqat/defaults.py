@@ -46,3 +46,6 @@ def cache_dir() -> Path:
 # Re-evaluation of final winners on unseen text (agentqat.study): windows of the arena's length, at most this many.
 TEST_WINDOWS = 16
 TEST_TOP = 1  # winners per run re-evaluated: the top survivors of each run's last stage
+
+DEPLOY = "any"  # the engine a search's strategies must run on: any (fake quantization), or a target of agentqat.deploy
+DEPLOY_TARGETS = ("any", "vllm-cpu", "vllm-cuda", "gguf")

@@ -239,6 +239,21 @@ def test_vllm_server_answers_strategy_schema_json_reproducibly(smollm2_server):
 
 
 @pytest.mark.slow
+def test_many_long_seeded_prompts_at_once_keep_the_server_up(smollm2_server):
+    """The LLM generator sends its requests together; long prompts arriving at once used to get their prefills split,
+    which crashes vLLM 0.32's CPU worker for seeded requests (the server died and was restarted)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    backend = VllmBackend.for_server(smollm2_server)
+    schema = {"type": "object", "properties": {"bits": {"enum": [2, 3, 4, 8]}}, "required": ["bits"], "additionalProperties": False}
+    prompts = [("Layer sensitivities and lessons from earlier generations. " * 120) + f"Request {k}: pick bits." for k in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(lambda k: backend.generate(prompts[k], schema, k, 16), range(8)))
+    assert smollm2_server.restarts == 0 and smollm2_server.running()
+    assert all(json.loads(reply)["bits"] in (2, 3, 4, 8) for reply in together)
+
+
+@pytest.mark.slow
 def test_the_constraint_check_passes_the_real_vllm_server(smollm2_server):
     """The server decodes under its structured outputs: the canary comes back; a model it does not serve is one line."""
     check_constrained(VllmBackend.for_server(smollm2_server))

@@ -111,9 +111,9 @@ def test_llm_edits_set_levels_on_fused_sets_and_stay_on_the_ladder(space, smollm
 
 def test_every_arm_proposes_ladder_allocations_on_a_ladder_arena(space):
     from agentqat.generators import make_generator
-    from agentqat.generators.ladder import OnLadder
+    from agentqat.generators.ladder import Mapped, on_ladder
 
-    random = OnLadder(make_generator("random", space), space)
+    random = Mapped(make_generator("random", space), lambda document, rng: on_ladder(document, space, rng))
     proposals = random.propose([], 8, np.random.default_rng(3))
     assert random.name == "random" and len(proposals) == 8
     for document in proposals:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.resources
 import tomllib
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -86,6 +86,7 @@ class Arena(_Frozen):
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
     levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")
+    deploy: Literal[defaults.DEPLOY_TARGETS] = Field(defaults.DEPLOY, description="the engine survivors must run on (agentqat.deploy)")
     source: str = ""
 
     @model_validator(mode="after")

@@ -63,8 +63,9 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    """Checks strategy files against the schema and a model; exit code 0 when all are valid, 2 otherwise."""
-    from agentqat import ui
+    """Checks strategy files against the schema, a model and (--deploy) an engine's kernels; exit code 0 when all
+    are valid, 2 otherwise."""
+    from agentqat import deploy, ui
     from agentqat.models import load_facts
     from agentqat.resolve import resolve_strategy
     from agentqat.strategy import StrategyError, load_strategy
@@ -77,6 +78,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except StrategyError as error:
             failures += 1
             ui.print_invalid(path, error.lines)
+            continue
+        unservable = deploy.problems(resolved, facts, args.deploy)
+        if unservable:
+            failures += 1
+            ui.print_invalid(path, [f"not servable on {args.deploy}: {line}" for line in unservable])
         else:
             ui.print_valid(path, resolved, facts)
     return 2 if failures else 0
@@ -88,6 +94,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     from agentqat.strategy import dump_strategy, load_strategy
 
     document = json.loads(dump_strategy(load_strategy(args.strategy)))
+    session.check_servable(document, args.model, args.deploy)
     arena = session.quantize_arena(args.model, args.corpus, args.windows, args.window_tokens, args.calibration_windows, args.seed)
     report = ui.quantize_report(session.quantize_one(document, arena, reporter=ui.PhaseView()), vars(args))
     print(json.dumps(report, indent=2)) if args.json else ui.print_quantize(report)
@@ -182,6 +189,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         from agentqat.arena.config import load_arena
 
         arena, fields = load_arena(args.arena), _settings_fields(args)
+        if args.deploy is not None:
+            arena = arena.model_copy(update={"deploy": args.deploy})
         if args.population is None:  # the arena's offspring per generation where it declares a ladder
             fields["population"] = arena.levels.offspring if arena.levels else defaults.POPULATION
         directory = args.runs / (args.run or f"evolve-{fields['generator']}-{arena.name}-seed{fields['seed']}")

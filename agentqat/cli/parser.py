@@ -46,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check strategy files against the schema and a model", description=handlers.cmd_validate.__doc__)
     validate.add_argument("strategies", nargs="+", metavar="STRATEGY.json")
     validate.add_argument("--model", default=defaults.DEFAULT_MODEL, help="model to resolve against (default: %(default)s)")
+    validate.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="also check that this engine runs it: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     validate.set_defaults(handler=handlers.cmd_validate)
 
     quantize = commands.add_parser("quantize", help="apply one strategy: perplexity, KL to base, effective bits", description=handlers.cmd_quantize.__doc__)
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_windows(quantize)
     quantize.add_argument("--calibration-windows", type=int, default=defaults.CALIBRATION_WINDOWS, help="calibration windows (default: %(default)s)")
     quantize.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    quantize.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse a strategy this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     quantize.set_defaults(handler=handlers.cmd_quantize)
 
     baseline = commands.add_parser("baseline", help="the baseline matrix of standard methods, recorded as a run", description=handlers.cmd_baseline.__doc__)
@@ -84,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
     evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
+    evolve.add_argument("--deploy", default=None, choices=defaults.DEPLOY_TARGETS, help="the engine every strategy must run on: any, vllm-cpu, vllm-cuda or gguf (default: the arena's deploy)")
     evolve.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's [levels] offspring, else {defaults.POPULATION})")
     evolve.add_argument("--generations", type=int, default=None, help=f"at most this many generations (default: {defaults.GENERATIONS})")
     evolve.add_argument("--patience", type=int, default=None, help=f"stop after this many generations without a better score (default: {defaults.PATIENCE})")

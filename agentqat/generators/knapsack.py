@@ -2,9 +2,10 @@
 proposed per-tensor --target-bpw, HIGGS), as a baseline every search arm has to beat.
 
     units        each decoder layer's linear modules (UNITS "layer"), or its attention and its MLP ("role")
-    ladder       the levels a unit may take: the arena's level ladder where it declares one, else uniform int weights at each allowed width within LADDER_SPAN of the
-                 budget, asymmetric, GPTQ rounding (the default rounding where the choices lack it), at the group
-                 size of the best uniform strategy within budget (the shared prior's); fp32 compute
+    ladder       the levels a unit may take: the arena's level ladder where it declares one, else uniform int weights
+                 at each allowed width within LADDER_SPAN of the budget, GPTQ rounding (the default rounding where
+                 the choices lack it), with the group size and symmetry of the best uniform strategy within budget
+                 (the shared prior's); fp32 compute
     costs        measured once, before the search (`prepare`): per unit and level, the KL to the base model on the
                  arena's first stage when that unit alone takes the level and every other module stays at 16 bits.
                  The probes are played through the run's recorded player and charged to the run's budget (a
@@ -68,11 +69,11 @@ def ladder(space: SearchSpace) -> tuple[ModuleConfig, ...]:
     if space.ladder:
         return space.ladder
     rounding = LADDER_ROUNDING if LADDER_ROUNDING in space.choices.roundings else DEFAULT_ROUNDING
-    group = best_uniform(space, rounding).configs[0].weight.group_size
+    uniform = best_uniform(space, rounding).configs[0].weight
     widths = [b for b in sorted(space.choices.bits) if b != 16 and abs(b - space.bits_budget) <= LADDER_SPAN]
     widths = widths or [max(b for b in space.choices.bits if b != 16)]
     return tuple(
-        ModuleConfig(WeightQuant(bits=b, group_size=group, symmetric=False, rounding=rounding), ActivationQuant(), OutlierPolicy())
+        ModuleConfig(WeightQuant(b, uniform.group_size, uniform.symmetric, rounding=rounding), ActivationQuant(), OutlierPolicy())
         for b in widths
     )
 

@@ -1,12 +1,13 @@
 """On an arena with a level ladder every arm searches the same space: allocations of ladder levels to module
-units (the level database holds them, so a match costs a weight swap and a forward pass). `OnLadder` puts any
-generator's proposals there: each document is snapped to the ladder (`switches.snap_to_ladder`: each fused
-unit takes the costliest level that costs no more than its configs do, then units fall a level while the
-budget is exceeded) and its notes say so. A ladder allocation stays as it is."""
+units (the level database holds them, so a match costs a weight swap and a forward pass). `on_ladder` puts a
+proposal there: the document is snapped to the ladder (`switches.snap_to_ladder`: each fused unit takes the
+costliest level that costs no more than its configs do, then units fall a level while the budget is exceeded)
+and its notes say so; a ladder allocation stays as it is. `Mapped` passes any generator's proposals through
+such a function (the ladder, a deployment target)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -26,11 +27,11 @@ def on_ladder(document: dict, space: SearchSpace, rng: np.random.Generator) -> d
     return document_of(snapped, space.facts, prefix[:60], notes)
 
 
-class OnLadder:
-    """A generator whose proposals are snapped to the arena's ladder; named, told and recorded like the inner one."""
+class Mapped:
+    """A generator whose proposals pass through `mapping(document, rng)`; named, told and recorded like the inner one."""
 
-    def __init__(self, inner: Generator, space: SearchSpace):
-        self.inner, self.space = inner, space
+    def __init__(self, inner: Generator, mapping: Callable[[dict, np.random.Generator], dict]):
+        self.inner, self.mapping = inner, mapping
 
     @property
     def name(self) -> str:
@@ -41,9 +42,9 @@ class OnLadder:
         return getattr(self.inner, attribute)  # counts, reflections and the like, for the live view
 
     def iter_proposals(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> Iterator[dict]:
-        """Yields the inner generator's proposals as it makes them, each on the ladder."""
+        """Yields the inner generator's proposals as it makes them, each mapped."""
         for document in getattr(self.inner, "iter_proposals", self.inner.propose)(population, count, rng):
-            yield on_ladder(document, self.space, rng)
+            yield self.mapping(document, rng)
 
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
         """Returns the proposals `iter_proposals` yields."""

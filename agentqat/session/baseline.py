@@ -82,6 +82,22 @@ def quantize_arena(model: str, corpus: str, windows: int, window_tokens: int, ca
     )  # fmt: skip
 
 
+def check_servable(document: dict, model: str, target: str) -> None:
+    """Returns None when the deployment target's engine runs the strategy on the model; UserError naming every
+    module it cannot run (with the fix) otherwise."""
+    from agentqat import deploy
+    from agentqat.models import load_facts
+    from agentqat.resolve import resolve_strategy
+    from agentqat.strategy import parse_strategy
+
+    if target == deploy.ANY:
+        return
+    facts = load_facts(model)
+    lines = deploy.problems(resolve_strategy(parse_strategy(document), facts), facts, target)
+    if lines:
+        raise UserError(f"not servable on {target}: " + " | ".join(lines), "change those modules as each line says, or pick another --deploy target")
+
+
 def quantize_one(document: dict, arena: Arena, reporter: Reporter | None = None):
     """Returns the MatchResult of one strategy document played in process on the arena's Workbench (model,
     calibration and base references as every match has them); UserError when the match could not be played."""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.evolve import Cost, EvolveOutcome, EvolveSettings, Observer, evolve
@@ -63,23 +64,49 @@ def evolve_manifest(
         raise UserError(f"unknown generator {evolve_settings.generator!r}", f"set generator to one of {', '.join(sorted(GENERATORS))}")
     if evolve_settings.generator == "llm":
         llm = llm or LlmSettings()
-    prior = uniform_prior(_search_space(arena, reporter)) if prior is None else prior
+    if prior is None or arena.deploy != defaults.DEPLOY:
+        space = _search_space(arena, reporter)
+        prior = uniform_prior(space) if prior is None else prior
+        prior = _servable_prior(prior, space, arena)
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
         prior=tuple(prior), strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
     )  # fmt: skip
 
 
+def _servable_prior(prior: Sequence[dict], space, arena: Arena) -> list[dict]:
+    """Returns the prior's documents made servable on the arena's deployment target, twins dropped."""
+    import numpy as np
+
+    from agentqat.deploy import servable_document
+    from agentqat.strategy import strategy_id
+
+    if arena.deploy == defaults.DEPLOY:
+        return list(prior)
+    rng = np.random.default_rng(arena.seed)
+    documents = (servable_document(document, space, arena.deploy, rng) for document in prior)
+    return list({strategy_id(document): document for document in documents}.values())
+
+
 def _search_space(arena: Arena, reporter: Reporter | None = None):
-    from agentqat.generators import SearchSpace
+    from agentqat import deploy
+    from agentqat.generators import GeneChoices, SearchSpace
     from agentqat.levels import arena_ladder
     from agentqat.models import load_facts
 
     facts = load_facts(arena.model, reporter)
+    ladder = arena_ladder(arena.levels, facts)
+    target = deploy.target_of(arena.deploy)
+    if target is not None and ladder:
+        ladder = tuple(level for level in ladder if target.scheme_of(level) is not None)
+        if not ladder:
+            raise UserError(f"arena {arena.name}: no level of its ladder runs on {target.engine} ({target.describe()})",
+                            "deploy to any (and export fake-quant), or use an arena whose ladder has servable levels")  # fmt: skip
     try:
-        return SearchSpace(facts, arena.bits_budget, ladder=arena_ladder(arena.levels, facts))
+        return SearchSpace(facts, arena.bits_budget, deploy.target_choices(GeneChoices(), arena.deploy), ladder)
     except ValueError as error:
-        raise UserError(f"arena {arena.name}: {error}", "raise bits_budget in the arena file") from None
+        fix = f"raise bits_budget in the arena file{'' if target is None else ', or deploy to another target'}"
+        raise UserError(f"arena {arena.name}{'' if target is None else f' deployed to {target.name}'}: {error}", fix) from None
 
 
 def _llm_options(llm: LlmSettings, server) -> dict:
@@ -97,7 +124,6 @@ def _llm_options(llm: LlmSettings, server) -> dict:
 
 def _generator(manifest: Manifest, space, pool_run, player, directory: Path, server, reporter: Reporter | None = None):
     """Returns the run's generator and what making it cost the run (a `prepare` played through `player`)."""
-    from agentqat import defaults
     from agentqat.generators import GENERATORS, make_generator
     from agentqat.sensitivity import shared_sensitivities
 
@@ -117,10 +143,15 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
         from agentqat.generators.fallback import WithFallback
 
         generator = WithFallback(generator, make_generator("random", space))
-    if space.ladder:
-        from agentqat.generators.ladder import OnLadder
+    from agentqat.generators.ladder import Mapped, on_ladder
 
-        generator = OnLadder(generator, space)  # every arm searches the same space: ladder allocations
+    if space.ladder:
+        generator = Mapped(generator, lambda document, rng: on_ladder(document, space, rng))  # every arm: one space
+    if manifest.arena.deploy != defaults.DEPLOY:
+        from agentqat.deploy import servable_document
+
+        target = manifest.arena.deploy  # every proposal runs on the arena's engine
+        generator = Mapped(generator, lambda document, rng: servable_document(document, space, target, rng))
     return generator, cost
 
 
