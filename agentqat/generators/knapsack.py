@@ -2,8 +2,9 @@
 proposed per-tensor --target-bpw, HIGGS), as a baseline every search arm has to beat.
 
     units        each decoder layer's linear modules (UNITS "layer"), or its attention and its MLP ("role")
-    ladder       the levels a unit may take: the arena's level ladder where it declares one, else uniform int weights
-                 at each allowed width within LADDER_SPAN of the budget, GPTQ rounding (the default rounding where
+    ladder       the levels a unit may take: the levels of the arena's ladder within LADDER_SPAN bits of the budget
+                 where it declares one (at 3.3 bits: 2 to 5 bits, 7 of smollm2-3bit's 9 levels: 210 probes of 30
+                 layers), else uniform int weights at each allowed width within LADDER_SPAN of the budget, GPTQ rounding (the default rounding where
                  the choices lack it), with the group size and symmetry of the best uniform strategy within budget
                  (the shared prior's); fp32 compute
     costs        measured once, before the search (`prepare`): per unit and level, the KL to the base model on the
@@ -64,10 +65,11 @@ def knapsack_units(space: SearchSpace, units: str = UNITS) -> list[list[int]]:
 
 
 def ladder(space: SearchSpace) -> tuple[ModuleConfig, ...]:
-    """Returns the levels a unit may take, fewest bits first: the arena's ladder when it has one (the level
-    database's levels), else the ladder the module docstring describes."""
+    """Returns the levels a unit may take, fewest bits first: the arena's ladder levels within LADDER_SPAN bits of the
+    budget when it has one (the level database's levels), else the ladder the module docstring describes."""
     if space.ladder:
-        return space.ladder
+        near = tuple(level for level in space.ladder if abs(level.weight.bits - space.bits_budget) <= LADDER_SPAN)
+        return near or space.ladder
     rounding = LADDER_ROUNDING if LADDER_ROUNDING in space.choices.roundings else DEFAULT_ROUNDING
     uniform = best_uniform(space, rounding).configs[0].weight
     widths = [b for b in sorted(space.choices.bits) if b != 16 and abs(b - space.bits_budget) <= LADDER_SPAN]
