@@ -128,3 +128,58 @@ def smollm2_server(tmp_path_factory):
             patch.setenv(CACHE_ENV, os.environ["AGENTQAT_TEST_MODEL_CACHE"])
         with VllmServer("smollm2-135m", log_path=tmp_path_factory.mktemp("vllm") / "server.log") as server:
             yield server
+
+
+def _processes_of(marker: str) -> list[int]:
+    """Returns the PIDs whose command line holds `marker` (the head's private temp dir)."""
+    import os
+    from pathlib import Path
+
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and entry.name != str(os.getpid()):
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture
+def loopback_head():
+    """A Ray head started with `ray start` on 127.0.0.1 in its own temp dir, as a separate process tree; its
+    processes (found by that temp dir) are stopped afterwards. Yields its address."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    temp_dir = tempfile.mkdtemp(prefix="aqhead-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    ray_cli = Path(sys.executable).with_name("ray")
+    command = [str(ray_cli), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+               "--temp-dir", temp_dir, "--num-cpus", "2", "--include-dashboard=false", "--disable-usage-stats"]  # fmt: skip
+    try:
+        subprocess.run(command, check=True, capture_output=True, timeout=120, env=os.environ.copy())
+        yield f"127.0.0.1:{port}"
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in _processes_of(temp_dir):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while _processes_of(temp_dir) and time.monotonic() < deadline:
+                time.sleep(0.2)
+        assert not _processes_of(temp_dir)
+        import shutil
+
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,6 +1,8 @@
 """`agentqat compare` on the tiny model: every arm at every seed with the same budget on one pool, the uniform
 baselines, the winners re-scored on the test split, the report; a resumed comparison plays nothing again."""
 
+import json
+
 import pytest
 
 from agentqat.cli import main
@@ -72,3 +74,22 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
 
     assert main(["compare", "--resume", str(directory)]) == 0
     assert _line_counts(directory) == before  # nothing played again
+
+
+@pytest.mark.slow
+def test_a_comparison_spreads_over_a_ray_cluster_started_apart(loopback_head, tiny_arena, tmp_path):
+    """`--ray-address`: every run of the comparison plays on the evaluator actors of a head started with `ray start`."""
+    import ray
+
+    ray.shutdown()  # a local Ray an earlier test started
+    args = ["compare", "--arena", str(tiny_arena), "--generators", "random,knapsack", "--seeds", "0-1", "--budget", "6",
+            "--population", "3", "--workers", "1", "--ray-address", loopback_head, "--runs", str(tmp_path), "--run", "cluster"]  # fmt: skip
+    try:
+        assert main(args) == 0
+    finally:
+        ray.shutdown()
+    directory = tmp_path / "cluster"
+    assert sorted(path.name for path in (directory / "runs").iterdir()) == ["knapsack-seed0", "random-seed0", "random-seed1"]
+    workers = {json.loads(line)["worker"] for line in (directory / "runs" / "random-seed1" / "results.jsonl").read_text().splitlines()}
+    assert workers == {"worker-0"}
+    assert (directory / "report.md").exists()
