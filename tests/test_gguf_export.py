@@ -273,3 +273,21 @@ def test_smollm2_export_reproduces_the_arenas_figures(tmp_path):
     print(f"\narena ppl {result.quality.perplexity!r}, exported GGUF ppl {exported.perplexity!r}, base ppl "
           f"{result.quality.base_perplexity:.4f}, effective bits {source.effective_bits:.4f}, max |nll diff| "
           f"{max(abs(a - b) for a, b in zip(exported.nll.tolist(), result.quality.window_nll))}")
+
+
+@pytest.mark.parametrize("tensor_type,stored", [("F16", "F16"), ("F32", "F32")])
+def test_sixteen_bit_modules_are_f16_where_f16_holds_them_else_the_source_tensor(make_tiny_gguf, tmp_path, tensor_type,
+                                                                                  stored):
+    import gguf
+
+    document = {"schema_version": 1, "default": {"weight": {"bits": 16}},
+                "rules": [{"layers": "0", "modules": ["q_proj"], "weight": {"format": "gguf_q8_0", "bits": 8,
+                                                                             "group_size": 32}}]}  # fmt: skip
+    source, loaded, _ = export_source(make_tiny_gguf(tensor_type=tensor_type), document)
+    EXPORTERS["gguf"](source, tmp_path)
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(tmp_path / GGUF_FILE).tensors}
+    assert types["blk.0.attn_q.weight"] == "Q8_0"
+    assert {types[f"blk.{i}.{n}.weight"] for i in (0, 1) for n in ("ffn_down", "attn_v")} == {stored}
+    exported = load_back(tmp_path)
+    for name, module in quantizable_linears(exported).items():
+        assert torch.equal(module.weight, source.modules[name].quantized), name
