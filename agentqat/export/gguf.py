@@ -127,7 +127,7 @@ def _copy_metadata(reader, writer, source: ExportSource, linear_types: Counter, 
 
     for field in reader.fields.values():
         if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE):
-            continue  # the writer adds the first two itself
+            continue  # GGUF.* are the reader's own; the writer adds the architecture, the file type is set below
         value_type = field.types[0]
         sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
         writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
@@ -179,16 +179,18 @@ def export_gguf(source: ExportSource, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     target, partial = out / GGUF_FILE, out / f"{GGUF_FILE}.partial"
     writer = gguf.GGUFWriter(partial, arch)
-    _copy_metadata(reader, writer, source, linear_types, 8 * linear_bytes / sum(linear_types.values()))
-    for tensor in reader.tensors:
-        if tensor.name in stored:
-            array, type_name = stored[tensor.name]
-            writer.add_tensor(tensor.name, array, raw_dtype=gguf.GGMLQuantizationType[type_name])
-        else:
-            writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type, tensor_endianess=reader.endianess)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.replace(target)
+    try:
+        _copy_metadata(reader, writer, source, linear_types, 8 * linear_bytes / sum(linear_types.values()))
+        for tensor in reader.tensors:
+            if tensor.name in stored:
+                array, type_name = stored[tensor.name]
+                writer.add_tensor(tensor.name, array, raw_dtype=gguf.GGMLQuantizationType[type_name])
+            else:
+                writer.add_tensor(tensor.name, tensor.data, raw_dtype=tensor.tensor_type, tensor_endianess=reader.endianess)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    partial.replace(target)  # a failed write leaves model.gguf.partial, never a model.gguf
 
