@@ -170,7 +170,7 @@ def test_every_method_keeps_the_contract(name, facts):
     assert "fake-quant" in method.deploy_targets and method.deploy_targets <= DEPLOY_TARGETS
     info = facts.linears[0]
     for bits in method.bits:
-        group = next(g for g in (64, 0) if method.takes_group(g, info.in_features))
+        group = next(g for g in (64, 0, *(method.group_sizes or ())) if method.takes_group(g, info.in_features))
         config = WeightQuant(bits=bits, group_size=group, format=method.format, rounding=method.rounding)
         assert method_of(config) is method and check_weight(config, info) == [], config
         storage = method.storage(config, info)

@@ -6,10 +6,10 @@ One sample (`sample_layout`), with N the number of decoder layers:
     per group      one config (`sample_config`), drawn for the input widths of the group's modules:
       bits         among the quantized widths within [budget - 2, budget + 1], P proportional to 2^rank (the
                    widest most likely: at budget 4.5, 3/4/5 bits with P 1/7, 2/7, 4/7); 16 is never drawn
-      format       int with P 0.7, else one of the other registered formats storing `bits` (nf4/fp4 at 4,
-                   fp8/llm_int8 at 8)
+      format       int with P 0.7, else one of the other registered formats storing `bits` (nf4/fp4/gguf_q4_*
+                   at 4, gguf_q5_* at 5, fp8/llm_int8/gguf_q8_0 at 8)
       group size   uniform among per channel and the sizes >= 32 the format takes on every width (bitsandbytes
-                   blocks for nf4/fp4, per channel only for llm_int8)
+                   blocks for nf4/fp4, per channel only for llm_int8, 32 for the gguf_* block types)
       the rest     symmetric uniform; rounding uniform among the format's (int: rtn, gptq, awq, hqq); scale pow2
                    with P 0.2 where the format allows; where it takes any clip, clip 1.0 with P 0.6, else uniform
                    among the other ratios and "mse"

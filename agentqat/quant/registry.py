@@ -1,8 +1,8 @@
 """The method registry: one registered `Method` per weight quantization method, and what the rest of agentqat asks it.
 
 A config selects a method by its (format, rounding): the integer-grid methods share format "int" and differ by
-rounding (rtn, gptq, awq, hqq); a method with a format of its own (nf4, fp4, fp8_e4m3, llm_int8) takes the
-default rounding. Methods sharing a format declare the same capabilities (bits, group sizes, scales, clips, label):
+rounding (rtn, gptq, awq, hqq); a method with a format of its own (nf4, fp4, fp8_e4m3, llm_int8, GGUF's block types
+gguf_q4_0 ... gguf_q8_0) takes the default rounding. Methods sharing a format declare the same capabilities (bits, group sizes, scales, clips, label):
 they are the format's. Outside `agentqat/quant/` no module names a method: the strategy schema reads `formats()`
 and `roundings()` when it is built, resolve asks `check_weight`, bits asks `Method.storage`, repair asks
 `repair_weight`, generators ask the capabilities, and the baseline matrix is one entry per `Method.baseline`.

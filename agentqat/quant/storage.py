@@ -5,7 +5,8 @@ With G the module's groups (out x in / group_size; out for one scale per output 
     integer_zeros   scales (16 bits each as fp16, 8 as a power-of-two exponent byte) and, asymmetric, an integer
                     zero point of `bits` bits per group (rtn, gptq, awq)
     float_zeros     the same scales and, asymmetric, an fp16 zero point per group (hqq keeps its zeros in float)
-    scales_only     the same scales, no zero points (fp8_e4m3)
+    scales_only     the same scales, no zero points (fp8_e4m3; GGUF's Q4_0, Q5_0, Q8_0)
+    scale_and_min   an fp16 scale and an fp16 minimum per group, whatever `symmetric` says (GGUF's Q4_1, Q5_1)
     fp32_absmax     an fp32 absmax per block (bitsandbytes' nf4 / fp4)
     fp32_row_absmax an fp32 absmax per output row (bitsandbytes' llm_int8)
 """
@@ -62,6 +63,12 @@ def float_zeros(config: WeightQuant, shape: Shape) -> Storage:
 def scales_only(config: WeightQuant, shape: Shape) -> Storage:
     """Returns the storage of one scale per group and no zero point."""
     return Storage(SCALE_BITS[config.scale] * group_count(config, shape), 0)
+
+
+def scale_and_min(config: WeightQuant, shape: Shape) -> Storage:
+    """Returns the storage of an fp16 scale and an fp16 minimum per group."""
+    groups = group_count(config, shape)
+    return Storage(SCALE_BITS["fp16"] * groups, FLOAT_ZERO_BITS * groups)
 
 
 def fp32_absmax(config: WeightQuant, shape: Shape) -> Storage:

@@ -10,7 +10,7 @@ Operators and their values:
 
     set_bits        a width of the gene choices (16 leaves the weight unquantized)
     bit_shift       1 or -1: one step up or down over the allowed widths (unchanged at the ends)
-    set_format      a registered format (int, nf4, fp4, fp8_e4m3, llm_int8), with what the format needs (its
+    set_format      a registered format (int, nf4, fp4, fp8_e4m3, llm_int8, gguf_*), with what it needs (its
                     code width, its rounding, its scales, a block size it takes)
     set_group_size  a group size (0 = per channel); must fit the selected modules' input widths and format
     set_rounding    a registered rounding (rtn, gptq, awq, hqq); it must be the format's (gptq/awq/hqq: int)
