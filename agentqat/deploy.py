@@ -6,8 +6,8 @@ strategy (and a search) inside one.
                 multiples of 32); W8A8 (int8 symmetric per-channel weights, dynamic per-token int8 activations)
     vllm-cuda   vLLM's CUDA kernels: bf16; W4A16 and W8A16 (Marlin: symmetric, group 32/64/128 or per channel,
                 widths multiples of 64); W8A8 int8; W8A8 fp8 (e4m3 weights, per-token or per-tensor activations)
-    gguf        llama.cpp's per-tensor types: 16-bit tensors and the weight formats that name the gguf target
-                (the block formats, 32 wide)
+    gguf        llama.cpp's per-tensor types: 16-bit tensors; int symmetric blocks of 32 at 4, 5 and 8 bits (packed
+                bit for bit into Q4_0, Q5_0, Q8_0: agentqat/export/gguf_types.py); the gguf_* block formats
 
 A module config is servable when its weight method names the target (`Method.deploy_targets`) and one scheme of
 the target's table admits it; no target serves kept fp16 outliers or SmoothQuant scales (they are not exported).
@@ -162,7 +162,8 @@ TARGETS = {
     ),
     "gguf": Target(
         "gguf", "llama.cpp (GGUF)",
-        (BF16, Scheme("Q8_0", 8, group_sizes=(32,)), Scheme("block", None, weight_formats=None, symmetric=None)),
+        (BF16, Scheme("Q4_0", 4, group_sizes=(32,)), Scheme("Q5_0", 5, group_sizes=(32,)), Scheme("Q8_0", 8, group_sizes=(32,)),
+         Scheme("block", None, weight_formats=None, symmetric=None)),
         width_multiple=32,
     ),
 }  # fmt: skip
@@ -298,7 +299,7 @@ def target_choices(choices: GeneChoices, target_name: str) -> GeneChoices:
         choices,
         bits=tuple(b for b in choices.bits if b in bits | {16}),
         symmetric=tuple(v for v in choices.symmetric if v in symmetric),
-        formats=tuple(f for f in choices.formats if f in formats | {INT_GRID}),
+        formats=tuple(dict.fromkeys(f for f in (*choices.formats, *(m.format for m in open_methods)) if f in formats | {INT_GRID})),
         roundings=tuple(r for r in choices.roundings if r in roundings | {DEFAULT_ROUNDING}),
         outlier_methods=("none",),
         activation_bits=tuple(b for b in choices.activation_bits if b in {a.bits for a in activations} | {16}),

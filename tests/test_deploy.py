@@ -22,7 +22,7 @@ MIXED = {  # the issue's example: layers 0-19 W4A16 g64 symmetric, layers 20-29 
     "rules": [{"layers": "20-29", "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}],
 }
 SPLIT_QKV = {**MIXED, "rules": [*MIXED["rules"], {"layers": "3", "modules": ["self_attn.k_proj"], "weight": {"bits": 8}}]}
-BUDGETS = {"any": 4.6, "vllm-cpu": 4.6, "vllm-cuda": 4.6, "gguf": 8.6}  # gguf: int weights as Q8_0 (8.5 bits) or 16-bit
+BUDGETS = {"any": 4.6, "vllm-cpu": 4.6, "vllm-cuda": 4.6, "gguf": 4.6}  # Q4_0 (int4 g32 symmetric) costs 4.5
 OUTLIERS = {**W4A16, "rules": [{"layers": "0", "outliers": {"method": "keep_fp16", "fraction": 0.01}}]}
 
 
@@ -40,7 +40,8 @@ def problems(document, facts, target):
         (GPTQ3, "vllm-cpu", ["layers 0-29: self_attn.q_proj", "3-bit int g64 asymmetric (gptq) weights", "W4A16", "for example 4-bit int g64 symmetric"]),
         (SPLIT_QKV, "vllm-cpu", ["layer 3: self_attn.k_proj: 8-bit int g64", "fuses q/k/v and gate/up into one weight"]),
         (OUTLIERS, "vllm-cuda", ["layer 0: ", "kept fp16 outliers (keep_fp16) are not exported", "set outliers.method none"]),
-        (W4A16, "gguf", ["is none of llama.cpp (GGUF)'s schemes", "for example 8-bit int g32 symmetric"]),
+        (W4A16, "gguf", ["is none of llama.cpp (GGUF)'s schemes", "for example 4-bit int g32 symmetric"]),  # Q4_0
+        ({**W4A16, "default": {"weight": {"bits": 4, "group_size": 32, "symmetric": True}}}, "gguf", []),
     ],
 )
 def test_each_target_names_the_modules_it_cannot_run_and_the_fix(smollm2_shaped_facts, document, target, expected):

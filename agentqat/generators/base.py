@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from agentqat.bits import module_bits
 from agentqat.models import ModelFacts
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.registry import format_method
 from agentqat.resolve import ModuleConfig
 from agentqat.scoring import Ranked
 from agentqat.strategy import ActivationGene, Arithmetic, OutlierGene, WeightGene
@@ -50,6 +51,12 @@ def _schema(gene: type[BaseModel], name: str) -> Any:
     return field(default_factory=partial(enum_values, gene, name))
 
 
+def searched_formats() -> tuple[str, ...]:
+    """Returns the weight formats generators draw by default: the schema's, less those whose method is not searched
+    (export formats such as GGUF's block types, drawn under their deployment target)."""
+    return tuple(f for f in enum_values(WeightGene, "format") if format_method(f).searched)
+
+
 # What repair falls back on; every GeneChoices must allow them.
 FALLBACKS = {"formats": INT_GRID, "roundings": DEFAULT_ROUNDING, "scales": "fp16", "clips": 1.0, "group_sizes": 0}
 MAX_KEPT_FRACTION = 0.01  # the largest keep_fp16 fraction generators draw: 1% costs 0.48 bits per weight
@@ -62,7 +69,7 @@ class GeneChoices:
     bits: tuple[int, ...] = _schema(WeightGene, "bits")
     group_sizes: tuple[int, ...] = _schema(WeightGene, "group_size")
     symmetric: tuple[bool, ...] = _schema(WeightGene, "symmetric")
-    formats: tuple[str, ...] = _schema(WeightGene, "format")
+    formats: tuple[str, ...] = field(default_factory=lambda: searched_formats())  # defined below, called when made
     scales: tuple[str, ...] = _schema(WeightGene, "scale")
     roundings: tuple[str, ...] = _schema(WeightGene, "rounding")
     clips: tuple[float | str, ...] = _schema(WeightGene, "clip")

@@ -11,7 +11,9 @@ weights along the input gets an fp16 scale d, and the `_1` types an fp16 minimum
 The arena measures exactly what the file holds: quantize is `gguf.quants.quantize` then `gguf.quants.dequantize`
 (llama.cpp's reference rounding; the export requantizes with the same call). `symmetric` does not apply (the type
 fixes it), scales are the type's fp16 ones and blocks are 32 wide, so these formats need input widths divisible by
-32. The gguf package is imported when a weight is quantized.
+32. The gguf package is imported when a weight is quantized. Generators draw these formats only under the gguf deploy
+target (`searched=False`): on the built-in SmolLM2, whose weights come from a Q4_1 GGUF file, gguf_q4_1 gives the
+base model back exactly, a property of the model file that a default search should not be steered by.
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ def ggml_method(ggml_type: GgmlType) -> Method:
         storage=scale_and_min if ggml_type.has_min else scales_only, label=f"GGUF's {ggml_type.type_name}",
         deploy_targets=frozenset({"fake-quant", "gguf"}), bits=(ggml_type.bits,), group_sizes=(GGML_BLOCK,),
         scales=("fp16",), clips=(1.0,), scaling="min/max" if ggml_type.has_min else "absmax",
-        baseline={"weight": {"group_size": GGML_BLOCK}},
+        baseline={"weight": {"group_size": GGML_BLOCK}}, searched=False,
     )  # fmt: skip
 
 

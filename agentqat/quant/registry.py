@@ -45,7 +45,8 @@ class Method:
     label: who stores the format, in messages ("bitsandbytes' nf4"); scaling: how its scales are found ("absmax").
     storage: its scale and zero-point bits (`agentqat.quant.storage`). deploy_targets: the engines that can serve
     some config of it (the conditions on bits, symmetry and groups live with each exporter). baseline: the genes of
-    its baseline-matrix entry besides format, rounding and bits (None: no entry).
+    its baseline-matrix entry besides format, rounding and bits (None: no entry). searched: whether generators draw
+    its format unless a deployment target asks for it (False for export formats such as GGUF's block types).
     """
 
     name: str
@@ -62,6 +63,7 @@ class Method:
     clips: tuple[float, ...] | None = None
     scaling: str = "min/max"
     baseline: dict | None = field(default=None, compare=False)
+    searched: bool = True
 
     def __post_init__(self) -> None:
         unknown = sorted(self.deploy_targets - DEPLOY_TARGETS)
