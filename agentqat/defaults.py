@@ -49,3 +49,19 @@ TEST_TOP = 1  # winners per run re-evaluated: the top survivors of each run's la
 
 DEPLOY = "any"  # the engine a search's strategies must run on: any (fake quantization), or a target of agentqat.deploy
 DEPLOY_TARGETS = ("any", "vllm-cpu", "vllm-cuda", "gguf")
+
+# Block-wise QAT (agentqat polish, EfficientQAT's Block-AP): sized so that SmolLM2-135M polishes on 2 cores in tens
+# of minutes. EfficientQAT trains 4096 windows of 2048 tokens for 2 epochs; these are far fewer.
+POLISH_WINDOWS = 32  # calibration windows (of the arena's window length) each block is trained on
+POLISH_EPOCHS = 2  # epochs per block (per bit width with the curriculum)
+POLISH_BATCH = 1  # windows per optimizer step: with so few windows, more steps
+POLISH_WEIGHT_LR = 1e-4  # AdamW on the latent weights (EfficientQAT: 2e-5 over thousands of steps; here ~64)
+POLISH_SCALE_LR = 1e-3  # AdamW on log2 scales: about 0.07% of a scale per step (EfficientQAT: 1e-4 on the scales)
+POLISH_ZERO_LR = 1e-3  # AdamW on zero points, in codes
+POLISH_EXPONENT_LR = 1e-2  # AdamW on pow2 exponents: a step of 0.5 flips a rounded exponent
+POLISH_CONVERGED = 0.01  # curriculum: move to fewer bits once an epoch improves the loss by less than this share
+POLISH_ABLATE_BITS = (3, 2)
+
+# Sensitivity map (agentqat sensitivity): the KL probes' bit widths and the Fisher estimate's windows.
+SENSITIVITY_BITS = (2, 3, 4, 8)
+FISHER_WINDOWS = 4
