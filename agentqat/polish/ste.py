@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentqat.quant.base import WeightQuant
-from agentqat.quant.grid import MAX_SCALE, MIN_SCALE, Grid, code_range, int_grid, store_scale, to_groups
+from agentqat.quant.grid import MAX_SCALE, MIN_SCALE, Grid, code_range, int_grid, to_groups
 
 
 POW2_START = 0.25
@@ -100,10 +100,9 @@ class QatLinear(nn.Module):
 
     @torch.no_grad()
     def frozen(self) -> PolishedWeight:
-        """Returns the final weight on the grid of the stored scales (fp16 rounded up, or powers of two) and
-        integer zero points."""
-        kind = "pow2" if self.pow2 else self.config.scale
-        scale = store_scale(self.grid_scale(), kind)
+        """Returns the final weight on the grid of the stored scales (the nearest float16: a learned scale has no
+        range to keep unclipped; or powers of two) and integer zero points."""
+        scale = self.grid_scale().to(torch.float16).to(torch.float32).clamp(MIN_SCALE, MAX_SCALE)
         zero = torch.clamp(torch.round(self.zero), self.qmin, self.qmax)
         groups = self.weight.reshape(-1, self.group_size)
         codes = torch.clamp(torch.round(groups / scale + zero), self.qmin, self.qmax)
