@@ -164,3 +164,11 @@ def test_polish_errors_are_one_line(args, message, capsys):
     assert main(args) == 2
     error = capsys.readouterr().err.strip()
     assert message in error and "\n" not in error
+
+
+def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy(tiny_polish_arena, capsys):
+    args = ["polish", "--ablate", "--bits", "2", "--arena", str(tiny_polish_arena), "--windows", "4", "--epochs", "1", "--weight-lr", "1e-3"]
+    assert main(args) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("│ 2")]
+    switches = sorted(tuple(cell.strip() for cell in row.strip("│ ").split("│")[1:4]) for row in rows)
+    assert switches == sorted((scales, order, curriculum) for scales in ("fp16", "pow2 learned") for order in ("natural", "sensitivity") for curriculum in ("on", "off"))

@@ -331,7 +331,7 @@ def cmd_polish(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(str(error), "see agentqat polish --help") from None
     if args.ablate:
-        ui.print_ablation(polish.run_ablation(arena, settings, reporter=ui.PhaseView()))
+        ui.print_ablation(polish.run_ablation(arena, settings, _int_list(args.bits, "--bits"), reporter=ui.PhaseView()))
         return 0
     document = polish.best_document(Path(args.run_dir)) if args.best else _strategy_document(args.strategy)
     tag = f"{document.get('name', 'strategy')}-{args.order}{'-curriculum' * args.curriculum}"

@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--strategy", default=None, metavar="STRATEGY.json", help="polish this strategy")
     which.add_argument("--ablate", action="store_true", help="the ablation table: ordering, curriculum, learnable pow2 scales, at 3 and 2 bits")
     polish.add_argument("--arena", default=None, help=f"packaged arena name or TOML file (default: the run's, else {DEFAULT_ARENA})")
+    polish.add_argument("--bits", default=",".join(map(str, defaults.POLISH_ABLATE_BITS)), help="the ablation's widths (default: %(default)s)")
     polish.add_argument("--order", default="natural", choices=("natural", "sensitivity"), help="blocks in natural order or most sensitive first (default: %(default)s)")
     polish.add_argument("--curriculum", action="store_true", help="train below-4-bit blocks at 4, then 3, then 2 bits")
     polish.add_argument("--fixed-scales", action="store_true", help="train the weights only, scales (and pow2 exponents) as quantized")

@@ -165,11 +165,13 @@ def shared_map(
 
 
 def cached_map(arena: Arena, cache: Path | None = None) -> SensitivityMap:
-    """Returns the arena's map with the default widths and windows from the cache; UserError when not measured."""
-    path = map_path(arena, defaults.SENSITIVITY_BITS, defaults.FISHER_WINDOWS, cache or defaults.cache_dir())
-    if not path.is_file():
+    """Returns the arena's map from the cache: the one of the default widths and windows, else the latest measured;
+    UserError when none is."""
+    default = map_path(arena, defaults.SENSITIVITY_BITS, defaults.FISHER_WINDOWS, cache or defaults.cache_dir())
+    measured = sorted(default.parent.glob(f"{default.name.split('-b')[0]}-b*.json"), key=lambda path: path.stat().st_mtime)
+    if not measured:
         raise UserError(f"arena {arena.name} has no sensitivity map yet", f"measure it first: agentqat sensitivity --arena {arena.source or arena.name}")
-    return read_map(path)
+    return read_map(default if default.is_file() else measured[-1])
 
 
 def prior_values(sensitivity_map: SensitivityMap, bits_budget: float) -> dict[int, float]:
