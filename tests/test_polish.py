@@ -172,3 +172,24 @@ def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy
     rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("│ 2")]
     switches = sorted(tuple(cell.strip() for cell in row.strip("│ ").split("│")[1:4]) for row in rows)
     assert switches == sorted((scales, order, curriculum) for scales in ("fp16", "pow2 learned") for order in ("natural", "sensitivity") for curriculum in ("on", "off"))
+
+
+def test_a_chain_computes_a_blocks_input_from_the_nearest_kept_state():
+    from agentqat.polish.blocks import BlockInputs
+    from agentqat.polish.chain import Chain
+
+    class Add(torch.nn.Module):
+        def __init__(self, value):
+            super().__init__()
+            self.value = value
+
+        def forward(self, hidden, **kwargs):
+            return hidden + self.value
+
+    runs = []
+    chain = Chain(BlockInputs(torch.zeros(2, 3, 4), {}, 2), lambda layer: runs.append(layer) or Add(10**layer))
+    assert chain.state(3).flatten()[0] == 111 and runs == [0, 1, 2]
+    chain.keep({3})
+    assert chain.state(4).flatten()[0] == 1111 and runs == [0, 1, 2, 3]
+    chain.changed(2)  # drops 3 and 4; a new state 4 starts from state 0 again
+    assert chain.blocks_needed({4}) == {0, 1, 2, 3}

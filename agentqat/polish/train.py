@@ -5,7 +5,8 @@ targets; a copy of the block, its trainable modules as `QatLinear`s (the rest as
 learns with AdamW and a cosine schedule to reproduce them (MSE) from the inputs the quantized blocks before it
 give. Only that copy takes gradients, and it is dropped once its weights are frozen on their grid. Blocks before
 the current one compute as polished if polished already, else as the strategy quantizes them (sensitivity order
-visits blocks out of order: their inputs are recomputed from the first block's).
+visits blocks out of order: `Chain` keeps the inputs of the blocks still to train and recomputes the stale ones
+from the nearest kept state).
 
 With the curriculum, a block whose modules ask for fewer than 4 bits trains at 4 bits, then 3, then 2 (each
 module down to its own width), moving on when an epoch improves the loss by less than POLISH_CONVERGED.
@@ -30,6 +31,7 @@ from agentqat import defaults
 from agentqat.polish.blocks import (
     BlockInputs, batch_kwargs, block_modules, capture_inputs, decoder_layers, quantized_block, run_block, trainable, training_block,
 )  # fmt: skip
+from agentqat.polish.chain import Chain
 from agentqat.polish.curriculum import bits_at, converged, stages
 from agentqat.polish.ste import PolishedWeight, QatLinear
 from agentqat.progress import Reporter, phase
@@ -135,13 +137,14 @@ def _train(
 
 
 def polish_block(
-    model: nn.Module, layer: int, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None,
+    model: nn.Module, layer: int, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None, unpolished: nn.Module,
     hidden: torch.Tensor, target: torch.Tensor, inputs: BlockInputs, settings: PolishSettings, reporter: Reporter | None = None,
-) -> tuple[dict[str, PolishedWeight], BlockReport]:  # fmt: skip
-    """Returns block `layer`'s polished weights and report, trained from the quantized inputs `hidden` to the
-    base block's outputs `target` (see the module docstring)."""
+) -> tuple[dict[str, PolishedWeight], nn.Module, BlockReport]:  # fmt: skip
+    """Returns block `layer`'s polished weights, the polished block (frozen) and its report, trained from the
+    quantized inputs `hidden` to the base block's outputs `target` (see the module docstring); `unpolished` is the
+    block as the strategy quantizes it."""
     started = time.perf_counter()
-    loss_before = _loss(quantized_block(model, layer, resolved, stats), hidden, target, inputs)
+    loss_before = _loss(unpolished, hidden, target, inputs)
     names = [name for name in block_modules(model, layer) if trainable(resolved.modules[name])]
     widths = stages([resolved.modules[name].weight.bits for name in names], settings.curriculum)
     configs = {name: _at(config, bits_at(config.weight.bits, widths[0])) for name, config in resolved.modules.items()}
@@ -160,7 +163,7 @@ def polish_block(
     del block, qat
     polished = quantized_block(model, layer, resolved, stats, {name: w.weight for name, w in weights.items()})
     loss_after = _loss(polished, hidden, target, inputs)
-    return weights, BlockReport(layer, tuple(widths), loss_before, loss_after, epochs, time.perf_counter() - started)
+    return weights, polished, BlockReport(layer, tuple(widths), loss_before, loss_after, epochs, time.perf_counter() - started)
 
 
 def _at(config: ModuleConfig, bits: int) -> ModuleConfig:
@@ -176,21 +179,30 @@ def polish_model(
     started = time.perf_counter()
     inputs = capture_inputs(model, windows, settings.batch)
     layers = decoder_layers(model)
+    blocks: dict[int, nn.Module] = {}  # each block as the quantized chain computes it, while a later block needs it
+
+    def current(layer: int) -> nn.Module:
+        if layer not in blocks:
+            blocks[layer] = quantized_block(model, layer, resolved, stats)
+        return blocks[layer]
+
+    full, quantized = Chain(inputs, lambda layer: layers[layer]), Chain(inputs, current)
     weights: dict[str, PolishedWeight] = {}
     reports = []
-    position, full, quantized = 0, inputs.hidden, inputs.hidden
-    for layer in block_order(len(layers), settings.order, sensitivities):
-        if layer < position:  # sensitivity order went back: recompute from the first block's inputs
-            position, full, quantized = 0, inputs.hidden, inputs.hidden
-        for earlier in range(position, layer):
-            full = run_block(layers[earlier], full, inputs)
-            current = {name: w.weight for name, w in weights.items()}
-            quantized = run_block(quantized_block(model, earlier, resolved, stats, current), quantized, inputs)
-        target = run_block(layers[layer], full, inputs)
-        polished, report = polish_block(model, layer, resolved, stats, quantized, target, inputs, settings, reporter)
+    order = block_order(len(layers), settings.order, sensitivities)
+    for position, layer in enumerate(order):
+        target = run_block(layers[layer], full.state(layer), inputs)
+        polished, block, report = polish_block(model, layer, resolved, stats, current(layer), quantized.state(layer), target, inputs, settings, reporter)
         weights.update(polished)
         reports.append(report)
-        current = {name: w.weight for name, w in weights.items()}
-        quantized = run_block(quantized_block(model, layer, resolved, stats, current), quantized, inputs)
-        position, full = layer + 1, target
+        blocks[layer] = block
+        quantized.changed(layer)
+        remaining = set(order[position + 1 :])
+        if layer + 1 in remaining:  # natural order: the next block's inputs, while this block's are at hand
+            full.states[layer + 1] = target
+            quantized.state(layer + 1)
+        full.keep(remaining)
+        quantized.keep(remaining)
+        needed = quantized.blocks_needed(remaining)
+        blocks = {k: v for k, v in blocks.items() if k in needed}
     return Polished(weights, tuple(reports), time.perf_counter() - started)
