@@ -99,10 +99,11 @@ def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> to
 
 def trainable(config: ModuleConfig) -> bool:
     """Returns whether a module's config is one the polish trains: an int grid below 16 bits, no outlier kept in
-    fp16 and no activation smoothing (their weights are not on one plain grid)."""
+    fp16, no activation smoothing (their weights are not on one plain grid) and 16-bit activations (rounded
+    activations would stop the gradient of the modules before)."""
     return (
         config.weight.bits != 16 and method_of(config.weight).format == INT_GRID
-        and config.outliers.method == "none" and config.activation.smooth_alpha is None
+        and config.outliers.method == "none" and config.activation.smooth_alpha is None and config.activation.bits == 16
     )  # fmt: skip
 
 
