@@ -193,3 +193,10 @@ def test_a_chain_computes_a_blocks_input_from_the_nearest_kept_state():
     assert chain.state(4).flatten()[0] == 1111 and runs == [0, 1, 2, 3]
     chain.changed(2)  # drops 3 and 4; a new state 4 starts from state 0 again
     assert chain.blocks_needed({4}) == {0, 1, 2, 3}
+
+
+def test_a_block_the_training_leaves_worse_stays_as_the_strategy_quantizes_it(bench):
+    loaded, windows, calibration, _ = bench
+    resolved = resolve_strategy(parse_strategy(uniform(3)), loaded.facts)
+    polished = polish_model(loaded.model, resolved, calibration.stats, windows[:4], PolishSettings(epochs=1, weight_lr=1.0))
+    assert not any(block.kept for block in polished.blocks) and polished.weights == {}

@@ -12,8 +12,9 @@ With the curriculum, a block whose modules ask for fewer than 4 bits trains at 4
 module down to its own width), moving on when an epoch improves the loss by less than POLISH_CONVERGED.
 
 Departures from EfficientQAT: far fewer windows and epochs (2 CPU cores); training starts from the strategy's
-own quantization (GPTQ's, not a fresh RTN one), so a polished block starts where the unpolished one is; norms and
-biases stay fixed.
+own quantization (GPTQ's, not a fresh RTN one), so a polished block starts where the unpolished one is; a block
+whose reconstruction loss ends no lower is left unpolished; norms and biases stay fixed; scales are learned as
+logarithms.
 """
 
 from __future__ import annotations
@@ -67,7 +68,8 @@ class PolishSettings:
 
 @dataclass(frozen=True)
 class BlockReport:
-    """One block's training: widths visited, reconstruction MSE before and after, epochs, seconds."""
+    """One block's training: widths visited, reconstruction MSE before and after, epochs, seconds, and whether the
+    polished block was kept (a block the training left worse stays as the strategy quantizes it)."""
 
     layer: int
     bits: tuple[int, ...]
@@ -75,6 +77,7 @@ class BlockReport:
     loss_after: float
     epochs: int
     seconds: float
+    kept: bool = True
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,9 @@ def polish_block(
     del block, qat
     polished = quantized_block(model, layer, resolved, stats, {name: w.weight for name, w in weights.items()})
     loss_after = _loss(polished, hidden, target, inputs)
-    return weights, polished, BlockReport(layer, tuple(widths), loss_before, loss_after, epochs, time.perf_counter() - started)
+    kept = loss_after < loss_before
+    report = BlockReport(layer, tuple(widths), loss_before, loss_after, epochs, time.perf_counter() - started, kept)
+    return (weights, polished, report) if kept else ({}, unpolished, report)
 
 
 def _at(config: ModuleConfig, bits: int) -> ModuleConfig:

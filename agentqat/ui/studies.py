@@ -27,9 +27,10 @@ def _cell(value: float | None, digits: int) -> str:
 def print_polish(outcome) -> None:
     """Prints a polish: per block the reconstruction loss before and after, then per stage (the arena's, the test
     split) perplexity and KL of the base, unpolished and polished strategy."""
-    blocks = Table("block", "widths", "MSE before", "MSE after", "epochs", "seconds", title=f"polish of {outcome.document.get('name', 'strategy')}")
+    blocks = Table("block", "widths", "MSE before", "MSE after", "kept", "epochs", "seconds", title=f"polish of {outcome.document.get('name', 'strategy')}")
     for block in outcome.polish.blocks:
-        blocks.add_row(str(block.layer), ">".join(map(str, block.bits)), f"{block.loss_before:.4g}", f"{block.loss_after:.4g}", str(block.epochs), f"{block.seconds:.0f}")
+        blocks.add_row(str(block.layer), ">".join(map(str, block.bits)), f"{block.loss_before:.4g}", f"{block.loss_after:.4g}",
+                       "yes" if block.kept else "no (unpolished)", str(block.epochs), f"{block.seconds:.0f}")  # fmt: skip
     console.print(blocks)
     table = Table("stage", "strategy", "outcome", "ppl", "KL", "top-1", "bits/w", title="unpolished against polished")
     stages = dict.fromkeys(r.stage for r in outcome.unpolished)
