@@ -5,7 +5,8 @@ learnable pow2 scales at 3 and 2 bits.
 
 Records, in the polish directory: polish.json (settings, strategy, each block's losses), results.jsonl (the
 matches; polished ones carry the id "<strategy id>-polished" and `extra.polished`), weights.safetensors (the
-polished weights, dequantized: every value on its module's grid).
+polished weights, dequantized: every value on its module's grid; and per module NAME.scale and NAME.zero, one row
+per group).
 """
 
 from __future__ import annotations
@@ -146,7 +147,10 @@ def polish_strategy(
             polished += play_stage(test, document, weights)
             step()
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({name: weight.contiguous() for name, weight in weights.items()}, str(directory / "weights.safetensors"))
+    tensors = {name: weight.contiguous() for name, weight in weights.items()}
+    for name, polished_weight in polish.weights.items():
+        tensors[f"{name}.scale"], tensors[f"{name}.zero"] = polished_weight.grid.scale.contiguous(), polished_weight.grid.zero.contiguous()
+    save_file(tensors, str(directory / "weights.safetensors"))
     write_json_atomic(directory / "polish.json", {
         "arena": arena.name, "strategy": document, "settings": dataclasses.asdict(settings), "seconds": polish.seconds,
         "blocks": [dataclasses.asdict(block) for block in polish.blocks], "sensitivities": sensitivities,
