@@ -4,14 +4,15 @@ The caller's base nn.Linear modules are never modified: each quantized module is
 holding its own fake-quantized weight, and `restore` puts the original module objects back. Quantized
 modules are memoised in a LayerCache keyed by (module, resolved config, compute dtype, calibration), so a
 config seen before costs a dictionary look-up. Given a level database (agentqat.levels), a module whose config is
-one of its levels takes its stored weight instead of being quantized: the same values, read from disk.
+one of its levels takes its stored weight instead of being quantized: the same values, read from disk. Given
+`overrides` (module name -> weight, e.g. polished by agentqat.polish), those modules take that weight as it is.
 """
 
 from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -172,9 +173,10 @@ def apply_strategy(
     calibration: Calibration | None,
     cache: LayerCache | None = None,
     levels: LevelDatabase | None = None,
+    overrides: Mapping[str, torch.Tensor] | None = None,
 ) -> AppliedStrategy:
-    """Swaps quantized modules into `model` as `resolved` says (weights at database levels read from `levels`);
-    returns what `restore` needs to undo it."""
+    """Swaps quantized modules into `model` as `resolved` says (weights at database levels read from `levels`,
+    the weights of `overrides` as given, uncached); returns what `restore` needs to undo it."""
     started = time.perf_counter()
     compute_dtype = COMPUTE_DTYPES[resolved.compute_dtype]
     calibration_key = calibration.key if calibration else None
@@ -183,8 +185,11 @@ def apply_strategy(
         config = resolved.modules[name]
         if _is_identity(config, compute_dtype):
             continue
-        make = _module_maker(name, linear, config, calibration, compute_dtype, levels)
-        module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
+        if overrides and name in overrides:
+            module = QuantizedLinear(overrides[name], linear.bias, config.activation, None, compute_dtype, 0)
+        else:
+            make = _module_maker(name, linear, config, calibration, compute_dtype, levels)
+            module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
         originals[name] = linear
         outlier_counts[name] = module.outlier_count
         model.set_submodule(name, module)
@@ -200,10 +205,11 @@ def restore(model: nn.Module, applied: AppliedStrategy) -> None:
 @contextmanager
 def strategy_applied(
     model: nn.Module, resolved: ResolvedStrategy, calibration: Calibration | None, cache: LayerCache | None = None,
-    levels: LevelDatabase | None = None,
+    levels: LevelDatabase | None = None, overrides: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[AppliedStrategy]:
-    """Yields while `model` computes under `resolved`; the base modules are back afterwards, even on error."""
-    applied = apply_strategy(model, resolved, calibration, cache, levels)
+    """Yields while `model` computes under `resolved` (see `apply_strategy`); the base modules are back
+    afterwards, even on error."""
+    applied = apply_strategy(model, resolved, calibration, cache, levels, overrides)
     try:
         yield applied
     finally:

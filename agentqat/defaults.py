@@ -49,3 +49,21 @@ TEST_TOP = 1  # winners per run re-evaluated: the top survivors of each run's la
 
 DEPLOY = "any"  # the engine a search's strategies must run on: any (fake quantization), or a target of agentqat.deploy
 DEPLOY_TARGETS = ("any", "vllm-cpu", "vllm-cuda", "gguf")
+
+# Block-wise QAT (agentqat polish, EfficientQAT's Block-AP): sized so that SmolLM2-135M polishes on 2 cores in tens
+# of minutes. EfficientQAT trains 4096 windows of 2048 tokens for 2 epochs; these are far fewer.
+POLISH_WINDOWS = 32  # calibration windows (of the arena's window length) each block is trained on
+POLISH_EPOCHS = 4  # epochs per block (per bit width with the curriculum): 128 steps of one window
+POLISH_BATCH = 1  # windows per optimizer step: with so few windows, more steps
+# Learning rates far above EfficientQAT's (2e-5 on weights, 1e-4 on scales, over thousands of steps): on SmolLM2's
+# block 10 (GPTQ w3g64, 128 steps) 1e-3 / 3e-3 cut the block's MSE by 10% where 5e-4 / 1e-3 cut 0.6% (w2: 7.7%, 3.7%).
+POLISH_WEIGHT_LR = 1e-3  # AdamW on the latent weights
+POLISH_SCALE_LR = 3e-3  # AdamW on log2 scales: about 0.2% of a scale per step
+POLISH_ZERO_LR = 1e-3  # AdamW on zero points, in codes
+POLISH_EXPONENT_LR = 1e-2  # AdamW on pow2 exponents: a step of 0.5 flips a rounded exponent
+POLISH_CONVERGED = 0.01  # curriculum: move to fewer bits once an epoch improves the loss by less than this share
+POLISH_ABLATE_BITS = (3, 2)
+
+# Sensitivity map (agentqat sensitivity): the KL probes' bit widths and the Fisher estimate's windows.
+SENSITIVITY_BITS = (2, 3, 4, 8)
+FISHER_WINDOWS = 4

@@ -32,11 +32,17 @@ PROBE_BITS = 3
 PROBE_GROUPS = (64, 96, 128, 192, 256)
 
 
-def probe_documents(facts: ModelFacts) -> dict[int, dict]:
-    """Returns, per decoder layer, the strategy quantizing only that layer (see the module docstring)."""
+def probe_weight(facts: ModelFacts, bits: int = PROBE_BITS) -> dict:
+    """Returns the weight gene of a probe at `bits`: RTN, asymmetric, the finest group of PROBE_GROUPS dividing
+    every input width (else per channel)."""
     widths = {info.in_features for info in facts.linears}
     group = next((g for g in PROBE_GROUPS if all(width % g == 0 for width in widths)), 0)
-    weight = {"bits": PROBE_BITS, "group_size": group, "symmetric": False, "rounding": "rtn"}
+    return {"bits": bits, "group_size": group, "symmetric": False, "rounding": "rtn"}
+
+
+def probe_documents(facts: ModelFacts) -> dict[int, dict]:
+    """Returns, per decoder layer, the strategy quantizing only that layer (see the module docstring)."""
+    weight = probe_weight(facts)
     return {
         layer: {
             "schema_version": SCHEMA_VERSION,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import resource
 import time
+from collections.abc import Mapping
 
 import torch
 
@@ -134,8 +135,9 @@ class Workbench:
                 self.questions()
                 step()
 
-    def play(self, request: MatchRequest) -> MatchResult:
-        """Returns the result of one match; never raises for anything the strategy or model does.
+    def play(self, request: MatchRequest, overrides: Mapping[str, torch.Tensor] | None = None) -> MatchResult:
+        """Returns the result of one match; never raises for anything the strategy or model does. `overrides`
+        (module name -> weight, e.g. polished) replace those modules' quantized weights.
 
         The match's time limit counts from when the base model's references are ready (`prepare`).
         """
@@ -155,7 +157,7 @@ class Workbench:
         )
         try:
             strategy = parse_strategy(request.document)
-            fields = self._evaluate(strategy, stage, request)
+            fields = self._evaluate(strategy, stage, request, overrides)
         except StrategyError as error:
             fields = dict(outcome="invalid", message="; ".join(error.lines))
         except _Timeout as error:
@@ -175,7 +177,7 @@ class Workbench:
         if elapsed > self.arena.match_seconds:
             raise _Timeout(f"{phase} ended after {elapsed:.0f} s, over the arena's {self.arena.match_seconds:.0f} s")
 
-    def _evaluate(self, strategy: Strategy, stage: Stage, request: MatchRequest) -> dict:
+    def _evaluate(self, strategy: Strategy, stage: Stage, request: MatchRequest, overrides: Mapping[str, torch.Tensor] | None) -> dict:
         model = self.loaded.model
         resolved = resolve_strategy(strategy, self.loaded.facts)
         calibration = None
@@ -190,7 +192,7 @@ class Workbench:
         started = time.perf_counter()  # the limit is on the strategy's work, not on the base model's
         quantize_started = time.perf_counter()
         levels = self.levels()
-        with strategy_applied(model, resolved, calibration, self.cache, levels) as applied:
+        with strategy_applied(model, resolved, calibration, self.cache, levels, overrides) as applied:
             quantize_seconds = time.perf_counter() - quantize_started
             self._check_time(started, "quantization")
             with _OverflowWatch(model, COMPUTE_DTYPES[resolved.compute_dtype]) as overflow:

@@ -200,7 +200,8 @@ def cmd_evolve(args: argparse.Namespace) -> int:
             manifest = None
             if arena is not None:
                 llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
-                manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, reporter=view, **fields)
+                sensitivity = "map" if args.sensitivity_map else "probes"
+                manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, reporter=view, sensitivity=sensitivity, **fields)
             outcome = session.run_evolve(directory, manifest, workers=args.workers, ray_address=args.ray_address, observer=view)
     except KeyboardInterrupt:
         print(f"agentqat evolve: interrupted; continue with: agentqat evolve --resume {directory}", file=sys.stderr)
@@ -287,6 +288,62 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise
     print(f"wrote {markdown} and {page}")
     return 0
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    """Measures the arena's sensitivity map: per decoder layer and module role the diagonal Fisher information and
+    gradient norm of the loss on calibration windows, and the KL to the base model with that layer (role) alone
+    quantized at each width; prints them and their rank correlations. Kept in the cache with a heat map PNG, so
+    a second call (and evolve --sensitivity-map) reads it."""
+    from agentqat import ui
+    from agentqat.arena.config import load_arena
+    from agentqat.study.sensitivity_map import shared_map
+
+    arena = load_arena(args.arena)
+    if args.threads is not None:
+        arena = arena.model_copy(update={"compute_threads": args.threads})
+    if args.fisher_windows < 1:
+        raise UserError(f"--fisher-windows {args.fisher_windows} is below 1", "e.g. --fisher-windows 4")
+    ui.print_sensitivity(*shared_map(arena, tuple(_int_list(args.bits, "--bits")), args.fisher_windows, reporter=ui.PhaseView()))
+    return 0
+
+
+def cmd_polish(args: argparse.Namespace) -> int:
+    """Polishes a strategy by block-wise quantization-aware training (EfficientQAT's Block-AP): each decoder block's
+    weights, scales and zero points learn to reproduce the base block, one block at a time; then plays the
+    unpolished and the polished strategy on the arena's last stage and the test split, and records both.
+    `--ablate` prints the table over ordering, curriculum and learnable pow2 scales at 3 and 2 bits instead."""
+    from agentqat import session, ui
+    from agentqat.arena.config import DEFAULT_ARENA, load_arena
+    from agentqat.polish import PolishSettings
+    from agentqat.session import polish
+
+    if not (args.best or args.strategy or args.ablate):
+        raise UserError("polish needs --best (with RUN_DIR), --strategy STRATEGY.json or --ablate", "e.g. agentqat polish runs/NAME --best")
+    if args.best and args.run_dir is None:
+        raise UserError("--best needs the run directory", "e.g. agentqat polish runs/NAME --best")
+    arena = load_arena(args.arena) if args.arena else session.read_manifest(Path(args.run_dir)).arena if args.run_dir else load_arena(DEFAULT_ARENA)
+    if args.threads is not None:
+        arena = arena.model_copy(update={"compute_threads": args.threads})
+    try:
+        settings = PolishSettings(windows=args.windows, epochs=args.epochs, weight_lr=args.weight_lr, scale_lr=args.scale_lr,
+                                  order=args.order, curriculum=args.curriculum, learn_scales=not args.fixed_scales, seed=arena.seed)  # fmt: skip
+    except ValueError as error:
+        raise UserError(str(error), "see agentqat polish --help") from None
+    if args.ablate:
+        ui.print_ablation(polish.run_ablation(arena, settings, _int_list(args.bits, "--bits"), reporter=ui.PhaseView()))
+        return 0
+    document = polish.best_document(Path(args.run_dir)) if args.best else _strategy_document(args.strategy)
+    tag = f"{document.get('name', 'strategy')}-{args.order}{'-curriculum' * args.curriculum}"
+    directory = args.out or (Path(args.run_dir) / "polish" / tag if args.run_dir else Path("runs") / f"polish-{tag}")
+    ui.print_polish(polish.polish_strategy(document, arena, settings, directory, args.test_windows, reporter=ui.PhaseView()))
+    return 0
+
+
+def _strategy_document(path: str) -> dict:
+    from agentqat.strategy import dump_strategy, load_strategy
+
+    return json.loads(dump_strategy(load_strategy(path)))
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -47,11 +47,12 @@ class EvolveObserver(Reporter, Observer, Protocol):
 
 def evolve_manifest(
     arena: Arena, llm: LlmSettings | None = None, prior: Sequence[dict] | None = None, reporter: Reporter | None = None,
-    **settings: object,
+    sensitivity: str = "probes", **settings: object,
 ) -> Manifest:
     """Returns the manifest of a new evolve run: `settings` are EvolveSettings fields (generator, seed,
     population, ...); `llm` the LLM generator's settings (defaults when the generator is llm and none given);
-    `prior` the shared seed strategies (None: `uniform_prior` of the arena's search space; () for none)."""
+    `prior` the shared seed strategies (None: `uniform_prior` of the arena's search space; () for none);
+    `sensitivity` the generators' sensitivities, "probes" or "map" (the arena's map, which must be measured)."""
     from agentqat.generators import GENERATORS
     from agentqat.generators.prior import uniform_prior
     from agentqat.strategy import SCHEMA_VERSION
@@ -68,9 +69,13 @@ def evolve_manifest(
         space = _search_space(arena, reporter)
         prior = uniform_prior(space) if prior is None else prior
         prior = _servable_prior(prior, space, arena)
+    if sensitivity == "map":
+        from agentqat.study.sensitivity_map import cached_map
+
+        cached_map(arena)  # a run that asks for the map starts only once it is measured
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
-        prior=tuple(prior), strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
+        prior=tuple(prior), sensitivity=sensitivity, strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
     )  # fmt: skip
 
 
@@ -130,7 +135,13 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
     name, llm = manifest.settings.generator, manifest.llm
     factory = GENERATORS[name]
     options = _llm_options(llm, server) if llm is not None else {}
-    if getattr(factory, "uses_sensitivities", False) and (llm is None or llm.sensitivities):
+    if getattr(factory, "uses_sensitivities", False) and (llm is None or llm.sensitivities) and manifest.sensitivity == "map":
+        from agentqat.study.sensitivity_map import cached_map, prior_values
+
+        sensitivity_map = cached_map(manifest.arena)
+        write_json_atomic(directory / SENSITIVITIES_FILE, dataclasses.asdict(sensitivity_map))
+        options["sensitivities"] = prior_values(sensitivity_map, manifest.arena.bits_budget)
+    elif getattr(factory, "uses_sensitivities", False) and (llm is None or llm.sensitivities):
         measured = shared_sensitivities(pool_run, manifest.arena, space.facts, defaults.cache_dir(), reporter)
         write_json_atomic(directory / SENSITIVITIES_FILE, dataclasses.asdict(measured))
         options["sensitivities"] = measured.values

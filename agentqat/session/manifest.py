@@ -47,8 +47,9 @@ class LlmSettings(_Frozen):
 
 class Manifest(_Frozen):
     """A run's manifest: its kind, arena and settings (evolve: search settings, the shared prior's documents that
-    generation 0 plays and, for the LLM generator, its LLM settings; baseline: stage, seed and number of
-    requests), schema versions and package versions."""
+    generation 0 plays and, for the LLM generator, its LLM settings; which sensitivities generators that use them
+    get: "probes", one 3-bit probe per layer, or "map", the arena's sensitivity map from `agentqat sensitivity`;
+    baseline: stage, seed and number of requests), schema versions and package versions."""
 
     schema_version: int = RUN_SCHEMA_VERSION
     kind: Literal["evolve", "baseline"]
@@ -56,6 +57,7 @@ class Manifest(_Frozen):
     settings: EvolveSettings | None = None
     llm: LlmSettings | None = None
     prior: tuple[dict, ...] = ()
+    sensitivity: Literal["probes", "map"] = "probes"
     stage: str | None = None
     seed: int | None = None
     requests: int | None = None

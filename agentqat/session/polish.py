@@ -1,0 +1,184 @@
+"""Polishing a strategy (agentqat polish): block-wise QAT of its weights (agentqat.polish), then the unpolished and
+the polished strategy played as matches on the arena's last stage (every window set, the arena's seed: the windows
+its search ranked it on) and on the corpus's test split; and the ablation table over ordering, curriculum and
+learnable pow2 scales at 3 and 2 bits.
+
+Records, in the polish directory: polish.json (settings, strategy, each block's losses), results.jsonl (the
+matches; polished ones carry the id "<strategy id>-polished" and `extra.polished`), weights.safetensors (the
+polished weights, dequantized: every value on its module's grid; and per module NAME.scale and NAME.zero, one row
+per group).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentqat import defaults
+from agentqat.arena.config import Arena
+from agentqat.arena.match import Workbench
+from agentqat.arena.request import MatchRequest
+from agentqat.arena.result import MatchResult
+from agentqat.errors import UserError
+from agentqat.progress import Reporter
+from agentqat.store import write_json_atomic
+
+POLISHED = "polished"
+RESULTS_FILE = "results.jsonl"
+
+
+@dataclass(frozen=True)
+class PolishOutcome:
+    """The unpolished and polished matches (arena stage, then test split), the polish, and where it is recorded."""
+
+    document: dict
+    unpolished: tuple[MatchResult, ...]
+    polished: tuple[MatchResult, ...]
+    polish: object  # agentqat.polish.Polished
+    directory: Path
+
+
+@dataclass(frozen=True)
+class AblationRow:
+    """One polish of the ablation: its switches and the unpolished and polished results on the arena's last stage."""
+
+    bits: int
+    pow2: bool
+    order: str
+    curriculum: bool
+    unpolished: tuple[MatchResult, ...]
+    polished: tuple[MatchResult, ...]
+    seconds: float
+
+
+def best_document(run_directory: Path) -> dict:
+    """Returns the strategy ranked first on the last stage of the evolve run in `run_directory`."""
+    from agentqat.runs import read_run
+
+    view = read_run(Path(run_directory))
+    if not view.stages:
+        raise UserError(f"run {run_directory} has no match results yet", "polish a run that has played, or pass --strategy")
+    best = list(view.stages.values())[-1][0]
+    if best.strategy_id not in view.documents:
+        raise UserError(f"run {run_directory} does not record the document of its best strategy {best.strategy_id}", "pass it with --strategy")
+    return view.documents[best.strategy_id]
+
+
+def uniform_document(bits: int, pow2: bool, rounding: str = "gptq") -> dict:
+    """Returns the uniform int strategy of the ablation: `bits`, group 64, asymmetric, fp16 or pow2 scales."""
+    from agentqat.strategy import SCHEMA_VERSION
+
+    weight = {"bits": bits, "group_size": 64, "symmetric": False, "rounding": rounding, "scale": "pow2" if pow2 else "fp16"}
+    return {"schema_version": SCHEMA_VERSION, "name": f"uniform-{rounding}-w{bits}g64{'-pow2' if pow2 else ''}", "default": {"weight": weight}, "rules": []}
+
+
+def play_stage(bench: Workbench, document: dict, overrides=None) -> tuple[MatchResult, ...]:
+    """Returns `document` played on every window set of the arena's last stage at its seed (`overrides`: polished
+    weights, and the results marked polished)."""
+    stage = bench.arena.stages[-1]
+    results = tuple(
+        bench.play(MatchRequest(document, stage.name, bench.arena.seed, window_set), overrides)
+        for window_set in range(stage.window_sets)
+    )
+    return tuple(_marked(result) for result in results) if overrides is not None else results
+
+
+def _marked(result: MatchResult) -> MatchResult:
+    return dataclasses.replace(
+        result, strategy_id=f"{result.strategy_id}-{POLISHED}", strategy_name=f"{result.strategy_name} ({POLISHED})",
+        extra={**result.extra, POLISHED: True},
+    )  # fmt: skip
+
+
+def _polished(bench: Workbench, document: dict, settings, sensitivities, reporter: Reporter | None):
+    """Returns the polish of `document` on the bench's model and calibration windows."""
+    from agentqat.data import sample_windows
+    from agentqat.polish import polish_model
+    from agentqat.resolve import needs_calibration, resolve_strategy
+    from agentqat.strategy import parse_strategy
+
+    resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)  # StrategyError: one line per problem
+    calibration = bench.calibration(bench.arena.calibration_windows) if needs_calibration(resolved) else None
+    windows = sample_windows(bench.calibration_ids, bench.arena.window_tokens, settings.windows, bench.arena.seed)
+    stats = calibration.stats if calibration else None
+    return polish_model(bench.loaded.model, resolved, stats, windows, settings, sensitivities, reporter)
+
+
+def layer_sensitivities(bench: Workbench, reporter: Reporter | None = None) -> dict[int, float]:
+    """Returns the arena's per-layer sensitivities (agentqat.sensitivity: cached per arena, else played here)."""
+    from agentqat.sensitivity import shared_sensitivities
+
+    play = lambda requests: [bench.play(request) for request in requests]  # noqa: E731 - an in-process player
+    return shared_sensitivities(play, bench.arena, bench.loaded.facts, defaults.cache_dir(), reporter).values
+
+
+def polish_strategy(
+    document: dict, arena: Arena, settings, directory: Path, test_windows: int = defaults.TEST_WINDOWS,
+    reporter: Reporter | None = None,
+) -> PolishOutcome:  # fmt: skip
+    """Returns the polish of `document` on `arena` with `settings` (agentqat.polish.PolishSettings) and its
+    matches, recorded in `directory` (see the module docstring); `test_windows` 0 leaves out the test split."""
+    from safetensors.torch import save_file
+
+    from agentqat.progress import phase
+    from agentqat.study.unseen import UnseenBench
+
+    directory = Path(directory)
+    if (directory / RESULTS_FILE).exists():
+        raise UserError(f"{directory} already holds a polish", "pick another --out, or remove it")
+    bench = Workbench(arena, reporter=reporter)
+    bench.prepare(arena.seed)
+    sensitivities = layer_sensitivities(bench, reporter) if settings.order == "sensitivity" else None
+    with phase(reporter, "playing the unpolished strategy"):
+        unpolished = play_stage(bench, document)
+    polish = _polished(bench, document, settings, sensitivities, reporter)
+    weights = {name: polished.weight for name, polished in polish.weights.items()}
+    with phase(reporter, "playing the polished strategy"):
+        polished = play_stage(bench, document, weights)
+    del bench
+    if test_windows:
+        test = UnseenBench(arena, windows=test_windows, reporter=reporter)
+        with phase(reporter, "both on the test split", total=2) as step:
+            unpolished += play_stage(test, document)
+            step()
+            polished += play_stage(test, document, weights)
+            step()
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {name: weight.contiguous() for name, weight in weights.items()}
+    for name, polished_weight in polish.weights.items():
+        tensors[f"{name}.scale"], tensors[f"{name}.zero"] = polished_weight.grid.scale.contiguous(), polished_weight.grid.zero.contiguous()
+    save_file(tensors, str(directory / "weights.safetensors"))
+    write_json_atomic(directory / "polish.json", {
+        "arena": arena.name, "strategy": document, "settings": dataclasses.asdict(settings), "seconds": polish.seconds,
+        "blocks": [dataclasses.asdict(block) for block in polish.blocks], "sensitivities": sensitivities,
+    })  # fmt: skip
+    (directory / RESULTS_FILE).write_text("".join(result.to_json() + "\n" for result in unpolished + polished))
+    return PolishOutcome(document, unpolished, polished, polish, directory)
+
+
+def run_ablation(
+    arena: Arena, settings, bits: Sequence[int] = defaults.POLISH_ABLATE_BITS, reporter: Reporter | None = None,
+) -> list[AblationRow]:  # fmt: skip
+    """Returns the ablation: uniform GPTQ g64 at each of `bits`, with fp16 or learnable pow2 scales, polished in
+    natural or sensitivity order, with and without the curriculum (`settings` for the rest), each against the
+    unpolished strategy on the arena's last stage."""
+    from agentqat.progress import phase
+
+    bench = Workbench(arena, reporter=reporter)
+    bench.prepare(arena.seed)
+    sensitivities = layer_sensitivities(bench, reporter)
+    rows = []
+    for width, pow2 in itertools.product(bits, (False, True)):
+        document = uniform_document(width, pow2)
+        with phase(reporter, f"playing {document['name']}"):
+            unpolished = play_stage(bench, document)
+        for order, curriculum in itertools.product(("natural", "sensitivity"), (False, True)):
+            variant = dataclasses.replace(settings, order=order, curriculum=curriculum)
+            polish = _polished(bench, document, variant, sensitivities, reporter)
+            with phase(reporter, f"playing {document['name']} polished ({order} order{', curriculum' * curriculum})"):
+                polished = play_stage(bench, document, {name: w.weight for name, w in polish.weights.items()})
+            rows.append(AblationRow(width, pow2, order, curriculum, unpolished, polished, polish.seconds))
+    return rows
