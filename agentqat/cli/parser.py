@@ -124,6 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
     compare.set_defaults(handler=handlers.cmd_compare)
 
+    export = commands.add_parser("export", help="write a strategy's quantized model for an engine (compressed-tensors, gguf, fake-quant)", description=handlers.cmd_export.__doc__)
+    export.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a recorded run to take the strategy from (with --best)")
+    export.add_argument("--best", action="store_true", help="the run's best survivor of its arena's last stage")
+    export.add_argument("--max-bits", type=float, default=None, help="with --best: the best survivor within this many effective bits per weight")
+    export.add_argument("--strategy", default=None, metavar="STRATEGY.json", help="export this strategy instead of a run's")
+    export.add_argument("--format", required=True, help="compressed-tensors (packed int codes vLLM serves), gguf, or fake-quant (dequantized float32: the arena's quality, none of the memory gain)")
+    export.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
+    export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's, or {DEFAULT_ARENA} with --strategy)")
+    export.set_defaults(handler=handlers.cmd_export)
+
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")
     report.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the bootstrap and permutation draws (default: %(default)s)")

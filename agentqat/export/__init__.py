@@ -6,9 +6,14 @@ from agentqat.export.base import (
     ExportError,
     ExportModule,
     ExportSource,
+    check_destination,
     export,
     prepare_source,
     register_exporter,
 )
+from agentqat.export.select import best_of_run
 
-__all__ = ["EXPORTERS", "ExportError", "ExportModule", "ExportSource", "export", "prepare_source", "register_exporter"]
+__all__ = [
+    "EXPORTERS", "ExportError", "ExportModule", "ExportSource", "best_of_run", "check_destination", "export", "prepare_source",
+    "register_exporter",
+]  # fmt: skip

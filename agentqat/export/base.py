@@ -81,13 +81,19 @@ def weight_files(out: Path) -> dict[str, int]:
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.suffix in WEIGHT_SUFFIXES}
 
 
-def export(source: ExportSource, format: str, out: Path) -> Path:
-    """Returns `out` after writing the strategy's model in `format` and its metadata file there."""
+def check_destination(format: str, out: Path) -> None:
+    """Returns None when `format` has an exporter and `out` is new or empty; UserError otherwise (call it before
+    the expensive work)."""
     if format not in EXPORTERS:
         raise UserError(f"no exporter for format {format!r}", f"use one of {', '.join(sorted(EXPORTERS))}")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise UserError(f"export directory {out} exists and is not empty", "pass a new or empty --out directory")
+
+
+def export(source: ExportSource, format: str, out: Path) -> Path:
+    """Returns `out` after writing the strategy's model in `format` and its metadata file there."""
+    check_destination(format, out)
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"export directory {out} is not empty", "pass a new or empty --out directory")
     out.mkdir(parents=True, exist_ok=True)
     EXPORTERS[format](source, out)
     files = weight_files(out)
