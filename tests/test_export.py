@@ -190,3 +190,24 @@ def test_cli_exports_a_strategy_file_and_refuses_an_unknown_format(arena, tmp_pa
     assert main(["export", *common, "--format", "nosuch", "--out", str(tmp_path / "x")]) == 2
     assert "no exporter for format 'nosuch'" in capsys.readouterr().err
     assert main(["export", *common, "--best", "--format", "fake-quant", "--out", str(tmp_path / "y")]) == 2
+
+
+VLLM_CPU_CASES = [  # strategy, modules refused by vLLM on CPU (None: it runs all), words in the reason
+    (strategy({"layers": "1", "modules": ["all"], "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}), None, ""),
+    (MIXED, {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "takes no zero points"),
+    (strategy({"layers": "0", "modules": ["mlp"], "weight": {"bits": 3}}), {f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")}, "weight-only kernel is 4-bit"),
+    (strategy({"layers": "1", "modules": ["mlp"], "weight": {"bits": 8, "group_size": 0}}), {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "weight-only kernel is 4-bit"),
+    (strategy({"layers": "1", "modules": ["o_proj"], "weight": {"bits": 8, "group_size": 32}, "activation": {"bits": 8}}), {"model.layers.1.self_attn.o_proj"}, "W8A8 kernel"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("document", "modules", "reason"), VLLM_CPU_CASES, ids=["w4a16-w8a8", "asym-int4", "int3", "int8-weight-only", "w8a8-groups"])
+def test_deploy_vllm_cpu_refuses_the_schemes_its_kernels_do_not_run(arena, document, modules, reason, tmp_path):
+    source = prepare_source(document, arena)
+    if modules is None:
+        metadata = json.loads((export(source, "compressed-tensors", tmp_path / "out", deploy="vllm-cpu") / METADATA_FILE).read_text())
+        assert metadata["deploy"] == "vllm-cpu"
+        return
+    with pytest.raises(ExportError) as error:
+        export(source, "compressed-tensors", tmp_path / "out", deploy="vllm-cpu")
+    assert set(error.value.modules) == modules and reason in str(error.value)

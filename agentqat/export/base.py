@@ -62,6 +62,9 @@ class ExportError(UserError):
 
 Exporter = Callable[[ExportSource, Path], None]
 EXPORTERS: dict[str, Exporter] = {}
+DeployCheck = Callable[[ExportSource], None]
+DEPLOY_CHECKS: dict[tuple[str, str], DeployCheck] = {}  # (format, deploy target) -> raises ExportError
+ANY_TARGET = "any"
 
 
 def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
@@ -76,23 +79,45 @@ def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
     return register
 
 
+def register_deploy_check(format: str, target: str) -> Callable[[DeployCheck], DeployCheck]:
+    """Returns a decorator registering what an engine (deploy target) runs of a format: a function raising
+    ExportError for the modules it cannot run."""
+
+    def register(check: DeployCheck) -> DeployCheck:
+        DEPLOY_CHECKS[(format, target)] = check
+        return check
+
+    return register
+
+
+def deploy_targets() -> list[str]:
+    """Returns the deploy targets some format declares, and "any"."""
+    return [ANY_TARGET, *sorted({target for _, target in DEPLOY_CHECKS})]
+
+
 def weight_files(out: Path) -> dict[str, int]:
     """Returns the weight files under `out` (relative path -> bytes)."""
     return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.suffix in WEIGHT_SUFFIXES}
 
 
-def check_destination(format: str, out: Path) -> None:
-    """Returns None when `format` has an exporter and `out` is new or empty; UserError otherwise (call it before
-    the expensive work)."""
+def check_destination(format: str, out: Path, deploy: str = ANY_TARGET) -> None:
+    """Returns None when `format` has an exporter, `deploy` is a known target and `out` is new or empty;
+    UserError otherwise (call it before the expensive work)."""
     if format not in EXPORTERS:
         raise UserError(f"no exporter for format {format!r}", f"use one of {', '.join(sorted(EXPORTERS))}")
+    if deploy not in deploy_targets():
+        raise UserError(f"unknown deploy target {deploy!r}", f"use one of {', '.join(deploy_targets())}")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise UserError(f"export directory {out} exists and is not empty", "pass a new or empty --out directory")
 
 
-def export(source: ExportSource, format: str, out: Path) -> Path:
-    """Returns `out` after writing the strategy's model in `format` and its metadata file there."""
-    check_destination(format, out)
+def export(source: ExportSource, format: str, out: Path, deploy: str = ANY_TARGET) -> Path:
+    """Returns `out` after writing the strategy's model in `format` and its metadata file there; with a deploy
+    target, ExportError first for the modules its engine cannot run in that format (no check registered for the
+    pair: the format's own rules are all)."""
+    check_destination(format, out, deploy)
+    if (format, deploy) in DEPLOY_CHECKS:
+        DEPLOY_CHECKS[(format, deploy)](source)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     EXPORTERS[format](source, out)
@@ -100,6 +125,7 @@ def export(source: ExportSource, format: str, out: Path) -> Path:
     metadata = {
         "schema_version": METADATA_VERSION,
         "format": format,
+        "deploy": deploy,
         "model": source.arena.model,
         "arena": source.arena.name,
         "strategy": source.document,
