@@ -211,3 +211,31 @@ def test_deploy_vllm_cpu_refuses_the_schemes_its_kernels_do_not_run(arena, docum
     with pytest.raises(ExportError) as error:
         export(source, "compressed-tensors", tmp_path / "out", deploy="vllm-cpu")
     assert set(error.value.modules) == modules and reason in str(error.value)
+
+
+def test_best_takes_the_runs_best_survivor_of_its_last_stage(arena, tmp_path, capsys):
+    from agentqat.export import best_of_run
+    from agentqat.runs import read_run
+
+    arena_file = tmp_path / "arena.toml"
+    arena_file.write_text(
+        f'name = "tiny-export"\nmodel = "{arena.model}"\ncorpus = "{arena.corpus}"\nwindow_tokens = 64\ncalibration_windows = 4\n'
+        'bits_budget = 5.0\n[[stages]]\nname = "screen"\nwindows = 2\npromote = 0.5\n[[stages]]\nname = "confirm"\nwindows = 2\n'
+    )
+    evolve = ["evolve", "--arena", str(arena_file), "--generator", "random", "--workers", "0", "--generations", "1",
+              "--population", "4", "--runs", str(tmp_path), "--run", "run"]  # fmt: skip
+    assert main(evolve) == 0, capsys.readouterr().err
+    run = tmp_path / "run"
+    rows = [row for row in read_run(run).stages["confirm"] if row.survives]
+    document, run_arena, figures = best_of_run(run)
+    best = min(rows, key=lambda row: row.rank)
+    assert figures["strategy_id"] == best.strategy_id and figures["stage"] == "confirm"
+    assert run_arena.name == "tiny-export" and document == read_run(run).documents[best.strategy_id]
+    cheapest = min(row.aggregate.bits_per_weight for row in rows)
+    assert best_of_run(run, max_bits=cheapest)[2]["bits_per_weight"] == cheapest
+    capsys.readouterr()
+    assert main(["export", str(run), "--best", "--max-bits", "1.5", "--format", "compressed-tensors", "--out", str(tmp_path / "x")]) == 2
+    assert "no survivor of its last stage 'confirm' within 1.5 bits" in capsys.readouterr().err
+    assert main(["export", str(run), "--best", "--format", "fake-quant", "--out", str(tmp_path / "fq")]) == 0
+    metadata = json.loads((tmp_path / "fq" / METADATA_FILE).read_text())
+    assert metadata["strategy"] == document and metadata["figures"]["perplexity"] == figures["perplexity"]
