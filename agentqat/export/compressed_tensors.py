@@ -1,9 +1,9 @@
 """The `compressed-tensors` format: integer codes packed by the compressed-tensors library, which vLLM loads.
 
-Each quantized module's codes are recovered from the arena's dequantized weight: the integer grid (scale, zero
-point per group) is recomputed from the base weight exactly as RTN and GPTQ (static groups) computed it, and
-codes = round(quantized / scale + zero). A module is exported only when scale * (codes - zero) gives back the
-arena's values bit for bit; after packing, compressed-tensors' own decompression is checked against them again.
+Each quantized module's grid (scale, zero point per group) is recomputed from the base weight exactly as RTN and
+GPTQ (static groups) computed it; compressed-tensors then packs codes = round(quantized / scale + zero). A module
+is exported only when scale * (codes - zero) gives back the arena's values bit for bit, and after packing the
+library's own decompression is checked against them again.
 Scales are stored as float16 (the arena's fp16 scales are float16 numbers; power-of-two scales are too), other
 tensors as bfloat16.
 
@@ -63,11 +63,10 @@ class Scheme:
 
 
 @dataclass(frozen=True)
-class Codes:
-    """A module's integer codes [out, in], float16 scales and integer zero points [out, groups], in the format's
-    signed code range (asymmetric codes shifted by 2^(bits-1))."""
+class StoredGrid:
+    """A module's float16 scales and integer zero points [out, groups], zero points in the format's signed code
+    range (asymmetric grids shifted by 2^(bits-1)); compressed-tensors rounds the weight onto them."""
 
-    codes: torch.Tensor
     scale: torch.Tensor
     zero: torch.Tensor
 
@@ -97,9 +96,9 @@ def scheme_of(module: ExportModule) -> Scheme | None:
     return Scheme(weight.bits, weight.group_size, weight.symmetric, quantized_input)
 
 
-def recover_codes(module: ExportModule) -> Codes | None:
-    """Returns the module's codes on the integer grid of its base weight's groups, None when the arena's values
-    are not exactly scale * (code - zero) on that grid."""
+def recover_grid(module: ExportModule) -> StoredGrid | None:
+    """Returns the integer grid of the module's base weight groups, None when the arena's values are not exactly
+    scale * (code - zero) on it with integer codes in range and float16 scales."""
     config = module.config.weight
     grid = int_grid(to_groups(module.original, config.group_size), config)
     target = to_groups(module.quantized, config.group_size)
@@ -111,11 +110,7 @@ def recover_codes(module: ExportModule) -> Codes | None:
         return None
     shift = 0 if config.symmetric else 2 ** (config.bits - 1)
     rows = module.original.shape[0]
-    return Codes(
-        codes=(codes - shift).reshape(module.original.shape).to(torch.int8),
-        scale=scale16.reshape(rows, -1),
-        zero=(grid.zero - shift).reshape(rows, -1).to(torch.int8),
-    )
+    return StoredGrid(scale=scale16.reshape(rows, -1), zero=(grid.zero - shift).reshape(rows, -1).to(torch.int8))
 
 
 def _raise_problems(problems: dict[str, list[str]], fix: str) -> None:
@@ -131,8 +126,8 @@ def _fused_set(name: str) -> tuple[str, int] | None:
     return next(((parent, i) for i, fused in enumerate(FUSED_SETS) if last in fused), None)
 
 
-def plan(source: ExportSource) -> tuple[dict[str, Scheme | None], dict[str, Codes]]:
-    """Returns every module's scheme (None: stays 16-bit) and the codes of the quantized ones; ExportError naming
+def plan(source: ExportSource) -> tuple[dict[str, Scheme | None], dict[str, StoredGrid]]:
+    """Returns every module's scheme (None: stays 16-bit) and the grids of the quantized ones; ExportError naming
     the modules the format cannot hold, the fused sets whose shards differ, and the off-grid modules."""
     problems: dict[str, list[str]] = {}
     for module in source.modules.values():
@@ -149,18 +144,18 @@ def plan(source: ExportSource) -> tuple[dict[str, Scheme | None], dict[str, Code
         if len({schemes[n] for n in names}) > 1:
             problems.setdefault("vLLM fuses q/k/v and gate/up into one layer, and their schemes differ", []).extend(names)
     _raise_problems(problems, "give q_proj, k_proj, v_proj (and gate_proj, up_proj) of each layer the same genes")
-    codes = {}
+    grids = {}
     for name, scheme in schemes.items():
         if scheme is not None:
-            recovered = recover_codes(source.modules[name])
+            recovered = recover_grid(source.modules[name])
             if recovered is None:
                 rounding = source.modules[name].config.weight.rounding
                 reason = f"their {rounding} values are not scale x integer codes of the base weight's groups"
                 problems.setdefault(reason, []).append(name)
             else:
-                codes[name] = recovered
+                grids[name] = recovered
     _raise_problems(problems, "use rounding rtn or gptq on format int, or export with --format fake-quant")
-    return schemes, codes
+    return schemes, grids
 
 
 def _targets(names: list[str]) -> list[str]:
@@ -209,19 +204,19 @@ def export_compressed_tensors(source: ExportSource, out: Path) -> None:
     from compressed_tensors.quantization import apply_quantization_config
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    schemes, codes = plan(source)
+    schemes, grids = plan(source)
     model = AutoModelForCausalLM.from_pretrained(source.model_directory, dtype=torch.float32)
     apply_quantization_config(model, quantization_config(schemes))
     with torch.no_grad():
-        for name, recovered in codes.items():
+        for name, grid in grids.items():
             module = model.get_submodule(name)
             module.weight.copy_(source.modules[name].quantized)
-            module.weight_scale = torch.nn.Parameter(recovered.scale, requires_grad=False)
+            module.weight_scale = torch.nn.Parameter(grid.scale, requires_grad=False)
             if hasattr(module, "weight_zero_point"):
-                module.weight_zero_point.copy_(recovered.zero)
+                module.weight_zero_point.copy_(grid.zero)
     compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
-    mismatched = [name for name in codes if not torch.equal(decompressed_weight(model.get_submodule(name)), source.modules[name].quantized)]
+    mismatched = [name for name in grids if not torch.equal(decompressed_weight(model.get_submodule(name)), source.modules[name].quantized)]
     if mismatched:
         raise ExportError(FORMAT, "compressed-tensors' decompression does not give back the arena's values", mismatched, "report this as a bug")
     with torch.no_grad():
