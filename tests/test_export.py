@@ -239,3 +239,19 @@ def test_best_takes_the_runs_best_survivor_of_its_last_stage(arena, tmp_path, ca
     assert main(["export", str(run), "--best", "--format", "fake-quant", "--out", str(tmp_path / "fq")]) == 0
     metadata = json.loads((tmp_path / "fq" / METADATA_FILE).read_text())
     assert metadata["strategy"] == document and metadata["figures"]["perplexity"] == figures["perplexity"]
+
+
+def test_an_arena_with_a_level_database_exports_the_stored_levels_exactly(arena, tmp_path):
+    from agentqat.arena.config import Levels
+    from agentqat.arena.match import Workbench
+    from agentqat.strategy import WeightGene
+
+    ladder = (WeightGene(bits=3, group_size=32, rounding="gptq"), WeightGene(bits=4, group_size=32, rounding="gptq"))
+    with_levels = arena.model_copy(update={"levels": Levels(ladder=ladder)})
+    document = strategy({"layers": "1", "modules": ["all"], "weight": {"bits": 3}}, default={"bits": 4, "group_size": 32, "rounding": "gptq"})
+    source = prepare_source(document, with_levels)
+    bench = Workbench(with_levels)
+    database, key = bench.levels(), bench.calibration(arena.calibration_windows).key
+    for name, module in source.modules.items():
+        assert torch.equal(module.quantized, database.weight(name, module.config, key)), name
+    export(source, "compressed-tensors", tmp_path / "out")  # raises unless the packed codes give these values back
