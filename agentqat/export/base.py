@@ -1,9 +1,16 @@
-"""The export interface: what an exporter reads (ExportSource) and the registry of exporters by format name.
+"""Exports: a strategy's quantized model written in a format an engine loads, with what the arena measured.
 
-A minimal copy of the agreed interface (branch export-ct holds the full module)."""
+`prepare_source` quantizes every linear module with the arena's own code (its Workbench: model, calibration,
+level database), so the exported weights are exactly the values the arena scored. An exporter is a function
+`(ExportSource, out directory) -> None` registered under its format name; `export` runs one and then writes
+`agentqat-export.json` beside the weights: the strategy, the arena's figures, the effective bits and the bytes
+of the weight files written.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,45 +19,174 @@ import torch
 
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
+from agentqat.progress import Reporter, phase
 from agentqat.resolve import ModuleConfig
+
+METADATA_FILE = "agentqat-export.json"
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
+METADATA_VERSION = 1
 
 
 @dataclass(frozen=True)
 class ExportModule:
-    """One linear module: its config, base weight and the arena's dequantized weight (float32, out x in)."""
+    """One quantizable linear module: its resolved config, base weight and the arena's dequantized weight."""
 
-    name: str
+    name: str  # e.g. "model.layers.0.self_attn.q_proj"
     config: ModuleConfig
-    original: torch.Tensor
-    quantized: torch.Tensor
-    input_divisor: torch.Tensor | None
+    original: torch.Tensor  # base weight, float32 (out x in)
+    quantized: torch.Tensor  # the arena's dequantized weight, float32: the values the arena measured
+    input_divisor: torch.Tensor | None  # SmoothQuant-style input scales (None without)
 
 
 @dataclass(frozen=True)
 class ExportSource:
-    """What an export reads: the strategy, the arena, the model and each linear module's weights."""
+    """Everything an exporter needs: the strategy, its arena, the base model and every module's weights."""
 
     document: dict
     arena: Arena
     model_directory: Path
-    gguf_path: Path | None
+    gguf_path: Path | None  # the GGUF file the base model came from (built-in models and .gguf specs), else None
     modules: dict[str, ExportModule]
-    effective_bits: float
-    figures: dict
+    effective_bits: float  # agentqat.bits' count for the strategy
+    figures: dict  # the arena's figures for it (perplexity, kl, bits, stage, ...); {} when not measured
 
 
 class ExportError(UserError):
     """A strategy the format cannot hold: names the modules and the reason."""
 
+    def __init__(self, format: str, reason: str, modules: list[str], fix: str):
+        self.modules = list(modules)
+        shown = ", ".join(self.modules[:3]) + (f" and {len(self.modules) - 3} more" if len(self.modules) > 3 else "")
+        super().__init__(f"{format} cannot hold {len(self.modules)} module(s) ({shown}): {reason}", fix)
 
-EXPORTERS: dict[str, Callable[[ExportSource, Path], None]] = {}
+
+Exporter = Callable[[ExportSource, Path], None]
+EXPORTERS: dict[str, Exporter] = {}
+DeployCheck = Callable[[ExportSource], None]
+DEPLOY_CHECKS: dict[tuple[str, str], DeployCheck] = {}  # (format, deploy target) -> raises ExportError
+ANY_TARGET = "any"
 
 
-def register_exporter(name: str):
-    """Returns a decorator that registers an exporter under a format name."""
+def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    """Returns a decorator registering an exporter under the format `name`."""
 
-    def register(exporter: Callable[[ExportSource, Path], None]) -> Callable[[ExportSource, Path], None]:
+    def register(exporter: Exporter) -> Exporter:
+        if name in EXPORTERS:
+            raise ValueError(f"exporter {name!r} registered twice")
         EXPORTERS[name] = exporter
         return exporter
 
     return register
+
+
+def register_deploy_check(format: str, target: str) -> Callable[[DeployCheck], DeployCheck]:
+    """Returns a decorator registering what an engine (deploy target) runs of a format: a function raising
+    ExportError for the modules it cannot run."""
+
+    def register(check: DeployCheck) -> DeployCheck:
+        DEPLOY_CHECKS[(format, target)] = check
+        return check
+
+    return register
+
+
+def deploy_targets() -> list[str]:
+    """Returns the deploy targets some format declares, and "any"."""
+    return [ANY_TARGET, *sorted({target for _, target in DEPLOY_CHECKS})]
+
+
+def weight_files(out: Path) -> dict[str, int]:
+    """Returns the weight files under `out` (relative path -> bytes)."""
+    return {str(p.relative_to(out)): p.stat().st_size for p in sorted(out.rglob("*")) if p.suffix in WEIGHT_SUFFIXES}
+
+
+def check_destination(format: str, out: Path, deploy: str = ANY_TARGET) -> None:
+    """Returns None when `format` has an exporter, `deploy` is a known target and `out` is new or empty;
+    UserError otherwise (call it before the expensive work)."""
+    if format not in EXPORTERS:
+        raise UserError(f"no exporter for format {format!r}", f"use one of {', '.join(sorted(EXPORTERS))}")
+    if deploy not in deploy_targets():
+        raise UserError(f"unknown deploy target {deploy!r}", f"use one of {', '.join(deploy_targets())}")
+    if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        raise UserError(f"export directory {out} exists and is not empty", "pass a new or empty --out directory")
+
+
+def export(source: ExportSource, format: str, out: Path, deploy: str = ANY_TARGET) -> Path:
+    """Returns `out` after writing the strategy's model in `format` and its metadata file there; with a deploy
+    target, ExportError first for the modules its engine cannot run in that format (no check registered for the
+    pair: the format's own rules are all)."""
+    check_destination(format, out, deploy)
+    if (format, deploy) in DEPLOY_CHECKS:
+        DEPLOY_CHECKS[(format, deploy)](source)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    EXPORTERS[format](source, out)
+    files = weight_files(out)
+    metadata = {
+        "schema_version": METADATA_VERSION,
+        "format": format,
+        "deploy": deploy,
+        "model": source.arena.model,
+        "arena": source.arena.name,
+        "strategy": source.document,
+        "figures": source.figures,
+        "effective_bits": source.effective_bits,
+        "weight_files": files,
+        "weight_bytes": sum(files.values()),
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    return out
+
+
+def _gguf_path(model: str) -> Path | None:
+    """Returns the GGUF file a model spec comes from (a built-in's or a .gguf path), else None."""
+    from agentqat.models import BUILTIN_MODELS, builtin_gguf_path
+
+    if model in BUILTIN_MODELS:
+        return builtin_gguf_path(model)
+    return Path(model).expanduser() if model.endswith(".gguf") else None
+
+
+def prepare_source(document: dict, arena: Arena, reporter: Reporter | None = None, figures: dict | None = None) -> ExportSource:
+    """Returns the export source of a strategy on an arena: every module quantized by the arena's own code (its
+    calibration and level database), in float32 whatever the strategy's compute dtype; StrategyError when the
+    document is not a valid strategy for the arena's model."""
+    from agentqat.apply import apply_strategy, restore
+    from agentqat.arena.match import Workbench
+    from agentqat.bits import strategy_bits
+    from agentqat.resolve import needs_calibration, resolve_strategy
+    from agentqat.strategy import parse_strategy
+
+    workbench = Workbench(arena, reporter=reporter)
+    facts = workbench.loaded.facts
+    resolved = resolve_strategy(parse_strategy(document), facts)
+    calibration = workbench.calibration(arena.calibration_windows) if needs_calibration(resolved) else None
+    levels = workbench.levels()
+    model = workbench.loaded.model
+    with phase(reporter, "quantizing for export", detail=f"{len(facts.linears)} modules"):
+        in_fp32 = dataclasses.replace(resolved, compute_dtype="fp32")
+        applied = apply_strategy(model, in_fp32, calibration, levels=levels)
+        try:
+            modules = {}
+            for info in facts.linears:
+                current = model.get_submodule(info.name)  # a QuantizedLinear where the strategy quantizes
+                original = applied.originals.get(info.name, current).weight.detach().to(torch.float32)
+                modules[info.name] = ExportModule(
+                    name=info.name,
+                    config=resolved.modules[info.name],
+                    original=original,
+                    quantized=current.weight.detach().to(torch.float32),
+                    input_divisor=getattr(current, "input_divisor", None),
+                )
+        finally:
+            restore(model, applied)
+    bits = strategy_bits(resolved, facts, applied.outlier_counts)
+    return ExportSource(
+        document=document,
+        arena=arena,
+        model_directory=workbench.loaded.directory,
+        gguf_path=_gguf_path(arena.model),
+        modules=modules,
+        effective_bits=bits.bits_per_weight,
+        figures=dict(figures or {}),
+    )

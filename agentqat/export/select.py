@@ -1,0 +1,30 @@
+"""Picks the strategy to export from a recorded run: the best survivor of its arena's last stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentqat.arena.config import Arena
+from agentqat.errors import UserError
+
+
+def best_of_run(directory: Path, max_bits: float | None = None) -> tuple[dict, Arena, dict]:
+    """Returns (document, arena, figures) of the run's best-ranked survivor on its arena's last stage (within
+    `max_bits` effective bits when given); figures are that stage's aggregate. UserError when there is none."""
+    from agentqat.runs import read_run
+    from agentqat.session.manifest import read_manifest
+
+    view = read_run(Path(directory))
+    arena = read_manifest(Path(directory)).arena
+    last = arena.stages[-1].name
+    rows = [row for row in view.stages.get(last, []) if row.survives]
+    if max_bits is not None:
+        rows = [row for row in rows if row.aggregate.bits_per_weight is not None and row.aggregate.bits_per_weight <= max_bits]
+    if not rows:
+        within = f" within {max_bits:g} bits" if max_bits is not None else ""
+        raise UserError(f"run {directory} has no survivor of its last stage {last!r}{within}", "pick another run, raise --max-bits or pass --strategy")
+    best = min(rows, key=lambda row: row.rank)
+    document = view.documents.get(best.strategy_id)
+    if document is None:
+        raise UserError(f"run {directory} does not record the document of strategy {best.strategy_id}", "pass the strategy with --strategy")
+    return document, arena, best.aggregate.to_dict()
