@@ -243,27 +243,30 @@ def _scheme_key(config: ModuleConfig) -> tuple:
     return weight.bits, weight.format, weight.group_size, weight.symmetric, config.activation
 
 
-def problems(resolved: ResolvedStrategy, facts: ModelFacts, target_name: str) -> list[str]:
-    """Returns one line per rule the strategy breaks under the target (modules, rule, fix); [] when servable."""
+def unservable(resolved: ResolvedStrategy, facts: ModelFacts, target_name: str) -> dict[str, list[LinearInfo]]:
+    """Returns each rule the strategy breaks under the target (the rule and its fix, in words) with the modules
+    that break it; {} when the target's engine runs every module."""
     target = target_of(target_name)
     if target is None:
-        return []
+        return {}
     found: dict[str, list[LinearInfo]] = {}
     for info in facts.linears:
         problem = _module_problem(resolved.modules[info.name], info, target)
         if problem is not None:
             found.setdefault(problem, []).append(info)
-    lines = [f"{_where(infos)}: {problem}" for problem, infos in found.items()]
     if target.fused_one_scheme:
         mixed = [members for members in _fused_sets(facts)
                  if len({_scheme_key(resolved.modules[facts.linears[i].name]) for i in members}) > 1]  # fmt: skip
         if mixed:
-            infos = [facts.linears[i] for members in mixed for i in members]
-            lines.append(
-                f"{_where(infos)}: {target.engine} fuses q/k/v and gate/up into one weight, so each set takes one "
-                "scheme (bits, format, group size, symmetry, activations); give the set's modules the same ones"
-            )
-    return lines
+            rule = (f"{target.engine} fuses q/k/v and gate/up into one weight, so each set takes one scheme (bits, "
+                    "format, group size, symmetry, activations); give the set's modules the same ones")  # fmt: skip
+            found[rule] = [facts.linears[i] for members in mixed for i in members]
+    return found
+
+
+def problems(resolved: ResolvedStrategy, facts: ModelFacts, target_name: str) -> list[str]:
+    """Returns one line per rule the strategy breaks under the target (modules, rule, fix); [] when servable."""
+    return [f"{_where(infos)}: {rule}" for rule, infos in unservable(resolved, facts, target_name).items()]
 
 
 def servable_layout(layout: Layout, facts: ModelFacts, target_name: str) -> Layout:

@@ -194,10 +194,10 @@ def test_cli_exports_a_strategy_file_and_refuses_an_unknown_format(arena, tmp_pa
 
 VLLM_CPU_CASES = [  # strategy, modules refused by vLLM on CPU (None: it runs all), words in the reason
     (strategy({"layers": "1", "modules": ["all"], "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}), None, ""),
-    (MIXED, {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "takes no zero points"),
-    (strategy({"layers": "0", "modules": ["mlp"], "weight": {"bits": 3}}), {f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")}, "weight-only kernel is 4-bit"),
-    (strategy({"layers": "1", "modules": ["mlp"], "weight": {"bits": 8, "group_size": 0}}), {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "weight-only kernel is 4-bit"),
-    (strategy({"layers": "1", "modules": ["o_proj"], "weight": {"bits": 8, "group_size": 32}, "activation": {"bits": 8}}), {"model.layers.1.self_attn.o_proj"}, "W8A8 kernel"),
+    (MIXED, {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
+    (strategy({"layers": "0", "modules": ["mlp"], "weight": {"bits": 3}}), {f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
+    (strategy({"layers": "1", "modules": ["mlp"], "weight": {"bits": 8, "group_size": 0}}), {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
+    (strategy({"layers": "1", "modules": ["o_proj"], "weight": {"bits": 8, "group_size": 32}, "activation": {"bits": 8}}), {"model.layers.1.self_attn.o_proj"}, "8-bit int g32 symmetric (rtn) weights, 8-bit int per_token activations is none"),
 ]  # fmt: skip
 
 

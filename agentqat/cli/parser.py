@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--strategy", default=None, metavar="STRATEGY.json", help="export this strategy instead of a run's")
     export.add_argument("--format", required=True, help="compressed-tensors (packed int codes vLLM serves), gguf, or fake-quant (dequantized float32: the arena's quality, none of the memory gain)")
     export.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
-    export.add_argument("--deploy", default="any", help="refuse what this engine cannot run in the format: any or vllm-cpu (default: %(default)s)")
+    export.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse what this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's, or {DEFAULT_ARENA} with --strategy)")
     export.set_defaults(handler=handlers.cmd_export)
 

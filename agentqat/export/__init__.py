@@ -1,6 +1,6 @@
 """Exports of a strategy's quantized model; importing this package registers every exporter (one module each)."""
 
-from agentqat.export import compressed_tensors, fake_quant, gguf, vllm_cpu  # noqa: F401  (registration)
+from agentqat.export import compressed_tensors, fake_quant, gguf  # noqa: F401  (registration)
 from agentqat.export.base import (
     EXPORTERS,
     ExportError,

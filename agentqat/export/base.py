@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.progress import Reporter, phase
@@ -62,9 +63,7 @@ class ExportError(UserError):
 
 Exporter = Callable[[ExportSource, Path], None]
 EXPORTERS: dict[str, Exporter] = {}
-DeployCheck = Callable[[ExportSource], None]
-DEPLOY_CHECKS: dict[tuple[str, str], DeployCheck] = {}  # (format, deploy target) -> raises ExportError
-ANY_TARGET = "any"
+ANY_TARGET = defaults.DEPLOY
 
 
 def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
@@ -79,20 +78,19 @@ def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
     return register
 
 
-def register_deploy_check(format: str, target: str) -> Callable[[DeployCheck], DeployCheck]:
-    """Returns a decorator registering what an engine (deploy target) runs of a format: a function raising
-    ExportError for the modules it cannot run."""
+def check_servable(source: ExportSource, format: str, deploy: str) -> None:
+    """Returns None when the deploy target's engine runs every module of the strategy (`agentqat.deploy`); ExportError
+    naming the modules and each rule they break otherwise."""
+    from agentqat.deploy import unservable
+    from agentqat.models import load_facts
+    from agentqat.resolve import resolve_strategy
+    from agentqat.strategy import parse_strategy
 
-    def register(check: DeployCheck) -> DeployCheck:
-        DEPLOY_CHECKS[(format, target)] = check
-        return check
-
-    return register
-
-
-def deploy_targets() -> list[str]:
-    """Returns the deploy targets some format declares, and "any"."""
-    return [ANY_TARGET, *sorted({target for _, target in DEPLOY_CHECKS})]
+    facts = load_facts(source.arena.model)
+    broken = unservable(resolve_strategy(parse_strategy(source.document), facts), facts, deploy)
+    if broken:
+        modules = [info.name for infos in broken.values() for info in infos]
+        raise ExportError(format, f"{deploy}: " + "; ".join(broken), modules, f"make them servable on {deploy} (agentqat validate --deploy {deploy} names each)")
 
 
 def weight_files(out: Path) -> dict[str, int]:
@@ -105,19 +103,18 @@ def check_destination(format: str, out: Path, deploy: str = ANY_TARGET) -> None:
     UserError otherwise (call it before the expensive work)."""
     if format not in EXPORTERS:
         raise UserError(f"no exporter for format {format!r}", f"use one of {', '.join(sorted(EXPORTERS))}")
-    if deploy not in deploy_targets():
-        raise UserError(f"unknown deploy target {deploy!r}", f"use one of {', '.join(deploy_targets())}")
+    if deploy not in defaults.DEPLOY_TARGETS:
+        raise UserError(f"unknown deploy target {deploy!r}", f"use one of {', '.join(defaults.DEPLOY_TARGETS)}")
     if Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
         raise UserError(f"export directory {out} exists and is not empty", "pass a new or empty --out directory")
 
 
 def export(source: ExportSource, format: str, out: Path, deploy: str = ANY_TARGET) -> Path:
     """Returns `out` after writing the strategy's model in `format` and its metadata file there; with a deploy
-    target, ExportError first for the modules its engine cannot run in that format (no check registered for the
-    pair: the format's own rules are all)."""
+    target, ExportError first for the modules its engine cannot run (`agentqat.deploy`), then the format's own
+    rules (what it can hold) as it writes."""
     check_destination(format, out, deploy)
-    if (format, deploy) in DEPLOY_CHECKS:
-        DEPLOY_CHECKS[(format, deploy)](source)
+    check_servable(source, format, deploy)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     EXPORTERS[format](source, out)
