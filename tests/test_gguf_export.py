@@ -214,7 +214,8 @@ def test_a_strategy_that_does_not_map_is_one_error_naming_its_modules(make_tiny_
     with pytest.raises(ExportError) as caught:
         EXPORTERS["gguf"](source, tmp_path)
     message = str(caught.value)
-    assert message.startswith("4 modules cannot be stored in GGUF: model.layers.0.mlp.gate_proj, ")
+    assert message.startswith("gguf cannot hold 4 module(s) (model.layers.0.mlp.gate_proj, ")
+    assert len(caught.value.modules) == 4
     assert "model.layers.0.mlp.down_proj: group size 64: GGUF blocks are 32 wide" in message
     assert "model.layers.1.self_attn.o_proj: format nf4 has no GGUF type" in message
     assert not (tmp_path / GGUF_FILE).exists()

@@ -112,3 +112,9 @@ def test_runs_against_one_seed_independent_value():
     assert six.cliffs_delta == pytest.approx(-4 / 6) and six.p_less == pytest.approx(14 / 64)
     same = compare_with_value("llm", [0.6, 0.6], "knapsack", 0.6, "final KL")
     assert same.p_two_sided == 1.0 and same.cliffs_delta == 0.0
+
+
+def test_a_seed_independent_arm_that_found_nothing_ranks_below_every_run():
+    found_nothing = compare_with_value("llm", [0.5, 0.6, math.inf], "knapsack", math.inf, "final KL")
+    assert found_nothing.cliffs_delta == pytest.approx(-2 / 3)  # the failed run ties with the value
+    assert math.isfinite(found_nothing.p_two_sided) and math.isfinite(found_nothing.p_permutation)

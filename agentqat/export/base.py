@@ -53,12 +53,13 @@ class ExportSource:
 
 
 class ExportError(UserError):
-    """A strategy the format cannot hold: names the modules and the reason."""
+    """A strategy (or a model) the format cannot hold: names the modules (none: the model as a whole) and the reason."""
 
     def __init__(self, format: str, reason: str, modules: list[str], fix: str):
         self.modules = list(modules)
         shown = ", ".join(self.modules[:3]) + (f" and {len(self.modules) - 3} more" if len(self.modules) > 3 else "")
-        super().__init__(f"{format} cannot hold {len(self.modules)} module(s) ({shown}): {reason}", fix)
+        where = f"cannot hold {len(self.modules)} module(s) ({shown})" if self.modules else "cannot export this model"
+        super().__init__(f"{format} {where}: {reason}", fix)
 
 
 Exporter = Callable[[ExportSource, Path], None]

@@ -27,6 +27,7 @@ from agentqat.export.base import ExportError, ExportModule, ExportSource, regist
 from agentqat.export.gguf_types import PACKED, ggml_type, gguf_problem, packed_blocks
 from agentqat.quant.ggml import ggml_blocks, ggml_values
 
+FORMAT = "gguf"
 GGUF_FILE = "model.gguf"
 SHOWN_MODULES = 6  # module names an error lists per reason
 
@@ -47,10 +48,7 @@ def check_mappable(modules: dict[str, ExportModule]) -> None:
     """Raises ExportError naming every module whose config no GGML type holds, and why."""
     problems = {name: problem for name, module in modules.items() if (problem := gguf_problem(module.config))}
     if problems:
-        raise ExportError(
-            f"{len(problems)} modules cannot be stored in GGUF: {_group_problems(problems)}",
-            "change those modules' rules as said, or export --format fake-quant",
-        )
+        raise ExportError(FORMAT, _group_problems(problems), list(problems), "change those modules' rules as said, or export --format fake-quant")
 
 
 def _field_value(reader, key: str):
@@ -66,7 +64,7 @@ def _arch_name_map(reader):
     blocks = _field_value(reader, f"{arch}.block_count")
     model_arch = next((key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch), None)
     if model_arch is None or blocks is None:
-        raise ExportError(f"the source GGUF's architecture {arch!r} is unknown to gguf", "export --format fake-quant")
+        raise ExportError(FORMAT, f"the source GGUF's architecture {arch!r} is unknown to gguf", [], "export --format fake-quant")
     return arch, gguf.get_tensor_name_map(model_arch, int(blocks))
 
 
@@ -95,10 +93,8 @@ def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
     if order is not None:
         original, quantized = original[order], quantized[order]
     if not torch.equal(_source_values(source), original):
-        raise ExportError(
-            f"{module.name}: its base weight is not the source GGUF's {source.name}",
-            "export the model directory converted from that GGUF file (agentqat converts it on first use)",
-        )
+        raise ExportError(FORMAT, f"its base weight is not the source GGUF's {source.name}", [module.name],
+                          "export the model directory converted from that GGUF file (agentqat converts it on first use)")  # fmt: skip
     kind = ggml_type(module.config)
     if kind is None:
         half = original.to(torch.float16)
@@ -109,14 +105,12 @@ def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
     try:
         blocks = packed_blocks(quantized, type_name) if how == PACKED else ggml_blocks(original, type_name)
     except ValueError as error:
-        raise ExportError(f"{module.name}: its weight is not {type_name} blocks ({error})", "export --format fake-quant")
+        raise ExportError(FORMAT, f"its weight is not {type_name} blocks ({error})", [module.name], "export --format fake-quant")
     stored = ggml_values(blocks, type_name).reshape(quantized.shape)
     if not torch.equal(stored, quantized):
         differing = int((stored != quantized).sum())
-        raise ExportError(
-            f"{module.name}: {type_name} holds {differing} of {quantized.numel()} weights differently from the arena",
-            "export --format fake-quant",
-        )
+        raise ExportError(FORMAT, f"{type_name} holds {differing} of {quantized.numel()} weights differently from the arena",
+                          [module.name], "export --format fake-quant")  # fmt: skip
     return blocks, type_name
 
 
@@ -143,15 +137,15 @@ def _copy_metadata(reader, writer, source: ExportSource, linear_types: Counter, 
     writer.add_float32("agentqat.linear_file_bits", linear_bits)
 
 
-@register_exporter("gguf")
+@register_exporter(FORMAT)
 def export_gguf(source: ExportSource, out: Path) -> None:
     """Writes `out`/model.gguf: the source GGUF with the strategy's linear weights (see the module docstring)."""
     import gguf
 
     if source.gguf_path is None:
         raise ExportError(
-            "GGUF export needs a model loaded from a GGUF file: it copies that file's metadata, tokenizer and other "
-            "tensors, and this model has none",
+            FORMAT, "GGUF export needs a model loaded from a GGUF file: it copies that file's metadata, tokenizer and "
+            "other tensors, and this model has none", [],
             "run with --model pointing at a .gguf file (or a built-in model), or export --format fake-quant",
         )
     check_mappable(source.modules)
@@ -161,12 +155,12 @@ def export_gguf(source: ExportSource, out: Path) -> None:
     for name, module in source.modules.items():
         tensor_name = name_map.get_name(name)
         if tensor_name is None:
-            raise ExportError(f"{name}: no GGUF tensor name for it in architecture {arch}", "export --format fake-quant")
+            raise ExportError(FORMAT, f"no GGUF tensor name for it in architecture {arch}", [name], "export --format fake-quant")
         by_tensor[f"{tensor_name}.weight"] = module
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     missing = sorted(module.name for name, module in by_tensor.items() if name not in tensors)
     if missing:
-        raise ExportError(f"the source GGUF has no tensor for {', '.join(missing)}", "export the model converted from it")
+        raise ExportError(FORMAT, "the source GGUF has no tensor for them", list(missing), "export the model converted from it")
 
     stored, linear_types, linear_bytes = {}, Counter(), 0
     for tensor_name, module in by_tensor.items():

@@ -166,10 +166,10 @@ def compare_with_value(a_name: str, a: Sequence[float], b_name: str, value: floa
     Wilcoxon's signed-rank test of a - value (exact; zero differences dropped, p = 1 when none is left), Cliff's
     delta against the one value and the exact sign-flip p. `u` holds the signed-rank statistic."""
     a = np.asarray(a, float)
-    finite = a[np.isfinite(a)]
-    worst = max(float(finite.max()) if len(finite) else value, value) + 1.0
+    finite = [*a[np.isfinite(a)], *([value] if math.isfinite(value) else [])]
+    worst = (max(finite) if finite else 0.0) + 1.0  # a run (or value) that found nothing ranks below every finite one
     ranked = np.where(np.isfinite(a), a, worst)
-    differences = ranked - value
+    differences = ranked - (value if math.isfinite(value) else worst)
     nonzero = differences[differences != 0]
     if len(nonzero):
         less = scipy_stats.wilcoxon(nonzero, alternative="less", method="exact")
