@@ -180,7 +180,7 @@ def target_of(name: str) -> Target | None:
     return TARGETS[name]
 
 
-def _describe_config(config: ModuleConfig) -> str:
+def describe_config(config: ModuleConfig) -> str:
     """Returns a module config in a few words, e.g. "3-bit int g64 asymmetric weights, 16-bit activations"."""
     weight, activation = config.weight, config.activation
     if weight.bits == 16:
@@ -208,8 +208,8 @@ def _module_problem(config: ModuleConfig, info: LinearInfo, target: Target) -> s
     if target.scheme_of(config) is not None:
         return (f"{info.in_features}x{info.out_features} weights: {engine} kernels need widths that are multiples of "
                 f"{target.width_multiple}; keep this module at 16 bits")  # fmt: skip
-    fix = _describe_config(target.nearest(config, info.in_features, info.out_features))
-    return f"{_describe_config(config)} is none of {engine}'s schemes ({target.describe()}); for example {fix}"
+    fix = describe_config(target.nearest(config, info.in_features, info.out_features))
+    return f"{describe_config(config)} is none of {engine}'s schemes ({target.describe()}); for example {fix}"
 
 
 def _where(infos: list[LinearInfo]) -> str:

@@ -11,17 +11,21 @@ Aggregation (`aggregate`) combines one strategy's results on one stage, one resu
     top1           mean of the sets' top-1 agreement, weighted by their window counts
     cloze, qa      mean over the sets that report them; None when none does
     bits           effective bits per weight (a property of the strategy: identical across sets)
-    latency        mean simulated latency per token (fake quantization on CPU)
+    latency        mean simulated latency per token (fake quantization on CPU: not the deployed model's)
+    engine         decode ms per token and peak memory on the deploy target's engine (agentqat.engine_costs;
+                   a property of the strategy), None without a measured vllm-* target
     95% CIs        Student t over the per-set means, mean ± t(0.975, n-1) · s / sqrt(n); for perplexity the
                    interval of the per-set mean NLLs, exponentiated (so it is not symmetric); None for 1 set
 
 The composite score (`composite_score`, higher is better) of an aggregate against the base model:
 
-    score = − w_kl·KL − w_ppl·ln(ppl/ppl_base) − w_bits·(bits/bits_budget) − w_latency·(lat/lat_base − 1)
+    score = − w_kl·KL − w_ppl·ln(ppl/ppl_base) − w_bits·(bits/bits_budget)
+            − w_latency·(lat/lat_base − 1) − w_memory·(mem/mem_base − 1)
             + w_cloze·(cloze − cloze_base) + w_qa·(qa − qa_base)
 
-A term is dropped when its metric or its base is missing (cloze and qa run on some stages only; latency needs a
-base latency). A failed aggregate scores -inf.
+lat and mem are the engine's (decode ms per token, peak resident bytes), against the unquantized model's on the
+same engine. A term is dropped when its metric or its base is missing (cloze and qa run on some stages only; latency
+and memory under a vllm-* deployment target with measured engine costs only). A failed aggregate scores -inf.
 
 Survival (`survives`): no failure and bits ≤ bits_budget (+1e-9). The leaderboard puts survivors first, then
 sorts by score (descending) and strategy id (ascending); `promote` keeps the best share of the survivors.
@@ -57,13 +61,16 @@ class Baseline:
     perplexity: float
     cloze_accuracy: float | None = None
     qa_exact_match: float | None = None
-    latency_ms_per_token: float | None = None
+    latency_ms_per_token: float | None = None  # decode, on the deploy target's engine
+    memory_bytes: int | None = None  # peak resident, on the same engine
 
     def __post_init__(self) -> None:
         if not self.perplexity > 0:
             raise ValueError(f"base perplexity must be positive, got {self.perplexity}")
         if self.latency_ms_per_token is not None and not self.latency_ms_per_token > 0:
             raise ValueError(f"base latency must be positive, got {self.latency_ms_per_token}")
+        if self.memory_bytes is not None and not self.memory_bytes > 0:
+            raise ValueError(f"base memory must be positive, got {self.memory_bytes}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,8 @@ class Aggregate:
     qa_exact_match: float | None = None
     bits_per_weight: float | None = None
     simulated_latency_ms_per_token: float | None = None
+    engine_ms_per_token: float | None = None
+    engine_memory_bytes: int | None = None
 
     @property
     def failed(self) -> bool:
@@ -174,6 +183,7 @@ def _mean_of_reported(values: Sequence[float | None]) -> float | None:
 def _metrics(results: Sequence[MatchResult]) -> dict:
     """Returns the aggregate's metric fields for results that are all ok."""
     qualities = [r.quality for r in results]
+    engine = results[0].cost.engine
     set_nll = [float(np.mean(q.window_nll)) for q in qualities]
     nll_ci = confidence_interval(set_nll)
     return dict(
@@ -186,6 +196,8 @@ def _metrics(results: Sequence[MatchResult]) -> dict:
         qa_exact_match=_mean_of_reported([q.qa_exact_match for q in qualities]),
         bits_per_weight=results[0].cost.bits_per_weight,
         simulated_latency_ms_per_token=float(np.mean([r.cost.simulated_latency_ms_per_token for r in results])),
+        engine_ms_per_token=None if engine is None else engine.decode_ms_per_token,
+        engine_memory_bytes=None if engine is None else engine.peak_memory_bytes,
     )
 
 
@@ -213,10 +225,12 @@ def aggregate(results: Sequence[MatchResult]) -> Aggregate:
 
 
 def _optional_terms(agg: Aggregate, base: Baseline, weights: ScoreWeights) -> float:
-    """Returns the sum of the score terms whose metric and base are both present (latency, cloze, qa)."""
+    """Returns the sum of the score terms whose metric and base are both present (latency, memory, cloze, qa)."""
     total = 0.0
-    if agg.simulated_latency_ms_per_token is not None and base.latency_ms_per_token is not None:
-        total -= weights.latency * (agg.simulated_latency_ms_per_token / base.latency_ms_per_token - 1)
+    if agg.engine_ms_per_token is not None and base.latency_ms_per_token is not None:
+        total -= weights.latency * (agg.engine_ms_per_token / base.latency_ms_per_token - 1)
+    if agg.engine_memory_bytes is not None and base.memory_bytes is not None:
+        total -= weights.memory * (agg.engine_memory_bytes / base.memory_bytes - 1)
     if agg.cloze_accuracy is not None and base.cloze_accuracy is not None:
         total += weights.cloze * (agg.cloze_accuracy - base.cloze_accuracy)
     if agg.qa_exact_match is not None and base.qa_exact_match is not None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import urllib.request
 
 import pytest
 
@@ -42,28 +41,13 @@ MIXED = {
 }  # fmt: skip
 
 
-def _post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=600) as response:
-        return json.load(response)
-
-
-def vllm_window_nll(base_url: str, model: str, window: list[int]) -> float:
-    """Returns the mean next-token NLL of a window from the server's prompt logprobs (echo, one extra token)."""
-    reply = _post(f"{base_url}/completions", {
-        "model": model, "prompt": window, "max_tokens": 1, "echo": True, "logprobs": 0, "temperature": 0.0,
-    })  # fmt: skip
-    logprobs = reply["choices"][0]["logprobs"]["token_logprobs"][: len(window)]
-    assert logprobs[0] is None and all(value is not None for value in logprobs[1:])
-    return -sum(logprobs[1:]) / (len(window) - 1)
-
-
 @pytest.mark.slow
 def test_vllm_serves_the_mixed_export_at_the_arenas_perplexity(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     from agentqat.arena.match import Workbench
     from agentqat.arena.request import MatchRequest
     from agentqat.export import export, prepare_source
+    from agentqat.export.serve import post, window_nll
     from agentqat.llm.server import VllmServer
 
     if os.environ.get("AGENTQAT_TEST_MODEL_CACHE"):
@@ -84,10 +68,10 @@ def test_vllm_serves_the_mixed_export_at_the_arenas_perplexity(tmp_path, monkeyp
     assert 0 < written / counted - 1 < BYTES_TOLERANCE
 
     with VllmServer(out, log_path=tmp_path / "vllm.log") as server:
-        answer = _post(f"{server.base_url}/completions", {
+        answer = post(f"{server.base_url}/completions", {
             "model": server.model_name, "prompt": "The capital of France is", "max_tokens": 8, "temperature": 0.0,
         })["choices"][0]["text"]  # fmt: skip
-        nll = [vllm_window_nll(server.base_url, server.model_name, window.tolist()) for window in windows]
+        nll = [window_nll(server.base_url, server.model_name, window.tolist()) for window in windows]
     served = math.exp(sum(nll) / len(nll))
     arena_ppl = played.quality.perplexity
     print(f"\narena perplexity {arena_ppl:.3f}, vLLM {served:.3f} ({served / arena_ppl - 1:+.2%}); answer {answer!r}; "

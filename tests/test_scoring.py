@@ -38,12 +38,14 @@ def result(window_set=0, outcome="ok", nll=(2.0, 2.0), kl=(0.1, 0.1), top1=0.9, 
                        quality if measured else None, cost if measured else None)  # fmt: skip
 
 
-def agg(kl=0.1, perplexity=12.0, bits=4.25, latency=2.0, cloze=None, qa=None, outcome="ok", message=""):
+def agg(kl=0.1, perplexity=12.0, bits=4.25, latency=2.0, memory=1500, cloze=None, qa=None, outcome="ok", message=""):
+    """An aggregate; `latency` and `memory` are the engine's (decode ms per token, peak bytes)."""
     ok = outcome == "ok"
     return Aggregate("s", "name", "arena", "confirm", outcome, message, 1, (0,), (0,), 1024,
                      perplexity=perplexity if ok else None, kl=kl if ok else None, top1=0.9 if ok else None,
                      cloze_accuracy=cloze, qa_exact_match=qa, bits_per_weight=bits if ok else None,
-                     simulated_latency_ms_per_token=latency if ok else None)  # fmt: skip
+                     simulated_latency_ms_per_token=3.0 if ok else None, engine_ms_per_token=latency if ok else None,
+                     engine_memory_bytes=memory if ok else None)  # fmt: skip
 
 
 # --- aggregation ---------------------------------------------------------------------------------------------------
@@ -189,15 +191,16 @@ def test_aggregate_is_json_ready():
 
 # --- composite score -----------------------------------------------------------------------------------------------
 
-WEIGHTS = ScoreWeights(kl=1.0, perplexity=0.5, bits=0.5, latency=0.25, cloze=0.5, qa=0.5)
-FULL_BASE = Baseline(perplexity=10.0, cloze_accuracy=0.6, qa_exact_match=0.5, latency_ms_per_token=1.0)
-# -0.1 - 0.5 ln(12/10) - 0.5 (4.25/4.5) - 0.25 (2/1 - 1) + 0.5 (0.5 - 0.6) + 0.5 (0.4 - 0.5)
-FULL_SCORE = -0.1 - 0.0911607784 - 0.4722222222 - 0.25 - 0.05 - 0.05
+WEIGHTS = ScoreWeights(kl=1.0, perplexity=0.5, bits=0.5, latency=0.25, memory=0.2, cloze=0.5, qa=0.5)
+FULL_BASE = Baseline(perplexity=10.0, cloze_accuracy=0.6, qa_exact_match=0.5, latency_ms_per_token=1.0, memory_bytes=1000)
+# -0.1 - 0.5 ln(12/10) - 0.5 (4.25/4.5) - 0.25 (2/1 - 1) - 0.2 (1500/1000 - 1) + 0.5 (0.5 - 0.6) + 0.5 (0.4 - 0.5);
+# the simulated latency (3.0) is not scored
+FULL_SCORE = -0.1 - 0.0911607784 - 0.4722222222 - 0.25 - 0.1 - 0.05 - 0.05
 
 
 def test_score_matches_the_hand_computed_example():
     score = composite_score(agg(cloze=0.5, qa=0.4), FULL_BASE, WEIGHTS, bits_budget=4.5)
-    assert score == pytest.approx(-1.0133830006, abs=1e-9)
+    assert score == pytest.approx(-1.1133830006, abs=1e-9)
     assert score == pytest.approx(FULL_SCORE, abs=1e-9)
 
 
@@ -207,14 +210,16 @@ def test_score_matches_the_hand_computed_example():
         ({"cloze": None, "qa": 0.4}, FULL_BASE, -0.05),
         ({"cloze": 0.5, "qa": None}, FULL_BASE, -0.05),
         ({"cloze": None, "qa": None}, FULL_BASE, -0.1),
-        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, None, 0.5, 1.0), -0.05),
-        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, 0.6, None, 1.0), -0.05),
-        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, 0.6, 0.5, None), -0.25),
+        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, None, 0.5, 1.0, 1000), -0.05),
+        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, 0.6, None, 1.0, 1000), -0.05),
+        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, 0.6, 0.5, None, 1000), -0.25),
         ({"cloze": 0.5, "qa": 0.4, "latency": None}, FULL_BASE, -0.25),
-        ({"cloze": None, "qa": None}, Baseline(10.0), -0.35),
+        ({"cloze": 0.5, "qa": 0.4}, Baseline(10.0, 0.6, 0.5, 1.0, None), -0.1),
+        ({"cloze": 0.5, "qa": 0.4, "memory": None}, FULL_BASE, -0.1),
+        ({"cloze": None, "qa": None}, Baseline(10.0), -0.45),
     ],
     ids=["no-cloze", "no-qa", "no-cloze-no-qa", "no-base-cloze", "no-base-qa", "no-base-latency", "no-latency",
-         "base-perplexity-only"],  # fmt: skip
+         "no-base-memory", "no-memory", "base-perplexity-only"],  # fmt: skip
 )
 def test_missing_metrics_drop_their_terms(aggregate_kwargs, base, dropped):
     score = composite_score(agg(**aggregate_kwargs), base, WEIGHTS, bits_budget=4.5)

@@ -50,7 +50,8 @@ class ScoreWeights(_Frozen):
     kl: float = 1.0
     perplexity: float = 0.5
     bits: float = 0.5
-    latency: float = 0.0
+    latency: float = 0.0  # engine decode latency (vllm-* deploy targets with measured engine costs)
+    memory: float = 0.0  # engine peak memory (the same)
     cloze: float = 0.5
     qa: float = 0.5
 

@@ -30,6 +30,7 @@ from agentqat.arena.tasks import (
 from agentqat.bits import strategy_bits
 from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
+from agentqat.engine_costs import load_profile, strategy_engine_cost
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
@@ -68,6 +69,7 @@ class Workbench:
         self._cloze: dict[int, tuple[ClozeSet, float]] = {}
         self._questions: list[Question] | None = None
         self._levels: LevelDatabase | None = None
+        self.engine_profile = load_profile(arena.deploy, arena.model)  # None unless a vllm-* target was measured
 
     def windows(self, stage: Stage, seed: int, window_set: int) -> torch.Tensor:
         """Returns the evaluation windows of a stage's window set; all stages' sets are disjoint per seed."""
@@ -209,6 +211,7 @@ class Workbench:
                 qa, degenerate = answers.score, degenerate_share(answers.token_ids)
             self._check_time(started, "tasks")
         bits = strategy_bits(resolved, self.loaded.facts, applied.outlier_counts)
+        engine = None if self.engine_profile is None else strategy_engine_cost(resolved, self.loaded.facts, self.engine_profile)
         quality = Quality(
             perplexity=comparison.perplexity if comparison.finite else math.inf,
             kl=comparison.kl.mean().item(),
@@ -229,6 +232,7 @@ class Workbench:
             simulated_latency_ms_per_token=1000 * evaluate_seconds / tokens,
             quantize_seconds=quantize_seconds,
             evaluate_seconds=evaluate_seconds,
+            engine=engine,
         )
         outcome, message = verdict(comparison.finite, overflow.modules, quality, self.arena.collapse_ratio, degenerate)
         return dict(outcome=outcome, message=message, quality=quality, cost=cost)

@@ -28,8 +28,21 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class EngineCost:
+    """Decode latency and peak memory on a deployment target's engine, read from its measured scheme costs
+    (agentqat.engine_costs), beside the unquantized model's on the same engine."""
+
+    target: str
+    decode_ms_per_token: float
+    peak_memory_bytes: int
+    base_decode_ms_per_token: float
+    base_peak_memory_bytes: int
+
+
+@dataclass(frozen=True)
 class Cost:
-    """What the quantized model costs. Latency is simulated on CPU with fake quantization: label it so."""
+    """What the quantized model costs. Latency is simulated on CPU with fake quantization: label it so. `engine`
+    holds the real engine's figures under a vllm-* deployment target whose costs were measured."""
 
     bits_per_weight: float
     model_bytes: int
@@ -38,6 +51,7 @@ class Cost:
     simulated_latency_ms_per_token: float
     quantize_seconds: float
     evaluate_seconds: float
+    engine: EngineCost | None = None
 
 
 @dataclass(frozen=True)
@@ -80,4 +94,7 @@ class MatchResult:
         cost = data.pop("cost")
         if quality is not None:
             quality = Quality(**{**quality, "window_nll": tuple(quality["window_nll"]), "window_kl": tuple(quality["window_kl"])})
-        return cls(**data, quality=quality, cost=None if cost is None else Cost(**cost))
+        if cost is not None:
+            engine = cost.get("engine")
+            cost = Cost(**{**cost, "engine": None if engine is None else EngineCost(**engine)})
+        return cls(**data, quality=quality, cost=cost)

@@ -52,10 +52,13 @@ def baseline_of(results: Sequence[MatchResult]) -> Baseline:
         return Baseline(perplexity=1.0)
     qualities = list(by_set.values())
     clozes = [q.base_cloze_accuracy for q in qualities if q.base_cloze_accuracy is not None]
+    engine = next((r.cost.engine for r in results if r.cost is not None and r.cost.engine is not None), None)
     return Baseline(
         perplexity=math.exp(sum(math.log(q.base_perplexity) for q in qualities) / len(qualities)),
         cloze_accuracy=sum(clozes) / len(clozes) if clozes else None,
         qa_exact_match=1.0 if any(q.qa_exact_match is not None for q in qualities) else None,
+        latency_ms_per_token=None if engine is None else engine.base_decode_ms_per_token,
+        memory_bytes=None if engine is None else engine.base_peak_memory_bytes,
     )
 
 

@@ -368,6 +368,23 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine_costs(args: argparse.Namespace) -> int:
+    """Prints the decode latency, time to first token and peak memory of each scheme of a vLLM deployment target
+    (bf16, W4A16, W8A8, ...), each measured once on the real engine with a uniform model of the arena's model and
+    cached; under that target, evolve reads a strategy's latency and memory from them (the parameter-weighted mean
+    over its modules' schemes) and the arena's [score] latency and memory weigh them."""
+    from agentqat import ui
+    from agentqat.arena.config import load_arena
+    from agentqat.engine_costs import load_profile, measure_profile, profile_path
+
+    arena = load_arena(args.arena)
+    profile = None if args.remeasure else load_profile(args.deploy, arena.model)
+    if profile is None:
+        profile = measure_profile(args.deploy, arena, reporter=ui.PhaseView(), keep=args.keep)
+    ui.print_engine_costs(profile, profile_path(args.deploy, arena.model))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     """Rebuilds DIR/report.md and the self-contained DIR/report.html of a comparison directory (DIR/runs/
     <generator>-seed<k>/ evolve runs, optionally DIR/baseline/ and DIR/test/) from its records alone."""

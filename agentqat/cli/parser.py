@@ -165,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's, or {DEFAULT_ARENA} with --strategy)")
     export.set_defaults(handler=handlers.cmd_export)
 
+    engine = commands.add_parser("engine-costs", help="decode latency and memory per scheme of a vLLM target, measured on the engine", description=handlers.cmd_engine_costs.__doc__)
+    engine.add_argument("--deploy", required=True, choices=("vllm-cpu", "vllm-cuda"), help="the engine to measure: vllm-cpu or vllm-cuda")
+    engine.add_argument("--arena", default=DEFAULT_ARENA, help="the arena whose model is measured (default: %(default)s)")
+    engine.add_argument("--remeasure", action="store_true", help="measure again, replacing the cached figures")
+    engine.add_argument("--keep", type=Path, default=None, help="keep the uniform exports and the server logs here")
+    engine.set_defaults(handler=handlers.cmd_engine_costs)
+
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")
     report.add_argument("--seed", type=int, default=defaults.SEED, help="seed of the bootstrap and permutation draws (default: %(default)s)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
+from agentqat.errors import UserError
 from agentqat.progress import Reporter, phase
 from agentqat.session.manifest import LlmSettings
 
@@ -63,10 +64,31 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
         server.stop()
 
 
+def ensure_engine_costs(arena: Arena, reporter: Reporter | None = None) -> None:
+    """Measures the engine costs of the arena's vllm-* deployment target once (agentqat.engine_costs), before any
+    worker starts; where this machine cannot run the engine, a UserError when the arena's score weighs latency or
+    memory, else a phase saying that they are left out."""
+    from agentqat.engine_costs import ENGINE_TARGETS, load_profile, measure_profile, profile_path, why_not_measurable
+
+    if arena.deploy not in ENGINE_TARGETS or load_profile(arena.deploy, arena.model) is not None:
+        return
+    reason = why_not_measurable(arena.deploy)
+    if reason is None:
+        measure_profile(arena.deploy, arena, reporter)
+    elif arena.score.latency or arena.score.memory:
+        raise UserError(f"arena {arena.name} weighs engine latency or memory, but {reason}",
+                        f"measure them where the engine runs (agentqat engine-costs --deploy {arena.deploy}) and copy "
+                        f"{profile_path(arena.deploy, arena.model)} here, or set [score] latency and memory to 0")  # fmt: skip
+    else:
+        with phase(reporter, f"engine costs of {arena.deploy} not measured", detail=f"{reason}; latency and memory are not reported"):
+            pass
+
+
 class Resources:
     """The pool and (for the LLM generator) the vLLM server that one or more runs share; a context manager.
 
-    The server starts first: a failing outside service ends the command before any model is loaded."""
+    Engine costs are measured first (a vllm-* target, once per machine), with nothing else running; then the server
+    starts: a failing outside service ends the command before any model is loaded."""
 
     def __init__(
         self,
@@ -85,6 +107,7 @@ class Resources:
         self._stack = ExitStack()
 
     def __enter__(self) -> Resources:
+        ensure_engine_costs(self.arena, self.reporter)
         with ExitStack() as stack:
             if self.llm is not None:
                 self.server = stack.enter_context(vllm_server(self.llm, self.log_path, self.reporter))

@@ -12,6 +12,7 @@ from agentqat.ui.tables import (
     facts_dict,
     pareto_front,
     print_cache_stats,
+    print_engine_costs,
     print_evolve_outcome,
     print_finished,
     print_info,
@@ -24,7 +25,7 @@ from agentqat.ui.tables import (
 )
 
 __all__ = [
-    "EvolveView", "MatchProgress", "PhaseView", "console", "facts_dict", "pareto_front", "print_cache_stats",
+    "EvolveView", "MatchProgress", "PhaseView", "console", "facts_dict", "pareto_front", "print_cache_stats", "print_engine_costs",
     "print_evolve_outcome", "print_finished", "print_info", "print_invalid", "print_leaderboard", "print_quantize",
     "print_run", "print_valid", "quantize_report", "print_ablation", "print_polish", "print_sensitivity",
 ]  # fmt: skip

@@ -208,3 +208,14 @@ def print_finished(view, extend_command: str) -> None:
         console.print(f"this run has finished; to extend it: {extend_command}", highlight=False, soft_wrap=True)
     else:
         console.print("this run has finished and its generator had nothing new to propose; start another run with a new seed", highlight=False)
+
+
+def print_engine_costs(profile, path: Path) -> None:
+    """Prints a target's measured engine costs, one row per scheme, and where they are cached."""
+    table = Table("scheme", "measured config", "decode ms/token", "tokens/s", "first token s", "peak memory GiB", "weights MiB",
+                  title=f"engine costs on {profile.target} for {profile.model} (vLLM {profile.vllm}, {profile.threads} thread(s))")  # fmt: skip
+    for name, cost in profile.schemes.items():
+        table.add_row(name, cost.config, f"{cost.decode_ms_per_token:.2f}", f"{1000 / cost.decode_ms_per_token:.1f}",
+                      f"{cost.first_token_s:.3f}", f"{cost.peak_memory_bytes / 2**30:.2f}", f"{cost.weight_bytes / 2**20:.1f}")  # fmt: skip
+    console.print(table)
+    console.print(f"measured {profile.measured_at}; cached at {path}")
