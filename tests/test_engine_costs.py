@@ -152,3 +152,16 @@ def test_engine_costs_are_measured_on_the_real_vllm_cpu_engine_and_cached(capsys
     weights = {name: cost.weight_bytes for name, cost in measured.schemes.items()}
     assert weights["W4A16"] < weights["W8A8"] < weights["bf16"]
     assert "W4A16" in capsys.readouterr().out
+
+
+def test_the_leaderboard_shows_engine_costs_where_rows_carry_them(capsys):
+    from agentqat.scoring import leaderboard
+    from agentqat.ui import print_leaderboard
+
+    base = baseline_of([_result("fast", 0, 15.0)])
+    rows = leaderboard([("fast", aggregate([_result("fast", 0, 15.0, gib=3.25)]))], base, ScoreWeights(), 4.5)
+    print_leaderboard(rows, "with engine costs")
+    shown = capsys.readouterr().out
+    assert "engine ms/tok" in shown and "15.00" in shown and "3.25" in shown
+    print_leaderboard(leaderboard([("x", aggregate([_result("x", 0, None)]))], base, ScoreWeights(), 4.5), "without")
+    assert "engine" not in capsys.readouterr().out

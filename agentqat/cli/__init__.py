@@ -9,8 +9,11 @@ import sys
 from collections.abc import Callable, Sequence
 
 from agentqat.cli.commands import _quiet_libraries
-from agentqat.cli.parser import build_parser
-from agentqat.errors import UserError
+
+_quiet_libraries()  # before the parser's imports: tqdm reads TQDM_DISABLE once, when it is imported
+
+from agentqat.cli.parser import build_parser  # noqa: E402
+from agentqat.errors import UserError  # noqa: E402
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -18,7 +21,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
-        _quiet_libraries()
         return handler(args)
     except UserError as error:
         print(f"agentqat {args.command}: error: {error}", file=sys.stderr)

@@ -118,16 +118,21 @@ def _number(value, digits: int) -> str:
 
 
 def print_leaderboard(rows, title: str) -> None:
-    """Prints a stage's leaderboard: rank, strategy, outcome, quality with CIs, bits, score, Pareto rank."""
-    table = Table("#", "strategy", "outcome", "ppl", "ppl 95% CI", "KL", "top-1", "cloze", "QA", "bits/w", "score", "front", title=title)
+    """Prints a stage's leaderboard: rank, strategy, outcome, quality with CIs, bits, score, Pareto rank; and the
+    engine's decode ms per token and peak memory where the rows carry engine costs (a measured vllm-* target)."""
+    engine = any(row.aggregate.engine_ms_per_token is not None for row in rows)
+    columns = ("engine ms/tok", "engine GiB") if engine else ()
+    table = Table("#", "strategy", "outcome", "ppl", "ppl 95% CI", "KL", "top-1", "cloze", "QA", "bits/w", *columns, "score", "front", title=title)
     for row in rows:
         agg = row.aggregate
         ci = "-" if agg.perplexity_ci is None else f"{agg.perplexity_ci[0]:.2f}-{agg.perplexity_ci[1]:.2f}"
         outcome = agg.outcome if agg.failed else ("ok" if row.survives else "over budget")
+        memory = None if agg.engine_memory_bytes is None else agg.engine_memory_bytes / 2**30
+        costs = (_number(agg.engine_ms_per_token, 2), _number(memory, 2)) if engine else ()
         table.add_row(
             str(row.rank), agg.strategy_name, outcome, _number(agg.perplexity, 2), ci, _number(agg.kl, 4),
             _number(agg.top1, 3), _number(agg.cloze_accuracy, 3), _number(agg.qa_exact_match, 3),
-            _number(agg.bits_per_weight, 3), "-" if row.score == float("-inf") else f"{row.score:.3f}",
+            _number(agg.bits_per_weight, 3), *costs, "-" if row.score == float("-inf") else f"{row.score:.3f}",
             "-" if row.pareto_rank is None else str(row.pareto_rank),
         )
     console.print(table)
