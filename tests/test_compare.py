@@ -1,7 +1,9 @@
 """`agentqat compare` on the tiny model: every arm at every seed with the same budget on one pool, the uniform
-baselines, the winners re-scored on the test split, the report; a resumed comparison plays nothing again."""
+baselines, the winners re-scored on the test split, the report; a resumed comparison plays nothing again, or only
+the confirmations on a full arena that it adds."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -74,6 +76,14 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
 
     assert main(["compare", "--resume", str(directory)]) == 0
     assert _line_counts(directory) == before  # nothing played again
+
+    # a resume may add the arena the winners are confirmed on: it plays only those confirmations
+    assert main(["compare", "--resume", str(directory), "--confirm-arena", str(tiny_arena), "--workers", "0"]) == 0
+    assert read_settings(directory).confirm_arena.name == "tiny-compare"
+    after = _line_counts(directory)
+    assert {path: count for path, count in after.items() if path.parts[0] != "confirm"} == before
+    assert after[Path("confirm/results.jsonl")] >= len(runs)
+    assert "full-arena KL" in (directory / "report.md").read_text()
 
 
 @pytest.mark.slow

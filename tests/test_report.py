@@ -1,15 +1,18 @@
 """A tiny comparison on the tiny model (random and evo, 3 seeds each, a baseline run, winners re-evaluated on
-the test split and on a text file), its report rendered by `agentqat report DIR`."""
+the test split and on a text file, and confirmed with the shared prior on a fuller arena), its report rendered by
+`agentqat report DIR`."""
 
 import json
 
 import pytest
 
 from agentqat.arena.baselines import baseline_requests
-from agentqat.arena.config import load_arena
+from agentqat.arena.config import Stage, load_arena
+from agentqat.arena.match import Workbench
 from agentqat.cli import main
 from agentqat.report.records import read_comparison
 from agentqat.session import evolve_manifest, run_baseline, run_evolve
+from agentqat.study.confirm import PRIOR_RUN, confirm_winners, pooled_arena
 from agentqat.study.unseen import UnseenBench, reevaluate, test_scores
 
 ARMS, SEEDS = ("random", "evo"), (0, 1, 2)
@@ -38,7 +41,13 @@ def comparison(arena, small_corpus_file, tmp_path_factory):
     unseen = tmp_path_factory.mktemp("unseen") / "other.txt"
     unseen.write_text(small_corpus_file.read_text().splitlines()[0] * 3 + "\n")
     reevaluate(directory, sources=("test", str(unseen)), windows=4)
+    confirm_winners(directory, full_arena(arena))
     return directory
+
+
+def full_arena(arena):
+    """The tiny arena with a larger last stage: 2 sets of 3 windows."""
+    return arena.model_copy(update={"name": "tiny-full", "stages": (arena.stages[0], Stage(name="confirm", windows=3, window_sets=2))})
 
 
 def test_test_scores_use_unseen_windows_and_record_a_test_stage(arena):
@@ -60,6 +69,20 @@ def test_reevaluation_records_every_winner_once_per_source(comparison):
     assert reevaluate(comparison, sources=("test",), windows=4) == list(records.tests)  # nothing played again
 
 
+def test_winners_and_the_prior_are_confirmed_once_on_the_full_arenas_pooled_windows(comparison, arena):
+    records = read_comparison(comparison)
+    prior = json.loads((comparison / "runs" / "evo-seed0" / "manifest.json").read_text())["prior"]
+    winners = [r for r in records.confirms if r.extra["run"] != PRIOR_RUN]
+    assert len(winners) == len(ARMS) * len(SEEDS) and all(r.extra["rank"] == 1 for r in winners)
+    assert len(records.confirms) - len(winners) == len(prior) >= 1
+    assert all(r.outcome == "ok" and r.stage == "confirm:tiny-full" and r.tokens == 6 * 64 for r in records.confirms)
+    assert confirm_winners(comparison, full_arena(arena)) == list(records.confirms)  # nothing played again
+    full = full_arena(arena)
+    sets, pooled = Workbench(full), Workbench(pooled_arena(full))
+    union = {tuple(w.tolist()) for k in range(2) for w in sets.windows(full.stages[-1], full.seed, k)}
+    assert union == {tuple(w.tolist()) for w in pooled.windows(pooled.arena.stages[-1], full.seed, 0)}
+
+
 def test_report_renders_from_the_records(comparison, capsys):
     assert main(["report", str(comparison)]) == 0
     markdown = (comparison / "report.md").read_text()
@@ -67,6 +90,7 @@ def test_report_renders_from_the_records(comparison, capsys):
                     "## Search score against test score", "## Survival patterns"):  # fmt: skip
         assert section in markdown
     assert "evo vs random" in markdown and "Mann-Whitney" in markdown
+    assert "full-arena perplexity" in markdown and "the shared prior every arm started from" in markdown
     assert "do not differ significantly" in markdown or "significantly" in markdown
     page = (comparison / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "src='figures/" not in page

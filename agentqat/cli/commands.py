@@ -254,15 +254,18 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compares generators at an equal budget: one evolve run per arm and seed on one shared evaluator pool and
     vLLM server (seed by seed), the uniform baselines, every run's winner re-scored on the test split (and on
-    --test-corpus), then the report (DIR/report.md, DIR/report.html). `--resume DIR` continues a comparison."""
+    --test-corpus), the winners confirmed on --confirm-arena, then the report (DIR/report.md, DIR/report.html).
+    `--resume DIR` continues a comparison (and may add --confirm-arena)."""
     from agentqat import session, ui
     from agentqat.session import compare
 
+    from agentqat.arena.config import load_arena
+
     if args.resume:
         directory, settings = Path(args.resume), compare.read_settings(Path(args.resume))
+        if args.confirm_arena:
+            settings = compare.set_confirm_arena(directory, load_arena(args.confirm_arena))
     else:
-        from agentqat.arena.config import load_arena
-
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
         arena = load_arena(args.arena)
         population = args.population or (arena.levels.offspring if arena.levels else defaults.POPULATION)
@@ -270,6 +273,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             arena=arena, arms=tuple(compare.parse_arm(spec, llm) for spec in _names(args.generators)),
             seeds=compare.parse_seeds(args.seeds), match_budget=args.budget, token_budget=args.tokens,
             population=population, generations=args.generations, test_corpus=args.test_corpus,
+            confirm_arena=load_arena(args.confirm_arena) if args.confirm_arena else None,
         )  # fmt: skip
         directory = args.runs / (args.run or f"compare-{settings.arena.name}")
 

@@ -66,14 +66,20 @@ def final_value(run: RunRecord, metric: str) -> float:
     return getattr(best.aggregate, metric) if best else math.inf
 
 
-def test_values(records: ComparisonRecords, arm: str, metric: str, stage: str = "test") -> list[float]:
-    """Returns the `metric` on unseen text of each run's rank-1 winner of the arm (runs without one left out)."""
+def winner_values(results, records: ComparisonRecords, arm: str, metric: str, stage: str | None = None) -> list[float]:
+    """Returns the `metric` of each of the arm's runs' rank-1 winner among re-played `results` (on `stage` when
+    given; runs without one left out; inf for a failed one)."""
     values = []
     for run in records.of_arm(arm):
-        for result in records.tests:
-            if result.extra.get("run") == run.name and result.stage == stage and result.extra.get("rank") == 1:
+        for result in results:
+            if result.extra.get("run") == run.name and stage in (None, result.stage) and result.extra.get("rank") == 1:
                 values.append(getattr(result.quality, metric) if result.quality and not result.failed else math.inf)
     return values
+
+
+def test_values(records: ComparisonRecords, arm: str, metric: str, stage: str = "test") -> list[float]:
+    """Returns the `metric` on unseen text of each run's rank-1 winner of the arm (runs without one left out)."""
+    return winner_values(records.tests, records, arm, metric, stage)
 
 
 test_values.__test__ = False  # not a pytest test
@@ -89,7 +95,8 @@ class ArmSummary:
     intervals: dict[str, Interval | None]  # bootstrap interval of the mean over runs (finite values only)
 
 
-QUANTITIES = ("final KL", "final perplexity", "KL AUC (tokens)", "tokens to baseline KL", "test KL", "test perplexity")
+QUANTITIES = ("final KL", "final perplexity", "KL AUC (tokens)", "tokens to baseline KL", "test KL", "test perplexity",
+              "full-arena KL", "full-arena perplexity")  # fmt: skip
 
 
 def arm_values(records: ComparisonRecords, arm: str) -> dict[str, list[float]]:
@@ -104,6 +111,8 @@ def arm_values(records: ComparisonRecords, arm: str) -> dict[str, list[float]]:
         "tokens to baseline KL": [budget_to_reach(*curve_of(run, "kl", "tokens"), target.aggregate.kl) for run in runs] if target else [],
         "test KL": test_values(records, arm, "kl"),
         "test perplexity": test_values(records, arm, "perplexity"),
+        "full-arena KL": winner_values(records.confirms, records, arm, "kl"),
+        "full-arena perplexity": winner_values(records.confirms, records, arm, "perplexity"),
     }
 
 

@@ -3,6 +3,7 @@
 DIR/runs/<generator>-seed<k>/   evolve runs (agentqat.runs layout)
 DIR/baseline/                   a baseline run (optional)
 DIR/test/results.jsonl          re-evaluations of final winners on unseen text (agentqat.study.unseen)
+DIR/confirm/results.jsonl       final winners and the shared prior confirmed on a full arena (agentqat.study.confirm)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from agentqat.arena.result import MatchResult
 from agentqat.runs import read_results, read_run
 from agentqat.scoring import Ranked
 from agentqat.store import RunStore
+from agentqat.study.confirm import read_confirmations
 from agentqat.study.unseen import read_test_results, run_directories
 
 BASELINE_DIR = "baseline"
@@ -82,6 +84,7 @@ class ComparisonRecords:
     runs: tuple[RunRecord, ...]
     baseline: BaselineRecord | None
     tests: tuple[MatchResult, ...]
+    confirms: tuple[MatchResult, ...] = ()
 
     @property
     def arms(self) -> list[str]:
@@ -122,4 +125,4 @@ def read_comparison(directory: Path) -> ComparisonRecords:
         view = read_run(directory / BASELINE_DIR)
         rows = next(iter(view.stages.values()), [])
         baseline = BaselineRecord(tuple(rows), Arena.model_validate(view.manifest["arena"]).bits_budget)
-    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)))
+    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)))

@@ -18,6 +18,7 @@ from agentqat.report import figures
 from agentqat.report.analysis import QUANTITIES, comparisons, reference_arm, summarize
 from agentqat.report.patterns import Played, contrasts
 from agentqat.report.records import ComparisonRecords, read_comparison
+from agentqat.study.confirm import PRIOR_RUN
 
 FIGURES_DIR = "figures"
 
@@ -49,13 +50,23 @@ def played_first_stage(records: ComparisonRecords) -> list[Played]:
     return played
 
 
+def _prior_note(records: ComparisonRecords) -> str:
+    """Returns a sentence with the shared prior's figures on the full arena ("" without confirmations)."""
+    priors = [r for r in records.confirms if r.extra.get("run") == PRIOR_RUN and r.quality is not None and not r.failed]
+    if not priors:
+        return ""
+    shown = "; ".join(f"{r.strategy_name}: perplexity {r.quality.perplexity:.4g}, KL {r.quality.kl:.4g}" for r in priors)
+    return f" On the full arena ({priors[0].stage}), the shared prior every arm started from: {shown}."
+
+
 def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
     summaries = summarize(records, seed)
-    header = ("arm", "runs", *QUANTITIES)
+    shown = [quantity for quantity in QUANTITIES if any(summary.values[quantity] for summary in summaries)]
+    header = ("arm", "runs", *shown)
     rows = [header]
     for summary in summaries:
         cells = []
-        for quantity in QUANTITIES:
+        for quantity in shown:
             interval = summary.intervals[quantity]
             values = summary.values[quantity]
             never = sum(1 for v in values if v == math.inf)
@@ -75,7 +86,7 @@ def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
                    "last-stage survivor of each run; AUC = mean best-so-far KL up to the smallest budget any run spent; "
                    "tokens to baseline KL = evaluated tokens until the run first matched the best uniform baseline within "
                    "the bits budget ('never' runs are left out of the interval and counted); test = the run's winner on "
-                   "unseen text."),  # fmt: skip
+                   "unseen text; full arena = the run's winner confirmed on the full arena's last stage." + _prior_note(records)),  # fmt: skip
         Block("table", rows=tuple(rows)),
         Block("p", f"Reference arm {reference_arm(records)} against each other arm: Mann-Whitney U (exact for small samples "
                    "without ties), Cliff's delta (negative: the reference is lower, i.e. better) and a permutation test "

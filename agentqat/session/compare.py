@@ -60,6 +60,7 @@ class CompareSettings(_Frozen):
     generations: int = Field(gt=0)
     token_budget: int | None = Field(None, gt=0)
     test_corpus: str | None = None
+    confirm_arena: Arena | None = None  # the full arena the winners are confirmed on (agentqat.study.confirm)
 
     @field_validator("arms")
     @classmethod
@@ -137,6 +138,14 @@ def write_settings(directory: Path, settings: CompareSettings) -> None:
     write_json_atomic(path, settings.model_dump(mode="json"))
 
 
+def set_confirm_arena(directory: Path, arena: Arena) -> CompareSettings:
+    """Returns the recorded comparison's settings with `arena` as the arena its winners are confirmed on, recorded
+    (the only setting a resume may add: it plays nothing the runs depend on)."""
+    settings = read_settings(directory).model_copy(update={"confirm_arena": arena})
+    write_json_atomic(Path(directory) / COMPARE_FILE, settings.model_dump(mode="json"))
+    return settings
+
+
 def read_settings(directory: Path) -> CompareSettings:
     """Returns the settings recorded in DIR/compare.json (one UserError line when missing or damaged)."""
     document = read_json_object(Path(directory) / COMPARE_FILE)
@@ -164,6 +173,7 @@ def run_compare(
 
     from agentqat.report import build_report
     from agentqat.session.evolve import run_evolve
+    from agentqat.study.confirm import confirm_winners
     from agentqat.study.unseen import TEST_STAGE, reevaluate
 
     directory = Path(directory)
@@ -183,6 +193,8 @@ def run_compare(
         play_baselines(directory, settings, resources, reporter)
     sources = (TEST_STAGE,) + ((settings.test_corpus,) if settings.test_corpus else ())
     reevaluate(directory, sources, reporter=reporter)
+    if settings.confirm_arena is not None:
+        confirm_winners(directory, settings.confirm_arena, reporter=reporter)
     return build_report(directory)
 
 
