@@ -5,7 +5,7 @@ strategy (and a search) inside one.
     vllm-cpu    vLLM's CPU kernels: bf16; W4A16 (int4 symmetric, group size even or per channel, layer widths
                 multiples of 32); W8A8 (int8 symmetric per-channel weights, dynamic per-token int8 activations)
     vllm-cuda   vLLM's CUDA kernels: bf16; W4A16 and W8A16 (Marlin: symmetric, group 32/64/128 or per channel,
-                widths multiples of 64); W8A8 int8; W8A8 fp8 (e4m3 weights, per-token or per-tensor activations)
+                widths multiples of 64); W8A8 int8; W8A8 fp8 (e4m3 weights per channel, per-token or per-tensor activations)
     gguf        llama.cpp's per-tensor types: 16-bit tensors; int symmetric blocks of 32 at 4, 5 and 8 bits (packed
                 bit for bit into Q4_0, Q5_0, Q8_0: agentqat/export/gguf_types.py); the gguf_* block formats
 
@@ -157,7 +157,7 @@ TARGETS = {
         "vllm-cuda", "vLLM with CUDA",
         (BF16, Scheme("W4A16", 4, group_sizes=MARLIN_GROUPS), Scheme("W8A16", 8, group_sizes=MARLIN_GROUPS),
          Scheme("W8A8-int8", 8, group_sizes=(0,), activation=INT8_DYNAMIC),
-         Scheme("W8A8-fp8", 8, weight_formats=("fp8_e4m3",), group_sizes="any", symmetric=None, activation=FP8_ACTIVATIONS)),
+         Scheme("W8A8-fp8", 8, weight_formats=("fp8_e4m3",), group_sizes=(0,), symmetric=None, activation=FP8_ACTIVATIONS)),
         width_multiple=64, fused_one_scheme=True,
     ),
     "gguf": Target(

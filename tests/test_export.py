@@ -92,6 +92,28 @@ def test_compressed_tensors_codes_decompress_to_exactly_the_arenas_weights(mixed
     assert checked == 13
 
 
+FP8_MLP = strategy({"layers": "0-1", "modules": ["mlp"], "weight": {"bits": 8, "format": "fp8_e4m3", "group_size": 0, "clip": "mse"},
+                    "activation": {"bits": 8, "format": "fp8_e4m3", "granularity": "per_token"}})  # fmt: skip
+
+
+def test_fp8_weights_per_channel_are_stored_as_float8_values_that_decompress_exactly(arena, tmp_path):
+    from compressed_tensors.compressors import BaseCompressor
+
+    source = prepare_source(FP8_MLP, arena)
+    out = export(source, "compressed-tensors", tmp_path / "out")
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    tensors = _tensors(out)
+    name = "model.layers.1.mlp.gate_proj"
+    scheme = _scheme(config, name)
+    assert (scheme.weights.type, scheme.weights.strategy, scheme.input_activations.type) == ("float", "channel", "float")
+    assert scheme.format == "float-quantized" and tensors[f"{name}.weight"].dtype == torch.float8_e4m3fn
+    for module in (m for m in source.modules.values() if m.config.weight.format == "fp8_e4m3"):
+        state = {key.removeprefix(f"{module.name}."): value for key, value in tensors.items() if key.startswith(f"{module.name}.")}
+        state["weight_scale"] = state["weight_scale"].to(torch.float32)
+        weight = BaseCompressor.get_value_from_registry(scheme.format).decompress(state, scheme)["weight"]
+        assert torch.equal(weight.to(torch.float32), module.quantized), module.name
+
+
 def test_the_export_records_strategy_figures_effective_bits_and_bytes_that_match_the_count(mixed_export, arena):
     from agentqat.bits import strategy_bits
     from agentqat.models import load_facts
@@ -159,6 +181,10 @@ CASES = [  # format, strategy, modules named, words in the reason
      {"model.layers.1.mlp.down_proj"}, "outlier weights in fp16"),
     ("compressed-tensors", strategy({"layers": "1", "modules": ["down_proj"], "activation": {"bits": 8, "smooth_alpha": 0.5}}),
      {"model.layers.1.mlp.down_proj"}, "SmoothQuant divisors"),
+    ("compressed-tensors", strategy({"layers": "1", "modules": ["attn"], "weight": {"bits": 8, "format": "fp8_e4m3", "group_size": 32}}),
+     {f"model.layers.1.self_attn.{p}_proj" for p in "qkvo"}, "fp8 weights have groups"),
+    ("compressed-tensors", strategy({"layers": "1", "modules": ["attn"], "weight": {"bits": 8, "format": "fp8_e4m3", "group_size": 0}, "activation": {"bits": 8}}),
+     {f"model.layers.1.self_attn.{p}_proj" for p in "qkvo"}, "with int8 activations"),
     ("fake-quant", strategy({"layers": "1", "modules": ["mlp"], "activation": {"bits": 8}}),
      {"model.layers.1.mlp.gate_proj", "model.layers.1.mlp.up_proj", "model.layers.1.mlp.down_proj"}, "quantized their input activations"),
 ]  # fmt: skip

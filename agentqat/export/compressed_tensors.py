@@ -3,7 +3,8 @@
 Each quantized module's grid (scale, zero point per group) is recomputed from the base weight exactly as RTN and
 GPTQ (static groups) computed it; compressed-tensors then packs codes = round(quantized / scale + zero). A module
 is exported only when scale * (codes - zero) gives back the arena's values bit for bit, and after packing the
-library's own decompression is checked against them again.
+library's own decompression is checked against them again. FP8 E4M3 weights (per output channel, the scales vLLM's
+fp8 kernels take) are stored the same way as float8 values with their scales (`float-quantized`).
 Scales are stored as float16 (the arena's fp16 scales are float16 numbers; power-of-two scales are too), other
 tensors as bfloat16.
 
@@ -13,8 +14,8 @@ checkpoint `pack-quantized` (weight-only int), `int-quantized` (int8 weights wit
 `mixed-precision` where modules differ. vLLM fuses q/k/v and gate/up, whose shards must share one scheme.
 
 What the format cannot hold is an ExportError naming the modules: fp16 outliers, SmoothQuant divisors (per
-module, so not foldable into the norm the modules share), non-integer formats (nf4, fp4, fp8, llm_int8) and
-values that are not an integer grid of the base weight (AWQ's scaled columns, HQQ's float zeros).
+module, so not foldable into the norm the modules share), nf4, fp4 and llm_int8, fp8 in groups or with int8
+activations, and values that are not an integer grid of the base weight (AWQ's scaled columns, HQQ's float zeros).
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ import torch
 
 from agentqat.export.base import ExportError, ExportModule, ExportSource, register_exporter
 from agentqat.quant.base import INT_GRID
+from agentqat.quant.fp8 import fp8_round, fp8_scale
 from agentqat.quant.grid import int_grid, to_groups
 
 FORMAT = "compressed-tensors"
+FP8 = "fp8_e4m3"
 FUSED_SETS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # vLLM's qkv_proj and gate_up_proj
 ACTIVATION_BITS = 8  # dynamic activation quantization the format's engines run
 _LAYER_NAME = re.compile(r"^(?P<prefix>.*)\.layers\.(?P<layer>\d+)\.(?P<role>.+)$")
@@ -37,19 +40,21 @@ _LAYER_NAME = re.compile(r"^(?P<prefix>.*)\.layers\.(?P<layer>\d+)\.(?P<role>.+)
 
 @dataclass(frozen=True)
 class Scheme:
-    """One module's scheme: weight bits, group size (0: per output channel), symmetry, activation quantization."""
+    """One module's scheme: weight bits, group size (0: per output channel), symmetry, activation quantization,
+    and the weight type ("int" codes or "float" fp8 values)."""
 
     bits: int
     group_size: int
     symmetric: bool
     activation: tuple[str, str] | None  # (format, granularity) of dynamic 8-bit activations, None for 16-bit
+    type: str = "int"
 
     def quantization_scheme(self, targets: list[str]):
         """Returns the compressed-tensors QuantizationScheme for `targets`."""
         from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
 
         weights = QuantizationArgs(
-            num_bits=self.bits, type="int", symmetric=self.symmetric,
+            num_bits=self.bits, type=self.type, symmetric=self.symmetric,
             strategy="group" if self.group_size else "channel", group_size=self.group_size or None,
         )  # fmt: skip
         activations = None
@@ -65,10 +70,10 @@ class Scheme:
 @dataclass(frozen=True)
 class StoredGrid:
     """A module's float16 scales and integer zero points [out, groups], zero points in the format's signed code
-    range (asymmetric grids shifted by 2^(bits-1)); compressed-tensors rounds the weight onto them."""
+    range (asymmetric grids shifted by 2^(bits-1)), None for fp8; compressed-tensors rounds the weight onto them."""
 
     scale: torch.Tensor
-    zero: torch.Tensor
+    zero: torch.Tensor | None
 
 
 def scheme_problem(module: ExportModule) -> str | None:
@@ -82,6 +87,12 @@ def scheme_problem(module: ExportModule) -> str | None:
         return f"engines quantize activations dynamically to {ACTIVATION_BITS} bits, not {config.activation.bits}"
     if config.weight.bits == 16:
         return "their weights are 16-bit but their activations quantized" if config.activation.bits != 16 else None
+    if config.weight.format == FP8:
+        if config.weight.group_size:
+            return "their fp8 weights have groups, and vLLM's fp8 kernels take one scale per output channel; set group_size 0"
+        if config.activation.bits != 16 and config.activation.format != FP8:
+            return "their fp8 weights come with int8 activations, which no fp8 kernel takes; quantize activations to fp8_e4m3 or not at all"
+        return None
     if config.weight.format != INT_GRID:
         return f"format {config.weight.format} is not an integer grid"
     return None
@@ -93,6 +104,8 @@ def scheme_of(module: ExportModule) -> Scheme | None:
     if weight.bits == 16:
         return None
     quantized_input = None if activation.bits == 16 else (activation.format, activation.granularity)
+    if weight.format == FP8:
+        return Scheme(weight.bits, 0, True, quantized_input, type="float")
     return Scheme(weight.bits, weight.group_size, weight.symmetric, quantized_input)
 
 
@@ -100,6 +113,8 @@ def recover_grid(module: ExportModule) -> StoredGrid | None:
     """Returns the integer grid of the module's base weight groups, None when the arena's values are not exactly
     scale * (code - zero) on it with integer codes in range and float16 scales."""
     config = module.config.weight
+    if config.format == FP8:
+        return _recover_fp8(module)
     grid = int_grid(to_groups(module.original, config.group_size), config)
     target = to_groups(module.quantized, config.group_size)
     codes = torch.clamp(torch.round(target / grid.scale + grid.zero), grid.qmin, grid.qmax)
@@ -111,6 +126,18 @@ def recover_grid(module: ExportModule) -> StoredGrid | None:
     shift = 0 if config.symmetric else 2 ** (config.bits - 1)
     rows = module.original.shape[0]
     return StoredGrid(scale=scale16.reshape(rows, -1), zero=(grid.zero - shift).reshape(rows, -1).to(torch.int8))
+
+
+def _recover_fp8(module: ExportModule) -> StoredGrid | None:
+    """Returns the per-channel float16 scales of an fp8 module, None when scale * e4m3(weight / scale) on them
+    is not exactly the arena's values."""
+    config = module.config.weight
+    groups = to_groups(module.original, config.group_size)
+    scale = fp8_scale(groups, config)
+    scale16 = scale.to(torch.float16)
+    if not torch.equal(scale16.to(torch.float32), scale) or not torch.equal(fp8_round(groups, scale), to_groups(module.quantized, config.group_size)):
+        return None
+    return StoredGrid(scale=scale16.reshape(module.original.shape[0], -1), zero=None)
 
 
 def _raise_problems(problems: dict[str, list[str]], fix: str) -> None:
@@ -212,7 +239,7 @@ def export_compressed_tensors(source: ExportSource, out: Path) -> None:
             module = model.get_submodule(name)
             module.weight.copy_(source.modules[name].quantized)
             module.weight_scale = torch.nn.Parameter(grid.scale, requires_grad=False)
-            if hasattr(module, "weight_zero_point"):
+            if grid.zero is not None and hasattr(module, "weight_zero_point"):
                 module.weight_zero_point.copy_(grid.zero)
     compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
@@ -221,7 +248,7 @@ def export_compressed_tensors(source: ExportSource, out: Path) -> None:
         raise ExportError(FORMAT, "compressed-tensors' decompression does not give back the arena's values", mismatched, "report this as a bug")
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if parameter.is_floating_point() and not name.endswith("weight_scale"):
+            if parameter.is_floating_point() and parameter.dtype != torch.float8_e4m3fn and not name.endswith("weight_scale"):
                 parameter.data = parameter.data.to(torch.bfloat16)
     model.config.dtype = torch.bfloat16
     model.save_pretrained(out)

@@ -19,15 +19,20 @@ def fp8_round(values: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return scaled.to(torch.float8_e4m3fn).to(torch.float32) * scale
 
 
+def fp8_scale(groups: torch.Tensor, config: WeightQuant) -> torch.Tensor:
+    """Returns the scale of each group (rows of `groups`): the clip ratio's absmax over 448 with the least error."""
+    absmax = groups.abs().amax(1, keepdim=True)
+    candidates = [(store_scale(absmax * ratio / FP8_E4M3_MAX, config.scale),) for ratio in clip_ratios(config.clip)]
+    (scale,) = pick_best(groups, candidates, fp8_round)
+    return scale
+
+
 def fp8_e4m3(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` rounded to FP8 E4M3 with one scale per group (per output channel for group_size 0)."""
     if config.bits != 8:
         raise ValueError(f"fp8_e4m3 stores 8-bit values, got bits={config.bits}")
     groups = to_groups(weight, config.group_size)
-    absmax = groups.abs().amax(1, keepdim=True)
-    candidates = [(store_scale(absmax * ratio / FP8_E4M3_MAX, config.scale),) for ratio in clip_ratios(config.clip)]
-    (scale,) = pick_best(groups, candidates, fp8_round)
-    return fp8_round(groups, scale).reshape(weight.shape)
+    return fp8_round(groups, fp8_scale(groups, config)).reshape(weight.shape)
 
 
 # FP8 W8A8 is a CUDA path of vLLM, not a CPU one (FACTS.md); fp8 weights have no GGUF type.
