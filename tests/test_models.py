@@ -239,6 +239,21 @@ def test_gguf_is_converted_once_and_cached(tiny_gguf_path, tmp_path, fresh_cache
     assert_same_weights(load_model(str(gguf)).model, build_tiny_llama(seed=1))
 
 
+def test_a_gguf_without_a_chat_template_is_given_the_builtins_and_one_with_keeps_its_own(make_tiny_gguf, tiny_gguf_path, fresh_cache):
+    from transformers import AutoTokenizer
+
+    from agentqat.models import BUILTIN_MODELS, GEMMA3_CHAT_TEMPLATE
+
+    assert BUILTIN_MODELS["gemma3-270m"].chat_template == GEMMA3_CHAT_TEMPLATE  # its GGUF (the base model) has none
+    bare = gguf_to_hf_directory(make_tiny_gguf(chat_template=False), "bare", chat_template=GEMMA3_CHAT_TEMPLATE)
+    tokenizer = AutoTokenizer.from_pretrained(bare)
+    assert tokenizer.chat_template == GEMMA3_CHAT_TEMPLATE
+    text = tokenizer.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+    assert text.endswith("<start_of_turn>user\nS\n\nhi<end_of_turn>\n<start_of_turn>model\n")
+    own = gguf_to_hf_directory(tiny_gguf_path, "own", chat_template=GEMMA3_CHAT_TEMPLATE)
+    assert AutoTokenizer.from_pretrained(own).chat_template == CHAT_TEMPLATE
+
+
 def test_conversion_and_loading_are_reported_as_phases(tiny_gguf_path, tmp_path, fresh_cache):
     from test_progress import Recorder
 

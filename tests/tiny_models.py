@@ -248,6 +248,7 @@ def write_tiny_gguf(
     seed: int = 0,
     tensor_type: str = "F32",
     name: str = "tiny-llama",
+    chat_template: bool = True,
 ) -> Path:
     """Writes the tiny Llama of `build_tiny_llama(same arguments)` as a llama GGUF file; returns `path`.
 
@@ -280,7 +281,7 @@ def write_tiny_gguf(
     writer.add_rope_freq_base(ROPE_THETA)
     writer.add_rope_dimension_count(hidden // heads)
     writer.add_vocab_size(vocab)
-    _add_tokenizer(writer, tokenizer)
+    _add_tokenizer(writer, tokenizer, chat_template)
 
     for hf_name, parameter in model.state_dict().items():
         if tie_word_embeddings and hf_name == "lm_head.weight":
@@ -301,7 +302,7 @@ def write_tiny_gguf(
     return path
 
 
-def _add_tokenizer(writer, tokenizer_json: str) -> None:
+def _add_tokenizer(writer, tokenizer_json: str, chat_template: bool = True) -> None:
     """The byte-level BPE as llama.cpp stores a "gpt2" tokenizer: tokens by id, types, merges, special ids."""
     import json
 
@@ -325,7 +326,8 @@ def _add_tokenizer(writer, tokenizer_json: str) -> None:
     writer.add_pad_token_id(tokens.index(PAD))
     writer.add_add_bos_token(False)
     writer.add_add_space_prefix(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    if chat_template:
+        writer.add_chat_template(CHAT_TEMPLATE)
 
 
 def tiny_gguf_reference(
