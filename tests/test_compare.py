@@ -85,6 +85,20 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
     assert after[Path("confirm/results.jsonl")] >= len(runs)
     assert "full-arena KL" in (directory / "report.md").read_text()
 
+    # a resume may add arms, at some of the seeds: only their runs are played, on the recorded terms
+    assert main(["compare", "--resume", str(directory), "--add-arms", "llm-random-edits", "--add-seeds", "1", "--workers", "0"]) == 0
+    added = read_settings(directory).arms[-1]
+    assert (added.name, added.seeds) == ("llm-random-edits", (1,))
+    assert sorted(path.name for path in (directory / "runs").iterdir()) == sorted([*runs, "llm-random-edits-seed1"])
+    assert {path: count for path, count in _line_counts(directory).items() if "llm-random-edits" not in str(path) and path.parts[0] == "runs"} == {
+        path: count for path, count in after.items() if path.parts[0] == "runs"}  # fmt: skip
+    assert "llm-random-edits" in (directory / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(directory), "--add-arms", "evo"]) == 2
+    assert main(["compare", "--resume", str(directory), "--add-arms", "llm", "--add-seeds", "7"]) == 2
+    errors = capsys.readouterr().err
+    assert "already has the arm(s) evo" in errors and "seeds [7] are not the comparison's (0, 1)" in errors
+
 
 @pytest.mark.slow
 def test_a_comparison_spreads_over_a_ray_cluster_started_apart(loopback_head, tiny_arena, tmp_path):

@@ -111,7 +111,7 @@ def test_resources_close_the_pool_on_ctrl_c(arena, monkeypatch):
     monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None, reporter=None: Recording())
     with pytest.raises(KeyboardInterrupt):
         with Resources(arena, workers=1) as shared:
-            assert shared.server is None and isinstance(shared.pool, Recording)
+            assert shared.servers == {} and isinstance(shared.pool, Recording)
             raise KeyboardInterrupt
     assert events == ["pool closed"]
 
@@ -127,3 +127,25 @@ def test_a_run_refuses_shared_resources_without_the_server_its_llm_settings_need
     monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None, reporter=None: Idle())
     with Resources(arena, workers=1) as shared, pytest.raises(UserError, match="managed vLLM server"):
         run_evolve(tmp_path / "llm", evolve_manifest(arena, generator="llm", population=2), resources=shared)
+
+
+def test_shared_resources_open_one_server_per_proposer_model_and_give_each_run_its_own(arena, tmp_path, monkeypatch):
+    from contextlib import contextmanager
+
+    from agentqat.session import LlmSettings
+
+    opened = []
+
+    @contextmanager
+    def server(llm, log_path, reporter=None):  # records what the real vllm_server would start
+        opened.append((llm.model, log_path.name))
+        yield f"server of {llm.model}"
+
+    monkeypatch.setattr("agentqat.session.resources.vllm_server", server)
+    monkeypatch.setattr("agentqat.arena.pool.make_pool", lambda arena, workers, address=None, reporter=None: type("Idle", (), {"shutdown": lambda self: None})())
+    smollm2, gemma = LlmSettings(), LlmSettings(model="gemma3-270m")
+    with Resources(arena, llm=(smollm2, smollm2.model_copy(update={"reflection": False}), gemma), log_dir=tmp_path) as shared:
+        assert shared.workers == 1  # beside managed servers
+        assert opened == [("smollm2-135m", "llm-server.log"), ("gemma3-270m", "llm-server-gemma3-270m.log")]
+        assert shared.server_for(gemma) == "server of gemma3-270m" and shared.server_for(smollm2) == "server of smollm2-135m"
+        assert shared.server_for(None) is None

@@ -255,7 +255,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Compares generators at an equal budget: one evolve run per arm and seed on one shared evaluator pool and
     vLLM server (seed by seed), the uniform baselines, every run's winner re-scored on the test split (and on
     --test-corpus), the winners confirmed on --confirm-arena, then the report (DIR/report.md, DIR/report.html).
-    `--resume DIR` continues a comparison (and may add --confirm-arena)."""
+    `--resume DIR` continues a comparison (and may add --confirm-arena, or arms with --add-arms)."""
     from agentqat import session, ui
     from agentqat.session import compare
 
@@ -265,6 +265,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         directory, settings = Path(args.resume), compare.read_settings(Path(args.resume))
         if args.confirm_arena:
             settings = compare.set_confirm_arena(directory, load_arena(args.confirm_arena))
+        if args.add_arms:
+            recorded = next((arm.llm for arm in settings.arms if arm.llm is not None), None)  # the same LLM settings
+            llm = recorded or session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+            arms = tuple(compare.parse_arm(spec, llm) for spec in _names(args.add_arms))
+            settings = compare.add_arms(directory, arms, compare.parse_seeds(args.add_seeds) if args.add_seeds else None)
+    elif args.add_arms or args.add_seeds:
+        raise UserError("--add-arms and --add-seeds extend a recorded comparison", "use them with --resume DIR")
     else:
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
         arena = load_arena(args.arena)

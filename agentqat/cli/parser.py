@@ -127,6 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--run", default="", help="comparison name under --runs (default: compare-<arena>)")
     compare.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
     compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
+    compare.add_argument("--add-arms", default="", metavar="ARMS", help="with --resume: add these arms (e.g. llm@gemma3-270m), played on the same terms")
+    compare.add_argument("--add-seeds", default="", metavar="SEEDS", help="with --add-arms: the comparison's seeds the new arms play (default: all)")
     compare.set_defaults(handler=handlers.cmd_compare)
 
     sensitivity = commands.add_parser("sensitivity", help="per layer and role: Fisher, gradient norm, KL at 2-8 bits, rank correlations", description=handlers.cmd_sensitivity.__doc__)

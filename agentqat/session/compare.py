@@ -46,6 +46,7 @@ class Arm(_Frozen):
     name: str = Field(pattern=ARM_NAME)
     generator: str
     llm: LlmSettings | None = None
+    seeds: tuple[int, ...] | None = None  # an arm added to a recorded comparison may play fewer of its seeds
 
 
 class CompareSettings(_Frozen):
@@ -79,11 +80,12 @@ class CompareSettings(_Frozen):
         do not depend on the seed (its other runs would repeat that run match for match)."""
         from agentqat.generators import uses_seed
 
-        return self.seeds if uses_seed(arm.generator) else self.seeds[:1]
+        seeds = arm.seeds or self.seeds
+        return seeds if uses_seed(arm.generator) else seeds[:1]
 
-    def llm_settings(self) -> LlmSettings | None:
-        """Returns the LLM settings the shared vLLM server is started with (the first LLM arm's), or None."""
-        return next((arm.llm for arm in self.arms if arm.llm is not None), None)
+    def llm_settings(self) -> tuple[LlmSettings, ...]:
+        """Returns the LLM arms' settings: the shared resources start one vLLM server per proposer model."""
+        return tuple(arm.llm for arm in self.arms if arm.llm is not None)
 
     def manifest(self, arm: Arm, seed: int):
         """Returns the evolve manifest of an arm's run at `seed`: the comparison's budget, the shared prior."""
@@ -142,6 +144,23 @@ def set_confirm_arena(directory: Path, arena: Arena) -> CompareSettings:
     """Returns the recorded comparison's settings with `arena` as the arena its winners are confirmed on, recorded
     (the only setting a resume may add: it plays nothing the runs depend on)."""
     settings = read_settings(directory).model_copy(update={"confirm_arena": arena})
+    write_json_atomic(Path(directory) / COMPARE_FILE, settings.model_dump(mode="json"))
+    return settings
+
+
+def add_arms(directory: Path, arms: tuple[Arm, ...], seeds: tuple[int, ...] | None = None) -> CompareSettings:
+    """Returns the recorded comparison's settings with `arms` added, played at `seeds` (default: every seed of the
+    comparison), recorded; UserError for an arm it has or seeds it does not. The runs already recorded keep
+    their budget, prior and seeds, so the new arms are compared on equal terms."""
+    settings = read_settings(directory)
+    taken = {arm.name for arm in settings.arms} & {arm.name for arm in arms}
+    if taken:
+        raise UserError(f"the comparison already has the arm(s) {', '.join(sorted(taken))}", "name only new arms in --add-arms")
+    if seeds is not None and not set(seeds) <= set(settings.seeds):
+        raise UserError(f"seeds {sorted(set(seeds) - set(settings.seeds))} are not the comparison's ({', '.join(map(str, settings.seeds))})",
+                        "add arms at some of the comparison's seeds")  # fmt: skip
+    added = tuple(arm.model_copy(update={"seeds": seeds}) for arm in arms)
+    settings = settings.model_copy(update={"arms": settings.arms + added})
     write_json_atomic(Path(directory) / COMPARE_FILE, settings.model_dump(mode="json"))
     return settings
 

@@ -201,7 +201,7 @@ def run_evolve(
         player = RecordedPlayer(
             own.pool.run, store, on_result=observer and observer.match_finished, on_start=observer and observer.match_started
         )
-        generator, cost = _generator(manifest, space, own.pool.run, player, store.directory, own.server, observer)
+        generator, cost = _generator(manifest, space, own.pool.run, player, store.directory, own.server_for(manifest.llm), observer)
         if observer:
             observer.generator_ready(generator, cost.matches)
         identity = functools.partial(canonical_id, facts=space.facts)

@@ -11,7 +11,7 @@ makes its own over the shared pool.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -24,9 +24,9 @@ from agentqat.session.manifest import LlmSettings
 SERVER_LOG = "llm-server.log"
 
 
-def default_workers(llm: LlmSettings | None) -> int:
+def default_workers(llms: Sequence[LlmSettings]) -> int:
     """Returns the evaluator actors a run uses unless told: 2, or 1 beside a managed vLLM server (a core each)."""
-    return 1 if llm is not None and llm.managed_server else defaults.EVOLVE_WORKERS
+    return 1 if any(llm.managed_server for llm in llms) else defaults.EVOLVE_WORKERS
 
 
 @contextmanager
@@ -85,7 +85,8 @@ def ensure_engine_costs(arena: Arena, reporter: Reporter | None = None) -> None:
 
 
 class Resources:
-    """The pool and (for the LLM generator) the vLLM server that one or more runs share; a context manager.
+    """The pool and (for the LLM generator) the vLLM servers that one or more runs share, one per proposer model
+    (a comparison's `llm@MODEL` arms); a context manager.
 
     Engine costs are measured first (a vllm-* target, once per machine), with nothing else running; then the server
     starts: a failing outside service ends the command before any model is loaded."""
@@ -95,22 +96,36 @@ class Resources:
         arena: Arena,
         workers: int | None = None,
         ray_address: str | None = None,
-        llm: LlmSettings | None = None,
+        llm: LlmSettings | Sequence[LlmSettings] | None = None,
         log_dir: Path | None = None,
         reporter: Reporter | None = None,
     ):
-        self.arena, self.llm, self.ray_address, self.reporter = arena, llm, ray_address, reporter
-        self.workers = default_workers(llm) if workers is None else workers
-        self.log_path = (log_dir or defaults.cache_dir() / "logs") / SERVER_LOG
+        self.arena, self.ray_address, self.reporter = arena, ray_address, reporter
+        self.llms = (llm,) if isinstance(llm, LlmSettings) else tuple(llm or ())
+        self.workers = default_workers(self.llms) if workers is None else workers
+        self.log_dir = log_dir or defaults.cache_dir() / "logs"
         self.pool = None
-        self.server = None
+        self.servers: dict[str, object] = {}  # proposer model -> its managed vLLM server
         self._stack = ExitStack()
+
+    def server_for(self, llm: LlmSettings | None):
+        """Returns the managed vLLM server of the LLM settings' model (None when they manage none or none is open)."""
+        return self.servers.get(llm.model) if llm is not None and llm.managed_server else None
+
+    def _log_path(self, llm: LlmSettings) -> Path:
+        """Returns the server log of a proposer: llm-server.log for the first, llm-server-<model>.log after it."""
+        if not self.servers:
+            return self.log_dir / SERVER_LOG
+        return self.log_dir / SERVER_LOG.replace(".log", f"-{Path(llm.model).name}.log")
 
     def __enter__(self) -> Resources:
         ensure_engine_costs(self.arena, self.reporter)
         with ExitStack() as stack:
-            if self.llm is not None:
-                self.server = stack.enter_context(vllm_server(self.llm, self.log_path, self.reporter))
+            for llm in self.llms:
+                if llm.model not in self.servers or not llm.managed_server:
+                    server = stack.enter_context(vllm_server(llm, self._log_path(llm), self.reporter))
+                    if server is not None:
+                        self.servers[llm.model] = server
             self.pool = stack.enter_context(evaluator_pool(self.arena, self.workers, self.ray_address, self.reporter))
             self._stack = stack.pop_all()
         return self
