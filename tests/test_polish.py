@@ -155,6 +155,24 @@ def test_polish_cli_plays_and_records_the_polished_strategy(tiny_polish_arena, t
     assert torch.allclose(codes, codes.round(), atol=1e-3) and codes.round().min() >= 0 and codes.round().max() <= 3
     assert main(args) == 2  # the same directory is not overwritten
 
+    # the polished model exports with its trained weights and grids: compressed-tensors decompresses to them exactly
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.quantization import QuantizationScheme
+    from safetensors import safe_open
+
+    capsys.readouterr()
+    exported = tmp_path / "exported"
+    assert main(["export", "--polished", str(out), "--arena", str(tiny_polish_arena), "--format", "compressed-tensors", "--out", str(exported)]) == 0
+    metadata = json.loads((exported / "agentqat-export.json").read_text())
+    assert metadata["figures"]["perplexity"] == pytest.approx(math.exp(sum(sum(r["quality"]["window_nll"]) for r in results[3:5]) / 4))
+    group = next(iter(json.loads((exported / "config.json").read_text())["quantization_config"]["config_groups"].values()))
+    scheme = QuantizationScheme.model_validate(group)
+    with safe_open(str(exported / "model.safetensors"), "pt") as file:
+        state = {key.removeprefix(f"{name}."): file.get_tensor(key) for key in file.keys() if key.startswith(f"{name}.")}
+    state["weight_scale"] = state["weight_scale"].to(torch.float32)
+    decompressed = BaseCompressor.get_value_from_registry(scheme.format).decompress(state, scheme)["weight"]
+    assert torch.equal(decompressed, stored[name])
+
 
 @pytest.mark.parametrize(
     "args, message",

@@ -360,21 +360,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     its weights are the ones the arena scored, with agentqat-export.json (strategy, arena figures, effective bits,
     bytes written). compressed-tensors: packed integer codes and scales that vLLM serves (W4A16, W8A8, ...);
     fake-quant: the dequantized weights as float32 safetensors, the arena's quality but none of the memory gain.
-    A strategy the format (or, with --deploy, its engine) cannot hold is an error naming the modules and why."""
+    A strategy the format (or, with --deploy, its engine) cannot hold is an error naming the modules and why.
+    `--polished DIR` exports a polish (agentqat polish): its strategy with the trained weights and grids."""
     from agentqat import ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
-    from agentqat.export import best_of_run, check_destination, export, prepare_source
+    from agentqat.export import best_of_run, check_destination, export, polished_of, prepare_source
     from agentqat.strategy import dump_strategy, load_strategy
 
-    if (args.strategy is None) == (args.run_dir is None) or args.best != (args.run_dir is not None) or (args.max_bits is not None and not args.best):
-        raise UserError("name the strategy one way: RUN_DIR --best [--max-bits X], or --strategy S.json", "see agentqat export --help")
+    named = [args.strategy is not None, args.run_dir is not None, args.polished is not None]
+    if sum(named) != 1 or args.best != (args.run_dir is not None) or (args.max_bits is not None and not args.best):
+        raise UserError("name the strategy one way: RUN_DIR --best [--max-bits X], --strategy S.json or --polished DIR", "see agentqat export --help")
     check_destination(args.format, args.out, args.deploy)
     if args.strategy is not None:
         document, arena, figures = json.loads(dump_strategy(load_strategy(args.strategy))), load_arena(args.arena or DEFAULT_ARENA), {}
+    elif args.polished is not None:
+        document, arena_name, figures = polished_of(Path(args.polished))
+        arena = load_arena(args.arena or arena_name)
     else:
         document, arena, figures = best_of_run(Path(args.run_dir), args.max_bits)
         arena = load_arena(args.arena) if args.arena else arena
-    out = export(prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures), args.format, args.out, args.deploy)
+    source = prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures, polished=args.polished and Path(args.polished))
+    out = export(source, args.format, args.out, args.deploy)
     print(f"exported {document.get('name', 'strategy')} as {args.format} to {out} (see {out / 'agentqat-export.json'})")
     return 0
 

@@ -162,10 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--best", action="store_true", help="the run's best survivor of its arena's last stage")
     export.add_argument("--max-bits", type=float, default=None, help="with --best: the best survivor within this many effective bits per weight")
     export.add_argument("--strategy", default=None, metavar="STRATEGY.json", help="export this strategy instead of a run's")
+    export.add_argument("--polished", default=None, metavar="DIR", help="export a polish directory (agentqat polish): its strategy with the trained weights")
     export.add_argument("--format", required=True, help="compressed-tensors (packed int codes vLLM serves), gguf, or fake-quant (dequantized float32: the arena's quality, none of the memory gain)")
     export.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
     export.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse what this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
-    export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's, or {DEFAULT_ARENA} with --strategy)")
+    export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's or the polish's, or {DEFAULT_ARENA} with --strategy)")
     export.set_defaults(handler=handlers.cmd_export)
 
     engine = commands.add_parser("engine-costs", help="decode latency and memory per scheme of a vLLM target, measured on the engine", description=handlers.cmd_engine_costs.__doc__)

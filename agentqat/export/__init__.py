@@ -11,9 +11,9 @@ from agentqat.export.base import (
     prepare_source,
     register_exporter,
 )
-from agentqat.export.select import best_of_run
+from agentqat.export.select import best_of_run, polished_of
 
 __all__ = [
-    "EXPORTERS", "ExportError", "ExportModule", "ExportSource", "best_of_run", "check_destination", "export", "prepare_source",
+    "EXPORTERS", "ExportError", "ExportModule", "ExportSource", "best_of_run", "check_destination", "export", "polished_of", "prepare_source",
     "register_exporter",
 ]  # fmt: skip

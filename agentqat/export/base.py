@@ -37,6 +37,8 @@ class ExportModule:
     original: torch.Tensor  # base weight, float32 (out x in)
     quantized: torch.Tensor  # the arena's dequantized weight, float32: the values the arena measured
     input_divisor: torch.Tensor | None  # SmoothQuant-style input scales (None without)
+    grid: tuple[torch.Tensor, torch.Tensor] | None = None  # (scale, zero), each [groups, 1], of the grid the values
+    # lie on where it is not the one the base weight gives (a polished module)
 
 
 @dataclass(frozen=True)
@@ -145,10 +147,26 @@ def _gguf_path(model: str) -> Path | None:
     return Path(model).expanduser() if model.endswith(".gguf") else None
 
 
-def prepare_source(document: dict, arena: Arena, reporter: Reporter | None = None, figures: dict | None = None) -> ExportSource:
+def polished_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Returns the trained weights of a polish directory (weights.safetensors: NAME, NAME.scale, NAME.zero) and the
+    grids they lie on; UserError when the directory holds no polish."""
+    from safetensors.torch import load_file
+
+    path = directory / "weights.safetensors"
+    if not path.is_file():
+        raise UserError(f"{directory} holds no polished weights (weights.safetensors)", "pass a directory agentqat polish wrote")
+    stored = load_file(str(path))
+    weights = {name: tensor for name, tensor in stored.items() if not name.endswith((".scale", ".zero"))}
+    return weights, {name: (stored[f"{name}.scale"], stored[f"{name}.zero"]) for name in weights}
+
+
+def prepare_source(
+    document: dict, arena: Arena, reporter: Reporter | None = None, figures: dict | None = None, polished: Path | None = None,
+) -> ExportSource:  # fmt: skip
     """Returns the export source of a strategy on an arena: every module quantized by the arena's own code (its
-    calibration and level database), in float32 whatever the strategy's compute dtype; StrategyError when the
-    document is not a valid strategy for the arena's model."""
+    calibration and level database), in float32 whatever the strategy's compute dtype, the modules of a polish
+    directory's weights.safetensors (`polished`, agentqat polish) taking their trained weights and grids;
+    StrategyError when the document is not a valid strategy for the arena's model."""
     from agentqat.apply import apply_strategy, restore
     from agentqat.arena.match import Workbench
     from agentqat.bits import strategy_bits
@@ -161,9 +179,10 @@ def prepare_source(document: dict, arena: Arena, reporter: Reporter | None = Non
     calibration = workbench.calibration(arena.calibration_windows) if needs_calibration(resolved) else None
     levels = workbench.levels()
     model = workbench.loaded.model
+    overrides, grids = polished_weights(Path(polished)) if polished is not None else ({}, {})
     with phase(reporter, "quantizing for export", detail=f"{len(facts.linears)} modules"):
         in_fp32 = dataclasses.replace(resolved, compute_dtype="fp32")
-        applied = apply_strategy(model, in_fp32, calibration, levels=levels)
+        applied = apply_strategy(model, in_fp32, calibration, levels=levels, overrides=overrides)
         try:
             modules = {}
             for info in facts.linears:
@@ -175,6 +194,7 @@ def prepare_source(document: dict, arena: Arena, reporter: Reporter | None = Non
                     original=original,
                     quantized=current.weight.detach().to(torch.float32),
                     input_divisor=getattr(current, "input_divisor", None),
+                    grid=grids.get(info.name),
                 )
         finally:
             restore(model, applied)

@@ -116,6 +116,8 @@ def recover_grid(module: ExportModule) -> StoredGrid | None:
     if config.format == FP8:
         return _recover_fp8(module)
     grid = int_grid(to_groups(module.original, config.group_size), config)
+    if module.grid is not None:  # trained (agentqat polish): its own scales and zero points, on the same code range
+        grid = grid._replace(scale=module.grid[0].to(torch.float32), zero=module.grid[1].to(torch.float32))
     target = to_groups(module.quantized, config.group_size)
     codes = torch.clamp(torch.round(target / grid.scale + grid.zero), grid.qmin, grid.qmax)
     if not torch.equal(grid.scale * (codes - grid.zero), target):

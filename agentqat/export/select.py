@@ -28,3 +28,21 @@ def best_of_run(directory: Path, max_bits: float | None = None) -> tuple[dict, A
     if document is None:
         raise UserError(f"run {directory} does not record the document of strategy {best.strategy_id}", "pass the strategy with --strategy")
     return document, arena, best.aggregate.to_dict()
+
+
+def polished_of(directory: Path) -> tuple[dict, str, dict]:
+    """Returns (document, arena name, figures) of a polish directory (agentqat polish): the strategy it polished,
+    the arena it was played on, and the polished strategy's aggregate on that arena's stage. UserError when the
+    directory holds no polish."""
+    import json
+
+    from agentqat.arena.result import MatchResult
+    from agentqat.scoring import aggregate
+
+    record, results = Path(directory) / "polish.json", Path(directory) / "results.jsonl"
+    if not record.is_file() or not results.is_file():
+        raise UserError(f"{directory} holds no polish (polish.json, results.jsonl)", "pass a directory agentqat polish wrote")
+    polish = json.loads(record.read_text())
+    played = [MatchResult.from_dict(json.loads(line)) for line in results.read_text().splitlines() if line.strip()]
+    polished = [r for r in played if r.strategy_id.endswith("-polished") and not r.stage.startswith("test")]
+    return polish["strategy"], polish["arena"], aggregate(polished).to_dict() if polished else {}
