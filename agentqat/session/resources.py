@@ -1,5 +1,6 @@
-"""What runs share and must close: the evaluator pool and the LLM generator's vLLM server, as context managers
-that close them on any exit (Ctrl-C included), in reverse order of opening.
+"""What runs share and must close: the evaluator pool and the LLM generator's vLLM servers (one per proposer
+model), as context managers that close them on any exit (Ctrl-C included), in reverse order of opening; and the
+deploy target's engine costs, measured once before them.
 
     with Resources(arena, workers=1, llm=LlmSettings(), log_dir=run_dir, reporter=view) as shared:
         run_evolve(run_a, manifest_a, resources=shared)
