@@ -1,5 +1,6 @@
-"""The `agentqat` command line: `parser` builds the arguments, `commands` holds one handler per command (argument
-parsing into one session call), `main` runs one and turns a UserError into one line on stderr and exit code 2.
+"""The `agentqat` command line: `parser` builds the arguments, `commands` and `deploy_commands` (export,
+engine-costs) hold one handler per command (argument parsing into one session call), `main` runs one and turns a
+UserError into one line on stderr and exit code 2.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ from agentqat.arena.baselines import DEFAULT_BITS as BASELINE_BITS
 from agentqat.arena.baselines import DEFAULT_CALIBRATION_BUDGETS as BASELINE_BUDGETS
 from agentqat.arena.config import DEFAULT_ARENA
 from agentqat.cli import commands as handlers
+from agentqat.cli import deploy_commands
 
 
 def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
@@ -157,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     polish.add_argument("--threads", type=int, default=None, help="torch threads (default: the arena's compute_threads)")
     polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...)")
     polish.set_defaults(handler=handlers.cmd_polish)
-    export = commands.add_parser("export", help="write a strategy's quantized model for an engine (compressed-tensors, gguf, fake-quant)", description=handlers.cmd_export.__doc__)
+    export = commands.add_parser("export", help="write a strategy's quantized model for an engine (compressed-tensors, gguf, fake-quant)", description=deploy_commands.cmd_export.__doc__)
     export.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a recorded run to take the strategy from (with --best)")
     export.add_argument("--best", action="store_true", help="the run's best survivor of its arena's last stage")
     export.add_argument("--max-bits", type=float, default=None, help="with --best: the best survivor within this many effective bits per weight")
@@ -167,14 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
     export.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse what this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's or the polish's, or {DEFAULT_ARENA} with --strategy)")
-    export.set_defaults(handler=handlers.cmd_export)
+    export.set_defaults(handler=deploy_commands.cmd_export)
 
-    engine = commands.add_parser("engine-costs", help="decode latency and memory per scheme of a vLLM target, measured on the engine", description=handlers.cmd_engine_costs.__doc__)
+    engine = commands.add_parser("engine-costs", help="decode latency and memory per scheme of a vLLM target, measured on the engine", description=deploy_commands.cmd_engine_costs.__doc__)
     engine.add_argument("--deploy", required=True, choices=("vllm-cpu", "vllm-cuda"), help="the engine to measure: vllm-cpu or vllm-cuda")
     engine.add_argument("--arena", default=DEFAULT_ARENA, help="the arena whose model is measured (default: %(default)s)")
     engine.add_argument("--remeasure", action="store_true", help="measure again, replacing the cached figures")
     engine.add_argument("--keep", type=Path, default=None, help="keep the uniform exports and the server logs here")
-    engine.set_defaults(handler=handlers.cmd_engine_costs)
+    engine.set_defaults(handler=deploy_commands.cmd_engine_costs)
 
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")
