@@ -32,7 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         document, arena, figures = best_of_run(Path(args.run_dir), args.max_bits)
         arena = load_arena(args.arena) if args.arena else arena
-    source = prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures, polished=args.polished and Path(args.polished))
+    source = prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures, polished=Path(args.polished) if args.polished else None)
     out = export(source, args.format, args.out, args.deploy)
     print(f"exported {document.get('name', 'strategy')} as {args.format} to {out} (see {out / 'agentqat-export.json'})")
     return 0

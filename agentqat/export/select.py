@@ -36,14 +36,15 @@ def polished_of(directory: Path) -> tuple[dict, str, dict]:
     directory holds no polish."""
     import json
 
-    from agentqat.arena.result import MatchResult
+    from agentqat.runs import read_results
     from agentqat.scoring import aggregate
+    from agentqat.store import RunStore
     from agentqat.study.unseen import TEST_STAGE
 
-    record, results = Path(directory) / "polish.json", Path(directory) / "results.jsonl"
-    if not record.is_file() or not results.is_file():
+    record = Path(directory) / "polish.json"
+    if not record.is_file() or not (Path(directory) / "results.jsonl").is_file():
         raise UserError(f"{directory} holds no polish (polish.json, results.jsonl)", "pass a directory agentqat polish wrote")
     polish = json.loads(record.read_text())
-    played = [MatchResult.from_dict(json.loads(line)) for line in results.read_text().splitlines() if line.strip()]
+    played = read_results(RunStore(Path(directory)))
     polished = [r for r in played if r.strategy_id.endswith("-polished") and r.stage.split(":")[0] != TEST_STAGE]  # the arena's
     return polish["strategy"], polish["arena"], aggregate(polished).to_dict() if polished else {}

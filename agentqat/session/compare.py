@@ -140,12 +140,16 @@ def write_settings(directory: Path, settings: CompareSettings) -> None:
     write_json_atomic(path, settings.model_dump(mode="json"))
 
 
-def set_confirm_arena(directory: Path, arena: Arena) -> CompareSettings:
-    """Returns the recorded comparison's settings with `arena` as the arena its winners are confirmed on, recorded
-    (the only setting a resume may add: it plays nothing the runs depend on)."""
-    settings = read_settings(directory).model_copy(update={"confirm_arena": arena})
+def _extended(directory: Path, settings: CompareSettings) -> CompareSettings:
+    """Returns `settings` after recording them over DIR/compare.json (a resume that adds to the comparison)."""
     write_json_atomic(Path(directory) / COMPARE_FILE, settings.model_dump(mode="json"))
     return settings
+
+
+def set_confirm_arena(directory: Path, arena: Arena) -> CompareSettings:
+    """Returns the recorded comparison's settings with `arena` as the arena its winners are confirmed on, recorded
+    (a resume may add it: it plays nothing the runs depend on)."""
+    return _extended(directory, read_settings(directory).model_copy(update={"confirm_arena": arena}))
 
 
 def add_arms(directory: Path, arms: tuple[Arm, ...], seeds: tuple[int, ...] | None = None) -> CompareSettings:
@@ -160,9 +164,7 @@ def add_arms(directory: Path, arms: tuple[Arm, ...], seeds: tuple[int, ...] | No
         raise UserError(f"seeds {sorted(set(seeds) - set(settings.seeds))} are not the comparison's ({', '.join(map(str, settings.seeds))})",
                         "add arms at some of the comparison's seeds")  # fmt: skip
     added = tuple(arm.model_copy(update={"seeds": seeds}) for arm in arms)
-    settings = settings.model_copy(update={"arms": settings.arms + added})
-    write_json_atomic(Path(directory) / COMPARE_FILE, settings.model_dump(mode="json"))
-    return settings
+    return _extended(directory, settings.model_copy(update={"arms": settings.arms + added}))
 
 
 def read_settings(directory: Path) -> CompareSettings:
