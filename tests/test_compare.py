@@ -11,6 +11,8 @@ from agentqat.cli import main
 from agentqat.errors import UserError
 from agentqat.session import LlmSettings
 from agentqat.session.compare import parse_arm, parse_seeds, read_settings
+from agentqat.strategy import load_strategy, strategy_id
+from agentqat.study.unseen import winners
 
 
 @pytest.mark.parametrize(
@@ -69,6 +71,10 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
         results = (directory / "runs" / run / "results.jsonl").read_text().splitlines()
         assert len(results) <= 10, f"{run} overran its budget of 10 matches"
     assert (directory / "baseline" / "results.jsonl").exists() and (directory / "test" / "results.jsonl").exists()
+    # every run's rank-1 winner (a run whose every strategy failed has none) is a strategy file that re-scores as it is
+    written = {path.stem: strategy_id(json.loads(path.read_text())) for path in (directory / "winners").glob("*.json")}
+    assert written == {winner.run: winner.strategy_id for winner in winners(directory, top=1)} and "evo-seed0" in written
+    assert all(load_strategy(directory / "winners" / f"{run}.json") for run in written)
     markdown = (directory / "report.md").read_text()
     assert "## Statistics" in markdown and "knapsack" in markdown
     assert "signed-rank against knapsack's one seed-independent value" in markdown

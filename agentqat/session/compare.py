@@ -4,6 +4,7 @@ then the uniform baselines, the winners re-scored on unseen text, and the report
     DIR/compare.json               what the comparison is (CompareSettings), written once, read back to resume
     DIR/runs/<arm>-seed<k>/        the evolve runs (resumable like any run)
     DIR/baseline/                  the uniform baselines on the arena's last stage (Pareto fronts)
+    DIR/winners/<run>.json         every run's rank-1 winner, a strategy file `agentqat quantize` re-scores
     DIR/test/results.jsonl         every run's winners re-scored on the test split and any extra text file
     DIR/report.md, report.html     rebuilt from all of the above (`agentqat report DIR`)
 
@@ -195,7 +196,7 @@ def run_compare(
     from agentqat.report import build_report
     from agentqat.session.evolve import run_evolve
     from agentqat.study.confirm import confirm_winners
-    from agentqat.study.unseen import TEST_STAGE, reevaluate
+    from agentqat.study.unseen import TEST_STAGE, reevaluate, write_winners
 
     directory = Path(directory)
     if settings is None:
@@ -212,6 +213,7 @@ def run_compare(
                 with observer if observer is not None else nullcontext():
                     run_evolve(run, manifest, resources=resources, observer=observer)
         play_baselines(directory, settings, resources, reporter)
+    write_winners(directory)
     sources = (TEST_STAGE,) + ((settings.test_corpus,) if settings.test_corpus else ())
     reevaluate(directory, sources, reporter=reporter)
     if settings.confirm_arena is not None:

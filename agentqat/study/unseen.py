@@ -28,6 +28,7 @@ from agentqat.store import RunStore
 
 TEST_STAGE = "test"
 TEST_DIR = "test"
+WINNERS_DIR = "winners"
 RUNS_DIR = "runs"
 REEVALUATION_SECONDS = 7 * 24 * 3600.0  # a winner's re-evaluation is not a timed match in a tournament
 
@@ -106,6 +107,20 @@ def winners(directory: Path, top: int = defaults.TEST_TOP) -> list[Winner]:
                 search={**row.aggregate.to_dict(), "score": row.score},
             ))  # fmt: skip
     return found
+
+
+def write_winners(directory: Path) -> list[Path]:
+    """Returns the strategy files written (or rewritten) to DIR/winners/<run>.json: each run's rank-1 winner, a
+    document that `agentqat quantize --strategy` re-scores as it is."""
+    from agentqat.store import write_json_atomic
+
+    folder = Path(directory) / WINNERS_DIR
+    written = []
+    for winner in winners(directory, top=1):
+        path = folder / f"{winner.run}.json"
+        write_json_atomic(path, winner.document)
+        written.append(path)
+    return written
 
 
 def read_test_results(directory: Path) -> list[MatchResult]:
