@@ -66,7 +66,7 @@ def evolve_manifest(
     if evolve_settings.generator == "llm":
         llm = llm or LlmSettings()
     if prior is None or arena.deploy != defaults.DEPLOY:
-        space = _search_space(arena, reporter)
+        space = search_space(arena, reporter)
         prior = uniform_prior(space) if prior is None else prior
         prior = _servable_prior(prior, space, arena)
     if sensitivity == "map":
@@ -93,7 +93,9 @@ def _servable_prior(prior: Sequence[dict], space, arena: Arena) -> list[dict]:
     return list({strategy_id(document): document for document in documents}.values())
 
 
-def _search_space(arena: Arena, reporter: Reporter | None = None):
+def search_space(arena: Arena, reporter: Reporter | None = None):
+    """Returns the arena's SearchSpace: its model's facts, budget, the genes its deploy target allows and its ladder
+    (the levels that target serves); UserError when no strategy can fit."""
     from agentqat import deploy
     from agentqat.generators import GeneChoices, SearchSpace
     from agentqat.levels import arena_ladder
@@ -195,7 +197,7 @@ def run_evolve(
     store, manifest = _open_store(Path(directory), manifest)
     journal = EvolveJournal(store)
     read_results(store)  # a damaged results stream is one clear line before anything starts
-    space = _search_space(manifest.arena, observer)
+    space = search_space(manifest.arena, observer)
     own = resources or Resources(manifest.arena, workers, ray_address, manifest.llm, store.directory, observer)
     with own if resources is None else nullcontext(resources):
         player = RecordedPlayer(
