@@ -106,6 +106,26 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
     assert "already has the arm(s) evo" in errors and "seeds [7] are not the comparison's (0, 1)" in errors
 
 
+def test_the_knapsack_prior_is_measured_once_and_every_arm_starts_from_it(tiny_arena, tmp_path, capsys):
+    args = ["compare", "--arena", str(tiny_arena), "--generators", "random,evo", "--seeds", "0", "--budget", "8",
+            "--population", "2", "--workers", "0", "--prior", "uniform+knapsack", "--runs", str(tmp_path), "--run", "warm"]  # fmt: skip
+    assert main(args) == 0
+    directory = tmp_path / "warm"
+    recorded = json.loads((directory / "prior.json").read_text())
+    knapsack = [document for document in recorded["documents"] if document["name"].startswith("knapsack")]
+    assert len(knapsack) == 1 and recorded["preparation"]["matches"] > 0  # the probes: preparation, charged to no run
+    for run in ("random-seed0", "evo-seed0"):
+        manifest = json.loads((directory / "runs" / run / "manifest.json").read_text())
+        assert manifest["prior"] == recorded["documents"]
+        played = {json.loads(line)["strategy_id"] for line in (directory / "runs" / run / "results.jsonl").read_text().splitlines()}
+        assert strategy_id(knapsack[0]) in played, f"{run} did not play the shared knapsack start"
+        assert len(played) <= 8
+    assert "started from the shared prior uniform+knapsack" in (directory / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["compare", "--resume", str(directory), "--prior", "uniform"]) == 2
+    assert "prior is fixed when it starts" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_comparison_spreads_over_a_ray_cluster_started_apart(loopback_head, tiny_arena, tmp_path):
     """`--ray-address`: every run of the comparison plays on the evaluator actors of a head started with `ray start`."""

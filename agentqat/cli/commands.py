@@ -270,6 +270,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
             llm = recorded or session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
             arms = tuple(compare.parse_arm(spec, llm) for spec in _names(args.add_arms))
             settings = compare.add_arms(directory, arms, compare.parse_seeds(args.add_seeds) if args.add_seeds else None)
+        if args.prior:
+            raise UserError(f"--prior {args.prior}: a comparison's prior is fixed when it starts", "drop --prior, or start a new comparison")
     elif args.add_arms or args.add_seeds:
         raise UserError("--add-arms and --add-seeds extend a recorded comparison", "use them with --resume DIR")
     else:
@@ -280,7 +282,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             arena=arena, arms=tuple(compare.parse_arm(spec, llm) for spec in _names(args.generators)),
             seeds=compare.parse_seeds(args.seeds), match_budget=args.budget, token_budget=args.tokens,
             population=population, generations=args.generations, test_corpus=args.test_corpus,
-            confirm_arena=load_arena(args.confirm_arena) if args.confirm_arena else None,
+            confirm_arena=load_arena(args.confirm_arena) if args.confirm_arena else None, prior=args.prior or "uniform",
         )  # fmt: skip
         directory = args.runs / (args.run or f"compare-{settings.arena.name}")
 

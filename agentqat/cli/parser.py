@@ -120,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--generations", type=int, default=defaults.COMPARE_GENERATIONS, help="at most this many generations per run (default: %(default)s)")
     compare.add_argument("--test-corpus", default=None, metavar="FILE", help="also re-score every winner on this text file")
     compare.add_argument("--confirm-arena", default=None, metavar="ARENA", help="also confirm every run's winner and the shared prior on this (full) arena's last stage; allowed with --resume")
+    compare.add_argument("--prior", default=None, choices=("uniform", "uniform+knapsack"), help="every arm's start: the best uniform strategies within the budget, plus the knapsack allocation (its unit costs measured once, as preparation) (default: uniform)")
     compare.add_argument("--workers", type=int, default=None, help="Ray evaluator actors (default: 2, or 1 beside a managed vLLM server)")
     compare.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     compare.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM arms' backend (default: %(default)s)")

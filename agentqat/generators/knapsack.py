@@ -22,6 +22,10 @@ proposed per-tensor --target-bpw, HIGGS), as a baseline every search arm has to 
 
 It ignores the population (beyond never repeating it) and the random generator: for the same costs, the same
 proposals. What it has proposed so far is recorded ("knapsack" stream) and restored on resume.
+
+As a shared warm start (`agentqat compare --prior uniform+knapsack`), the costs are measured once per arena and
+kept in the cache directory (`shared_costs`, `knapsack-costs/<arena key>.json`, with what measuring them cost), and
+the allocation (`knapsack_prior`) joins every arm's prior.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,14 +48,19 @@ from agentqat.generators.repair import fix_config
 from agentqat.progress import Reporter
 from agentqat.quant.base import DEFAULT_ROUNDING, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig
-from agentqat.sensitivity import play_probes
+from agentqat.sensitivity import arena_key, play_probes
+from agentqat.store import read_json_object, write_json_atomic
 from agentqat.strategy import strategy_id
+
+if TYPE_CHECKING:
+    from agentqat.evolve import Cost
 
 UNITS = "layer"
 LADDER_SPAN = 2  # widths within [budget - 2, budget + 2]
 LADDER_ROUNDING = "gptq"
 MAX_CAPACITY = 100_000
 STREAM = "knapsack"
+CACHE_FOLDER = "knapsack-costs"
 
 Costs = Mapping[tuple[int, int], float]  # (unit index, level index) -> KL
 
@@ -114,6 +125,25 @@ def measure_costs(
     measured = {key: quality.get(strategy_id(document)) for key, document in probes.items()}
     worst = 2 * max((q.kl for q in measured.values() if q is not None), default=1.0)
     return {key: worst if q is None else q.kl for key, q in measured.items()}, len(results)
+
+
+def shared_costs(
+    play: Player, arena: Arena, space: SearchSpace, cache: Path, reporter: Reporter | None = None
+) -> tuple[dict[tuple[int, int], float], Cost]:
+    """Returns the arena's unit costs and what measuring them cost: read from `cache` (a folder), else measured
+    with `play` (the probes of `measure_costs`) and stored there first."""
+    from agentqat.evolve import Cost
+
+    path = Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}-{UNITS}.json"
+    if path.is_file():
+        data = read_json_object(path)
+        costs = {(int(unit), int(level)): float(kl) for unit, level, kl in data["costs"]}
+        return costs, Cost(int(data["matches"]), int(data["tokens"]))
+    costs, matches = measure_costs(play, arena, space, UNITS, reporter)
+    spent = Cost(matches, matches * arena.stages[0].windows * arena.window_tokens)
+    rows = [[unit, level, kl] for (unit, level), kl in sorted(costs.items())]
+    write_json_atomic(path, {"arena": arena.name, "units": UNITS, "costs": rows, "matches": spent.matches, "tokens": spent.tokens})
+    return costs, spent
 
 
 @register_generator("knapsack")

@@ -7,7 +7,7 @@ each generator sees the evaluated prior in its population. No generator has a pr
 The default prior (`uniform_prior`): per rounding in PRIOR_ROUNDINGS the search space allows, the best uniform
 integer strategy within the budget (most bits, asymmetric where it fits, then the smallest group; fp32 compute),
 as EvoPress starts from uniform GPTQ levels. At a 4.5-bit budget on SmolLM2-135M: 4-bit g64 asymmetric GPTQ and
-AWQ. A comparison may add the knapsack allocation (`agentqat.generators.knapsack`).
+AWQ. A comparison may add the knapsack allocation (`agentqat compare --prior uniform+knapsack`).
 """
 
 from __future__ import annotations

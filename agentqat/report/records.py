@@ -85,6 +85,7 @@ class ComparisonRecords:
     baseline: BaselineRecord | None
     tests: tuple[MatchResult, ...]
     confirms: tuple[MatchResult, ...] = ()
+    prior: dict | None = None  # DIR/prior.json: a prior made for the comparison (--prior uniform+knapsack)
 
     @property
     def arms(self) -> list[str]:
@@ -125,4 +126,8 @@ def read_comparison(directory: Path) -> ComparisonRecords:
         view = read_run(directory / BASELINE_DIR)
         rows = next(iter(view.stages.values()), [])
         baseline = BaselineRecord(tuple(rows), Arena.model_validate(view.manifest["arena"]).bits_budget)
-    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)))
+    from agentqat.session.compare import PRIOR_FILE
+    from agentqat.store import read_json_object
+
+    prior = read_json_object(directory / PRIOR_FILE) if (directory / PRIOR_FILE).is_file() else None
+    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)), prior)

@@ -51,12 +51,19 @@ def played_first_stage(records: ComparisonRecords) -> list[Played]:
 
 
 def _prior_note(records: ComparisonRecords) -> str:
-    """Returns a sentence with the shared prior's figures on the full arena ("" without confirmations)."""
+    """Returns sentences on the shared prior: how a prior made for the comparison was made, and its figures on the
+    full arena ("" when neither is recorded)."""
+    made = ""
+    if records.prior is not None:
+        names = ", ".join(f"{d['name']} ({d.get('notes', '')})" for d in records.prior["documents"])
+        cost = records.prior["preparation"]
+        made = (f" Every run started from the shared prior {records.prior['prior']}: {names}; making it took "
+                f"{cost['matches']} probe matches ({cost['tokens']:,} evaluated tokens), preparation charged to no run.")  # fmt: skip
     priors = [r for r in records.confirms if r.extra.get("run") == PRIOR_RUN and r.quality is not None and not r.failed]
     if not priors:
-        return ""
+        return made
     shown = "; ".join(f"{r.strategy_name}: perplexity {r.quality.perplexity:.4g}, KL {r.quality.kl:.4g}" for r in priors)
-    return f" On the full arena ({priors[0].stage}), the shared prior every arm started from: {shown}."
+    return made + f" On the full arena ({priors[0].stage}), the shared prior every arm started from: {shown}."
 
 
 def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:

@@ -2,6 +2,7 @@
 then the uniform baselines, the winners re-scored on unseen text, and the report.
 
     DIR/compare.json               what the comparison is (CompareSettings), written once, read back to resume
+    DIR/prior.json                 with --prior uniform+knapsack: the shared prior's documents and what making it cost
     DIR/runs/<arm>-seed<k>/        the evolve runs (resumable like any run)
     DIR/baseline/                  the uniform baselines on the arena's last stage (Pareto fronts)
     DIR/winners/<run>.json         every run's rank-1 winner, a strategy file `agentqat quantize` re-scores
@@ -18,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -29,6 +31,8 @@ from agentqat.session.resources import Resources
 from agentqat.store import read_json_object, write_json_atomic
 
 COMPARE_FILE = "compare.json"
+PRIOR_FILE = "prior.json"
+PRIORS = ("uniform", "uniform+knapsack")
 RUNS_DIR = "runs"
 BASELINE_DIR = "baseline"
 BASELINE_BITS = (4, 3)
@@ -63,6 +67,7 @@ class CompareSettings(_Frozen):
     token_budget: int | None = Field(None, gt=0)
     test_corpus: str | None = None
     confirm_arena: Arena | None = None  # the full arena the winners are confirmed on (agentqat.study.confirm)
+    prior: Literal[PRIORS] = "uniform"  # every arm's start: the best uniform strategies, plus the knapsack allocation
 
     @field_validator("arms")
     @classmethod
@@ -88,12 +93,13 @@ class CompareSettings(_Frozen):
         """Returns the LLM arms' settings: the shared resources start one vLLM server per proposer model."""
         return tuple(arm.llm for arm in self.arms if arm.llm is not None)
 
-    def manifest(self, arm: Arm, seed: int):
-        """Returns the evolve manifest of an arm's run at `seed`: the comparison's budget, the shared prior."""
+    def manifest(self, arm: Arm, seed: int, prior: tuple[dict, ...] | None = None):
+        """Returns the evolve manifest of an arm's run at `seed`: the comparison's budget, the shared `prior`
+        (None: the arena's uniform prior)."""
         from agentqat.session.evolve import evolve_manifest
 
         return evolve_manifest(
-            self.arena, arm.llm, generator=arm.generator, seed=seed, population=self.population,
+            self.arena, arm.llm, prior, generator=arm.generator, seed=seed, population=self.population,
             generations=self.generations, patience=self.generations, match_budget=self.match_budget,
             token_budget=self.token_budget, stop_when_clear=False,
         )  # fmt: skip
@@ -205,10 +211,11 @@ def run_compare(
         write_settings(directory, settings)
     resources = Resources(settings.arena, workers, ray_address, settings.llm_settings(), directory, reporter)
     with resources:
+        prior = shared_prior(directory, settings, resources.pool.run, reporter)
         for seed in settings.seeds:
             for arm in (arm for arm in settings.arms if seed in settings.seeds_of(arm)):
                 run = directory / RUNS_DIR / settings.run_name(arm, seed)
-                manifest = None if (run / "manifest.json").exists() else settings.manifest(arm, seed)
+                manifest = None if (run / "manifest.json").exists() else settings.manifest(arm, seed, prior)
                 observer = observer_for(run.name) if observer_for else None
                 with observer if observer is not None else nullcontext():
                     run_evolve(run, manifest, resources=resources, observer=observer)
@@ -219,6 +226,29 @@ def run_compare(
     if settings.confirm_arena is not None:
         confirm_winners(directory, settings.confirm_arena, reporter=reporter)
     return build_report(directory)
+
+
+def shared_prior(directory: Path, settings: CompareSettings, play, reporter: Reporter | None = None) -> tuple[dict, ...] | None:
+    """Returns the prior every new run of the comparison starts from: None (each manifest's uniform prior) for
+    "uniform"; for "uniform+knapsack" the uniform prior and the knapsack allocation (its unit costs measured once
+    per arena with `play`, agentqat.generators.knapsack.shared_costs), kept in DIR/prior.json with what measuring
+    them cost (preparation, charged to no run), so a resume or an added arm starts from the same documents."""
+    if settings.prior == "uniform":
+        return None
+    path = Path(directory) / PRIOR_FILE
+    if path.is_file():
+        return tuple(read_json_object(path)["documents"])
+    from agentqat import defaults
+    from agentqat.generators.knapsack import knapsack_prior, shared_costs
+    from agentqat.generators.prior import uniform_prior
+    from agentqat.session.evolve import search_space
+
+    space = search_space(settings.arena, reporter)
+    costs, spent = shared_costs(play, settings.arena, space, defaults.cache_dir(), reporter)
+    allocation = knapsack_prior(space, costs)
+    documents = tuple(uniform_prior(space)) + ((allocation,) if allocation is not None else ())
+    write_json_atomic(path, {"prior": settings.prior, "documents": list(documents), "preparation": {"matches": spent.matches, "tokens": spent.tokens}})
+    return documents
 
 
 def play_baselines(directory: Path, settings: CompareSettings, resources: Resources, reporter: Reporter | None = None) -> None:
