@@ -1,5 +1,6 @@
-"""The commands that take a strategy out of the tool: `export` (a model directory an engine loads) and
-`engine-costs` (what the deploy target's engine spends per scheme). Bad input raises UserError."""
+"""The commands that take a strategy out of the tool: `export` (a model directory an engine loads), `engine-costs`
+(what the deploy target's engine spends per scheme) and `transfer` (the strategy carried to another model). Bad
+input raises UserError."""
 
 from __future__ import annotations
 
@@ -52,4 +53,20 @@ def cmd_engine_costs(args: argparse.Namespace) -> int:
     if profile is None:
         profile = measure_profile(args.deploy, arena, reporter=ui.PhaseView(), keep=args.keep)
     ui.print_engine_costs(profile, profile_path(args.deploy, arena.model))
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Carries a strategy found on one model to another by relative depth (agentqat.transfer): each target layer
+    takes the configs of the source layer at the same depth, role by role; group sizes the target's shapes do not
+    allow are repaired. Writes the new strategy file; `agentqat quantize --strategy OUT --model TO` scores it."""
+    from agentqat.models import load_facts
+    from agentqat.store import write_json_atomic
+    from agentqat.transfer import transfer
+
+    moved = transfer(strategy_document(args.strategy), load_facts(args.source), load_facts(args.target))
+    write_json_atomic(args.out, moved.document)
+    print(f"{args.strategy} ({args.source}: {moved.source_bits:.3f} bits per weight) -> {args.out} "
+          f"({args.target}: {moved.target_bits:.3f} bits per weight); {moved.repaired} module(s) repaired"
+          + (f"; roles the source lacks, given its layer's most common config: {', '.join(moved.missing_roles)}" if moved.missing_roles else ""))  # fmt: skip
     return 0

@@ -59,6 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse a strategy this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     quantize.set_defaults(handler=handlers.cmd_quantize)
 
+    transfer = commands.add_parser("transfer", help="carry a strategy to another model by relative layer depth", description=deploy_commands.cmd_transfer.__doc__)
+    transfer.add_argument("strategy", metavar="STRATEGY.json")
+    transfer.add_argument("--from", dest="source", default=defaults.DEFAULT_MODEL, help="the model the strategy was made for (default: %(default)s)")
+    transfer.add_argument("--to", dest="target", required=True, help="built-in name, HF directory or .gguf file of the model to carry it to")
+    transfer.add_argument("--out", type=Path, required=True, help="the new strategy file")
+    transfer.set_defaults(handler=deploy_commands.cmd_transfer)
+
     baseline = commands.add_parser("baseline", help="the baseline matrix of standard methods, recorded as a run", description=handlers.cmd_baseline.__doc__)
     _add_arena(baseline)
     baseline.add_argument("--stage", default="", help="arena stage to play (default: the arena's last)")
