@@ -190,12 +190,22 @@ def test_polish_errors_are_one_line(args, message, capsys):
     assert message in error and "\n" not in error
 
 
-def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy(tiny_polish_arena, capsys):
-    args = ["polish", "--ablate", "--bits", "2", "--arena", str(tiny_polish_arena), "--windows", "4", "--epochs", "1", "--weight-lr", "1e-3"]
+def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy(tiny_polish_arena, tmp_path, capsys):
+    out = tmp_path / "ablation"
+    args = ["polish", "--ablate", "--bits", "2", "--arena", str(tiny_polish_arena), "--windows", "4", "--epochs", "1", "--weight-lr", "1e-3", "--out", str(out)]
     assert main(args) == 0
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("│ 2")]
+    printed = capsys.readouterr().out
+    rows = [line for line in printed.splitlines() if line.strip().startswith("│ 2")]
     switches = sorted(tuple(cell.strip() for cell in row.strip("│ ").split("│")[1:4]) for row in rows)
     assert switches == sorted((scales, order, curriculum) for scales in ("fp16", "pow2 learned") for order in ("natural", "sensitivity") for curriculum in ("on", "off"))
+    recorded = (out / "ablation.jsonl").read_text()
+    assert len(recorded.splitlines()) == 8
+    # a rerun reads the recorded rows back and plays nothing; other settings are refused, not mixed in
+    assert main(args) == 0
+    assert (out / "ablation.jsonl").read_text() == recorded
+    assert [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("│ 2")] == rows
+    assert main([*args[:-2], "--epochs", "2", "--out", str(out)]) == 2
+    assert "holds an ablation of other settings" in capsys.readouterr().err
 
 
 def test_a_chain_computes_a_blocks_input_from_the_nearest_kept_state():

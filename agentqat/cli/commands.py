@@ -344,7 +344,9 @@ def cmd_polish(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise UserError(str(error), "see agentqat polish --help") from None
     if args.ablate:
-        ui.print_ablation(polish.run_ablation(arena, settings, _int_list(args.bits, "--bits"), reporter=ui.PhaseView()))
+        directory = args.out or Path("runs") / f"polish-ablation-{arena.name}"
+        ui.print_ablation(polish.run_ablation(arena, settings, _int_list(args.bits, "--bits"), directory, reporter=ui.PhaseView()))
+        print(f"rows recorded in {directory / polish.ABLATION_FILE}; the same command resumes them")
         return 0
     document = polish.best_document(Path(args.run_dir)) if args.best else strategy_document(args.strategy)
     tag = f"{document.get('name', 'strategy')}-{args.order}{'-curriculum' * args.curriculum}"

@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     polish.add_argument("--scale-lr", type=float, default=defaults.POLISH_SCALE_LR, help="AdamW learning rate of the log2 scales (default: %(default)s)")
     polish.add_argument("--test-windows", type=int, default=defaults.TEST_WINDOWS, help="test-split windows both are also played on; 0: none (default: %(default)s)")
     polish.add_argument("--threads", type=int, default=None, help="torch threads (default: the arena's compute_threads)")
-    polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...)")
+    polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...; --ablate: runs/polish-ablation-<arena>)")
     polish.set_defaults(handler=handlers.cmd_polish)
     export = commands.add_parser("export", help="write a strategy's quantized model for an engine (compressed-tensors, gguf, fake-quant)", description=deploy_commands.cmd_export.__doc__)
     export.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a recorded run to take the strategy from (with --best)")

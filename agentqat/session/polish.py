@@ -3,6 +3,9 @@ the polished strategy played as matches on the arena's last stage (every window 
 its search ranked it on) and on the corpus's test split; and the ablation table over ordering, curriculum and
 learnable pow2 scales at 3 and 2 bits.
 
+The ablation's rows go to DIR/ablation.jsonl (one line per polish, with the arena and settings it ran with), so
+that a killed ablation resumes.
+
 Records, in the polish directory: polish.json (settings, strategy, each block's losses), results.jsonl (the
 matches; polished ones carry the id "<strategy id>-polished" and `extra.polished`), weights.safetensors (the
 polished weights, dequantized: every value on its module's grid; and per module NAME.scale and NAME.zero, one row
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +32,7 @@ from agentqat.store import write_json_atomic
 
 POLISHED = "polished"
 RESULTS_FILE = "results.jsonl"
+ABLATION_FILE = "ablation.jsonl"
 
 
 @dataclass(frozen=True)
@@ -160,25 +165,76 @@ def polish_strategy(
 
 
 def run_ablation(
-    arena: Arena, settings, bits: Sequence[int] = defaults.POLISH_ABLATE_BITS, reporter: Reporter | None = None,
+    arena: Arena, settings, bits: Sequence[int] = defaults.POLISH_ABLATE_BITS, directory: Path | None = None,
+    reporter: Reporter | None = None,
 ) -> list[AblationRow]:  # fmt: skip
     """Returns the ablation: uniform GPTQ g64 at each of `bits`, with fp16 or learnable pow2 scales, polished in
     natural or sensitivity order, with and without the curriculum (`settings` for the rest), each against the
-    unpolished strategy on the arena's last stage."""
+    unpolished strategy on the arena's last stage. Each row is appended to DIR/ablation.jsonl as it ends, and a
+    rerun with the same arena and settings plays only the rows missing there (a killed ablation resumes)."""
     from agentqat.progress import phase
 
-    bench = Workbench(arena, reporter=reporter)
-    bench.prepare(arena.seed)
-    sensitivities = layer_sensitivities(bench, reporter)
+    recorded = _recorded_rows(directory, arena, settings) if directory is not None else {}
+    bench = None
     rows = []
     for width, pow2 in itertools.product(bits, (False, True)):
         document = uniform_document(width, pow2)
-        with phase(reporter, f"playing {document['name']}"):
-            unpolished = play_stage(bench, document)
-        for order, curriculum in itertools.product(("natural", "sensitivity"), (False, True)):
-            variant = dataclasses.replace(settings, order=order, curriculum=curriculum)
+        variants = [dataclasses.replace(settings, order=order, curriculum=curriculum)
+                    for order, curriculum in itertools.product(("natural", "sensitivity"), (False, True))]  # fmt: skip
+        unpolished = next((row.unpolished for row in recorded.values() if (row.bits, row.pow2) == (width, pow2)), None)
+        for variant in variants:
+            key = (width, pow2, variant.order, variant.curriculum)
+            if key in recorded:
+                rows.append(recorded[key])
+                continue
+            if bench is None:
+                bench = Workbench(arena, reporter=reporter)
+                bench.prepare(arena.seed)
+                sensitivities = layer_sensitivities(bench, reporter)
+            if unpolished is None:
+                with phase(reporter, f"playing {document['name']}"):
+                    unpolished = play_stage(bench, document)
             polish = _polished(bench, document, variant, sensitivities, reporter)
-            with phase(reporter, f"playing {document['name']} polished ({order} order{', curriculum' * curriculum})"):
+            with phase(reporter, f"playing {document['name']} polished ({variant.order} order{', curriculum' * variant.curriculum})"):
                 polished = play_stage(bench, document, {name: w.weight for name, w in polish.weights.items()})
-            rows.append(AblationRow(width, pow2, order, curriculum, unpolished, polished, polish.seconds))
+            rows.append(AblationRow(width, pow2, variant.order, variant.curriculum, unpolished, polished, polish.seconds))
+            if directory is not None:
+                _append_row(directory, arena, settings, rows[-1])
+    return rows
+
+
+def _settings_record(arena: Arena, settings) -> dict:
+    """Returns what an ablation row's numbers depend on besides its switches: the arena and the polish settings."""
+    from agentqat.sensitivity import arena_key
+
+    fixed = {key: value for key, value in dataclasses.asdict(settings).items() if key not in ("order", "curriculum")}
+    return {"arena": arena.name, "arena_key": arena_key(arena), "settings": fixed}
+
+
+def _append_row(directory: Path, arena: Arena, settings, row: AblationRow) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    line = {**_settings_record(arena, settings), "bits": row.bits, "pow2": row.pow2, "order": row.order, "curriculum": row.curriculum,
+            "seconds": row.seconds, "unpolished": [dataclasses.asdict(r) for r in row.unpolished], "polished": [dataclasses.asdict(r) for r in row.polished]}  # fmt: skip
+    with open(directory / ABLATION_FILE, "a") as handle:
+        handle.write(json.dumps(line, sort_keys=True) + "\n")
+
+
+def _recorded_rows(directory: Path, arena: Arena, settings) -> dict[tuple, AblationRow]:
+    """Returns the rows DIR/ablation.jsonl holds, by (bits, pow2, order, curriculum); UserError when they were
+    measured with another arena or other settings."""
+    path = Path(directory) / ABLATION_FILE
+    if not path.is_file():
+        return {}
+    expected, rows = _settings_record(arena, settings), {}
+    for number, text in enumerate(path.read_text().splitlines(), 1):
+        try:
+            line = json.loads(text)
+            row = AblationRow(int(line["bits"]), bool(line["pow2"]), str(line["order"]), bool(line["curriculum"]),
+                              tuple(MatchResult.from_dict(r) for r in line["unpolished"]),
+                              tuple(MatchResult.from_dict(r) for r in line["polished"]), float(line["seconds"]))  # fmt: skip
+        except (ValueError, KeyError, TypeError) as error:
+            raise UserError(f"{path}:{number} is not an ablation row ({error})", "remove the line, or pick another --out") from None
+        if {key: line.get(key) for key in expected} != json.loads(json.dumps(expected)):
+            raise UserError(f"{path} holds an ablation of other settings or another arena", "pick another --out, or rerun with its settings")
+        rows[(row.bits, row.pow2, row.order, row.curriculum)] = row
     return rows
