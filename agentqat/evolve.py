@@ -16,7 +16,10 @@ One generation g:
                 noted is recorded once the generation is, and a replayed generation's notes are restored
                 to it first
     survive     the population is the best `population` survivors of the last stage's leaderboard over every
-                generation so far (elitism: a strategy leaves only when better ones arrive)
+                generation so far (elitism: a strategy leaves only when better ones arrive); while nothing has
+                survived, the `population` collapsed strategies of lowest KL instead (a collapse is measured, just
+                too far from the base model: as EvoPress selects on fitness alone, search can climb out of a
+                region where every start collapses; crashes, NaN and overflow never become parents)
 
 Budget: a run counts matches and evaluated tokens (per match, the stage's windows x the arena's window tokens;
 a stage plays each candidate once per window set), those spent before the loop included (`prior_cost`: e.g. the
@@ -156,6 +159,7 @@ class _State:
     rows: list[Ranked] = field(default_factory=list)
     population: list[Evaluated] = field(default_factory=list)
     summaries: list[GenerationSummary] = field(default_factory=list)
+    collapsed: list[Evaluated] = field(default_factory=list)  # every collapse so far, the parents while none survives
     best_score: float = -math.inf
     stale: int = 0
     matches: int = 0
@@ -340,9 +344,10 @@ def evolve(
         noted = generator.take_records()  # a replayed generation's records are in the journal already
         state.final_results.extend(r for r in outcome.results if r.stage == final_stage)
         state.rows = rank_stage(arena, state.final_results) if state.final_results else []
+        state.collapsed.extend(fate for fate in fates if fate.outcome == "collapse" and fate.kl is not None and math.isfinite(fate.kl))
         state.population = [
             Evaluated.from_ranked(state.documents[row.strategy_id], row) for row in state.rows if row.survives
-        ][: settings.population]
+        ][: settings.population] or sorted(state.collapsed, key=lambda fate: (fate.kl, strategy_id(fate.document)))[: settings.population]
         best = state.rows[0] if state.rows and state.rows[0].survives else None
         improved = best is not None and best.score > state.best_score + IMPROVEMENT
         state.best_score = best.score if improved else state.best_score

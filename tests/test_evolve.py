@@ -4,6 +4,7 @@ after SIGKILL ends with the leaderboard of an uninterrupted run; `show` reads a 
 import copy
 import functools
 import json
+import math
 import os
 import re
 import signal
@@ -21,9 +22,10 @@ from agentqat.arena.recorded import RecordedPlayer
 from agentqat.canonical import canonical_id
 from agentqat.evolve import Cost, EvolveSettings, clear_winner, evolve, tournament_cost
 from agentqat.generators import Evaluated, SearchSpace, make_generator
-from agentqat.generators.base import GeneratorRecord
+from agentqat.generators.base import GeneratorRecord, ranked_parents
 from agentqat.generators.evo import level_switch, units_of
 from agentqat.generators.prior import best_uniform, uniform_prior
+from agentqat.generators.random import RandomGenerator
 from agentqat.generators.layout import layout_bits
 from agentqat.generators.repair import within
 from agentqat.models import load_facts
@@ -143,6 +145,18 @@ def test_the_shared_prior_is_generation_zero_and_twins_play_once(arena, pool, tm
     assert outcome.generations[0].proposed == len(prior)  # the twin was not played
     assert {p["generator"] for p in proposals if p["generation"] == 1} == {"evo"}
     assert strategy_id(twin) not in {p["strategy_id"] for p in proposals}
+
+
+def test_while_everything_collapses_evo_breeds_from_the_lowest_kl_collapse(arena):
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    documents = uniform_prior(space) + RandomGenerator(space).propose([], 2, np.random.default_rng(0))
+    failed = [Evaluated(documents[0], -math.inf, False, "collapse", 6.0, 4.5), Evaluated(documents[1], -math.inf, False, "collapse", 2.0, 4.5),
+              Evaluated(documents[2], -math.inf, False, "nan", None, 4.5)]  # fmt: skip
+    assert [m.document for m in ranked_parents(failed)] == [documents[1], documents[0]]  # by KL; a NaN never a parent
+    children = make_generator("evo", space).propose(failed, 3, np.random.default_rng(1))
+    assert children and all(child["notes"].endswith(f"of {documents[1]['name']}") for child in children)  # offspring, not random
+    survivor = Evaluated(documents[3], -1.0, True, "ok", 9.0, 4.5)
+    assert ranked_parents([*failed, survivor]) == [survivor]  # once something survives, only survivors breed
 
 
 def test_no_improvement_stops_the_run(arena, pool, tmp_path):

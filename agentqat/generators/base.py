@@ -142,6 +142,16 @@ class Evaluated:
         return cls(document, row.score, row.survives, agg.outcome, agg.kl, agg.bits_per_weight)
 
 
+def ranked_parents(population: Sequence[Evaluated]) -> list[Evaluated]:
+    """Returns the members that may be parents, best first: the survivors by score (then strategy id), or while
+    none survives the collapsed ones by KL (the evolution loop passes those when nothing has survived yet)."""
+    from agentqat.strategy import strategy_id
+
+    survivors = sorted((m for m in population if m.survives), key=lambda m: (-m.score, strategy_id(m.document)))
+    collapsed = (m for m in population if m.outcome == "collapse" and m.kl is not None)
+    return survivors or sorted(collapsed, key=lambda m: (m.kl, strategy_id(m.document)))
+
+
 class Generator(Protocol):
     """Proposes strategy documents and learns from how evaluated ones fared."""
 

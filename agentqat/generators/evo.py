@@ -4,9 +4,11 @@ After EvoPress (Sieberling et al., 2024), inside our arena: the loop's staged ev
 offspring, more tokens and window sets for the best share) plays the role of EvoPress's multi-step selection,
 and KL to the base model leads the score.
 
-    start      with no survivor: random proposals. The uniform GPTQ start EvoPress uses comes from the shared prior
-               (`agentqat.generators.prior`), which the loop plays for every generator alike as generation 0
-    parent     the best of the population (1+λ: the parent stays in the population until an offspring beats it)
+    start      with an empty population: random proposals. The uniform GPTQ start EvoPress uses comes from the shared
+               prior (`agentqat.generators.prior`), which the loop plays for every generator alike as generation 0
+    parent     the best of the population (1+λ: the parent stays in the population until an offspring beats it):
+               the best survivor by score, or while nothing survives (the loop then passes the collapsed
+               strategies of lowest KL) the collapsed one of lowest KL
     offspring  λ per generation, each from the parent by
                  P 0.7   1-3 level switches (`level_switch`)
                  P 0.15  one of the other mutation operators (scales, outliers, rounding, group sizes, spans)
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, register_generator
+from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, ranked_parents, register_generator
 from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
@@ -131,11 +133,11 @@ class EvoGenerator:
         return document_of(layout_at(levels, space), space.facts, "evo", notes)
 
     def propose(self, population: Sequence[Evaluated], count: int, rng: np.random.Generator) -> list[dict]:
-        """Returns up to `count` new documents: random ones while nothing survives (the shared prior, played
-        before any generator is asked, is where every arm starts), then offspring of the best (on a ladder: its
-        ladder switches)."""
+        """Returns up to `count` new documents: random ones while the population is empty (the shared prior,
+        played before any generator is asked, is where every arm starts), then offspring of the best (on a
+        ladder: its ladder switches): the best survivor, or the lowest-KL collapse while nothing survives."""
         seen = {strategy_id(member.document) for member in population}
-        ranked = sorted((member for member in population if member.survives), key=lambda member: -member.score)
+        ranked = ranked_parents(population)
         proposals: list[dict] = []
 
         def add(document: dict | None) -> None:

@@ -39,7 +39,7 @@ import jsonschema
 import numpy as np
 import pydantic
 
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, register_generator
+from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, ranked_parents, register_generator
 from agentqat.generators.layout import layout_bits, layout_of
 from agentqat.generators.repair import repair, within
 
@@ -69,9 +69,9 @@ class Request:
 
 
 def elite(population: Sequence[Evaluated], size: int = ELITE_SIZE) -> list[Evaluated]:
-    """Returns the `size` best survivors, by score then strategy id."""
-    survivors = [member for member in population if member.survives]
-    return sorted(survivors, key=lambda m: (-m.score, strategy_id(m.document)))[:size]
+    """Returns the `size` best parents: survivors by score then strategy id (while none survives, the lowest-KL
+    collapses: `ranked_parents`)."""
+    return ranked_parents(population)[:size]
 
 
 def _reason(error: Exception) -> str:
