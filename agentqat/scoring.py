@@ -5,7 +5,8 @@ Aggregation (`aggregate`) combines one strategy's results on one stage, one resu
     outcome        "ok" when every set is ok; otherwise the most severe failure among the sets, in the order
                    error > timeout > nan > overflow > collapse > invalid (a crash or a timeout hides what the
                    other sets measured, a numeric breakdown outranks a measured collapse); a failed aggregate
-                   carries that set's message and no metrics
+                   carries that set's message, and metrics only when every set is a measured collapse (too far
+                   from the base, but measured: the loop breeds from the lowest-KL collapses while none survives)
     perplexity     exp(mean NLL over every window of every set), i.e. per-token perplexity of the pooled windows
     kl             mean KL(base || quantized) over every window of every set, nats per token
     top1           mean of the sets' top-1 agreement, weighted by their window counts
@@ -206,6 +207,10 @@ def aggregate(results: Sequence[MatchResult]) -> Aggregate:
     _check_same_match(results)
     ordered = sorted(results, key=lambda r: (r.window_set, r.seed))
     worst = _worst(ordered)
+    measured = worst is None or all(
+        r.outcome in ("ok", "collapse") and r.cost is not None and r.quality is not None and r.quality.window_kl and r.quality.window_nll
+        for r in ordered
+    )  # fmt: skip
     if worst is None:
         _check_measured(ordered)
     first = ordered[0]
@@ -220,7 +225,7 @@ def aggregate(results: Sequence[MatchResult]) -> Aggregate:
         seeds=tuple(sorted({r.seed for r in ordered})),
         window_sets=tuple(r.window_set for r in ordered),
         tokens=sum(r.tokens for r in ordered),
-        **(_metrics(ordered) if worst is None else {}),
+        **(_metrics(ordered) if measured else {}),
     )
 
 

@@ -167,6 +167,14 @@ def test_failed_aggregate_carries_the_earliest_set_of_the_worst_failure_and_no_m
     assert (combined.outcome, combined.message, combined.kl, combined.bits_per_weight) == ("nan", "early", None, None)
 
 
+def test_a_measured_collapse_keeps_its_metrics_but_never_survives_or_scores():
+    collapsed = [replace(result(i, kl=(4.0, 6.0)), outcome="collapse", message="too far") for i in range(2)]
+    combined = aggregate(collapsed)
+    assert (combined.outcome, combined.kl, combined.bits_per_weight) == ("collapse", 5.0, 4.25)  # parents while none survives
+    assert composite_score(combined, Baseline(perplexity=7.0), ScoreWeights(), 4.5) == -math.inf
+    assert aggregate([collapsed[0], result(1, outcome="nan")]).kl is None  # a NaN set leaves nothing measured
+
+
 @pytest.mark.parametrize(
     "results, complaint",
     [
