@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -24,6 +26,8 @@ from agentqat.resolve import resolve_strategy
 from agentqat.scoring import aggregate, composite_score
 from agentqat.session.resources import ensure_engine_costs
 from agentqat.strategy import parse_strategy
+
+from vllm_cpu import VLLM_CPU_W4A16
 
 W4A16 = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64, "symmetric": True}}}
 MIXED = {**W4A16, "rules": [{"layers": "20-29", "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}]}
@@ -140,6 +144,7 @@ def test_a_search_that_weighs_costs_this_machine_cannot_measure_stops_with_one_l
 
 
 @pytest.mark.slow
+@VLLM_CPU_W4A16
 def test_engine_costs_are_measured_on_the_real_vllm_cpu_engine_and_cached(capsys):
     pytest.importorskip("vllm")
     from agentqat.cli import main

@@ -20,10 +20,14 @@ import json
 import math
 import os
 
+from pathlib import Path
+
 import pytest
 
 from agentqat.arena.config import Arena, Stage
 from agentqat.defaults import CACHE_ENV
+
+from vllm_cpu import VLLM_CPU_W4A16
 
 PERPLEXITY_TOLERANCE = 0.02  # relative; see the module docstring
 BYTES_TOLERANCE = 0.002  # the weight file over the counted model bytes (measured +0.05%)
@@ -42,6 +46,7 @@ MIXED = {
 
 
 @pytest.mark.slow
+@VLLM_CPU_W4A16
 def test_vllm_serves_the_mixed_export_at_the_arenas_perplexity(tmp_path, monkeypatch):
     pytest.importorskip("vllm")
     from agentqat.arena.match import Workbench
