@@ -180,5 +180,5 @@ def describe_strategy(document: dict, max_rules: int = MAX_RULES) -> str:
 def describe_member(member: Evaluated, max_rules: int = ELITE_RULES_SHOWN) -> str:
     """Returns an evaluated strategy in one line: bits per weight, KL, score and the strategy (not its name)."""
     bits = f"{member.bits:.2f} b/w" if member.bits is not None else "bits ?"
-    kl = f"KL {member.kl:.3f}" if member.kl is not None else member.outcome
+    kl = member.outcome if member.kl is None else f"KL {member.kl:.3f}" + ("" if member.outcome == "ok" else f" ({member.outcome})")
     return f"{bits}, {kl}, score {member.score:.3f}: {describe_strategy(member.document, max_rules)}"
