@@ -52,7 +52,7 @@ from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player, play_tournament, rank_stage
-from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
+from agentqat.generators.base import Evaluated, Generator, GeneratorRecord, ranked_parents
 from agentqat.scoring import Ranked
 from agentqat.strategy import strategy_id
 
@@ -347,7 +347,7 @@ def evolve(
         state.collapsed.extend(fate for fate in fates if fate.outcome == "collapse" and fate.kl is not None and math.isfinite(fate.kl))
         state.population = [
             Evaluated.from_ranked(state.documents[row.strategy_id], row) for row in state.rows if row.survives
-        ][: settings.population] or sorted(state.collapsed, key=lambda fate: (fate.kl, strategy_id(fate.document)))[: settings.population]
+        ][: settings.population] or ranked_parents(state.collapsed)[: settings.population]
         best = state.rows[0] if state.rows and state.rows[0].survives else None
         improved = best is not None and best.score > state.best_score + IMPROVEMENT
         state.best_score = best.score if improved else state.best_score
