@@ -379,8 +379,11 @@ def test_smollm2_on_vllm_proposes_edits_and_recombines_within_budget(facts, smol
     assert {d["notes"].split(" ")[1] for d in later} & {"mutate", "recombine"}
     for document in first + later:
         assert_within(document, space)
-    again = LlmGenerator(space, VllmBackend.for_server(smollm2_server), sensitivities=sensitivities)
-    assert again.propose([], 4, rng(0)) == first
+    # A batch of requests is not batch-invariant on vLLM CPU (the same seed can sample other tokens beside other
+    # requests), so reproducibility holds for requests decoded one at a time.
+    alone = VllmBackend.for_server(smollm2_server, concurrency=1)
+    one_at_a_time = [LlmGenerator(space, alone, sensitivities=sensitivities).propose([], 3, rng(2)) for _ in range(2)]
+    assert one_at_a_time[0] == one_at_a_time[1]
 
 
 # --- ablations and counts (the llm-random-edits control runs the same pipeline without a model) ------------------

@@ -9,7 +9,9 @@ reply breaks (a server that ignores the schema field decodes freely and nothing 
 `check_server` first asks a given server whether it answers and serves the model.
 
 Both sample (temperature 1 by default) and are reproducible: the same prompt, schema and seed give the
-same text. Callers validate the text again (json + jsonschema): constrained decoding does not enforce
+same text, for a request decoded alone. A vLLM server that decodes several requests in one batch is not
+batch-invariant (on CPU the logits move in the last bits), so with `concurrency` > 1 a seed can sample
+other text. Callers validate the text again (json + jsonschema): constrained decoding does not enforce
 every schema keyword, and a reply cut at max_tokens is not complete JSON.
 """
 
