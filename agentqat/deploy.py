@@ -14,11 +14,15 @@ the target's table admits it; no target serves kept fp16 outliers or SmoothQuant
 On vLLM, a fused set (q/k/v, gate/up) is one weight on the engine and takes one scheme. `problems` names every
 module that breaks a rule, with the fix; `servable_layout` moves each such module to the nearest servable config
 (the scheme of the same width, else the narrowest wider one; a fused set takes its cheapest shard's config), and
-`target_choices` narrows what generators draw, so that every arm searches the servable space.
+`target_choices` narrows what generators draw, so that every arm searches the servable space. `missing_kernels`
+says which schemes this machine's build of the engine lacks (a search may still target them: winners are often
+served elsewhere).
 """
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -178,6 +182,28 @@ def target_of(name: str) -> Target | None:
     if name not in TARGETS:
         raise UserError(f"unknown deploy target {name!r}", f"use one of {', '.join(DEPLOY_CHOICES)}")
     return TARGETS[name]
+
+
+def cpu_has_avx512() -> bool:
+    """Returns whether this CPU has AVX-512, the test vLLM's CPU build uses to pick its kernel library."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_supported())
+
+
+def missing_kernels(target_name: str) -> dict[str, str]:
+    """Returns the target's schemes that this machine's build of its engine cannot run, each with why; {} when it
+    runs them all. The tables above say what the engine serves somewhere; this says what it serves here."""
+    if target_name == "vllm-cpu" and platform.machine() in ("x86_64", "AMD64") and not cpu_has_avx512():
+        return {"W4A16": "on a CPU without AVX-512 vLLM runs its AVX2 kernels, which have no W4A16 GEMM (cpu_gemm_wna16)"}
+    return {}
+
+
+def missing_here(configs: Iterable[ModuleConfig], target_name: str) -> dict[str, str]:
+    """Returns the schemes of `missing_kernels` that these module configs use, each with why ({} when none)."""
+    target, missing = target_of(target_name), missing_kernels(target_name)
+    used = {scheme.name for scheme in map(target.scheme_of, configs) if scheme is not None} if missing else set()
+    return {name: why for name, why in missing.items() if name in used}
 
 
 def describe_config(config: ModuleConfig) -> str:

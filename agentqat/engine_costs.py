@@ -31,7 +31,7 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.arena.result import EngineCost
-from agentqat.deploy import BF16, TARGETS, Scheme, Target, describe_config
+from agentqat.deploy import BF16, TARGETS, Scheme, Target, describe_config, missing_kernels
 from agentqat.errors import UserError
 from agentqat.models import ModelFacts
 from agentqat.progress import Reporter, phase
@@ -122,7 +122,8 @@ def why_not_measurable(target: str) -> str | None:
 
         if not torch.cuda.is_available():
             return "vllm-cuda needs a CUDA GPU and this machine has none"
-    return None
+    missing = missing_kernels(target)
+    return "; ".join(f"{scheme} cannot be served here: {why}" for scheme, why in missing.items()) or None
 
 
 def scheme_config(scheme: Scheme) -> ModuleConfig:

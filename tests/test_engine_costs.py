@@ -143,6 +143,25 @@ def test_a_search_that_weighs_costs_this_machine_cannot_measure_stops_with_one_l
     ensure_engine_costs(weighed.model_copy(update={"score": ScoreWeights()}))  # not weighed: a note, no error
 
 
+def test_a_cpu_without_avx512_lacks_vllms_w4a16_kernel_and_says_so_before_serving(tmp_path, monkeypatch, smollm2_shaped_facts):
+    monkeypatch.setattr(deploy, "cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(deploy.platform, "machine", lambda: "x86_64")
+    assert set(deploy.missing_kernels("vllm-cpu")) == {"W4A16"} and deploy.missing_kernels("gguf") == {}
+    mixed = resolve_strategy(parse_strategy(MIXED), smollm2_shaped_facts)
+    assert set(deploy.missing_here(mixed.modules.values(), "vllm-cpu")) == {"W4A16"}
+    eight = parse_strategy({"schema_version": 1, "default": {"weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}})
+    assert deploy.missing_here(resolve_strategy(eight, smollm2_shaped_facts).modules.values(), "vllm-cpu") == {}
+    assert deploy.missing_here(mixed.modules.values(), "any") == {}
+    pytest.importorskip("vllm")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    weighed = Arena(name="cpu-latency", deploy="vllm-cpu", score=ScoreWeights(latency=0.5), stages=(Stage(name="screen", windows=2),))
+    with pytest.raises(UserError) as caught:
+        ensure_engine_costs(weighed)  # stops before any server starts, naming the kernel
+    assert "W4A16 cannot be served here" in str(caught.value) and "cpu_gemm_wna16" in str(caught.value)
+    monkeypatch.setattr(deploy, "cpu_has_avx512", lambda: True)
+    assert deploy.missing_kernels("vllm-cpu") == {}
+
+
 @pytest.mark.slow
 @VLLM_CPU_W4A16
 def test_engine_costs_are_measured_on_the_real_vllm_cpu_engine_and_cached(capsys):

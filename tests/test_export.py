@@ -218,6 +218,26 @@ def test_cli_exports_a_strategy_file_and_refuses_an_unknown_format(arena, tmp_pa
     assert main(["export", *common, "--best", "--format", "fake-quant", "--out", str(tmp_path / "y")]) == 2
 
 
+def test_an_export_for_vllm_cpu_says_when_this_cpu_cannot_serve_its_w4a16_modules(arena, tmp_path, capsys, monkeypatch):
+    from agentqat import deploy
+
+    arena_file = tmp_path / "arena.toml"
+    arena_file.write_text(
+        f'name = "tiny-export"\nmodel = "{arena.model}"\ncorpus = "{arena.corpus}"\nwindow_tokens = 64\n'
+        'calibration_windows = 4\n[[stages]]\nname = "screen"\nwindows = 2\n'
+    )
+    strategy_file = tmp_path / "s.json"
+    strategy_file.write_text(json.dumps(strategy()))
+    common = ["export", "--strategy", str(strategy_file), "--arena", str(arena_file), "--format", "compressed-tensors", "--deploy", "vllm-cpu"]
+    monkeypatch.setattr(deploy, "cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(deploy.platform, "machine", lambda: "x86_64")
+    assert main([*common, "--out", str(tmp_path / "avx2")]) == 0
+    assert "note: this machine cannot serve its W4A16 modules" in capsys.readouterr().out
+    monkeypatch.setattr(deploy, "cpu_has_avx512", lambda: True)
+    assert main([*common, "--out", str(tmp_path / "avx512")]) == 0
+    assert "note:" not in capsys.readouterr().out
+
+
 VLLM_CPU_CASES = [  # strategy, modules refused by vLLM on CPU (None: it runs all), words in the reason
     (strategy({"layers": "1", "modules": ["all"], "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}), None, ""),
     (MIXED, {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),

@@ -1,12 +1,10 @@
-"""What the installed vLLM CPU build can serve on this machine's CPU, as pytest markers."""
-
-from pathlib import Path
+"""What the installed vLLM CPU build can serve on this machine's CPU, as pytest markers (agentqat.deploy.missing_kernels)."""
 
 import pytest
 
-# vLLM's CPU wheel loads its AVX2 kernels on a CPU without AVX-512, and those have no W4A16 GEMM
-# (torch.ops._C.cpu_gemm_wna16): a W4A16 model's first request kills the engine there. Seen on an AMD EPYC (AVX2).
+from agentqat.deploy import missing_kernels
+
+# Seen on an AMD EPYC with AVX2 only: a W4A16 model's first request kills the engine there.
 VLLM_CPU_W4A16 = pytest.mark.skipif(
-    Path("/proc/cpuinfo").is_file() and "avx512f" not in Path("/proc/cpuinfo").read_text(),
-    reason="vLLM CPU has no W4A16 kernel without AVX-512 (its AVX2 build lacks cpu_gemm_wna16)",
+    "W4A16" in missing_kernels("vllm-cpu"), reason=f"vLLM CPU cannot serve W4A16 here: {missing_kernels('vllm-cpu').get('W4A16')}"
 )

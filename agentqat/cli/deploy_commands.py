@@ -20,6 +20,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     `--polished DIR` exports a polish (agentqat polish): its strategy with the trained weights and grids."""
     from agentqat import ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
+    from agentqat.deploy import missing_here
     from agentqat.export import best_of_run, check_destination, export, polished_of, prepare_source
     named = [args.strategy is not None, args.run_dir is not None, args.polished is not None]
     if sum(named) != 1 or args.best != (args.run_dir is not None) or (args.max_bits is not None and not args.best):
@@ -36,6 +37,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     source = prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures, polished=Path(args.polished) if args.polished else None)
     out = export(source, args.format, args.out, args.deploy)
     print(f"exported {document.get('name', 'strategy')} as {args.format} to {out} (see {out / 'agentqat-export.json'})")
+    for scheme, why in missing_here((module.config for module in source.modules.values()), args.deploy).items():
+        print(f"note: this machine cannot serve its {scheme} modules ({why}); serve it where {args.deploy} has them")
     return 0
 
 
