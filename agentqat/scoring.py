@@ -29,7 +29,8 @@ same engine. A term is dropped when its metric or its base is missing (cloze and
 and memory under a vllm-* deployment target with measured engine costs only). A failed aggregate scores -inf.
 
 Survival (`survives`): no failure and bits ≤ bits_budget (+1e-9). The leaderboard puts survivors first, then
-sorts by score (descending) and strategy id (ascending); `promote` keeps the best share of the survivors.
+sorts by score (descending), the failed by KL where it was measured (collapses; the rest last), and strategy id
+(ascending); `promote` keeps the best share of the survivors.
 """
 
 from __future__ import annotations
@@ -287,16 +288,23 @@ def _unranked(
     return Ranked(0, strategy_id, composite_score(agg, baseline, weights, bits_budget), alive, reason, None, agg)
 
 
+def _failure_order(row: Ranked) -> float:
+    """Returns where a failed row goes among the failed: a measured collapse by its KL, others last."""
+    measured = row.score == -math.inf and row.aggregate.kl is not None and math.isfinite(row.aggregate.kl)
+    return row.aggregate.kl if measured else math.inf
+
+
 def leaderboard(
     entries: Sequence[tuple[str, Aggregate]], baseline: Baseline, weights: ScoreWeights, bits_budget: float
 ) -> list[Ranked]:
-    """Returns the entries ranked: survivors first, then score descending, then strategy id ascending."""
+    """Returns the entries ranked: survivors first, then score descending, failures with a measured KL (collapses)
+    by KL ascending, then strategy id ascending."""
     ids = [strategy_id for strategy_id, _ in entries]
     if len(set(ids)) != len(ids):
         raise ValueError(f"leaderboard entries repeat a strategy id: {sorted(ids)}")
     rows = sorted(
         (_unranked(sid, agg, baseline, weights, bits_budget) for sid, agg in entries),
-        key=lambda row: (not row.survives, -row.score, row.strategy_id),
+        key=lambda row: (not row.survives, -row.score, _failure_order(row), row.strategy_id),
     )
     survivors = [row for row in rows if row.survives]
     points = [(row.aggregate.kl, row.aggregate.bits_per_weight) for row in survivors]

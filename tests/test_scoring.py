@@ -39,8 +39,9 @@ def result(window_set=0, outcome="ok", nll=(2.0, 2.0), kl=(0.1, 0.1), top1=0.9, 
 
 
 def agg(kl=0.1, perplexity=12.0, bits=4.25, latency=2.0, memory=1500, cloze=None, qa=None, outcome="ok", message=""):
-    """An aggregate; `latency` and `memory` are the engine's (decode ms per token, peak bytes)."""
-    ok = outcome == "ok"
+    """An aggregate; `latency` and `memory` are the engine's (decode ms per token, peak bytes). A collapse keeps
+    its metrics (it was measured), other failures have none."""
+    ok = outcome in ("ok", "collapse")
     return Aggregate("s", "name", "arena", "confirm", outcome, message, 1, (0,), (0,), 1024,
                      perplexity=perplexity if ok else None, kl=kl if ok else None, top1=0.9 if ok else None,
                      cloze_accuracy=cloze, qa_exact_match=qa, bits_per_weight=bits if ok else None,
@@ -310,13 +311,17 @@ ENTRIES = [
     ("b-tie", agg(kl=0.1, bits=4.25)),
     ("a-tie", agg(kl=0.1, bits=4.25)),
     ("f-dominated", agg(kl=0.2, bits=4.5)),
+    ("a-collapse-far", agg(kl=6.0, outcome="collapse", message="perplexity 9000")),
+    ("z-collapse-near", agg(kl=4.0, outcome="collapse", message="perplexity 2000")),
 ]
-EXPECTED = [  # (id, survives, pareto rank): survivors by score, the tie broken by id, then the rest by score
-    ("c-best", True, 0),
+EXPECTED = [  # (id, survives, pareto rank): survivors by score, the tie broken by id, then the rest by score,
+    ("c-best", True, 0),  # collapses by KL, failures without a KL last
     ("a-tie", True, 1),
     ("b-tie", True, 1),
     ("f-dominated", True, 2),
     ("d-over-budget", False, None),
+    ("z-collapse-near", False, None),
+    ("a-collapse-far", False, None),
     ("e-failed", False, None),
 ]
 
@@ -326,7 +331,7 @@ def test_leaderboard_order_does_not_depend_on_input_order(seed):
     entries = random.Random(seed).sample(ENTRIES, len(ENTRIES))
     rows = leaderboard(entries, FULL_BASE, WEIGHTS, bits_budget=4.5)
     assert [(r.strategy_id, r.survives, r.pareto_rank) for r in rows] == EXPECTED
-    assert [r.rank for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r.rank for r in rows] == list(range(1, len(ENTRIES) + 1))
 
 
 def test_leaderboard_rows_carry_score_and_reason():
