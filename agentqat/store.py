@@ -18,9 +18,11 @@ MANIFEST_FILE = "manifest.json"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Writes `data` as JSON to `path` through a temporary file and rename, so readers never see half."""
+    """Writes `data` as JSON to `path` through a temporary file and rename, so readers never see half; the file
+    is readable by all (0644; mkstemp's own 0600 would make strategy files and reports private)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.fchmod(handle, 0o644)
     with os.fdopen(handle, "w") as stream:
         json.dump(data, stream, indent=2, sort_keys=True)
         stream.flush()

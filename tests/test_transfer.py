@@ -56,6 +56,7 @@ def test_the_command_writes_a_strategy_quantize_reads(make_tiny_llama, tmp_path,
     assert main(["transfer", str(strategy), "--from", str(source), "--to", str(target), "--out", str(out)]) == 0
     assert "module(s) repaired" in capsys.readouterr().out
     assert main(["validate", str(out), "--model", str(target)]) == 0
+    assert out.stat().st_mode & 0o777 == 0o644  # a file for people: readable by all, not mkstemp's private 0600
     # a strategy that is not valid on the model it claims to come from is one clear error
     assert main(["transfer", str(strategy), "--from", str(target), "--to", str(source), "--out", str(tmp_path / "x.json")]) == 2
     assert "layer 3 does not exist" in capsys.readouterr().err
