@@ -99,6 +99,9 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
     assert {path: count for path, count in _line_counts(directory).items() if "llm-random-edits" not in str(path) and path.parts[0] == "runs"} == {
         path: count for path, count in after.items() if path.parts[0] == "runs"}  # fmt: skip
     assert "llm-random-edits" in (directory / "report.md").read_text()
+    preparation = (directory / "runs" / "llm-random-edits-seed1" / "sensitivities.json").read_text()
+    assert main(["compare", "--resume", str(directory)]) == 0
+    assert (directory / "runs" / "llm-random-edits-seed1" / "sensitivities.json").read_text() == preparation  # kept as measured
     capsys.readouterr()
     assert main(["compare", "--resume", str(directory), "--add-arms", "evo"]) == 2
     assert main(["compare", "--resume", str(directory), "--add-arms", "llm", "--add-seeds", "7"]) == 2

@@ -129,6 +129,13 @@ def _llm_options(llm: LlmSettings, server) -> dict:
     return {"backend": backend, "reflect": llm.reflection}
 
 
+def _record_once(path: Path, record: dict) -> None:
+    """Writes a run's preparation record unless a first start already did: a resume reads the cache, and its
+    record would say so instead of what the run's preparation was."""
+    if not path.exists():
+        write_json_atomic(path, record)
+
+
 def _generator(manifest: Manifest, space, pool_run, player, directory: Path, server, reporter: Reporter | None = None):
     """Returns the run's generator and what making it cost the run (a `prepare` played through `player`)."""
     from agentqat.generators import GENERATORS, make_generator
@@ -141,11 +148,11 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
         from agentqat.study.sensitivity_map import cached_map, prior_values
 
         sensitivity_map = cached_map(manifest.arena)
-        write_json_atomic(directory / SENSITIVITIES_FILE, dataclasses.asdict(sensitivity_map))
+        _record_once(directory / SENSITIVITIES_FILE, dataclasses.asdict(sensitivity_map))
         options["sensitivities"] = prior_values(sensitivity_map, manifest.arena.bits_budget)
     elif getattr(factory, "uses_sensitivities", False) and (llm is None or llm.sensitivities):
         measured = shared_sensitivities(pool_run, manifest.arena, space.facts, defaults.cache_dir(), reporter)
-        write_json_atomic(directory / SENSITIVITIES_FILE, dataclasses.asdict(measured))
+        _record_once(directory / SENSITIVITIES_FILE, dataclasses.asdict(measured))
         options["sensitivities"] = measured.values
     cost = Cost()
     if hasattr(factory, "prepare"):
