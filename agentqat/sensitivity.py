@@ -104,8 +104,9 @@ class Sensitivities:
 
 
 def arena_key(arena: Arena) -> str:
-    """Returns a hash of everything in the arena that a probe's result depends on (its source path left out)."""
-    text = json.dumps(arena.model_dump(mode="json", exclude={"source"}), sort_keys=True)
+    """Returns a hash of everything in the arena that a probe's result depends on: its source path and its
+    torch thread count (a machine setting, e.g. `--threads`) left out."""
+    text = json.dumps(arena.model_dump(mode="json", exclude={"source", "compute_threads"}), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -200,8 +200,9 @@ def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy
     assert switches == sorted((scales, order, curriculum) for scales in ("fp16", "pow2 learned") for order in ("natural", "sensitivity") for curriculum in ("on", "off"))
     recorded = (out / "ablation.jsonl").read_text()
     assert len(recorded.splitlines()) == 8
-    # a rerun reads the recorded rows back and plays nothing; other settings are refused, not mixed in
-    assert main(args) == 0
+    # a rerun (on another thread count too) reads the recorded rows back and plays nothing; other settings are
+    # refused, not mixed in
+    assert main([*args, "--threads", "2"]) == 0
     assert (out / "ablation.jsonl").read_text() == recorded
     assert [line for line in capsys.readouterr().out.splitlines() if line.strip().startswith("│ 2")] == rows
     assert main([*args[:-2], "--epochs", "2", "--out", str(out)]) == 2
