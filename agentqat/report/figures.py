@@ -159,18 +159,26 @@ def failure_plot(records: ComparisonRecords, path: Path) -> Path:
 
 
 def search_vs_test_plot(records: ComparisonRecords, path: Path) -> Path | None:
-    """KL of each re-evaluated winner on its run's last stage against its KL on unseen text."""
+    """KL of each re-evaluated winner on its run's last stage against its KL on unseen text: colour = arm,
+    marker = the unseen text (the corpus's test split, or a --test-corpus file)."""
     arm_of_run = {run.name: run.arm for run in records.runs}
-    points = [(arm_of_run.get(r.extra["run"], r.extra["generator"]), r.extra["search"]["kl"], r.quality.kl)
+    points = [(arm_of_run.get(r.extra["run"], r.extra["generator"]), r.stage, r.extra["search"]["kl"], r.quality.kl)
               for r in records.tests if r.quality and r.extra["search"].get("kl") is not None]  # fmt: skip
     if not points:
         return None
+    sources = sorted({stage for _, stage, _, _ in points})
+    marker = dict(zip(sources, "o^sDv"))
     fig, ax = plt.subplots(figsize=(6.5, 5.5))
     for arm in records.arms:
-        mine = [(s, t) for a, s, t in points if a == arm]
-        if mine:
-            ax.scatter(*zip(*mine), color=_color(records, arm), label=arm, s=25)
-    low, high = min(min(s, t) for _, s, t in points), max(max(s, t) for _, s, t in points)
+        for source in sources:
+            mine = [(s, t) for a, stage, s, t in points if a == arm and stage == source]
+            if mine:
+                ax.scatter(*zip(*mine), color=_color(records, arm), marker=marker.get(source, "o"), s=25)
+    for arm in (arm for arm in records.arms if any(a == arm for a, _, _, _ in points)):
+        ax.scatter([], [], color=_color(records, arm), marker="o", label=arm)
+    for source in sources:
+        ax.scatter([], [], color="grey", marker=marker.get(source, "o"), label=_unseen_label(source))
+    low, high = min(min(s, t) for _, _, s, t in points), max(max(s, t) for _, _, s, t in points)
     ax.plot([low, high], [low, high], color="grey", linestyle=":", label="test = search")
     ax.set_xlabel("search KL (last stage, the windows it was selected on)")
     ax.set_ylabel("test KL (unseen text)")
@@ -178,6 +186,11 @@ def search_vs_test_plot(records: ComparisonRecords, path: Path) -> Path | None:
     ax.legend(fontsize=8)
     ax.set_title("Winners: search score against test score")
     return _save(fig, path)
+
+
+def _unseen_label(stage: str) -> str:
+    """Returns a legend label for a re-evaluation stage: "test" or "test:<file name>"."""
+    return "the corpus's test split" if stage == "test" else stage.partition(":")[2]
 
 
 def patterns_plot(found: list[Contrast], path: Path) -> Path | None:
