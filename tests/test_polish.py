@@ -70,10 +70,10 @@ def test_a_layer_starts_on_the_quantizers_grid_and_a_pow2_layer_stays_on_powers_
     assert torch.equal(exponents, exponents.round())
 
 
-@pytest.mark.parametrize("bits", [3, 2])
-def test_polishing_lowers_block_loss_and_heldout_kl_and_keeps_weights_on_the_grid(bench, bits):
+@pytest.mark.parametrize("bits,scale", [(3, "fp16"), (2, "fp16"), (3, "pow2")])
+def test_polishing_lowers_block_loss_and_heldout_kl_and_keeps_weights_on_the_grid(bench, bits, scale):
     loaded, windows, calibration, reference = bench
-    resolved = resolve_strategy(parse_strategy(uniform(bits)), loaded.facts)
+    resolved = resolve_strategy(parse_strategy(uniform(bits, scale)), loaded.facts)
     polished = polish_model(loaded.model, resolved, calibration.stats, windows, PolishSettings(**TRAINING))
     assert [block.layer for block in polished.blocks] == [0, 1]
     assert all(block.loss_after < block.loss_before for block in polished.blocks)
