@@ -67,3 +67,7 @@ POLISH_ABLATE_BITS = (3, 2)
 # Sensitivity map (agentqat sensitivity): the KL probes' bit widths and the Fisher estimate's windows.
 SENSITIVITY_BITS = (2, 3, 4, 8)
 FISHER_WINDOWS = 4
+
+# The plan before a run (agentqat plan) and workers on GPUs (issue 25).
+PLAN_MATCHES = 1000  # matches of the search the plan times, counted as `evolve --budget` counts them
+GPUS_PER_WORKER = 0.0  # GPUs (whole or a fraction) each Ray evaluator actor asks for; 0: CPU actors

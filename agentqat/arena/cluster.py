@@ -72,6 +72,34 @@ def _join(address: str) -> None:
         ) from None
 
 
+def gpu_slots(node_gpus: list[float], per_worker: float) -> int:
+    """Returns how many actors asking `per_worker` GPUs the nodes hold at once: a fraction packs floor(1 / f)
+    actors on each of a node's GPUs (Ray never splits one actor over GPUs), a whole number takes that many GPUs."""
+    if per_worker <= 0:
+        raise ValueError("per_worker must be positive")
+    if per_worker < 1:
+        per_gpu = int(1 / per_worker + 1e-9)
+        return sum(int(gpus + 1e-9) * per_gpu for gpus in node_gpus)
+    return sum(int(gpus // per_worker) for gpus in node_gpus)
+
+
+def check_gpus(workers: int, per_worker: float) -> None:
+    """Raises a UserError when the joined Ray cluster cannot place `workers` actors of `per_worker` GPUs each at
+    once (they would wait for GPUs forever); nothing to check for CPU actors."""
+    import ray
+
+    if per_worker <= 0:
+        return
+    node_gpus = [node["Resources"].get("GPU", 0.0) for node in ray.nodes() if node.get("Alive")]
+    slots = gpu_slots(node_gpus, per_worker)
+    if slots < workers:
+        raise UserError(
+            f"{workers} evaluator actors of gpus_per_worker = {per_worker:g} do not fit the Ray cluster's GPUs "
+            f"({sum(node_gpus):g} on {len(node_gpus)} node(s), room for {slots})",
+            "use fewer workers, a smaller gpus_per_worker in the arena, a cluster with more GPUs, or gpus_per_worker = 0 for CPU actors",
+        )
+
+
 def split_address(address: str) -> tuple[str, int]:
     """Returns the host and port of a Ray address host:port or ray://host:port (IPv6 hosts in brackets)."""
     rest = address.removeprefix("ray://")

@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 
-from agentqat.arena.cluster import start_ray
+from agentqat.arena.cluster import check_gpus, start_ray
 from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
@@ -77,6 +77,10 @@ def _evaluator_class():
         def cache_stats(self) -> dict:
             return cache_counters(self.workbench().cache)
 
+        def placement(self) -> dict:
+            gpus = ray.get_runtime_context().get_accelerator_ids().get("GPU", [])
+            return {"gpu_ids": [str(gpu) for gpu in gpus], "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
     return Evaluator
 
 
@@ -92,11 +96,12 @@ class EvaluatorPool:
         reporter: Reporter | None = None,
     ):
         start_ray(ray_address, max(workers, 1) * arena.compute_threads, dashboard, reporter)
+        check_gpus(workers, arena.gpus_per_worker)
         self.arena = arena
         self.reporter = reporter
         evaluator = _evaluator_class()
         self.actors = [
-            evaluator.options(num_cpus=arena.compute_threads, name=None).remote(
+            evaluator.options(num_cpus=arena.compute_threads, num_gpus=arena.gpus_per_worker, name=None).remote(
                 arena.model_dump_json(), f"worker-{index}", arena.compute_threads
             )
             for index in range(workers)
@@ -114,7 +119,8 @@ class EvaluatorPool:
         import ray
 
         deadline = time.monotonic() + ACTOR_START_SECONDS
-        detail = f"{workers} Ray actors of {self.arena.compute_threads} CPU each"
+        gpus = f" and {self.arena.gpus_per_worker:g} GPU" if self.arena.gpus_per_worker else ""
+        detail = f"{workers} Ray actors of {self.arena.compute_threads} CPU{gpus} each"
         with phase(self.reporter, "starting evaluator actors", total=workers, detail=detail) as step:
             self._wait([actor.pid.remote() for actor in self.actors], deadline, step=step)
         watch = _PhaseWatch(self.names, self.reporter)
@@ -224,6 +230,12 @@ class EvaluatorPool:
         import ray
 
         return ray.get([actor.cache_stats.remote() for actor in self.actors])
+
+    def placements(self) -> list[dict]:
+        """Returns, per actor in order, the GPU ids Ray assigned it and its CUDA_VISIBLE_DEVICES (None: not set)."""
+        import ray
+
+        return ray.get([actor.placement.remote() for actor in self.actors])
 
     def shutdown(self) -> None:
         """Stops the actors (the Ray runtime stays for the process)."""
