@@ -91,6 +91,11 @@ def test_report_renders_from_the_records(comparison, capsys):
         assert section in markdown
     assert "evo vs random" in markdown and "Mann-Whitney" in markdown
     assert "full-arena perplexity" in markdown and "the shared prior every arm started from" in markdown
+    # every unseen text its own columns, arm means and single winners labelled, exact tests with their floor and Holm
+    assert "| test KL | test perplexity | other.txt KL | other.txt perplexity | full-arena KL |" in markdown
+    assert "| evo | arm mean over 3 seeds |" in markdown and "| evo | best single winner |" in markdown
+    assert "exact Mann-Whitney" in markdown and "smallest attainable p" in markdown and "Holm-adjusted p" in markdown
+    assert "other.txt KL" in markdown.split("## Best so far")[0].split("Tests:")[1]  # and tested
     assert "do not differ significantly" in markdown or "significantly" in markdown
     page = (comparison / "report.html").read_text()
     assert page.count("data:image/png;base64,") >= 5 and "src='figures/" not in page

@@ -4,8 +4,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
+from agentqat.study import stats
 from agentqat.study.stats import (
+    adjust_family,
     area_under_curve,
     best_so_far,
     bootstrap_interval,
@@ -13,9 +16,12 @@ from agentqat.study.stats import (
     cliffs_delta,
     compare_arms,
     compare_with_value,
+    holm,
+    mann_whitney_exact,
     on_grid,
     permutation_p,
     sign_flip_p,
+    signed_rank_exact,
     smallest_p,
 )
 
@@ -52,11 +58,12 @@ def test_cliffs_delta_counts_pairs():
 
 def test_exact_mann_whitney_on_separated_samples():
     comparison = compare_arms("llm", [1.0, 2.0, 3.0], "random", [4.0, 5.0, 6.0], "KL", np.random.default_rng(0))
-    assert comparison.method == "exact" and comparison.u == 0
+    assert comparison.kind == "two-sample" and comparison.method.startswith("exact") and comparison.u == 0
     assert comparison.p_less == pytest.approx(1 / 20)  # one of C(6, 3) orderings
     assert comparison.p_two_sided == pytest.approx(2 / 20)
     assert comparison.cliffs_delta == -1.0
-    assert comparison.p_permutation == pytest.approx(0.1, abs=0.02)  # 2 of the 20 labellings, sampled
+    assert comparison.p_permutation == pytest.approx(2 / 20)  # 2 of the 20 labellings, enumerated
+    assert comparison.p_floor == pytest.approx(2 / 20)
     assert "do not differ significantly" in comparison.sentence and "not evidence" in comparison.sentence
 
 
@@ -114,7 +121,81 @@ def test_runs_against_one_seed_independent_value():
     assert same.p_two_sided == 1.0 and same.cliffs_delta == 0.0
 
 
-def test_a_seed_independent_arm_that_found_nothing_ranks_below_every_run():
+def test_an_arm_that_never_produced_a_value_is_no_result_never_a_p_value():
     found_nothing = compare_with_value("llm", [0.5, 0.6, math.inf], "knapsack", math.inf, "final KL")
-    assert found_nothing.cliffs_delta == pytest.approx(-2 / 3)  # the failed run ties with the value
-    assert math.isfinite(found_nothing.p_two_sided) and math.isfinite(found_nothing.p_permutation)
+    assert found_nothing.kind == "no result" and math.isnan(found_nothing.p_two_sided) and math.isnan(found_nothing.cliffs_delta)
+    assert "no result" in found_nothing.sentence and "p =" not in found_nothing.sentence
+    never = compare_arms("llm", [0.5, 0.6], "knapsack", [math.inf], "tokens to baseline KL")
+    assert never.kind == "no result" and "(knapsack never produced a value of it)" in never.sentence
+    # and "no result" comparisons stay out of the Holm family
+    family = adjust_family([never, compare_arms("a", [1.0, 2, 3], "b", [4.0, 5, 6], "KL")])
+    assert family[0].p_holm is None and family[1].family == 1 and family[1].p_holm == pytest.approx(0.1)
+
+
+def test_exact_rank_sum_equals_scipy_exact_without_ties():
+    rng = np.random.default_rng(3)
+    for n_a, n_b in ((5, 5), (3, 5), (6, 4), (1, 4), (5, 3)):
+        for _ in range(10):
+            a, b = rng.normal(size=n_a), rng.normal(size=n_b) + 0.5
+            test = mann_whitney_exact(a, b)
+            assert test.statistic == scipy_stats.mannwhitneyu(a, b, method="exact").statistic
+            for alternative, p in (("less", test.p_less), ("greater", test.p_greater), ("two-sided", test.p_two_sided)):
+                assert p == pytest.approx(scipy_stats.mannwhitneyu(a, b, alternative=alternative, method="exact").pvalue, abs=1e-12)
+    assert mann_whitney_exact([1.0, 2, 3, 4, 5], [6.0, 7, 8, 9, 10]).arrangements == 252
+
+
+def test_exact_rank_sum_with_ties_by_hand():
+    # pooled 1, 2, 3, 3, 4, 5: mid-ranks 1, 2, 3.5, 3.5, 5, 6; a = {1, 2, 3} has rank sum 6.5, U = 6.5 - 6 = 0.5.
+    # Of the C(6, 3) = 20 splits, a rank sum <= 6.5 only for {1, 2, either 3.5}: 2 of 20. Two-sided: 2 * 2/20.
+    test = mann_whitney_exact([1.0, 2.0, 3.0], [3.0, 4.0, 5.0])
+    assert test.statistic == 0.5 and test.arrangements == 20
+    assert test.p_less == pytest.approx(2 / 20) and test.p_two_sided == pytest.approx(4 / 20)
+    assert test.p_greater == 1.0  # every split's rank sum is at least 6.5
+    # the largest rank sum, {3.5, 5, 6} = 14.5, also has 2 splits: no p below 4/20 is possible with these ties
+    assert test.p_floor == pytest.approx(4 / 20)
+    # 1, 2 | 2, 3: mid-ranks 1, 2.5, 2.5, 4; rank sums of the 6 splits: 3.5, 3.5, 5, 5, 6.5, 6.5
+    small = mann_whitney_exact([1.0, 2.0], [2.0, 3.0])
+    assert small.p_less == pytest.approx(2 / 6) and small.p_two_sided == pytest.approx(4 / 6)
+    # the 3.3-bit comparison's final perplexity, llm against random (four random seeds tie on the prior's 51.13):
+    # mid-ranks 1-6 and 8.5 (x4); llm holds 1, 2, 4, 5, 6 (U = 3); the rank sums 15, 16, 17, 18 (four of the 252
+    # splits) are at most llm's, so p = 2 * 4/252 = 0.032, where the normal approximation had said 0.052
+    llm, random = [50.9053, 50.0615, 50.5066, 50.815, 50.8948], [51.13, 51.13, 51.13, 50.5659, 51.13]
+    tied = mann_whitney_exact(llm, random)
+    assert tied.statistic == 3 and tied.p_less == pytest.approx(4 / 252) and tied.p_two_sided == pytest.approx(8 / 252)
+    assert compare_arms("llm", llm, "random", random, "final perplexity").p_two_sided == pytest.approx(0.0317, abs=1e-4)
+
+
+def test_counting_beyond_the_enumeration_limit_gives_the_same_distribution(monkeypatch):
+    values = np.array([0.1, 0.2, 0.2, 0.3, 0.5, 0.5, 0.5, 0.7, 0.8, 0.9, 1.1])
+    enumerated = mann_whitney_exact(values[:5], values[5:]), signed_rank_exact(values[:8] - 0.45)
+    monkeypatch.setattr(stats, "ENUMERATION_LIMIT", 0)
+    assert (mann_whitney_exact(values[:5], values[5:]), signed_rank_exact(values[:8] - 0.45)) == enumerated
+
+
+def test_exact_signed_rank_equals_scipy_without_ties_and_counts_ties_by_hand():
+    rng = np.random.default_rng(4)
+    for n in (3, 5, 7):
+        for _ in range(10):
+            d = rng.normal(size=n) + 0.3
+            test = signed_rank_exact(d)
+            for alternative, p in (("less", test.p_less), ("greater", test.p_greater), ("two-sided", test.p_two_sided)):
+                assert p == pytest.approx(scipy_stats.wilcoxon(d, alternative=alternative, method="exact").pvalue, abs=1e-12)
+    # |d| = 1, 1, 2 (mid-ranks 1.5, 1.5, 3), all negative: W+ = 0; of the 8 sign patterns only all-minus has W+ = 0
+    tied = signed_rank_exact([-1.0, -1.0, -2.0, 0.0])  # the zero is dropped
+    assert tied.p_less == pytest.approx(1 / 8) and tied.p_two_sided == pytest.approx(2 / 8) and tied.arrangements == 8
+
+
+def test_one_sample_comparison_says_so_in_words():
+    c = compare_with_value("llm", [0.50, 0.51, 0.52, 0.53, 0.54], "knapsack", 0.60, "final KL")
+    assert c.kind == "one-sample" and c.p_floor == pytest.approx(0.0625)
+    assert c.sentence.startswith("One-sample: arm llm's 5 values against the single value 0.6 of knapsack")
+
+
+def test_holm_adjusts_step_down():
+    # sorted 0.01, 0.03, 0.04, 0.5 (m = 4): 4 * 0.01, max(0.04, 3 * 0.03), max(0.09, 2 * 0.04), 0.5
+    assert holm([0.01, 0.04, 0.03, None, 0.5]) == pytest.approx([0.04, 0.09, 0.09, None, 0.5])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # never below an adjusted p of a smaller raw p
+    significant = adjust_family([compare_arms("a", [1.0, 2, 3, 4, 5, 6], "b", [7.0, 8, 9, 10, 11, 12], "KL")])
+    assert significant[0].p_holm == pytest.approx(significant[0].p_two_sided) and "significant across the family" in significant[0].sentence
+    two = adjust_family([compare_arms("a", [1.0, 2, 3, 4, 5], "b", [6.0, 7, 8, 9, 10], "KL")] * 10)
+    assert two[0].p_holm == pytest.approx(10 * 2 / 252) and "not significant across the family" in two[0].sentence

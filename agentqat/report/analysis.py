@@ -2,13 +2,17 @@
 
 Per arm: best-so-far curves of KL and perplexity against tokens and matches on a common grid, each run's area
 under its KL curve (up to the smallest budget any run spent, so every run is judged on an equal budget), the
-tokens each run needed to reach the best uniform baseline within the bits budget, and the final best KL,
-perplexity and test KL with seeded bootstrap intervals. Between arms: the reference arm (llm when present)
-against each other arm on each of those per-run numbers.
+tokens each run needed to reach the best uniform baseline within the bits budget, the final best KL and
+perplexity, and the winners' KL and perplexity on every unseen text recorded (the test split and each
+--test-corpus file, each its own quantity) and on the full arena: per arm the mean over seeds with a seeded
+bootstrap interval, and the best single run. Between arms: the reference arm (llm when present) against each
+other arm on each of those per-run numbers, and the best searcher (lowest mean final KL) against every other arm
+when it is not the reference; exact tests, Holm-adjusted over that family.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -19,6 +23,7 @@ from agentqat.report.records import ComparisonRecords, RunRecord
 from agentqat.study.stats import (
     Comparison,
     Interval,
+    adjust_family,
     area_under_curve,
     best_so_far,
     bootstrap_interval,
@@ -27,6 +32,7 @@ from agentqat.study.stats import (
     compare_with_value,
     on_grid,
 )
+from agentqat.study.unseen import TEST_STAGE
 
 GRID_POINTS = 200
 BUDGETS = ("tokens", "matches")
@@ -93,41 +99,91 @@ class ArmSummary:
     seeds: tuple[int, ...]
     values: dict[str, list[float]]  # quantity -> one value per run
     intervals: dict[str, Interval | None]  # bootstrap interval of the mean over runs (finite values only)
+    runs: dict[str, list[str]] = dataclasses.field(default_factory=dict)  # quantity -> the run of each value
+
+    def best(self, quantity: str) -> tuple[float, str] | None:
+        """Returns the lowest finite value of `quantity` over the arm's runs with its run (the best single run on
+        that quantity alone), None when no run has one."""
+        found = [(v, run) for v, run in zip(self.values[quantity], self.runs.get(quantity, [])) if math.isfinite(v)]
+        return min(found) if found else None
 
 
-QUANTITIES = ("final KL", "final perplexity", "KL AUC (tokens)", "tokens to baseline KL", "test KL", "test perplexity",
-              "full-arena KL", "full-arena perplexity")  # fmt: skip
+SEARCH_QUANTITIES = ("final KL", "final perplexity", "KL AUC (tokens)", "tokens to baseline KL")
+CONFIRM_QUANTITIES = ("full-arena KL", "full-arena perplexity")
+QUANTITIES = (*SEARCH_QUANTITIES, "test KL", "test perplexity", *CONFIRM_QUANTITIES)  # without other unseen texts
+
+
+def unseen_stages(records: ComparisonRecords) -> list[str]:
+    """Returns the stages of the recorded re-evaluations on unseen text: "test" (the corpus's test split) first,
+    then "test:<file>" for each text file, by name."""
+    stages = {result.stage for result in records.tests}
+    return sorted(stages, key=lambda stage: (stage != TEST_STAGE, stage))
+
+
+def unseen_label(stage: str) -> str:
+    """Returns the quantity prefix of an unseen-text stage: "test" for the test split, the file name for a file."""
+    return stage if stage == TEST_STAGE else stage.partition(":")[2]
+
+
+def quantities(records: ComparisonRecords) -> list[str]:
+    """Returns every quantity of the comparison: the search's, then KL and perplexity on each unseen text recorded
+    (the test split, each --test-corpus file), then the full arena's."""
+    unseen = [f"{unseen_label(stage)} {metric}" for stage in unseen_stages(records) for metric in ("KL", "perplexity")]
+    return [*SEARCH_QUANTITIES, *(unseen or ("test KL", "test perplexity")), *CONFIRM_QUANTITIES]
+
+
+def winner_runs(results, records: ComparisonRecords, arm: str, stage: str | None = None) -> list[str]:
+    """Returns the run of each value `winner_values` gives, in the same order."""
+    return [run.name for run in records.of_arm(arm) for result in results
+            if result.extra.get("run") == run.name and stage in (None, result.stage) and result.extra.get("rank") == 1]  # fmt: skip
 
 
 def arm_values(records: ComparisonRecords, arm: str) -> dict[str, list[float]]:
-    """Returns each quantity of QUANTITIES per run of the arm (inf: never reached; empty: not measured)."""
+    """Returns each quantity of `quantities(records)` per run of the arm (inf: never reached; empty: not measured)."""
+    return arm_values_and_runs(records, arm)[0]
+
+
+def arm_values_and_runs(records: ComparisonRecords, arm: str) -> tuple[dict[str, list[float]], dict[str, list[str]]]:
+    """Returns (each quantity per run of the arm, the run each value is from)."""
     grid = common_grid(records, "tokens", upto="min")
     target = records.baseline.best_within_budget("kl") if records.baseline else None
     runs = records.of_arm(arm)
-    return {
+    names = [run.name for run in runs]
+    values = {
         "final KL": [final_value(run, "kl") for run in runs],
         "final perplexity": [final_value(run, "perplexity") for run in runs],
         "KL AUC (tokens)": [area_under_curve(grid, row) for row in curves(records, arm, "kl", "tokens", grid).runs],
         "tokens to baseline KL": [budget_to_reach(*curve_of(run, "kl", "tokens"), target.aggregate.kl) for run in runs] if target else [],
-        "test KL": test_values(records, arm, "kl"),
-        "test perplexity": test_values(records, arm, "perplexity"),
-        "full-arena KL": winner_values(records.confirms, records, arm, "kl"),
-        "full-arena perplexity": winner_values(records.confirms, records, arm, "perplexity"),
     }
+    of_run = {quantity: names if values[quantity] else [] for quantity in values}
+    for stage in unseen_stages(records) or [TEST_STAGE]:
+        for metric, name in (("kl", "KL"), ("perplexity", "perplexity")):
+            values[f"{unseen_label(stage)} {name}"] = winner_values(records.tests, records, arm, metric, stage)
+            of_run[f"{unseen_label(stage)} {name}"] = winner_runs(records.tests, records, arm, stage)
+    for quantity, metric in zip(CONFIRM_QUANTITIES, METRICS):
+        values[quantity] = winner_values(records.confirms, records, arm, metric)
+        of_run[quantity] = winner_runs(records.confirms, records, arm)
+    return values, of_run
 
 
 def summarize(records: ComparisonRecords, seed: int = 0) -> list[ArmSummary]:
-    """Returns every arm's summary; bootstrap intervals drawn from a Generator seeded with `seed`."""
+    """Returns every arm's summary; bootstrap intervals drawn from a Generator seeded with `seed`, first for the
+    QUANTITIES of every arm (search, test split, full arena), then for every text file's, so that adding an unseen
+    text moves no other interval."""
     rng = np.random.default_rng(seed)
-    summaries = []
-    for arm in records.arms:
-        values = arm_values(records, arm)
-        intervals = {}
-        for quantity, numbers in values.items():
-            finite = [v for v in numbers if math.isfinite(v)]
-            intervals[quantity] = bootstrap_interval(finite, rng) if finite else None
-        summaries.append(ArmSummary(arm, tuple(run.seed for run in records.of_arm(arm)), values, intervals))
-    return summaries
+    measured = {arm: arm_values_and_runs(records, arm) for arm in records.arms}
+    intervals: dict[str, dict[str, Interval | None]] = {arm: {} for arm in records.arms}
+    for standard in (True, False):
+        for arm in records.arms:
+            for quantity, numbers in measured[arm][0].items():
+                if (quantity in QUANTITIES) == standard:
+                    finite = [v for v in numbers if math.isfinite(v)]
+                    intervals[arm][quantity] = bootstrap_interval(finite, rng) if finite else None
+    return [
+        ArmSummary(arm, tuple(run.seed for run in records.of_arm(arm)), measured[arm][0],
+                   {quantity: intervals[arm][quantity] for quantity in measured[arm][0]}, measured[arm][1])
+        for arm in records.arms
+    ]  # fmt: skip
 
 
 def reference_arm(records: ComparisonRecords) -> str:
@@ -135,22 +191,43 @@ def reference_arm(records: ComparisonRecords) -> str:
     return records.arms[0]
 
 
+def best_searcher(summaries: list[ArmSummary]) -> str | None:
+    """Returns the arm with more than one run whose mean final KL is lowest (None when no such arm has one)."""
+    means = [(summary.intervals["final KL"].value, summary.arm) for summary in summaries
+             if len(summary.seeds) > 1 and summary.intervals.get("final KL") is not None]  # fmt: skip
+    return min(means)[1] if means else None
+
+
+def compared_pairs(records: ComparisonRecords, summaries: list[ArmSummary]) -> list[tuple[str, str]]:
+    """Returns the (a, b) arm pairs a report tests: the reference arm against each other arm, then the best
+    searcher (`best_searcher`), when it is another arm, against each arm but the reference."""
+    reference = reference_arm(records)
+    pairs = [(reference, s.arm) for s in summaries if s.arm != reference]
+    best = best_searcher(summaries)
+    if best is not None and best != reference:
+        pairs += [(best, s.arm) for s in summaries if s.arm not in (reference, best)]
+    return pairs
+
+
 def comparisons(records: ComparisonRecords, summaries: list[ArmSummary], seed: int = 0) -> list[Comparison]:
-    """Returns the reference arm against each other arm on each quantity both measured: rank-sum tests, or
-    against an arm whose generator does not use the seed (one run stands for every seed) a signed-rank test of
-    the reference's runs against its one value."""
+    """Returns the tests of `compared_pairs` on each quantity both arms measured: exact rank-sum tests, or against
+    an arm whose generator does not use the seed (one run stands for every seed) a one-sample signed-rank test of
+    the other arm's runs against its one value; "no result" where an arm never produced a value. Holm-adjusted
+    over all of them (`adjust_family`). `seed` seeds the permutation test only where splits are too many to
+    enumerate."""
     rng = np.random.default_rng(seed)
     by_arm = {summary.arm: summary for summary in summaries}
-    reference = by_arm[reference_arm(records)]
     out = []
-    for other in summaries:
-        if other.arm == reference.arm:
-            continue
-        single = len(other.seeds) == 1 and not uses_seed(records.of_arm(other.arm)[0].generator)
-        for quantity in QUANTITIES:
-            a, b = reference.values[quantity], other.values[quantity]
-            if a and b and single:
-                out.append(compare_with_value(reference.arm, a, other.arm, b[0], quantity))
+    def single(arm: str) -> bool:
+        return len(by_arm[arm].seeds) == 1 and not uses_seed(records.of_arm(arm)[0].generator)
+
+    for a_arm, b_arm in compared_pairs(records, summaries):
+        if single(a_arm) and not single(b_arm):
+            a_arm, b_arm = b_arm, a_arm  # the runs against the one value, whichever arm is the reference
+        for quantity in quantities(records):
+            a, b = by_arm[a_arm].values[quantity], by_arm[b_arm].values[quantity]
+            if a and b and single(b_arm):
+                out.append(compare_with_value(a_arm, a, b_arm, b[0], quantity))
             elif a and b:
-                out.append(compare_arms(reference.arm, a, other.arm, b, quantity, rng))
-    return out
+                out.append(compare_arms(a_arm, a, b_arm, b, quantity, rng))
+    return adjust_family(out)

@@ -108,7 +108,8 @@ def pareto_plot(records: ComparisonRecords, path: Path) -> Path:
 
 
 def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> Path | None:
-    """Weight bits of each arm's best winner (lowest last-stage KL over its seeds): layers by modules."""
+    """Weight bits of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1
+    winner, the strategy in winners/): layers by modules."""
     winners = []
     for arm in records.arms:
         best = [(row.aggregate.kl, run, row) for run in records.of_arm(arm) if (row := run.best("kl"))]
@@ -130,6 +131,7 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
         ax.set_ylabel("layer")
         ax.set_title(f"{arm}\n{run.name}, KL {row.aggregate.kl:.3g}\n{row.aggregate.bits_per_weight:.3f} bits", fontsize=8)
     fig.colorbar(image, ax=axes[0].tolist(), label="weight bits (16 shown as 8+)", shrink=0.8)
+    fig.suptitle("Each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", fontsize=9)
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -15,10 +15,21 @@ from pathlib import Path
 from agentqat.arena.tournament import rank_stage
 from agentqat.models import load_facts
 from agentqat.report import figures
-from agentqat.report.analysis import QUANTITIES, comparisons, reference_arm, summarize
+from agentqat.report.analysis import (
+    SEARCH_QUANTITIES,
+    ArmSummary,
+    best_searcher,
+    comparisons,
+    quantities,
+    reference_arm,
+    summarize,
+    unseen_label,
+    unseen_stages,
+)
 from agentqat.report.patterns import Played, contrasts
 from agentqat.report.records import ComparisonRecords, read_comparison
 from agentqat.study.confirm import PRIOR_RUN
+from agentqat.study.stats import NO_RESULT, ONE_SAMPLE, Comparison
 
 FIGURES_DIR = "figures"
 
@@ -66,38 +77,87 @@ def _prior_note(records: ComparisonRecords) -> str:
     return made + f" On the full arena ({priors[0].stage}), the shared prior every arm started from: {shown}."
 
 
-def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
-    summaries = summarize(records, seed)
-    shown = [quantity for quantity in QUANTITIES if any(summary.values[quantity] for summary in summaries)]
-    header = ("arm", "runs", *shown)
-    rows = [header]
+def _p(value: float | None) -> str:
+    return "no result" if value is None or math.isnan(value) else f"{value:.3g}"
+
+
+def _arm_rows(summaries: list[ArmSummary], shown: list[str]) -> list[tuple[str, ...]]:
+    """Returns per arm a row of its mean over seeds with the bootstrap interval, labelled as such, and (for an arm
+    with more than one run) a row of its best single run on each quantity, labelled and with the run's seed."""
+    rows = []
     for summary in summaries:
         cells = []
         for quantity in shown:
-            interval = summary.intervals[quantity]
-            values = summary.values[quantity]
+            interval, values = summary.intervals[quantity], summary.values[quantity]
             never = sum(1 for v in values if v == math.inf)
             cell = "-" if not values else f"{_number(interval.value)} [{_number(interval.low)}, {_number(interval.high)}]" if interval else "never"
             cells.append(cell + (f" ({never} never)" if never and interval else ""))
-        rows.append((summary.arm, str(len(summary.seeds)), *cells))
+        runs = len(summary.seeds)
+        rows.append((summary.arm, f"arm mean over {runs} seeds" if runs > 1 else "its one run", *cells))
+        if runs > 1:
+            best = []
+            for quantity in shown:
+                found = summary.best(quantity)
+                best.append("-" if not summary.values[quantity] else "never" if found is None else f"{_number(found[0])} ({found[1]})")
+            rows.append((summary.arm, "best single winner", *best))
+    return rows
+
+
+def _test_cell(c: Comparison) -> str:
+    if c.kind == ONE_SAMPLE:
+        return f"one-sample: {c.a}'s {c.n_a} values against {c.b}'s single value (exact signed-rank)"
+    return "no result" if c.kind == NO_RESULT else f"two-sample, {c.n_a} vs {c.n_b} runs (exact Mann-Whitney, mid-ranks)"
+
+
+def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
+    summaries = summarize(records, seed)
+    present = [quantity for quantity in quantities(records) if any(summary.values[quantity] for summary in summaries)]
+    search = [quantity for quantity in present if quantity in SEARCH_QUANTITIES]
+    unseen = [quantity for quantity in present if quantity not in SEARCH_QUANTITIES]
+    texts = [unseen_label(stage) for stage in unseen_stages(records)]
     tests = comparisons(records, summaries, seed)
-    test_rows = [("arms", "quantity", "medians", "U", "p (one-sided, a lower)", "p (two-sided)", "Cliff's delta", "p (permutation)", "method")]
-    test_rows += [
-        (f"{c.a} vs {c.b}", c.metric, f"{_number(c.median_a)} vs {_number(c.median_b)}", f"{c.u:g}", f"{c.p_less:.3g}",
-         f"{c.p_two_sided:.3g}", f"{c.cliffs_delta:+.2f}", f"{c.p_permutation:.3g}", c.method)
-        for c in tests
-    ]  # fmt: skip
-    return [
+    test_rows = [("arms", "quantity", "test", "medians (a vs b)", "U or W+", "p one-sided (a lower)", "p two-sided",
+                  "smallest attainable p", "Holm-adjusted p", "Cliff's delta", "p (means, exact permutation)")]  # fmt: skip
+    for c in tests:
+        b = f"{_number(c.median_b)} (single value)" if c.kind == ONE_SAMPLE else _number(c.median_b)
+        tested = c.kind != NO_RESULT
+        test_rows.append((f"{c.a} vs {c.b}", c.metric, _test_cell(c), f"{_number(c.median_a)} vs {b}", f"{c.u:g}" if tested else "-",
+                          _p(c.p_less), _p(c.p_two_sided), _p(c.p_floor), _p(c.p_holm), f"{c.cliffs_delta:+.2f}" if tested else "-",
+                          _p(c.p_permutation)))  # fmt: skip
+    family = sum(1 for c in tests if c.kind != NO_RESULT)
+    holm_note = (f"Holm-adjusted p: over the family of all {family} tests in this report (every row but those with no result)."
+                 if family else "Holm-adjusted p: none, no test here had a result.")  # fmt: skip
+    best = best_searcher(summaries)
+    also = f", and the best searcher {best} (lowest arm mean of final KL) against every other arm" if best not in (None, reference_arm(records)) else ""
+    blocks = [
         Block("h2", "Statistics"),
-        Block("p", "Per arm: the mean over runs (seeds) with a seeded percentile-bootstrap 95% interval. Final = the best "
-                   "last-stage survivor of each run; AUC = mean best-so-far KL up to the smallest budget any run spent; "
-                   "tokens to baseline KL = evaluated tokens until the run first matched the best uniform baseline within "
-                   "the bits budget ('never' runs are left out of the interval and counted); test = the run's winner on "
-                   "unseen text; full arena = the run's winner confirmed on the full arena's last stage." + _prior_note(records)),  # fmt: skip
-        Block("table", rows=tuple(rows)),
-        Block("p", f"Reference arm {reference_arm(records)} against each other arm: Mann-Whitney U (exact for small samples "
-                   "without ties), Cliff's delta (negative: the reference is lower, i.e. better) and a permutation test "
-                   "of the difference in means. Lower is better for every quantity."),  # fmt: skip
+        Block("p", "Per arm: the arm mean over its runs (seeds) with a seeded percentile-bootstrap 95% interval (rows 'arm "
+                   "mean over N seeds'), and the best single winner: the lowest value any one of its runs reached, each "
+                   "quantity on its own, so one row may mix runs (rows 'best single winner', the run named). Final = the best "
+                   "last-stage survivor of each run (lowest KL or perplexity, not necessarily its rank-1 winner); AUC = mean "
+                   "best-so-far KL up to the smallest budget any run spent; tokens to baseline KL = evaluated tokens until the "
+                   "run first matched the best uniform baseline within the bits budget ('never' runs are left out of the "
+                   "interval and counted)." + _prior_note(records)),  # fmt: skip
+        Block("p", "On the windows the search selected on:"),
+        Block("table", rows=(("arm", "row", *search), *_arm_rows(summaries, search))),
+    ]
+    if unseen:
+        where = ", ".join(f"'{text}' = " + ("the corpus's test split" if text == "test" else f"the text file {text}") for text in texts)
+        blocks += [
+            Block("p", "Out of sample: each run's rank-1 winner re-scored on every unseen text recorded, each text its own "
+                       f"columns ({where or 'none recorded'}), and confirmed on the full arena's last stage (full arena):"),  # fmt: skip
+            Block("table", rows=(("arm", "row", *unseen), *_arm_rows(summaries, unseen))),
+        ]
+    return blocks + [
+        Block("p", f"Tests: reference arm {reference_arm(records)} against each other arm{also}, on every quantity both measured. "
+                   "Two samples: the Mann-Whitney test, exact with ties (mid-ranks; the rank sum's distribution over every "
+                   "split of the pooled values, enumerated: 252 splits at 5 vs 5). Against an arm that does not use the seed "
+                   "and played once: a one-sample question, the exact Wilcoxon signed-rank test of the other arm's values "
+                   "against its single value (sign-flip p of the mean in the last column). An arm that never produced a "
+                   "value: no result, no test. Two-sided p = twice the smaller one-sided tail, at most 1. Smallest "
+                   "attainable p: the lowest two-sided p the test could give on these sample sizes and ties (5 vs 5 "
+                   "without ties: 2/252 = 0.0079; 5 runs against one value: 2/32 = 0.0625). " + holm_note + " Cliff's delta: "
+                   "negative means the first arm is lower, i.e. better; lower is better for every quantity."),  # fmt: skip
         Block("table", rows=tuple(test_rows)),
         *[Block("p", c.sentence) for c in tests],
     ]
@@ -140,7 +200,7 @@ def report_blocks(records: ComparisonRecords, out: Path, seed: int = 0) -> list[
         Block("h2", "Pareto fronts"),
         Block("img", "Bits against KL per arm, uniform baselines marked x", image=figures.pareto_plot(records, out / "pareto.png")),
         Block("h2", "Winners' bit maps"),
-        Block("img", "Weight bits per layer and module of each arm's best winner", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
+        Block("img", "Weight bits per layer and module of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
         Block("h2", "Failure taxonomy"),
         Block("img", "Outcome of every match, per arm", image=figures.failure_plot(records, out / "failures.png")),
         Block("h2", "Search score against test score"),

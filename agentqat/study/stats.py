@@ -3,16 +3,22 @@
 Per arm (one run per seed): best-so-far curves of a loss (KL, perplexity) against budget spent (tokens or
 matches), put on a common grid, their normalised area under the curve, the budget a run needed to reach a
 target (e.g. the best uniform baseline's KL), and the final best with a seeded bootstrap interval.
-Between arms: Mann-Whitney U (exact for small samples without ties), Cliff's delta (= the rank-biserial
-correlation of U) and a seeded permutation test of the difference in means, each with a sentence that says
-whether the difference is significant at the chosen level, and says so in words when it is not. Against an arm
-that does not depend on the seed (one run stands for every seed), the runs are tested against its single value:
-Wilcoxon's signed-rank test (exact) and the exact sign-flip test of the mean difference.
-Lower is better for every loss here.
+Between arms: the Mann-Whitney test, exact with ties (mid-ranks, and the whole permutation distribution of
+the rank sum over every split of the pooled values, enumerated: no normal approximation, no sampling), Cliff's
+delta (= the rank-biserial correlation of U) and the exact permutation test of the difference in means, each
+with the smallest p the test could give and a sentence that says whether the difference is significant at the
+chosen level, and says so in words when it is not. Against an arm that does not depend on the seed (one run
+stands for every seed), the runs are tested against its single value as a one-sample question (exact Wilcoxon
+signed-rank, exact sign-flip test of the mean difference), and the sentence says so. An arm with no finite value
+(it never produced one) gives "no result", never a p-value. Holm's step-down adjustment covers a family of
+tests. Two-sided p-values are twice the smaller one-sided tail, capped at 1 (scipy's convention for its exact
+tests). Lower is better for every loss here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,10 +116,147 @@ def permutation_p(a: Sequence[float], b: Sequence[float], rng: np.random.Generat
     return float((extreme.sum() + 1) / (permutations + 1))
 
 
+ENUMERATION_LIMIT = 200_000  # arrangements enumerated one by one; beyond it the same null distribution is counted
+
+
+def _null_of_splits(doubled: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (support, counts): every value of the sum of `k` of the integers `doubled` over all C(n, k) ways to
+    choose them, each way counted once. Enumerated split by split up to ENUMERATION_LIMIT splits, counted by
+    dynamic programming beyond (the same exact distribution)."""
+    n = len(doubled)
+    if math.comb(n, k) <= ENUMERATION_LIMIT:
+        chosen = np.array(list(itertools.combinations(range(n), k)), dtype=np.int64).reshape(-1, k)
+        return np.unique(doubled[chosen].sum(axis=1), return_counts=True)
+    ways: list[dict[int, int]] = [{0: 1}] + [{} for _ in range(k)]
+    for i, value in enumerate(int(v) for v in doubled):
+        for j in range(min(k, i + 1), 0, -1):
+            for total, count in ways[j - 1].items():
+                ways[j][total + value] = ways[j].get(total + value, 0) + count
+    support = sorted(ways[k])
+    return np.array(support, dtype=np.int64), np.array([ways[k][s] for s in support], dtype=object)
+
+
+def _null_of_signs(doubled: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Returns (support, counts): every value of the sum of the integers `doubled` that carry a plus sign, over all
+    2^n sign patterns, each counted once (enumerated up to ENUMERATION_LIMIT patterns, counted beyond)."""
+    n = len(doubled)
+    if 2**n <= ENUMERATION_LIMIT:
+        plus = np.array(list(itertools.product((0, 1), repeat=n)), dtype=np.int64).reshape(-1, n)
+        return np.unique(plus @ doubled.astype(np.int64), return_counts=True)
+    ways = {0: 1}
+    for value in (int(v) for v in doubled):
+        shifted = {total + value: count for total, count in ways.items()}
+        ways = {total: ways.get(total, 0) + shifted.get(total, 0) for total in ways.keys() | shifted.keys()}
+    support = sorted(ways)
+    return np.array(support, dtype=np.int64), np.array([ways[s] for s in support], dtype=object)
+
+
+@dataclass(frozen=True)
+class ExactTest:
+    """An exact test from the whole null distribution of a rank statistic: `statistic` (Mann-Whitney U of the
+    first sample, or Wilcoxon's W+), its one-sided p-values, the two-sided p (twice the smaller tail, at most 1:
+    scipy's convention for exact tests), the smallest two-sided p this null distribution can give at all
+    (`p_floor`, given the sample sizes and the tie pattern) and the number of equally likely arrangements."""
+
+    statistic: float
+    p_less: float  # P(statistic <= observed): the first sample (or the differences) tends lower
+    p_greater: float  # P(statistic >= observed)
+    p_two_sided: float
+    p_floor: float
+    arrangements: int
+
+
+def _exact_test(support: np.ndarray, counts: np.ndarray, observed: int, statistic: float) -> ExactTest:
+    total = int(sum(int(c) for c in counts))
+    at_most = int(sum(int(c) for s, c in zip(support, counts) if s <= observed))
+    at_least = int(sum(int(c) for s, c in zip(support, counts) if s >= observed))
+    floor = min(1.0, 2 * min(int(counts[0]), int(counts[-1])) / total)
+    return ExactTest(statistic, at_most / total, at_least / total, min(1.0, 2 * min(at_most, at_least) / total), floor, total)
+
+
+def _doubled_mid_ranks(values: np.ndarray) -> np.ndarray:
+    """Returns twice the mid-ranks of `values` (ties share the mean of their ranks), exact integers."""
+    return np.rint(2 * scipy_stats.rankdata(values, method="average")).astype(np.int64)
+
+
+def mann_whitney_exact(a: Sequence[float], b: Sequence[float]) -> ExactTest:
+    """Returns the exact Mann-Whitney (Wilcoxon rank-sum) test of `a` against `b`, ties included: mid-ranks of the
+    pooled values, and the null distribution of a's rank sum over every one of the C(n_a + n_b, n_a) equally
+    likely ways to split the pooled values into samples of these sizes (5 vs 5: 252 splits), enumerated, no
+    normal approximation and no sampling. `statistic` is U of `a` (pairs where a is higher, ties counted half);
+    p_less is the probability of a U at most the observed one (a tends lower). Two-sided p: twice the smaller
+    one-sided p, capped at 1 (scipy's convention for its exact test, whose p-values these equal when there are no
+    ties). Values must be finite (rank a run that found nothing as worse than every finite value first)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    if not (np.isfinite(a).all() and np.isfinite(b).all()) or len(a) < 1 or len(b) < 1:
+        raise ValueError("an exact rank-sum test needs finite values, at least one per sample")
+    doubled = _doubled_mid_ranks(np.r_[a, b])
+    observed = int(doubled[: len(a)].sum())
+    support, counts = _null_of_splits(doubled, len(a))
+    return _exact_test(support, counts, observed, (observed - len(a) * (len(a) + 1)) / 2)
+
+
+def signed_rank_exact(differences: Sequence[float]) -> ExactTest:
+    """Returns the exact Wilcoxon signed-rank test of `differences` against 0, ties included: zero differences are
+    dropped (Wilcoxon's rule), the others ranked by absolute value with mid-ranks, and W+ (the rank sum of the
+    positive ones) compared with its distribution over all 2^n equally likely sign patterns, enumerated. p_less: the
+    differences tend negative. Two-sided: twice the smaller tail, capped at 1 (scipy's convention; it equals
+    scipy.stats.wilcoxon(method="exact") without ties). No difference left: every p is 1."""
+    d = np.asarray(differences, float)
+    if not np.isfinite(d).all():
+        raise ValueError("an exact signed-rank test needs finite differences")
+    d = d[d != 0]
+    if len(d) == 0:
+        return ExactTest(0.0, 1.0, 1.0, 1.0, 1.0, 1)
+    doubled = _doubled_mid_ranks(np.abs(d))
+    observed = int(doubled[d > 0].sum())
+    support, counts = _null_of_signs(doubled)
+    return _exact_test(support, counts, observed, observed / 2)
+
+
+def exact_permutation_p(a: Sequence[float], b: Sequence[float], rng: np.random.Generator | None = None) -> float:
+    """Returns the two-sided p-value of the difference in means mean(a) - mean(b) over every split of the pooled
+    values into samples of these sizes (|difference| at least the observed one), enumerated; past
+    ENUMERATION_LIMIT splits, `permutation_p` with `rng` samples them instead (ValueError without one)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    pooled = np.r_[a, b]
+    if math.comb(len(pooled), len(a)) > ENUMERATION_LIMIT:
+        if rng is None:
+            raise ValueError("too many splits to enumerate: pass an rng to sample them")
+        return permutation_p(a, b, rng)
+    chosen = np.array(list(itertools.combinations(range(len(pooled)), len(a))), dtype=np.int64).reshape(-1, len(a))
+    sums = pooled[chosen].sum(axis=1)
+    differences = sums / len(a) - (pooled.sum() - sums) / len(b)
+    observed = a.mean() - b.mean()
+    return float(np.mean(np.abs(differences) >= abs(observed) - 1e-12 * max(1.0, abs(observed))))
+
+
+def holm(p_values: Sequence[float | None]) -> list[float | None]:
+    """Returns Holm's step-down adjustment of a family of p-values (controls the family-wise error rate): sorted
+    ascending, the i-th smallest (from 0) becomes max over j <= i of min(1, (m - j) p_(j)). None or NaN entries
+    (no test) stay as they are and do not count in m."""
+    tested = [(p, i) for i, p in enumerate(p_values) if p is not None and not math.isnan(p)]
+    adjusted: list[float | None] = list(p_values)
+    running = 0.0
+    for j, (p, i) in enumerate(sorted(tested)):
+        running = max(running, min(1.0, (len(tested) - j) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+ONE_SAMPLE, TWO_SAMPLE, NO_RESULT = "one-sample", "two-sample", "no result"
+
+
 @dataclass(frozen=True)
 class Comparison:
-    """Arm `a` against arm `b` on one loss (lower is better): the samples' medians, Mann-Whitney U with its
-    one-sided (a lower) and two-sided p-values, Cliff's delta, a permutation p (two-sided) and a sentence."""
+    """Arm `a` against arm `b` on one loss (lower is better).
+
+    kind "two-sample": the exact Mann-Whitney test of a's runs against b's; "one-sample": a's runs against the
+    single value of an arm that does not use the seed (exact Wilcoxon signed-rank of the differences; `u` holds
+    W+, `median_b` the value); "no result": one side has no finite value (the arm never produced one), so nothing
+    is tested and every p is NaN. `p_floor` is the smallest two-sided p the test could give on these values;
+    `p_holm` the two-sided p after Holm's adjustment over the family of tests a report prints (None until
+    `adjust_family` sets it)."""
 
     a: str
     b: str
@@ -126,30 +269,56 @@ class Comparison:
     p_less: float  # H1: a's losses tend lower than b's
     p_two_sided: float
     cliffs_delta: float
-    p_permutation: float
-    method: str  # "exact" or "asymptotic" (Mann-Whitney)
+    p_permutation: float  # exact permutation p of the difference in means (one-sample: the exact sign-flip p)
+    method: str
     sentence: str
+    kind: str = TWO_SAMPLE
+    p_floor: float = math.nan
+    p_holm: float | None = None
+    family: int = 0  # tests in the Holm family
 
 
-def compare_arms(a_name: str, a: Sequence[float], b_name: str, b: Sequence[float], metric: str, rng: np.random.Generator, alpha: float = ALPHA) -> Comparison:
-    """Returns the comparison of arm `a` against arm `b` on final losses of `metric` (one per seed; inf for a
-    run that found nothing counts as the worst). Mann-Whitney U is exact when both samples are small and have
-    no ties (scipy's rule), asymptotic otherwise."""
+def _worst_as_finite(*samples: np.ndarray) -> list[np.ndarray]:
+    """Returns the samples with inf (a run that found nothing, or never reached a target) replaced by one more than
+    the largest finite value of all of them, so it ranks below every finite result and ties with other infs."""
+    pooled = np.concatenate(samples)
+    worst = (pooled[np.isfinite(pooled)].max() if np.isfinite(pooled).any() else 0.0) + 1.0
+    return [np.where(np.isfinite(x), x, worst) for x in samples]
+
+
+def no_result(a_name: str, a: Sequence[float], b_name: str, b: Sequence[float], metric: str) -> Comparison:
+    """Returns the comparison that is not made because an arm has no finite value of `metric` (it never produced a
+    result, or never reached the target): "no result", never a p-value."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    missing = " and ".join(name for name, x in ((a_name, a), (b_name, b)) if not np.isfinite(x).any())
+    sentence = f"{a_name} against {b_name} on {metric}: no result ({missing} never produced a value of it), so nothing is tested."
+    nan = math.nan
+    return Comparison(
+        a=a_name, b=b_name, metric=metric, n_a=len(a), n_b=len(b), median_a=float(np.median(a)), median_b=float(np.median(b)),
+        u=nan, p_less=nan, p_two_sided=nan, cliffs_delta=nan, p_permutation=nan, method=NO_RESULT, sentence=sentence, kind=NO_RESULT,
+    )  # fmt: skip
+
+
+def compare_arms(a_name: str, a: Sequence[float], b_name: str, b: Sequence[float], metric: str, rng: np.random.Generator | None = None, alpha: float = ALPHA) -> Comparison:
+    """Returns the comparison of arm `a` against arm `b` on final losses of `metric` (one per seed): the exact
+    Mann-Whitney test with ties (`mann_whitney_exact`), Cliff's delta and the exact permutation p of the
+    difference in means. A run that found nothing (inf) counts as worse than every finite value; an arm with no
+    finite value at all gives "no result" (`no_result`). `rng` only samples permutations of the means when there
+    are too many splits to enumerate."""
     a, b = np.asarray(a, float), np.asarray(b, float)
     if len(a) < 1 or len(b) < 1:
         raise ValueError("each arm needs at least one run")
-    finite_max = np.nanmax(np.where(np.isfinite(np.r_[a, b]), np.r_[a, b], np.nan)) if np.isfinite(np.r_[a, b]).any() else 0.0
-    a_ranked, b_ranked = (np.where(np.isfinite(x), x, finite_max + 1.0) for x in (a, b))
-    exact = max(len(a), len(b)) <= 8 and len(np.unique(np.r_[a_ranked, b_ranked])) == len(a) + len(b)
-    method = "exact" if exact else "asymptotic"
-    less = scipy_stats.mannwhitneyu(a_ranked, b_ranked, alternative="less", method=method)
-    two = scipy_stats.mannwhitneyu(a_ranked, b_ranked, alternative="two-sided", method=method)
+    if not np.isfinite(a).any() or not np.isfinite(b).any():
+        return no_result(a_name, a, b_name, b, metric)
+    a_ranked, b_ranked = _worst_as_finite(a, b)
+    test = mann_whitney_exact(a_ranked, b_ranked)
     delta = cliffs_delta(a_ranked, b_ranked)
-    p_perm = permutation_p(a_ranked, b_ranked, rng)
     return Comparison(
         a=a_name, b=b_name, metric=metric, n_a=len(a), n_b=len(b), median_a=float(np.median(a)), median_b=float(np.median(b)),
-        u=float(two.statistic), p_less=float(less.pvalue), p_two_sided=float(two.pvalue), cliffs_delta=delta,
-        p_permutation=p_perm, method=method, sentence=verdict(a_name, b_name, metric, float(two.pvalue), delta, len(a), len(b), alpha),
+        u=test.statistic, p_less=test.p_less, p_two_sided=test.p_two_sided, cliffs_delta=delta,
+        p_permutation=exact_permutation_p(a_ranked, b_ranked, rng), method="exact Mann-Whitney (mid-ranks)",
+        sentence=verdict(a_name, b_name, metric, test.p_two_sided, delta, len(a), len(b), alpha, floor=test.p_floor),
+        kind=TWO_SAMPLE, p_floor=test.p_floor,
     )  # fmt: skip
 
 
@@ -162,48 +331,73 @@ def sign_flip_p(differences: Sequence[float]) -> float:
 
 
 def compare_with_value(a_name: str, a: Sequence[float], b_name: str, value: float, metric: str, alpha: float = ALPHA) -> Comparison:
-    """Returns the comparison of arm `a`'s runs with the single `value` of an arm that does not use the seed:
-    Wilcoxon's signed-rank test of a - value (exact; zero differences dropped, p = 1 when none is left), Cliff's
-    delta against the one value and the exact sign-flip p. `u` holds the signed-rank statistic."""
+    """Returns the one-sample comparison of arm `a`'s runs with the single `value` of an arm that does not use the
+    seed (played once): the exact Wilcoxon signed-rank test of a - value (`signed_rank_exact`; zero differences
+    dropped, p = 1 when none is left), Cliff's delta against the one value and the exact sign-flip p; the sentence
+    says it is a one-sample question. A run of `a` that found nothing counts as worse than every finite value; a
+    `value` that is not finite (the arm never produced one), or no finite run, gives "no result"."""
     a = np.asarray(a, float)
-    finite = [*a[np.isfinite(a)], *([value] if math.isfinite(value) else [])]
-    worst = (max(finite) if finite else 0.0) + 1.0  # a run (or value) that found nothing ranks below every finite one
-    ranked = np.where(np.isfinite(a), a, worst)
-    differences = ranked - (value if math.isfinite(value) else worst)
+    if not math.isfinite(value) or not np.isfinite(a).any():
+        return no_result(a_name, a, b_name, np.array([value]), metric)
+    ranked = _worst_as_finite(a, np.array([value]))[0]
+    differences = ranked - value
+    test = signed_rank_exact(differences)
     nonzero = differences[differences != 0]
-    if len(nonzero):
-        less = scipy_stats.wilcoxon(nonzero, alternative="less", method="exact")
-        two = scipy_stats.wilcoxon(nonzero, alternative="two-sided", method="exact")
-        statistic, p_less, p_two = float(two.statistic), float(less.pvalue), float(two.pvalue)
-        p_flip = sign_flip_p(nonzero)
-    else:
-        statistic, p_less, p_two, p_flip = 0.0, 1.0, 1.0, 1.0
+    p_flip = sign_flip_p(nonzero) if len(nonzero) else 1.0
     delta = float(np.mean(np.sign(differences)))
     return Comparison(
         a=a_name, b=b_name, metric=metric, n_a=len(a), n_b=1, median_a=float(np.median(a)), median_b=float(value),
-        u=statistic, p_less=p_less, p_two_sided=p_two, cliffs_delta=delta, p_permutation=p_flip,
-        method="signed-rank", sentence=verdict(a_name, b_name, metric, p_two, delta, len(a), 1, alpha, against_value=True),
+        u=test.statistic, p_less=test.p_less, p_two_sided=test.p_two_sided, cliffs_delta=delta, p_permutation=p_flip,
+        method="exact Wilcoxon signed-rank (one-sample)", kind=ONE_SAMPLE, p_floor=test.p_floor,
+        sentence=verdict(a_name, b_name, metric, test.p_two_sided, delta, len(a), 1, alpha, against_value=value, floor=test.p_floor),
     )  # fmt: skip
 
 
+def adjust_family(tests: Sequence[Comparison], alpha: float = ALPHA) -> list[Comparison]:
+    """Returns the comparisons with Holm-adjusted two-sided p-values over the family of all of them that were
+    tested ("no result" ones stay out of it), their sentences saying what the adjustment does to the verdict."""
+    adjusted = holm([c.p_two_sided if c.kind != NO_RESULT else None for c in tests])
+    family = sum(1 for c in tests if c.kind != NO_RESULT)
+    out = []
+    for c, p in zip(tests, adjusted):
+        if c.kind == NO_RESULT:
+            out.append(c)
+            continue
+        if c.p_two_sided < alpha:
+            after = "significant" if p < alpha else "not significant"
+            note = f" After Holm's adjustment over the {family} tests of this report: p = {p:.3g}, {after} across the family."
+        else:
+            note = f" (Holm-adjusted over the {family} tests of this report: p = {p:.3g}.)"
+        out.append(dataclasses.replace(c, p_holm=p, family=family, sentence=c.sentence + note))
+    return out
+
+
 def smallest_p(n_a: int, n_b: int, against_value: bool = False) -> float:
-    """Returns the smallest two-sided exact p-value two samples of these sizes can reach: Mann-Whitney's
-    2 / C(n_a + n_b, n_a) (the two most extreme orderings), or with `against_value` (signed ranks of n_a
-    differences from one value) 2 / 2^n_a; at most 1."""
+    """Returns the smallest two-sided exact p-value two samples of these sizes can reach without ties:
+    Mann-Whitney's 2 / C(n_a + n_b, n_a) (the two most extreme splits; 5 vs 5: 2/252 = 0.0079), or with
+    `against_value` (signed ranks of n_a differences from one value) 2 / 2^n_a (5 runs: 0.0625); at most 1.
+    Ties can only raise it (`ExactTest.p_floor` is the floor of the values at hand)."""
     return min(1.0, 2 / (2**n_a if against_value else math.comb(n_a + n_b, n_a)))
 
 
-def verdict(a: str, b: str, metric: str, p_two_sided: float, delta: float, n_a: int, n_b: int, alpha: float = ALPHA, against_value: bool = False) -> str:
-    """Returns one sentence saying whether `a` and `b` differ on `metric` at level `alpha`, in words, and that a
-    non-significant difference is not one."""
+def verdict(a: str, b: str, metric: str, p_two_sided: float, delta: float, n_a: int, n_b: int, alpha: float = ALPHA,
+            against_value: float | None = None, floor: float | None = None) -> str:  # fmt: skip
+    """Returns one sentence saying whether `a` and `b` differ on `metric` at level `alpha`, in words, with the
+    smallest p the test could give (`floor`, the tie-free `smallest_p` when not given), and that a non-significant
+    difference is not one. With `against_value` (the single value of `b`) the sentence starts by saying that it is
+    a one-sample question."""
+    one_sample = against_value is not None
+    floor = smallest_p(n_a, n_b, one_sample) if floor is None else floor
     direction = "lower (better)" if delta < 0 else "higher (worse)" if delta > 0 else "neither lower nor higher"
-    size = f"Cliff's delta {delta:+.2f}, {n_a} vs {n_b} runs"
-    test = f"Wilcoxon signed-rank against {b}'s one seed-independent value," if against_value else "Mann-Whitney"
+    if one_sample:
+        lead = f"One-sample: arm {a}'s {n_a} values against the single value {against_value:.4g} of {b} (an arm that does not use the seed, played once). "
+        test, size = "exact Wilcoxon signed-rank", f"Cliff's delta {delta:+.2f} against the one value, {n_a} runs"
+    else:
+        lead, test, size = "", "exact Mann-Whitney", f"Cliff's delta {delta:+.2f}, {n_a} vs {n_b} runs"
+    floor_note = f"with these sample sizes and ties no p below {floor:.3g} is possible" if floor >= alpha else f"smallest attainable p {floor:.3g}"
     if p_two_sided < alpha:
-        return f"{a} reaches a significantly {direction} {metric} than {b} (two-sided {test} p = {p_two_sided:.3g} < {alpha}; {size})."
-    floor = smallest_p(n_a, n_b, against_value)
-    note = f"; with these sample sizes no p below {floor:.3g} is possible" if floor >= alpha else ""
+        return f"{lead}{a} reaches a significantly {direction} {metric} than {b} (two-sided {test} p = {p_two_sided:.3g} < {alpha}; {floor_note}; {size})."
     return (
-        f"{a} and {b} do not differ significantly in {metric} (two-sided {test} p = {p_two_sided:.3g} >= {alpha}; "
-        f"{size}{note}): the observed difference may be chance and is not evidence that either arm is better."
+        f"{lead}{a} and {b} do not differ significantly in {metric} (two-sided {test} p = {p_two_sided:.3g} >= {alpha}; "
+        f"{floor_note}; {size}): the observed difference may be chance and is not evidence that either arm is better."
     )

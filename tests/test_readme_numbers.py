@@ -1,0 +1,258 @@
+"""The README's sentences about the committed comparisons, checked against a recomputation from their records
+(reports/compare-3bit, reports/compare-default): the arm means and intervals in its tables, every p-value quoted
+in the key comparison sentences (exact tests, as the reports print them), the Holm note, and the percentages under
+the prior, arm means and best single winners apart. No model is needed: only the records are read."""
+
+import math
+import re
+from pathlib import Path
+
+import pytest
+
+from agentqat.report.analysis import comparisons, summarize
+from agentqat.report.records import read_comparison
+from agentqat.study.confirm import PRIOR_RUN
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+
+
+def _prose() -> str:
+    """The README with every run of whitespace (line breaks and indentation included) as one space."""
+    return re.sub(r"\s+", " ", README.read_text(encoding="utf-8"))
+
+
+class Study:
+    """One comparison's records, summaries and tests, with look-ups by arm and quantity."""
+
+    def __init__(self, name: str):
+        self.records = read_comparison(ROOT / "reports" / name)
+        self.summaries = {summary.arm: summary for summary in summarize(self.records)}
+        self.tests = comparisons(self.records, list(self.summaries.values()))
+
+    def test(self, a: str, b: str, quantity: str):
+        found = [c for c in self.tests if (c.a, c.b, c.metric) == (a, b, quantity)]
+        assert len(found) == 1, f"the report has no single test of {a} vs {b} on {quantity}"
+        return found[0]
+
+    def mean(self, arm: str, quantity: str) -> float:
+        return self.summaries[arm].intervals[quantity].value
+
+    def prior_full_arena(self) -> float:
+        return min(r.quality.perplexity for r in self.records.confirms if r.extra.get("run") == PRIOR_RUN)
+
+
+@pytest.fixture(scope="module")
+def low_bit():
+    return Study("compare-3bit")
+
+
+@pytest.fixture(scope="module")
+def default():
+    return Study("compare-default")
+
+
+def _shown(text: str, value: float) -> bool:
+    """Whether `text` (a number as the README writes it) is `value` rounded to as many decimals as `text` has."""
+    decimals = len(text.partition(".")[2])
+    return abs(float(text) - value) <= 0.5 * 10**-decimals + 1e-12
+
+
+def _claim(fragment: str) -> list[str]:
+    """Asserts the README says `fragment` (whitespace-insensitive) and returns the p-values written in it."""
+    fragment = re.sub(r"\s+", " ", fragment)
+    assert fragment in _prose(), f"the README no longer says: {fragment!r}"
+    return re.findall(r"p = ([0-9.]+)", fragment)
+
+
+def _table(header: str) -> dict[str, list[str]]:
+    """Returns the rows (arm -> cells) of the README table whose header line is `header`."""
+    lines = README.read_text(encoding="utf-8").splitlines()
+    start = lines.index(header)
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _check_table(study: Study, header: str, columns: list[str], arms: dict[str, str]):
+    rows = _table(header)
+    assert set(rows) == set(arms), f"the table under {header!r} names other arms"
+    for label, arm in arms.items():
+        for cell, quantity in zip(rows[label], columns):
+            numbers = re.findall(r"[0-9][0-9,]*\.?[0-9]*", cell)
+            if not numbers:
+                assert study.summaries[arm].intervals[quantity] is None, f"{label}: {quantity} has a value"
+                continue
+            interval = study.summaries[arm].intervals[quantity]
+            expected = [interval.value] if len(numbers) == 1 else [interval.value, interval.low, interval.high]
+            assert len(numbers) == len(expected), f"{label}, {quantity}: {cell!r}"
+            for text, value in zip(numbers, expected):
+                assert _shown(text, value), f"{label}, {quantity}: README {text}, records {value:.5g}"
+
+
+def _p_is(study: Study, fragment: str, tests: list[tuple[str, str, str]], significant: bool | None = None):
+    """The p-values in `fragment`, one per test in order, are the recomputed two-sided exact p-values."""
+    written = _claim(fragment)
+    assert len(written) == len(tests), f"{fragment!r} holds {len(written)} p-values for {len(tests)} tests"
+    for text, (a, b, quantity) in zip(written, tests):
+        p = study.test(a, b, quantity).p_two_sided
+        assert _shown(text, p), f"{a} vs {b} on {quantity}: README p = {text}, records p = {p:.4g}"
+        if significant is not None:
+            assert (p < 0.05) == significant, f"{a} vs {b} on {quantity}: p = {p:.4g}"
+
+
+def test_the_low_bit_table_is_the_arm_means_of_the_records(low_bit):
+    header = "| arm | final KL | final perplexity | test perplexity | GPL-3 KL | full-arena perplexity |"
+    columns = ["final KL", "final perplexity", "test perplexity", "gpl-3.txt KL", "full-arena perplexity"]
+    arms = {"llm": "llm", "llm-random-edits": "llm-random-edits", "evo": "evo", "random": "random",
+            "llm@gemma3-270m (3 seeds)": "llm-gemma3-270m", "knapsack (one run)": "knapsack"}  # fmt: skip
+    _check_table(low_bit, header, columns, arms)
+
+
+def test_the_default_table_is_the_arm_means_of_the_records(default):
+    header = "| arm | final KL | final perplexity | test perplexity | full-arena perplexity |"
+    rows = _table(header)
+    assert rows["knapsack (one run)"][0].startswith("none")  # it never played an allocation: no result
+    assert all(not math.isfinite(v) for v in default.summaries["knapsack"].values["final KL"])
+    arms = {"llm": "llm", "llm-random-edits": "llm-random-edits", "evo": "evo", "random": "random"}
+    README_rows = {label: cells for label, cells in rows.items() if label in arms}
+    assert set(README_rows) == set(arms)
+    columns = ["final KL", "final perplexity", "test perplexity", "full-arena perplexity"]
+    for label, arm in arms.items():
+        for cell, quantity in zip(README_rows[label], columns):
+            interval = default.summaries[arm].intervals[quantity]
+            numbers = re.findall(r"[0-9]+\.[0-9]+", cell)
+            for text, value in zip(numbers, [interval.value, interval.low, interval.high], strict=True):
+                assert _shown(text, value), f"{label}, {quantity}: README {text}, records {value:.5g}"
+
+
+def test_the_low_bit_comparison_sentences_are_the_recomputed_exact_p_values(low_bit):
+    s = low_bit
+    _p_is(s, "On the full arena the random-edits control is better in KL (p = 0.008) and not different in perplexity (p = 0.095)",
+          [("llm", "llm-random-edits", "full-arena KL"), ("llm", "llm-random-edits", "full-arena perplexity")])  # fmt: skip
+    assert s.test("llm", "llm-random-edits", "full-arena KL").cliffs_delta > 0  # the control is the lower
+    # the GPL-3 text: llm lower, not significant (the README once said its replies did slightly worse)
+    _p_is(s, "llm lower in KL (1.119 against 1.151, p = 0.056) and perplexity (p = 0.056), not significant either",
+          [("llm", "llm-random-edits", "gpl-3.txt KL"), ("llm", "llm-random-edits", "gpl-3.txt perplexity")], significant=False)  # fmt: skip
+    assert _shown("1.119", s.mean("llm", "gpl-3.txt KL")) and _shown("1.151", s.mean("llm-random-edits", "gpl-3.txt KL"))
+    assert "slightly worse than random ones" not in _prose()
+    search = ("final KL", "final perplexity", "KL AUC (tokens)", "test KL", "test perplexity")
+    ps = [s.test("llm", "llm-random-edits", quantity).p_two_sided for quantity in search]
+    _claim("no significant difference on the search's numbers or the test split (two-sided Mann-Whitney p 0.31-0.69)")
+    assert _shown("0.31", min(ps)) and _shown("0.69", max(ps))
+
+    _p_is(s, "evo is better on final KL and perplexity (p = 0.016), KL AUC and test KL (p = 0.008) and full-arena KL (p = 0.008)",
+          [("llm", "evo", "final KL"), ("llm", "evo", "KL AUC (tokens)"), ("llm", "evo", "full-arena KL")], significant=True)  # fmt: skip
+    for quantity in ("final perplexity", "test KL"):
+        assert s.test("llm", "evo", quantity).p_two_sided < 0.05 and s.test("llm", "evo", quantity).cliffs_delta > 0
+    _p_is(s, "test and full-arena perplexity do not differ significantly (p = 0.31)", [("llm", "evo", "test perplexity")], significant=False)
+    _p_is(s, "GPL-3 scores (KL p = 0.69, perplexity p = 0.42; llm's mean is the lower)",
+          [("llm", "evo", "gpl-3.txt KL"), ("llm", "evo", "gpl-3.txt perplexity")], significant=False)  # fmt: skip
+    assert s.mean("llm", "gpl-3.txt KL") < s.mean("evo", "gpl-3.txt KL")
+
+    # "evo is the best searcher" does not hold against the random-edits control
+    _p_is(s, "no significant difference on final KL and perplexity (p = 0.42, 0.31), the test split (KL p = 0.056, perplexity "
+             "p = 0.15), GPL-3 (p = 0.69, 0.55) or the full arena (p = 0.84); only its KL AUC is lower (p = 0.016",
+          [("evo", "llm-random-edits", "final KL"), ("evo", "llm-random-edits", "test KL"),
+           ("evo", "llm-random-edits", "test perplexity"), ("evo", "llm-random-edits", "gpl-3.txt KL"), ("evo", "llm-random-edits", "full-arena KL"),
+           ("evo", "llm-random-edits", "KL AUC (tokens)")])  # fmt: skip
+    for quantity, shown in (("final perplexity", "0.31"), ("gpl-3.txt perplexity", "0.55"), ("full-arena perplexity", "0.84")):
+        assert _shown(shown, s.test("evo", "llm-random-edits", quantity).p_two_sided)
+    assert all(s.test("evo", "llm-random-edits", q).p_two_sided >= 0.05 for q in search if q != "KL AUC (tokens)")
+    assert "evo is the best searcher" not in _prose()
+
+    _p_is(s, "llm is better in final KL (p = 0.008), final perplexity (p = 0.032), test perplexity (p = 0.008), GPL-3 perplexity "
+             "(p = 0.008) and full-arena perplexity (p = 0.008)",
+          [("llm", "random", "final KL"), ("llm", "random", "final perplexity"), ("llm", "random", "test perplexity"),
+           ("llm", "random", "gpl-3.txt perplexity"), ("llm", "random", "full-arena perplexity")], significant=True)  # fmt: skip
+    prior = s.records.baseline.best_within_budget("kl").aggregate.kl
+    _claim("its best search KL is the prior's in all 5 seeds")
+    assert s.summaries["random"].values["final KL"] == [prior] * 5
+
+    _p_is(s, "its test perplexity is, if anything, higher: p = 0.071", [("llm", "llm-gemma3-270m", "test perplexity")], significant=False)
+    gemma = [c.p_two_sided for c in s.tests if (c.a, c.b) == ("llm", "llm-gemma3-270m")]
+    _claim("differs significantly on nothing (two-sided p 0.07-1")
+    assert _shown("0.07", min(gemma)) and max(gemma) == 1.0
+
+    # the knapsack's single value: a one-sample question, whose floor is 2/32
+    _claim("this is a one-sample question (llm's 5 values against the knapsack's single value), and the exact signed-rank "
+           "test cannot go below p = 0.0625 with 5 runs: not significant")  # fmt: skip
+    for quantity in ("final KL", "final perplexity"):
+        test = s.test("llm", "knapsack", quantity)
+        assert test.kind == "one-sample" and test.p_floor == pytest.approx(0.0625) and test.p_two_sided >= 0.05 and test.cliffs_delta == -1
+
+    # Holm over the report's family
+    tested = [c for c in s.tests if c.kind != "no result"]
+    _claim(f"none survives Holm's adjustment over the report's {len(tested)} tests (the smallest adjusted p is 0.714)")
+    assert _shown("0.714", min(c.p_holm for c in tested))
+
+
+def test_the_low_bit_percentages_keep_arm_means_and_single_winners_apart(low_bit):
+    s = low_bit
+    prior_search = s.records.baseline.best_within_budget("kl").aggregate
+    prior_full = s.prior_full_arena()
+    # the knapsack's best is the prior (KL 0.5726): its re-scores are the prior's on unseen text
+    assert s.summaries["knapsack"].values["final KL"] == [prior_search.kl]
+    prior_test = s.summaries["knapsack"].values["test perplexity"][0]
+
+    def best_mean(quantity):
+        return min((s.mean(arm, quantity), arm) for arm, summary in s.summaries.items() if len(summary.seeds) > 1)
+
+    def best_single(quantity):
+        return min(summary.best(quantity) for summary in s.summaries.values())
+
+    def under(value, prior):
+        return f"{100 * (1 - value / prior):.1f}%"
+
+    (search, search_arm), (full, full_arm), (test, test_arm) = (best_mean(q) for q in ("final perplexity", "full-arena perplexity", "test perplexity"))
+    (kl, kl_run), (test_single, test_run) = best_single("final KL"), best_single("test perplexity")
+    assert (search_arm, full_arm, test_arm, kl_run, test_run) == ("evo", "llm-random-edits", "evo", "evo-seed3", "evo-seed4")
+    _claim(f"The best arm mean is {under(search, prior_search.perplexity)} under the prior's perplexity on the search's windows "
+           f"(evo, {search:.2f} against {prior_search.perplexity:.2f}), {under(full, prior_full)} on the full arena "
+           f"(llm-random-edits, {full:.2f} against {prior_full:.2f}) and {under(test, prior_test)} on the test split (evo, "
+           f"{test:.2f} against {prior_test:.2f}); the best single winner is {under(kl, prior_search.kl)} under the prior's "
+           f"search KL (evo seed 3, {kl:.4f} against {prior_search.kl:.4f}) and {under(test_single, prior_test)} under its test "
+           f"perplexity (evo seed 4, {test_single:.2f})")  # fmt: skip
+    _claim(f"about 2% over uniform GPTQ W3 at 3.3 bits (the best arm mean; the best single winner "
+           f"{under(test_single, prior_test)[:-1]}-{under(kl, prior_search.kl)}")  # fmt: skip
+
+
+def test_the_default_comparison_sentences_are_the_recomputed_exact_p_values(default):
+    s = default
+    tested = [c for c in s.tests if c.kind != "no result"]
+    assert {c.a for c in s.tests} == {"llm"}  # llm is the best searcher too: only its tests
+    _claim("two-sided exact Mann-Whitney p from 0.087 to 1, 5 runs against 5")
+    assert _shown("0.087", min(c.p_two_sided for c in tested)) and max(c.p_two_sided for c in tested) == 1.0
+    _p_is(s, "against random in final perplexity (p = 0.087, Cliff's delta -0.68), not significant",
+          [("llm", "random", "final perplexity")], significant=False)  # fmt: skip
+    assert s.test("llm", "random", "final perplexity").cliffs_delta == pytest.approx(-0.68)
+    # the knapsack never produced a value: no result, never a p-value
+    _claim("The knapsack arm has no result to test.")
+    assert all(c.kind == "no result" for c in s.tests if c.b == "knapsack")
+
+    prior = s.prior_full_arena()
+    means = [s.mean(arm, "full-arena perplexity") for arm in ("llm", "llm-random-edits", "evo", "random")]
+    value, run = min(summary.best("full-arena perplexity") for summary in s.summaries.values() if summary.best("full-arena perplexity"))
+    assert run == "llm-seed0" and all(1 - m / prior < 0.01 for m in means)
+    _claim(f"Every arm's mean full-arena perplexity is within 1% of the prior's ({min(means):.2f}-{max(means):.2f} against "
+           f"{prior:.2f}); the best single winner, llm seed 0, is {100 * (1 - value / prior):.1f}% under it ({value:.2f})")  # fmt: skip
+
+    # the single best winner (the rank-1 winner file of llm seed 0) on the test split and the unseen GPL-3 text
+    runs = s.summaries
+    test_kl = {run: v for summary in runs.values() for v, run in zip(summary.values["test KL"], summary.runs["test KL"])}
+    others = [v for run, v in test_kl.items() if run != "llm-seed0"]
+    _claim(f"test-split KL {test_kl['llm-seed0']:.3f} against {min(others):.3f}-{max(others):.3f} for the other {len(others)} winners, "
+           "and the lowest KL on the unseen GPL text too")  # fmt: skip
+    assert min(summary.best("gpl-3.txt KL") for summary in runs.values() if summary.best("gpl-3.txt KL"))[1] == "llm-seed0"
+
+
+def test_the_sensitivity_probes_are_not_said_to_be_charged_to_the_budget():
+    from agentqat.session import evolve
+
+    assert "not charged to the run" in evolve.__doc__
+    assert "counted against `--budget`" not in _prose()
+    _claim("recorded as preparation in the run's `sensitivities.json`, not charged to `--budget`")
