@@ -148,26 +148,34 @@ def tokenize(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def window_count(num_tokens: int, length: int) -> int:
-    """Returns how many disjoint windows of `length` tokens fit in `num_tokens`."""
-    return num_tokens // length
+def window_count(num_tokens: int, length: int, bos: int | None = None) -> int:
+    """Returns how many disjoint windows of `length` tokens fit in `num_tokens` text tokens (with `bos`, each
+    window holds the BOS token and `length - 1` text tokens)."""
+    return num_tokens // (length - (bos is not None))
 
 
-def sample_windows(ids: torch.Tensor, length: int, count: int, seed: int, offset: int = 0) -> torch.Tensor:
+def sample_windows(
+    ids: torch.Tensor, length: int, count: int, seed: int, offset: int = 0, bos: int | None = None
+) -> torch.Tensor:
     """Returns `count` disjoint windows of `length` tokens, shape (count, length), chosen by `seed`.
 
-    Windows sit on a grid of `length` tokens, so no two overlap. The grid's slots are shuffled once per
-    seed and the windows are slots [offset, offset + count) of that order: calls with the same seed and
-    non-overlapping offset ranges never share a token.
+    Windows sit on a grid of `length` text tokens (`length - 1` when `bos` is a token id: each window then opens
+    with it, as the model read its training text and as llama.cpp's perplexity tool feeds each chunk), so no two
+    overlap. The grid's slots are shuffled once per seed and the windows are slots [offset, offset + count) of that
+    order: calls with the same seed and non-overlapping offset ranges never share a token.
     """
-    available = window_count(len(ids), length)
+    text = length - (bos is not None)
+    available = window_count(len(ids), length, bos)
     if available < offset + count:
         raise UserError(
             f"the text holds {len(ids)} tokens: {available} windows of {length}, but {offset + count} are needed",
             "use fewer or shorter windows, or a longer corpus",
         )
     order = np.random.default_rng(seed).permutation(available)
-    return torch.stack([ids[slot * length : (slot + 1) * length] for slot in order[offset : offset + count]])
+    windows = torch.stack([ids[slot * text : (slot + 1) * text] for slot in order[offset : offset + count]])
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((count, 1), bos, dtype=windows.dtype), windows], dim=1)
 
 
 def unseen_text(source: str, corpus_spec: str) -> str:

@@ -6,9 +6,11 @@ Hugging Face directory, so that later loads take about a second and vLLM can ser
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
+import json
 import re
 import shutil
 import tempfile
@@ -100,13 +102,28 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
+class BosPolicy:
+    """Whether every window the model reads opens with its BOS token, that token's id, and where it was read."""
+
+    add: bool
+    token_id: int | None
+    source: str
+
+    @property
+    def window_token(self) -> int | None:
+        """Returns the token id a window opens with, or None when windows start with text."""
+        return self.token_id if self.add else None
+
+
+@dataclass(frozen=True)
 class LoadedModel:
-    """A model in eval mode, its tokenizer, the directory it was loaded from and its facts."""
+    """A model in eval mode, its tokenizer, the directory it was loaded from, its facts and its BOS policy."""
 
     model: nn.Module
     tokenizer: object
     directory: Path | None
     facts: ModelFacts
+    bos: BosPolicy = BosPolicy(False, None, "not read")
 
 
 def quantizable_linears(model: nn.Module) -> dict[str, nn.Linear]:
@@ -262,4 +279,59 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: torch.dtype = torch.float32, re
             "this machine may be offline: pass a local directory, a .gguf file or a built-in name",
         ) from error
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, directory=directory, facts=model_facts(model, spec))
+    facts = model_facts(model, spec)
+    return LoadedModel(model=model, tokenizer=tokenizer, directory=directory, facts=facts, bos=bos_policy(spec))
+
+
+def _gguf_source(spec: str) -> Path | None:
+    """Returns the GGUF file behind `spec` (a built-in or a .gguf path), None for directories and hub ids."""
+    if spec in BUILTIN_MODELS:
+        return builtin_gguf_path(spec)
+    path = Path(spec).expanduser()
+    return path if path.suffix == ".gguf" and path.is_file() else None
+
+
+def _gguf_bos(path: Path) -> BosPolicy | None:
+    """Returns the BOS policy a GGUF file states (`tokenizer.ggml.add_bos_token`), None when it states none."""
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    add, token = reader.get_field("tokenizer.ggml.add_bos_token"), reader.get_field("tokenizer.ggml.bos_token_id")
+    if add is None:
+        return None
+    return BosPolicy(bool(add.contents()), int(token.contents()) if token is not None else None,
+                     f"{path.name}: tokenizer.ggml.add_bos_token")  # fmt: skip
+
+
+def _tokenizer_bos(source: str) -> BosPolicy:
+    """Returns the BOS policy of a Hugging Face tokenizer: its config's `add_bos_token`, else whether encoding
+    adds the BOS token, else whether its chat template opens with `bos_token`."""
+    from transformers import AutoTokenizer
+
+    config_file = Path(source) / "tokenizer_config.json"
+    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    token = tokenizer.bos_token_id
+    if token is None:
+        return BosPolicy(False, None, "the tokenizer has no BOS token")
+    if isinstance(config.get("add_bos_token"), bool):
+        return BosPolicy(config["add_bos_token"], token, "tokenizer_config.json: add_bos_token")
+    encoded = tokenizer("a", add_special_tokens=True)["input_ids"]
+    if encoded and encoded[0] == token:
+        return BosPolicy(True, token, "the tokenizer adds BOS when encoding")
+    template = getattr(tokenizer, "chat_template", None) or ""
+    if isinstance(template, str) and re.match(r"\s*\{\{-?\s*bos_token\s*-?\}\}", template):
+        return BosPolicy(True, token, "the chat template opens with bos_token")
+    return BosPolicy(False, token, "neither the tokenizer nor its chat template adds BOS")
+
+
+@functools.lru_cache(maxsize=32)
+def bos_policy(spec: str = DEFAULT_MODEL) -> BosPolicy:
+    """Returns whether the model named by `spec` reads windows that open with its BOS token, decided from its own
+    metadata in this order: the GGUF's `tokenizer.ggml.add_bos_token`, the tokenizer's config, the chat template.
+    Reads no weights (a GGUF's converted directory is made on first use, as for any load)."""
+    gguf_path = _gguf_source(spec)
+    if gguf_path is not None and (policy := _gguf_bos(gguf_path)) is not None:
+        return policy
+    directory = resolve_model_directory(spec)
+    return _tokenizer_bos(str(directory) if directory is not None else spec)

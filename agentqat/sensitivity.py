@@ -21,7 +21,7 @@ from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player
-from agentqat.models import ModelFacts
+from agentqat.models import ModelFacts, bos_policy
 from agentqat.progress import Reporter, phase
 from agentqat.store import read_json_object, write_json_atomic
 from agentqat.strategy import SCHEMA_VERSION, strategy_id
@@ -105,8 +105,13 @@ class Sensitivities:
 
 def arena_key(arena: Arena) -> str:
     """Returns a hash of everything in the arena that a probe's result depends on: its source path and its
-    torch thread count (a machine setting, e.g. `--threads`) left out."""
-    text = json.dumps(arena.model_dump(mode="json", exclude={"source", "compute_threads"}), sort_keys=True)
+    torch thread count (a machine setting, e.g. `--threads`) left out, and the BOS token its model's windows open
+    with where they open with one (so results on windows with and without it never share a key; a model whose
+    windows start with text keeps the key it always had)."""
+    fields = arena.model_dump(mode="json", exclude={"source", "compute_threads"})
+    if (bos := bos_policy(arena.model).window_token) is not None:
+        fields["window_bos"] = bos
+    text = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

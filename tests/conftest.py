@@ -2,7 +2,9 @@
 
 Fixtures:
 - `agentqat_cache_dir` (session, autouse): a session tmp dir that $AGENTQAT_CACHE_DIR points at for the whole
-  run (restored afterwards). Tests that need an empty cache set their own with `monkeypatch.setenv`.
+  run (restored afterwards); $AGENTQAT_ENGINES_DIR keeps pointing at the user's built engines. Tests that need an
+  empty cache set their own with `monkeypatch.setenv`.
+- `llama_cpp` (session): the pinned llama.cpp's tools, built on first use (once per machine, ~8 min).
 - `tiny_llama_dir` (session): a Hugging Face directory with the default tiny Llama (see `tiny_models`).
 - `tiny_gguf_path` (session): the same model as an F32 llama GGUF file.
 - `small_corpus_file` (session): a text file of 100 lee-news articles (40 evaluation, 40 calibration, 20 held
@@ -25,6 +27,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from agentqat.defaults import CACHE_ENV  # noqa: E402
+from agentqat.engines.llama_cpp import ENGINES_ENV, engines_root  # noqa: E402
 from tiny_models import write_tiny_gguf, write_tiny_llama  # noqa: E402
 
 torch.set_num_threads(2)
@@ -32,11 +35,22 @@ torch.set_num_threads(2)
 
 @pytest.fixture(scope="session", autouse=True)
 def agentqat_cache_dir(tmp_path_factory):
-    """Points $AGENTQAT_CACHE_DIR at a session tmp dir, so no test reads or writes the user's cache."""
+    """Points $AGENTQAT_CACHE_DIR at a session tmp dir, so no test reads or writes the user's cache; built engines
+    (the pinned llama.cpp, about 8 minutes to build) stay where the user's are, shared by every test run."""
+    engines = os.environ.get(ENGINES_ENV) or str(engines_root())
     directory = tmp_path_factory.mktemp("agentqat-cache")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(CACHE_ENV, str(directory))
+        patch.setenv(ENGINES_ENV, engines)
         yield directory
+
+
+@pytest.fixture(scope="session")
+def llama_cpp():
+    """The pinned llama.cpp's tools, built on first use (the phase takes about 8 minutes on 2 cores, once)."""
+    from agentqat.engines.llama_cpp import build_llama_cpp
+
+    return build_llama_cpp()
 
 
 def _key(kwargs: dict) -> str:

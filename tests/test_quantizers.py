@@ -21,6 +21,7 @@ from agentqat.quant import (
 )
 from agentqat.quant.awq import ALPHAS, channel_scales
 from agentqat.quant.fp8 import FP8_E4M3_MAX
+from agentqat.quant.ggml_engine import ENGINE_ROUNDING
 from agentqat.quant.gptq import gptq_quantize
 from agentqat.quant.grid import store_scale, to_groups
 
@@ -78,8 +79,20 @@ FORMAT_RELATIVE_ERROR_LIMIT = {"nf4": 0.15, "fp4": 0.20, "llm_int8": 0.012, "fp8
 CASES = [(name, bits) for name, (bit_choices, _) in CONTRACT.items() for bits in bit_choices]
 
 
+ENGINE_MADE = {name for name, method in METHODS.items() if method.rounding == ENGINE_ROUNDING}  # llama-quantize's
+
+
 def test_contract_covers_the_whole_registry():
-    assert set(CONTRACT) == set(METHODS)
+    assert set(CONTRACT) | ENGINE_MADE == set(METHODS)
+    assert len(ENGINE_MADE) == 6  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL with an importance matrix
+
+
+@pytest.mark.parametrize("name", sorted(ENGINE_MADE))
+def test_engine_made_types_are_never_quantized_in_process(name):
+    method = METHODS[name]
+    config = WeightQuant(bits=method.bits[0], group_size=32, format=method.format, rounding=ENGINE_ROUNDING)
+    with pytest.raises(ValueError, match="made by llama.cpp's llama-quantize"):
+        quantize_weight(random_weight(), config, STATS)
 
 
 @pytest.mark.parametrize("name,bits", CASES, ids=[f"{name}-w{bits}" for name, bits in CASES])

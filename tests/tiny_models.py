@@ -15,6 +15,7 @@ runs under `torch.random.fork_rng`), so building a model never changes what othe
 from __future__ import annotations
 
 import functools
+import json
 from pathlib import Path
 
 import numpy as np
@@ -172,8 +173,10 @@ def write_tiny_llama(
     tie_word_embeddings: bool = False,
     seed: int = 0,
     weight_std: float = 0.02,
+    add_bos_token: bool | None = None,
 ) -> Path:
     """Saves a tiny Llama (safetensors, fp32) and its tokenizer into `directory`; returns `directory`.
+    `add_bos_token` (when given) is written into the tokenizer's config, as models that expect BOS have it.
 
     Defaults: 2 layers, hidden 64, MLP 128, 4 heads of 16, 2 KV heads, 512 tokens. Every linear's in_features
     (64 or 128) is divisible by group sizes 32 and 64; pass hidden=96 for a model where 64 does not divide.
@@ -183,6 +186,10 @@ def write_tiny_llama(
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     tiny_tokenizer(vocab).save_pretrained(directory)
+    if add_bos_token is not None:
+        config_file = directory / "tokenizer_config.json"
+        config = json.loads(config_file.read_text())
+        config_file.write_text(json.dumps({**config, "add_bos_token": add_bos_token}, indent=2))
     return directory
 
 
@@ -249,6 +256,8 @@ def write_tiny_gguf(
     tensor_type: str = "F32",
     name: str = "tiny-llama",
     chat_template: bool = True,
+    add_bos_token: bool = False,
+    weight_std: float = 0.02,
 ) -> Path:
     """Writes the tiny Llama of `build_tiny_llama(same arguments)` as a llama GGUF file; returns `path`.
 
@@ -263,7 +272,7 @@ def write_tiny_gguf(
     if tensor_type not in TENSOR_TYPES:
         raise ValueError(f"tensor_type must be one of {TENSOR_TYPES}, got {tensor_type!r}")
     path = Path(path)
-    model = build_tiny_llama(num_layers, hidden, intermediate, heads, kv_heads, vocab, tie_word_embeddings, seed)
+    model = build_tiny_llama(num_layers, hidden, intermediate, heads, kv_heads, vocab, tie_word_embeddings, seed, weight_std)
     tokenizer = _trained_tokenizer_json(vocab)
     config = model.config
 
@@ -281,7 +290,7 @@ def write_tiny_gguf(
     writer.add_rope_freq_base(ROPE_THETA)
     writer.add_rope_dimension_count(hidden // heads)
     writer.add_vocab_size(vocab)
-    _add_tokenizer(writer, tokenizer, chat_template)
+    _add_tokenizer(writer, tokenizer, chat_template, add_bos_token)
 
     for hf_name, parameter in model.state_dict().items():
         if tie_word_embeddings and hf_name == "lm_head.weight":
@@ -302,9 +311,8 @@ def write_tiny_gguf(
     return path
 
 
-def _add_tokenizer(writer, tokenizer_json: str, chat_template: bool = True) -> None:
+def _add_tokenizer(writer, tokenizer_json: str, chat_template: bool = True, add_bos_token: bool = False) -> None:
     """The byte-level BPE as llama.cpp stores a "gpt2" tokenizer: tokens by id, types, merges, special ids."""
-    import json
 
     import gguf
 
@@ -324,7 +332,7 @@ def _add_tokenizer(writer, tokenizer_json: str, chat_template: bool = True) -> N
     writer.add_eos_token_id(tokens.index(EOS))
     writer.add_unk_token_id(tokens.index(UNK))
     writer.add_pad_token_id(tokens.index(PAD))
-    writer.add_add_bos_token(False)
+    writer.add_add_bos_token(add_bos_token)
     writer.add_add_space_prefix(False)
     if chat_template:
         writer.add_chat_template(CHAT_TEMPLATE)

@@ -7,7 +7,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from agentqat import defaults
 from agentqat.errors import UserError
@@ -23,6 +23,12 @@ def _printable(text: str) -> str:
     if not text.isprintable():
         raise ValueError("must be printable text (no control characters such as NUL or a newline)")
     return text
+
+
+def _whole_above_one(gpus: float) -> float:
+    if gpus > 1 and not gpus.is_integer():
+        raise ValueError("above 1 must be a whole number of GPUs (Ray shares a fraction of one GPU only)")
+    return gpus
 
 
 # A name, model or corpus: printable (no NUL that a path would choke on, no newline in an error line), bounded.
@@ -71,6 +77,19 @@ class Levels(_Frozen):
         return self
 
 
+EMBEDDING_TYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")  # block-32 types fit any width
+
+
+class Engine(_Frozen):
+    """llama.cpp as the arena's engine: its ladder's GGUF levels (rounding imatrix) are made by llama-quantize with an
+    importance matrix from the calibration split, and every match plays the token embedding (and an untied output
+    head) at `embedding`, as the GGUF file holds them. `file_bytes` is the budget as users compare it: the whole
+    file's size, which `bits_budget` (the linear weights' share) must keep within (checked when the arena runs)."""
+
+    embedding: Literal[EMBEDDING_TYPES] = Field("Q8_0", description="GGML type of token_embd (and an untied output)")
+    file_bytes: int | None = Field(None, gt=0, description="the GGUF file size survivors stay within")
+
+
 class Arena(_Frozen):
     """A complete arena: everything a match needs besides the strategy and the seed."""
 
@@ -84,10 +103,12 @@ class Arena(_Frozen):
     collapse_ratio: float = Field(10.0, gt=1, description="perplexity above this multiple of the base is collapse")
     match_seconds: float = Field(600.0, gt=0, description="a match running longer is recorded as a timeout")
     compute_threads: int = Field(1, ge=1, le=64, description="torch threads per evaluator actor")
+    gpus_per_worker: Annotated[float, AfterValidator(_whole_above_one)] = Field(defaults.GPUS_PER_WORKER, ge=0, le=64, description="GPUs each Ray evaluator actor asks for: a fraction shares one, above 1 whole GPUs")
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
     levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")
     deploy: Literal[defaults.DEPLOY_TARGETS] = Field(defaults.DEPLOY, description="the engine survivors must run on (agentqat.deploy)")
+    engine: Engine | None = Field(None, description="llama.cpp makes the ladder's GGUF levels and the embedding (deploy gguf)")
     source: str = ""
 
     @model_validator(mode="after")
@@ -96,6 +117,24 @@ class Arena(_Frozen):
         if len(set(names)) != len(names):
             raise ValueError(f"stage names must be unique, got {names}")
         return self
+
+    @model_validator(mode="after")
+    def _engine_deploys_gguf(self) -> Arena:
+        if self.engine is not None and self.deploy != "gguf":
+            raise ValueError(f"an [engine] arena's survivors are GGUF files: set deploy = \"gguf\", not {self.deploy!r}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _defaults_unrecorded(self, handler) -> dict:
+        """Leaves gpus_per_worker out of dumps while it is 0, and engine while there is none, so that the dumps and
+        hashes of CPU arenas without an engine (run manifests, sensitivity cache keys) are the ones they were before
+        those fields existed."""
+        data = handler(self)
+        if self.gpus_per_worker == defaults.GPUS_PER_WORKER:
+            data.pop("gpus_per_worker", None)
+        if self.engine is None:
+            data.pop("engine", None)
+        return data
 
     def stage(self, name: str) -> Stage:
         """Returns the stage called `name`."""

@@ -10,6 +10,7 @@ import math
 import resource
 import time
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 import torch
 
@@ -31,10 +32,13 @@ from agentqat.bits import strategy_bits
 from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.engine_costs import load_profile, strategy_engine_cost
+from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, level_values
+from agentqat.engines.measure import EngineWorkspace
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
 from agentqat.quality import Reference, compare, reference_of
+from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
 from agentqat.resolve import needs_calibration, resolve_strategy
 from agentqat.strategy import Strategy, StrategyError, parse_strategy
 
@@ -45,6 +49,21 @@ DEGENERATE_SHARE = 0.5  # more than half of the QA generations looping on one or
 
 class _Timeout(Exception):
     pass
+
+
+@contextmanager
+def embedding_applied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]):
+    """Yields while the model's token embedding (and output head) hold `weights` (module name -> weight; a tied
+    head follows its embedding); the base values are back afterwards, even on error."""
+    modules = dict(model.named_modules())
+    saved = {name: modules[name].weight.data for name in weights}
+    try:
+        for name, weight in weights.items():
+            modules[name].weight.data = weight.to(saved[name].dtype)
+        yield
+    finally:
+        for name, data in saved.items():
+            modules[name].weight.data = data
 
 
 class Workbench:
@@ -69,6 +88,8 @@ class Workbench:
         self._cloze: dict[int, tuple[ClozeSet, float]] = {}
         self._questions: list[Question] | None = None
         self._levels: LevelDatabase | None = None
+        self._engine = None  # the engine's workspace (agentqat.engines.measure), for an [engine] arena
+        self._embedding: dict[str, torch.Tensor] | None = None
         self.engine_profile = load_profile(arena.deploy, arena.model)  # None unless a vllm-* target was measured
 
     def windows(self, stage: Stage, seed: int, window_set: int) -> torch.Tensor:
@@ -78,7 +99,8 @@ class Workbench:
             if earlier.name == stage.name:
                 break
             offset += earlier.windows * earlier.window_sets
-        return sample_windows(self.eval_ids, self.arena.window_tokens, stage.windows, seed, offset + window_set * stage.windows)
+        first = offset + window_set * stage.windows
+        return sample_windows(self.eval_ids, self.arena.window_tokens, stage.windows, seed, first, self.loaded.bos.window_token)
 
     def reference(self, stage: Stage, seed: int, window_set: int) -> Reference:
         """Returns the base model's log-probabilities on a window set (computed once per worker)."""
@@ -90,7 +112,9 @@ class Workbench:
     def calibration(self, windows: int) -> Calibration:
         """Returns calibration statistics from `windows` calibration windows (cached on disk per budget)."""
         if windows not in self._calibrations:
-            tokens = sample_windows(self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed)
+            tokens = sample_windows(
+                self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed, bos=self.loaded.bos.window_token
+            )
             key = calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
             self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens, self.reporter)
         return self._calibrations[windows]
@@ -101,20 +125,50 @@ class Workbench:
         if self.arena.levels is not None and self._levels is None:
             ladder = ladder_configs(self.arena.levels.ladder, self.loaded.facts)
             calibration = self.calibration(self.arena.calibration_windows)
-            self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter)
+            engine_weights = self._engine_level_weights if self.arena.engine is not None else None
+            self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter, engine_weights)
         return self._levels
+
+    def _engine_level_file(self, type_name: str):
+        """Returns llama.cpp's level file of `type_name` for this arena (made on first use)."""
+        if self._engine is None:
+            self._engine = EngineWorkspace(self.arena.model, self.arena.corpus, self.reporter)
+        embedding = self.arena.engine.embedding
+        return engine_level(self._engine, type_name, embedding, self.arena.calibration_windows, self.arena.window_tokens)
+
+    def engine_files(self) -> EngineFiles:
+        """Returns the [engine]'s files: base GGUF, importance matrix and the level file of every GGUF type."""
+        paths = {t.type_name: self._engine_level_file(t.type_name) for t in ENGINE_TYPE_OF_FORMAT.values()}
+        workspace = self._engine
+        chunks, context = self.arena.calibration_windows, self.arena.window_tokens
+        return EngineFiles(workspace.engine, workspace.base(), workspace.imatrix(chunks, context), self.arena.engine.embedding, paths)
+
+    def _engine_level_weights(self, config) -> dict[str, torch.Tensor]:
+        """Returns every linear module's weight at an engine-made level, as llama.cpp's file holds it."""
+        path = self._engine_level_file(ENGINE_TYPE_OF_FORMAT[config.weight.format].type_name)
+        return level_values(path, [info.name for info in self.loaded.facts.linears])
+
+    def engine_embedding(self) -> dict[str, torch.Tensor]:
+        """Returns the token embedding (and an untied output head) at the [engine]'s type, as its GGUF holds them
+        ({} without an [engine]): every match of the arena plays with them."""
+        if self.arena.engine is not None and self._embedding is None:
+            self._embedding = embedding_values(self._engine_level_file(self.arena.engine.embedding))
+        return self._embedding or {}
 
     def cloze(self, seed: int) -> tuple[ClozeSet, float]:
         """Returns the cloze items for `seed` and the base model's accuracy on them."""
         if seed not in self._cloze:
-            items = cloze_items(self.loaded.tokenizer, self.heldout_text, CLOZE_ITEMS, CLOZE_CONTEXT_TOKENS, seed)
+            bos = self.loaded.bos.window_token
+            items = cloze_items(self.loaded.tokenizer, self.heldout_text, CLOZE_ITEMS, CLOZE_CONTEXT_TOKENS, seed, bos)
             self._cloze[seed] = (items, cloze_accuracy(self.loaded.model, items)[0])
         return self._cloze[seed]
 
     def questions(self) -> list[Question]:
         """Returns the packaged questions that the base model answers correctly."""
         if self._questions is None:
-            self._questions = qualifying_questions(self.loaded.model, self.loaded.tokenizer, load_questions())
+            self._questions = qualifying_questions(
+                self.loaded.model, self.loaded.tokenizer, load_questions(), bos=self.loaded.bos.window_token
+            )
         return self._questions
 
     def prepare(self, seed: int) -> None:
@@ -194,7 +248,7 @@ class Workbench:
         started = time.perf_counter()  # the limit is on the strategy's work, not on the base model's
         quantize_started = time.perf_counter()
         levels = self.levels()
-        with strategy_applied(model, resolved, calibration, self.cache, levels, overrides) as applied:
+        with embedding_applied(model, self.engine_embedding()), strategy_applied(model, resolved, calibration, self.cache, levels, overrides) as applied:
             quantize_seconds = time.perf_counter() - quantize_started
             self._check_time(started, "quantization")
             with _OverflowWatch(model, COMPUTE_DTYPES[resolved.compute_dtype]) as overflow:
@@ -207,7 +261,7 @@ class Workbench:
             if comparison.finite and cloze_set is not None:
                 cloze = cloze_accuracy(model, cloze_set)[0]
             if comparison.finite and questions:
-                answers = qa_exact_match(model, self.loaded.tokenizer, questions)
+                answers = qa_exact_match(model, self.loaded.tokenizer, questions, bos=self.loaded.bos.window_token)
                 qa, degenerate = answers.score, degenerate_share(answers.token_ids)
             self._check_time(started, "tasks")
         bits = strategy_bits(resolved, self.loaded.facts, applied.outlier_counts)

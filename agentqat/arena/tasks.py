@@ -70,13 +70,16 @@ def pack_cloze(
     )
 
 
-def cloze_items(tokenizer, heldout_text: str, count: int, context_tokens: int, seed: int) -> ClozeSet:
+def cloze_items(
+    tokenizer, heldout_text: str, count: int, context_tokens: int, seed: int, bos: int | None = None
+) -> ClozeSet:
     """Returns `count` cloze items from held-out text, chosen by `seed`, with contexts of `context_tokens` tokens.
 
     The text is tokenized as one stream (documents one by one, joined by a newline, as `data.tokenize` does);
     a context is the `context_tokens` stream tokens before a sentence-final word of 4+ letters, and may reach
     back into earlier documents. Words whose tokens are not exactly those of " word" inside the stream are
-    skipped, so every target is a whole word with its leading space.
+    skipped, so every target is a whole word with its leading space. With `bos` (a token id) each context is that
+    token and the `context_tokens - 1` stream tokens before the word.
     """
     documents = [line for line in heldout_text.splitlines() if line.strip()]
     newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -104,7 +107,8 @@ def cloze_items(tokenizer, heldout_text: str, count: int, context_tokens: int, s
     chosen = np.sort(np.random.default_rng(seed).choice(len(eligible), size=count, replace=False))
     items = [eligible[index] for index in chosen]
     return pack_cloze(
-        contexts=[stream[position - context_tokens : position] for position, _, _ in items],
+        contexts=[[bos, *stream[position - context_tokens + 1 : position]] if bos is not None
+                  else stream[position - context_tokens : position] for position, _, _ in items],  # fmt: skip
         targets=[target for _, target, _ in items],
         words=[word for _, _, word in items],
         pad_id=_pad_id(tokenizer),
@@ -160,12 +164,14 @@ def load_questions(path: Path | None = None) -> tuple[Question, ...]:
 
 @torch.inference_mode()
 def generate_token_ids(
-    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16
+    model: nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int = 8, batch_size: int = 16,
+    bos: int | None = None,
 ) -> list[tuple[int, ...]]:
-    """Returns each prompt's greedy continuation: new token ids, cut before the first end-of-sequence token."""
+    """Returns each prompt's greedy continuation (each prompt opening with token `bos` when given): new token ids,
+    cut before the first end-of-sequence token."""
     pad_id = _pad_id(tokenizer)
     stop_ids = _stop_ids(model, tokenizer)
-    encoded = tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
+    encoded = [[bos] * (bos is not None) + ids for ids in tokenizer(list(prompts), add_special_tokens=False)["input_ids"]]
     continuations: list[tuple[int, ...]] = []
     for start in range(0, len(encoded), batch_size):
         batch = encoded[start : start + batch_size]
@@ -184,10 +190,11 @@ def generate_token_ids(
 
 
 def answer_questions(
-    model: nn.Module, tokenizer, questions: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16
+    model: nn.Module, tokenizer, questions: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16,
+    bos: int | None = None,
 ) -> list[str]:
     """Returns the model's greedy continuation of each question's prompt, decoded."""
-    continuations = generate_token_ids(model, tokenizer, [q.prompt for q in questions], max_new_tokens, batch_size)
+    continuations = generate_token_ids(model, tokenizer, [q.prompt for q in questions], max_new_tokens, batch_size, bos)
     return [tokenizer.decode(ids, skip_special_tokens=True) for ids in continuations]
 
 
@@ -198,10 +205,11 @@ def exact_match(generated: str, answer: str) -> bool:
 
 
 def qualifying_questions(
-    model: nn.Module, tokenizer, questions: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16
+    model: nn.Module, tokenizer, questions: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16,
+    bos: int | None = None,
 ) -> list[Question]:
     """Returns the questions the (base) model answers correctly."""
-    generations = answer_questions(model, tokenizer, questions, max_new_tokens, batch_size)
+    generations = answer_questions(model, tokenizer, questions, max_new_tokens, batch_size, bos)
     return [question for question, generated in zip(questions, generations) if exact_match(generated, question.answer)]
 
 
@@ -215,12 +223,13 @@ class Answers:
 
 
 def qa_exact_match(
-    model: nn.Module, tokenizer, qualified: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16
+    model: nn.Module, tokenizer, qualified: Sequence[Question], max_new_tokens: int = 8, batch_size: int = 16,
+    bos: int | None = None,
 ) -> Answers:
     """Returns the share of qualified questions the model answers correctly, with its generations."""
     if not qualified:
         raise UserError("no qualifying questions: the base model answers none correctly", "use a larger model")
-    token_ids = generate_token_ids(model, tokenizer, [q.prompt for q in qualified], max_new_tokens, batch_size)
+    token_ids = generate_token_ids(model, tokenizer, [q.prompt for q in qualified], max_new_tokens, batch_size, bos)
     texts = tuple(tokenizer.decode(ids, skip_special_tokens=True) for ids in token_ids)
     hits = [exact_match(text, question.answer) for question, text in zip(qualified, texts)]
     return Answers(sum(hits) / len(hits), texts, tuple(token_ids))

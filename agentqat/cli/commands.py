@@ -40,12 +40,13 @@ def cmd_info(args: argparse.Namespace) -> int:
     loaded = load_model(args.model)
     split_tokens = {split: len(tokenize(loaded.tokenizer, corpus.split(split))) for split in SPLITS}
     eval_ids = tokenize(loaded.tokenizer, corpus.evaluation)
-    windows = sample_windows(eval_ids, args.window_tokens, args.windows, args.seed)
+    windows = sample_windows(eval_ids, args.window_tokens, args.windows, args.seed, bos=loaded.bos.window_token)
     started = time.perf_counter()
     base_ppl = perplexity(loaded.model, windows)
     report = {
         "model": ui.facts_dict(loaded.facts, loaded.directory),
         "corpus": {"name": corpus.name, "source": corpus.source, "tokens": split_tokens},
+        "bos": {"windows_open_with_bos": loaded.bos.add, "token_id": loaded.bos.token_id, "decided_by": loaded.bos.source},
         "base_perplexity": {
             "value": base_ppl,
             "split": "evaluation",

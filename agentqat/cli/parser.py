@@ -10,7 +10,7 @@ from agentqat.arena.baselines import DEFAULT_BITS as BASELINE_BITS
 from agentqat.arena.baselines import DEFAULT_CALIBRATION_BUDGETS as BASELINE_BUDGETS
 from agentqat.arena.config import DEFAULT_ARENA
 from agentqat.cli import commands as handlers
-from agentqat.cli import deploy_commands
+from agentqat.cli import deploy_commands, engine_commands, plan_commands
 
 
 def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
@@ -80,6 +80,17 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--arena", default="smollm2-3bit", help="arena name or TOML file with a [levels] ladder (default: %(default)s)")
     build.add_argument("--threads", type=int, default=defaults.TORCH_THREADS, help="torch threads (default: %(default)s)")
     build.set_defaults(handler=handlers.cmd_levels_build)
+
+    plan = commands.add_parser("plan", help="memory per worker, level database size and step times, without loading weights", description=plan_commands.cmd_plan.__doc__)
+    plan.add_argument("--model", default=None, help="built-in name, HF directory (a config.json is enough), .gguf file or cached hub id (default: the arena's)")
+    plan.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name or a TOML file (default: %(default)s)")
+    plan.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default: %(default)s)")
+    plan.add_argument("--gpu-memory", default=None, metavar="SIZE", help="the GPU's memory, e.g. 16GiB, 40GB, 80G: says whether a worker fits")
+    plan.add_argument("--matches", type=int, default=defaults.PLAN_MATCHES, help="matches of the search to time, as evolve --budget counts them (default: %(default)s)")
+    plan.add_argument("--workers", type=int, default=defaults.EVOLVE_WORKERS, help="evaluator workers running in parallel (default: %(default)s)")
+    plan.add_argument("--rates", default=None, metavar="FILE", help="rates JSON written by bench/rates.py (default: the packaged agentqat/plan/rates-cpu.json)")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.set_defaults(handler=plan_commands.cmd_plan)
 
     llm = commands.add_parser("llm", help="the LLM generator's model server", description="The LLM generator's model server.")
     llm_commands = llm.add_subparsers(dest="llm_command", required=True, metavar="LLM_COMMAND")
@@ -184,6 +195,22 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("--remeasure", action="store_true", help="measure again, replacing the cached figures")
     engine.add_argument("--keep", type=Path, default=None, help="keep the uniform exports and the server logs here")
     engine.set_defaults(handler=deploy_commands.cmd_engine_costs)
+
+    engines = commands.add_parser("engines", help="the engines found (llama.cpp's pinned tools, vLLM), versions and paths", description=engine_commands.cmd_engines.__doc__)
+    engines.add_argument("--build", action="store_true", help="build the pinned llama.cpp first if it is missing")
+    engines.add_argument("--json", action="store_true", help="print JSON")
+    engines.set_defaults(handler=engine_commands.cmd_engines)
+
+    engine_eval = commands.add_parser("engine-eval", help="a GGUF file (or a stock llama-quantize type) measured by llama.cpp: KL, top token, perplexity, bytes", description=engine_commands.cmd_engine_eval.__doc__)
+    engine_eval.add_argument("file", nargs="?", metavar="FILE.gguf", help="the GGUF file to measure")
+    engine_eval.add_argument("--stock", default=None, metavar="TYPE", help="measure llama-quantize's stock recipe of this type instead (Q4_0, IQ4_NL, Q3_K_M, ...)")
+    engine_eval.add_argument("--imatrix", action="store_true", help="with --stock: quantize with an importance matrix from the calibration split")
+    engine_eval.add_argument("--text", "--split", dest="text", default="test", help="a corpus split (calibration, evaluation, heldout, test) or a text file (default: %(default)s)")
+    engine_eval.add_argument("--chunks", type=int, default=16, help="chunks llama-perplexity scores, fewer where the text is shorter (default: %(default)s)")
+    engine_eval.add_argument("--context", type=int, default=defaults.WINDOW_TOKENS, help="tokens per chunk (default: %(default)s)")
+    engine_eval.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_corpus(engine_eval)
+    engine_eval.set_defaults(handler=engine_commands.cmd_engine_eval)
 
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")

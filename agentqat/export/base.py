@@ -19,6 +19,7 @@ import torch
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
+from agentqat.engines.levels import EngineFiles
 from agentqat.errors import UserError
 from agentqat.progress import Reporter, phase
 from agentqat.resolve import ModuleConfig
@@ -52,6 +53,7 @@ class ExportSource:
     modules: dict[str, ExportModule]
     effective_bits: float  # agentqat.bits' count for the strategy
     figures: dict  # the arena's figures for it (perplexity, kl, bits, stage, ...); {} when not measured
+    engine: EngineFiles | None = None  # an [engine] arena's llama.cpp files: base, imatrix, level files by type
 
 
 class ExportError(UserError):
@@ -207,4 +209,5 @@ def prepare_source(
         modules=modules,
         effective_bits=bits.bits_per_weight,
         figures=dict(figures or {}),
+        engine=workbench.engine_files() if arena.engine is not None else None,
     )

@@ -23,8 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agentqat.engines.gguf_tensors import GgufNameError, arch_name_map, field_value, row_permutation, stored_values
 from agentqat.export.base import ExportError, ExportModule, ExportSource, register_exporter
-from agentqat.export.gguf_types import PACKED, ggml_type, gguf_problem, packed_blocks
+from agentqat.export.gguf_engine import export_engine_gguf
+from agentqat.export.gguf_types import ENGINE_MADE, PACKED, ggml_type, gguf_problem, packed_blocks
 from agentqat.quant.ggml import ggml_blocks, ggml_values
 
 FORMAT = "gguf"
@@ -51,39 +53,12 @@ def check_mappable(modules: dict[str, ExportModule]) -> None:
         raise ExportError(FORMAT, _group_problems(problems), list(problems), "change those modules' rules as said, or export --format fake-quant")
 
 
-def _field_value(reader, key: str):
-    field = reader.get_field(key)
-    return field.contents() if field is not None else None
-
-
 def _arch_name_map(reader):
-    """Returns (architecture name, gguf's tensor name map for it)."""
-    import gguf
-
-    arch = _field_value(reader, gguf.Keys.General.ARCHITECTURE)
-    blocks = _field_value(reader, f"{arch}.block_count")
-    model_arch = next((key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch), None)
-    if model_arch is None or blocks is None:
-        raise ExportError(FORMAT, f"the source GGUF's architecture {arch!r} is unknown to gguf", [], "export --format fake-quant")
-    return arch, gguf.get_tensor_name_map(model_arch, int(blocks))
-
-
-def _row_permutation(reader, arch: str, tensor_name: str, rows: int) -> torch.Tensor | None:
-    """Returns the row order llama.cpp stores a llama q/k weight in (transformers undoes it on load), else None."""
-    if arch != "llama" or not (".attn_q." in tensor_name or ".attn_k." in tensor_name):
-        return None
-    heads = int(_field_value(reader, f"{arch}.attention.head_count"))
-    if ".attn_k." in tensor_name:
-        heads = int(_field_value(reader, f"{arch}.attention.head_count_kv") or heads)
-    return torch.arange(rows).reshape(heads, 2, rows // heads // 2).transpose(1, 2).reshape(rows)
-
-
-def _source_values(tensor) -> torch.Tensor:
-    """Returns a source tensor's values as float32 [rows, columns] (gguf.quants.dequantize, as transformers reads)."""
-    from gguf import quants
-
-    values = quants.dequantize(tensor.data, tensor.tensor_type)
-    return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32)).reshape(-1, int(tensor.shape[0]))
+    """Returns (architecture name, gguf's tensor name map for it); ExportError for an unknown architecture."""
+    try:
+        return arch_name_map(reader)
+    except GgufNameError as error:
+        raise ExportError(FORMAT, f"{error}", [], "export --format fake-quant") from None
 
 
 def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
@@ -92,7 +67,7 @@ def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
     original, quantized = module.original.to(torch.float32), module.quantized.to(torch.float32)
     if order is not None:
         original, quantized = original[order], quantized[order]
-    if not torch.equal(_source_values(source), original):
+    if not torch.equal(stored_values(source), original):
         raise ExportError(FORMAT, f"its base weight is not the source GGUF's {source.name}", [module.name],
                           "export the model directory converted from that GGUF file (agentqat converts it on first use)")  # fmt: skip
     kind = ggml_type(module.config)
@@ -102,6 +77,9 @@ def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
             return half.numpy(), "F16"
         return np.asarray(source.data), source.tensor_type.name
     type_name, how = kind
+    if how == ENGINE_MADE:
+        raise ExportError(FORMAT, f"{type_name} with an importance matrix is made by llama-quantize", [module.name],
+                          "export it on its [engine] arena (--arena), whose files hold those bytes")  # fmt: skip
     try:
         blocks = packed_blocks(quantized, type_name) if how == PACKED else ggml_blocks(original, type_name)
     except ValueError as error:
@@ -129,7 +107,7 @@ def _copy_metadata(reader, writer, source: ExportSource, linear_types: Counter, 
     file_type = {"F32": "ALL_F32"}.get(main_type, f"MOSTLY_{main_type}")
     if file_type in gguf.LlamaFileType.__members__:
         writer.add_file_type(gguf.LlamaFileType[file_type])
-    elif (kept := _field_value(reader, gguf.Keys.General.FILE_TYPE)) is not None:
+    elif (kept := field_value(reader, gguf.Keys.General.FILE_TYPE)) is not None:
         writer.add_file_type(int(kept))
     writer.add_string("agentqat.strategy", json.dumps(source.document, sort_keys=True))
     writer.add_string("agentqat.figures", json.dumps(source.figures, sort_keys=True, default=str))
@@ -142,6 +120,8 @@ def export_gguf(source: ExportSource, out: Path) -> None:
     """Writes `out`/model.gguf: the source GGUF with the strategy's linear weights (see the module docstring)."""
     import gguf
 
+    if source.engine is not None:
+        return export_engine_gguf(source, out)
     if source.gguf_path is None:
         raise ExportError(
             FORMAT, "GGUF export needs a model loaded from a GGUF file: it copies that file's metadata, tokenizer and "
@@ -164,7 +144,7 @@ def export_gguf(source: ExportSource, out: Path) -> None:
 
     stored, linear_types, linear_bytes = {}, Counter(), 0
     for tensor_name, module in by_tensor.items():
-        order = _row_permutation(reader, arch, tensor_name, module.original.shape[0])
+        order = row_permutation(reader, arch, tensor_name, module.original.shape[0])
         array, type_name = _linear_tensor(module, tensors[tensor_name], order)
         stored[tensor_name] = (array, type_name)
         linear_types[type_name] += module.original.numel()

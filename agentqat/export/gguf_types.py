@@ -3,6 +3,8 @@
     module config                                                      GGML type and how its blocks are made
     format gguf_q4_0 / _q4_1 / _q5_0 / _q5_1 / _q8_0                    its own type, requantized from the base weight by
                                                                        gguf.quants (the arena ran the same call)
+    a GGUF format with rounding imatrix (gguf_iq4_nl too)              its own type as llama-quantize made it: an
+                                                                       [engine] arena's export (agentqat.export.gguf_engine)
     format int, symmetric, group 32, 4 / 5 / 8 bits, rounding rtn,      Q4_0 / Q5_0 / Q8_0: the arena's values packed as
     gptq or hqq, any clip, fp16 or pow2 scales                         they are (codes -7..7 / -15..15 / -127..127 and
                                                                        an fp16 scale per block: d * q bit for bit)
@@ -21,6 +23,7 @@ import torch
 
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.ggml import GGML_BLOCK, GGML_TYPE_OF_FORMAT
+from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
 from agentqat.resolve import ModuleConfig
 
 INT_GRID_TYPES = {4: "Q4_0", 5: "Q5_0", 8: "Q8_0"}  # symmetric int grid at these widths -> GGML type
@@ -28,6 +31,7 @@ CODE_RANGES = {"Q4_0": (-8, 7), "Q5_0": (-16, 15), "Q8_0": (-128, 127)}  # codes
 GRID_ROUNDINGS = ("rtn", "gptq", "hqq")  # roundings whose values lie on their groups' grid (symmetric hqq is rtn)
 PACKED = "packed"  # how a type's blocks are made: from the arena's values
 REQUANTIZED = "requantized"  # ... or from the base weight by gguf.quants
+ENGINE_MADE = "engine"  # ... or by llama-quantize with the arena's imatrix (an [engine] arena exports those)
 
 
 def gguf_problem(config: ModuleConfig) -> str | None:
@@ -39,7 +43,7 @@ def gguf_problem(config: ModuleConfig) -> str | None:
         return "SmoothQuant divides the inputs by per-channel scales that no GGUF tensor holds"
     if config.outliers.method != "none":
         return f"{config.outliers.method} outliers: GGUF blocks keep no fp16 entries beside their codes"
-    if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT:
+    if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT or is_engine_made(weight):
         return None
     if weight.format != INT_GRID:
         return f"format {weight.format} has no GGUF type; use gguf_q4_0, gguf_q4_1 or gguf_q8_0"
@@ -62,6 +66,8 @@ def ggml_type(config: ModuleConfig) -> tuple[str, str] | None:
     weight = config.weight
     if weight.bits == 16:
         return None
+    if is_engine_made(weight):
+        return ENGINE_TYPE_OF_FORMAT[weight.format].type_name, ENGINE_MADE
     if weight.format in GGML_TYPE_OF_FORMAT:
         return GGML_TYPE_OF_FORMAT[weight.format].type_name, REQUANTIZED
     return INT_GRID_TYPES[weight.bits], PACKED

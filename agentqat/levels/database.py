@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,8 +31,10 @@ from agentqat.defaults import cache_dir
 from agentqat.levels.ladder import level_name
 from agentqat.models import quantizable_linears
 from agentqat.progress import Reporter, phase
+from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.resolve import ModuleConfig, module_needs_calibration
 
+EngineWeights = Callable[[ModuleConfig], Mapping[str, torch.Tensor]]  # a level llama.cpp made: module -> weight
 DATABASE_FORMAT = 1  # bump when what a level file holds changes, so old files are not read
 
 
@@ -71,11 +74,12 @@ def missing_levels(directory: Path, levels: tuple[ModuleConfig, ...]) -> list[Mo
 
 def build_database(
     model: nn.Module, model_name: str, calibration: Calibration, levels: tuple[ModuleConfig, ...],
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, engine_weights: EngineWeights | None = None,
 ) -> Path:  # fmt: skip
     """Quantizes every linear module of `model` at every level not yet on disk (phase "building the level
-    database", a step per module and level) and returns the database directory. Safe to call from several
-    processes at once: one builds under the lock, the others wait and then find the files."""
+    database", a step per module and level) and returns the database directory; a level llama.cpp makes
+    (`is_engine_made`) is read from `engine_weights(config)` instead. Safe to call from several processes at once:
+    one builds under the lock, the others wait and then find the files."""
     directory = database_directory(model_name, calibration)
     directory.mkdir(parents=True, exist_ok=True)
     with FileLock(str(directory / "build.lock")):
@@ -89,7 +93,15 @@ def build_database(
         with phase(reporter, "building the level database", total=len(missing) * len(linears), detail=detail) as step:
             for config in missing:
                 weights = {}
+                if is_engine_made(config.weight):
+                    if engine_weights is None:
+                        raise ValueError(f"level {level_name(config)} is made by llama.cpp; the database needs its engine")
+                    made = engine_weights(config)
+                    weights = {name: made[name].contiguous() for name in linears}
+                    step(len(linears))
                 for name, linear in linears.items():
+                    if name in weights:
+                        continue
                     stats = calibration.stats.get(name)
                     weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous()
                     step()
@@ -101,8 +113,8 @@ def build_database(
 
 def open_database(
     model: nn.Module, model_name: str, calibration: Calibration, levels: tuple[ModuleConfig, ...],
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, engine_weights: EngineWeights | None = None,
 ) -> LevelDatabase:  # fmt: skip
     """Returns the database of `levels` for the model and calibration, building the levels it lacks first."""
-    directory = build_database(model, model_name, calibration, levels, reporter)
+    directory = build_database(model, model_name, calibration, levels, reporter, engine_weights)
     return LevelDatabase(directory, levels, calibration.key)

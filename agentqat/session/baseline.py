@@ -13,7 +13,7 @@ from agentqat.arena.config import Arena, Stage
 from agentqat.errors import UserError
 from agentqat.progress import Reporter
 from agentqat.runs import read_results
-from agentqat.session.manifest import Manifest, package_versions, read_manifest
+from agentqat.session.manifest import Manifest, check_windows, package_versions, read_manifest, windows_bos
 from agentqat.session.resources import Resources
 from agentqat.store import MANIFEST_FILE, RunStore
 
@@ -33,7 +33,8 @@ class BaselineOutcome:
 
 def baseline_manifest(arena: Arena, stage: str, seed: int, requests: int) -> Manifest:
     """Returns the manifest of a baseline run of `requests` matches on one stage and seed."""
-    return Manifest(kind="baseline", arena=arena, stage=arena.stage(stage).name, seed=seed, requests=requests, versions=package_versions())
+    return Manifest(kind="baseline", arena=arena, stage=arena.stage(stage).name, seed=seed, requests=requests, versions=package_versions(),
+                    window_bos=windows_bos(arena))  # fmt: skip
 
 
 def run_baseline(
@@ -61,6 +62,7 @@ def run_baseline(
         store, manifest = RunStore.open(directory), read_manifest(directory)
         if manifest.kind != "baseline":
             raise UserError(f"{directory} is a {manifest.kind} run, not a baseline run", "pick another run name")
+        check_windows(directory, manifest)
         read_results(store)
     else:
         manifest = baseline_manifest(arena, stage, seed, len(requests))

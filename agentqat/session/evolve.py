@@ -26,7 +26,15 @@ from agentqat.errors import UserError
 from agentqat.evolve import Cost, EvolveOutcome, EvolveSettings, Observer, evolve
 from agentqat.progress import Reporter
 from agentqat.runs import SUMMARY_FILE, EvolveJournal, read_results, read_summary
-from agentqat.session.manifest import LlmSettings, Manifest, package_versions, read_manifest, write_manifest
+from agentqat.session.manifest import (
+    LlmSettings,
+    Manifest,
+    check_windows,
+    package_versions,
+    read_manifest,
+    windows_bos,
+    write_manifest,
+)
 from agentqat.session.resources import Resources
 from agentqat.store import RunStore, write_json_atomic
 
@@ -76,6 +84,7 @@ def evolve_manifest(
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
         prior=tuple(prior), sensitivity=sensitivity, strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
+        window_bos=windows_bos(arena),
     )  # fmt: skip
 
 
@@ -183,7 +192,7 @@ def _open_store(directory: Path, manifest: Manifest | None) -> tuple[RunStore, M
     recorded = read_manifest(directory)
     if recorded.kind != "evolve":
         raise UserError(f"{directory} is a {recorded.kind} run, not an evolve run", "resume it with its own command")
-    return store, recorded
+    return store, check_windows(directory, recorded)
 
 
 def run_evolve(

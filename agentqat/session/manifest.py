@@ -16,6 +16,7 @@ from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.evolve import EvolveSettings
+from agentqat.models import bos_policy
 from agentqat.store import MANIFEST_FILE, RUN_SCHEMA_VERSION, read_json_object, write_json_atomic
 from agentqat.strategy import SCHEMA_VERSION
 
@@ -63,6 +64,7 @@ class Manifest(_Frozen):
     requests: int | None = None
     strategy_schema_version: int = SCHEMA_VERSION
     versions: dict[str, str] = {}
+    window_bos: int | None = None  # the BOS token id every window opens with; None: windows start with text
 
     @model_validator(mode="before")
     @classmethod
@@ -109,6 +111,26 @@ def read_manifest(directory: Path) -> Manifest:
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(file)'}: {e['msg']}" for e in error.errors()[:3])
         raise UserError(f"{path} is not an agentqat run manifest: {problems}", "the run directory is damaged or foreign") from None
+
+
+def windows_bos(arena: Arena) -> int | None:
+    """Returns the token id the arena model's windows open with (None when they start with text)."""
+    return bos_policy(arena.model).window_token
+
+
+def check_windows(directory: Path, manifest: Manifest) -> Manifest:
+    """Returns `manifest` when its windows open as the arena model's do today; UserError otherwise (a run recorded
+    before the model's BOS token was put first, or the reverse, must not be extended with other windows)."""
+    today = windows_bos(manifest.arena)
+    if manifest.window_bos != today:
+        def said(token: int | None) -> str:
+            return "start with text" if token is None else f"open with token {token}"
+
+        raise UserError(
+            f"{directory} was recorded with windows that {said(manifest.window_bos)}; {manifest.arena.model}'s windows now {said(today)}",
+            "start a new run (its figures are not comparable with this one's)",
+        )
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> None:

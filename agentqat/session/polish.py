@@ -107,7 +107,9 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
 
     resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)  # StrategyError: one line per problem
     calibration = bench.calibration(bench.arena.calibration_windows) if needs_calibration(resolved) else None
-    windows = sample_windows(bench.calibration_ids, bench.arena.window_tokens, settings.windows, bench.arena.seed)
+    windows = sample_windows(
+        bench.calibration_ids, bench.arena.window_tokens, settings.windows, bench.arena.seed, bos=bench.loaded.bos.window_token
+    )
     stats = calibration.stats if calibration else None
     return polish_model(bench.loaded.model, resolved, stats, windows, settings, sensitivities, reporter)
 

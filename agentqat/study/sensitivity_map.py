@@ -108,7 +108,7 @@ def measure_map(bench, bits: tuple[int, ...], fisher_windows: int, reporter: Rep
 
     started = time.perf_counter()
     arena, facts = bench.arena, bench.loaded.facts
-    windows = sample_windows(bench.calibration_ids, arena.window_tokens, fisher_windows, arena.seed)
+    windows = sample_windows(bench.calibration_ids, arena.window_tokens, fisher_windows, arena.seed, bos=bench.loaded.bos.window_token)
     gradients = gradient_measures(bench.loaded.model, windows, reporter)
     probes = probe_set(facts, bits)
     play = lambda requests: [bench.play(request) for request in requests]  # noqa: E731 - an in-process player

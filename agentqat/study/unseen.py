@@ -44,7 +44,7 @@ class UnseenBench(Workbench):
     def __init__(self, arena: Arena, source: str = TEST_STAGE, windows: int = defaults.TEST_WINDOWS, reporter: Reporter | None = None):
         super().__init__(arena, worker="test", reporter=reporter)
         self.unseen_ids = tokenize(self.loaded.tokenizer, unseen_text(source, arena.corpus))
-        count = min(windows, window_count(len(self.unseen_ids), arena.window_tokens))
+        count = min(windows, window_count(len(self.unseen_ids), arena.window_tokens, self.loaded.bos.window_token))
         if count < 1:
             raise UserError(
                 f"the unseen text {source!r} holds {len(self.unseen_ids)} tokens, less than one window of {arena.window_tokens}",
@@ -55,7 +55,9 @@ class UnseenBench(Workbench):
 
     def windows(self, stage: Stage, seed: int, window_set: int) -> torch.Tensor:
         """Returns the stage's windows of the unseen text (one window set)."""
-        return sample_windows(self.unseen_ids, self.arena.window_tokens, stage.windows, seed, window_set * stage.windows)
+        return sample_windows(
+            self.unseen_ids, self.arena.window_tokens, stage.windows, seed, window_set * stage.windows, self.loaded.bos.window_token
+        )
 
 
 def test_scores(document: dict, arena: Arena, source: str = TEST_STAGE, bench: UnseenBench | None = None) -> MatchResult:

@@ -13,6 +13,8 @@ from agentqat.ui.tables import (
     pareto_front,
     print_cache_stats,
     print_engine_costs,
+    print_engine_eval,
+    print_engines,
     print_evolve_outcome,
     print_finished,
     print_info,
@@ -25,7 +27,7 @@ from agentqat.ui.tables import (
 )
 
 __all__ = [
-    "EvolveView", "MatchProgress", "PhaseView", "console", "facts_dict", "pareto_front", "print_cache_stats", "print_engine_costs",
+    "EvolveView", "MatchProgress", "PhaseView", "console", "facts_dict", "pareto_front", "print_cache_stats", "print_engine_costs", "print_engine_eval", "print_engines",
     "print_evolve_outcome", "print_finished", "print_info", "print_invalid", "print_leaderboard", "print_quantize",
     "print_run", "print_valid", "quantize_report", "print_ablation", "print_polish", "print_sensitivity",
 ]  # fmt: skip

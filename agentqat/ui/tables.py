@@ -53,6 +53,9 @@ def print_info(report: dict, facts: "ModelFacts") -> None:
     corpus = report["corpus"]
     sizes = ", ".join(f"{split} {tokens:,}" for split, tokens in corpus["tokens"].items())
     console.print(f"[bold]corpus[/bold] {corpus['name']} ({corpus['source']}): tokens {sizes}")
+    bos = report["bos"]
+    opening = f"open with BOS (token {bos['token_id']})" if bos["windows_open_with_bos"] else "start with text (no BOS)"
+    console.print(f"[bold]windows[/bold] {opening}, as decided by {bos['decided_by']}", highlight=False)
     ppl = report["base_perplexity"]
     console.print(
         f"[bold]base perplexity[/bold] {ppl['value']:.2f} on {ppl['windows']} x {ppl['window_tokens']} "
@@ -224,3 +227,25 @@ def print_engine_costs(profile, path: Path) -> None:
                       f"{cost.first_token_s:.3f}", f"{cost.peak_memory_bytes / 2**30:.2f}", f"{cost.weight_bytes / 2**20:.1f}")  # fmt: skip
     console.print(table)
     console.print(f"measured {profile.measured_at}; cached at {path}")
+
+
+def print_engines(found) -> None:
+    """Prints the engines found: name, version and path, or how to get a missing one (one line each)."""
+    for engine in found:
+        if engine.path is None:
+            console.print(f"[red]missing[/red] {engine.name}: {engine.missing_hint}", highlight=False)
+        else:
+            console.print(f"[green]found[/green] {engine.name} {engine.version} at {engine.path}", highlight=False)
+
+
+def print_engine_eval(report: dict) -> None:
+    """Prints llama.cpp's figures of a GGUF file (`agentqat engine-eval`)."""
+    kl = report["kl"]
+    made = f" (stock {report['stock']}{' + imatrix' if report['imatrix'] else ''})" if "stock" in report else ""
+    console.print(f"[bold]{report['file']}[/bold]{made}", highlight=False)
+    console.print(
+        f"  {report['file_bytes'] / 2**20:.2f} MiB, {report['bits_per_weight']:.3f} bits per weight; on {report['text']} "
+        f"({kl['chunks']} chunks of {kl['context']}): mean KL {kl['mean_kl']:.4f}, same top token {100 * kl['same_top']:.1f}%, "
+        f"perplexity {kl['perplexity']:.3f} (base {kl['base_perplexity']:.3f})",
+        highlight=False,
+    )

@@ -1,0 +1,80 @@
+"""Reading a GGUF file's tensors as the model's modules: gguf's tensor name map of the file's architecture, the row
+order llama.cpp stores llama q/k weights in, and exact values through gguf.quants.dequantize."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class GgufNameError(ValueError):
+    """A GGUF file's architecture or tensor names are not what the model's modules need."""
+
+
+def field_value(reader, key: str):
+    """Returns the contents of the GGUF key `key`, or None when the file has none."""
+    field = reader.get_field(key)
+    return field.contents() if field is not None else None
+
+
+def arch_name_map(reader):
+    """Returns (architecture name, gguf's tensor name map for it); GgufNameError for an unknown architecture."""
+    import gguf
+
+    arch = field_value(reader, gguf.Keys.General.ARCHITECTURE)
+    blocks = field_value(reader, f"{arch}.block_count")
+    model_arch = next((key for key, value in gguf.MODEL_ARCH_NAMES.items() if value == arch), None)
+    if model_arch is None or blocks is None:
+        raise GgufNameError(f"the GGUF's architecture {arch!r} is unknown to gguf")
+    return arch, gguf.get_tensor_name_map(model_arch, int(blocks))
+
+
+def row_permutation(reader, arch: str, tensor_name: str, rows: int) -> torch.Tensor | None:
+    """Returns the row order llama.cpp stores a llama q/k weight in (stored = original[order]; transformers undoes
+    it on load), else None."""
+    if arch != "llama" or not (".attn_q." in tensor_name or ".attn_k." in tensor_name):
+        return None
+    heads = int(field_value(reader, f"{arch}.attention.head_count"))
+    if ".attn_k." in tensor_name:
+        heads = int(field_value(reader, f"{arch}.attention.head_count_kv") or heads)
+    return torch.arange(rows).reshape(heads, 2, rows // heads // 2).transpose(1, 2).reshape(rows)
+
+
+def stored_values(tensor) -> torch.Tensor:
+    """Returns a GGUF tensor's values as float32 [rows, columns] (gguf.quants.dequantize, as transformers reads)."""
+    from gguf import quants
+
+    values = quants.dequantize(tensor.data, tensor.tensor_type)
+    return torch.from_numpy(np.array(values, dtype=np.float32)).reshape(-1, int(tensor.shape[0]))
+
+
+def module_tensor_names(reader, module_names) -> dict[str, str]:
+    """Returns each module's GGUF tensor name (`<name>.weight`); GgufNameError naming modules the file lacks."""
+    arch, name_map = arch_name_map(reader)
+    present = {tensor.name for tensor in reader.tensors}
+    names, missing = {}, []
+    for module in module_names:
+        mapped = name_map.get_name(module)
+        if mapped is None or f"{mapped}.weight" not in present:
+            missing.append(module)
+        else:
+            names[module] = f"{mapped}.weight"
+    if missing:
+        raise GgufNameError(f"the GGUF ({arch}) has no tensor for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''}")
+    return names
+
+
+def module_values(reader, module_names) -> dict[str, torch.Tensor]:
+    """Returns each module's weight as the file holds it, in the model's own row order (llama q/k un-permuted)."""
+    arch, _ = arch_name_map(reader)
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    values = {}
+    for module, tensor_name in module_tensor_names(reader, module_names).items():
+        stored = stored_values(tensors[tensor_name])
+        order = row_permutation(reader, arch, tensor_name, stored.shape[0])
+        if order is not None:
+            original = torch.empty_like(stored)
+            original[order] = stored
+            stored = original
+        values[module] = stored.contiguous()
+    return values
