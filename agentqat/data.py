@@ -180,7 +180,8 @@ def sample_windows(
 
 def unseen_text(source: str, corpus_spec: str) -> str:
     """Returns the unseen text that final winners are re-evaluated on: the test split of `corpus_spec` when
-    `source` is "test", else the whole of the text file `source` (one document per line)."""
-    if source == "test":
-        return load_corpus(corpus_spec).test
+    `source` is "test" (its held-out split for "heldout": text no search reads, that a choice may be made on),
+    else the whole of the text file `source` (one document per line)."""
+    if source in ("test", "heldout"):
+        return getattr(load_corpus(corpus_spec), source)
     return "\n".join(line.strip() for line in _read_text_file(Path(source).expanduser()).splitlines() if line.strip())

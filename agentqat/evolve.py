@@ -23,7 +23,7 @@ One generation g:
 
 Budget: a run counts matches and evaluated tokens (per match, the stage's windows x the arena's window tokens;
 a stage plays each candidate once per window set), those spent before the loop included (`prior_cost`: e.g. the
-knapsack's measurements). A generation takes only as many proposals as the match and token budgets can pay for
+knapsack's measurements in runs recorded before they became shared preparation, charged to no run). A generation takes only as many proposals as the match and token budgets can pay for
 in the worst case (every candidate promoted as far as the stages' shares allow), so the last generation is cut
 to fit and no budget is overrun.
 
@@ -297,7 +297,7 @@ def evolve(
 ) -> EvolveOutcome:
     """Returns the run's outcome after generations of propose, evaluate, survive (see the module docstring).
 
-    `prior_cost`: what the run spent before the loop (e.g. the knapsack's measurements), counted against the
+    `prior_cost`: what the run spent before the loop (e.g. an "in-run" knapsack's measurements), counted against the
     budgets. `identity`: the canonical hash that finds duplicate proposals (`canonical_id` for one model). `prior`:
     the shared seed strategies, played as generation 0."""
     started = clock()

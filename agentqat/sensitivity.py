@@ -115,12 +115,17 @@ def arena_key(arena: Arena) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def cache_file(arena: Arena, cache: Path) -> Path:
+    """Returns the file in `cache` (a folder) that keeps the arena's sensitivities."""
+    return Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}.json"
+
+
 def shared_sensitivities(
     play: Player, arena: Arena, facts: ModelFacts, cache: Path, reporter: Reporter | None = None
 ) -> Sensitivities:
     """Returns the arena's sensitivities from `cache` (a folder), measuring them with `play` and storing them
     there first when absent (see the module docstring)."""
-    path = Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}.json"
+    path = cache_file(arena, cache)
     if path.is_file():
         data = read_json_object(path)
         values = {int(layer): float(kl) for layer, kl in data["values"].items()}

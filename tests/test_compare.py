@@ -57,9 +57,22 @@ def _line_counts(directory):
     return {path.relative_to(directory): len(path.read_text().splitlines()) for path in sorted(directory.rglob("results.jsonl"))}
 
 
+def _assert_within_budget(directory, settings):
+    """Every run of every arm (the allocation arm included) played at most the comparison's matches and tokens, its
+    preparation (the knapsack's unit probes) nowhere in it."""
+    for run in sorted((directory / "runs").iterdir()):
+        results = [json.loads(line) for line in (run / "results.jsonl").read_text().splitlines()]
+        assert len(results) <= settings.match_budget, f"{run.name} overran its budget of {settings.match_budget} matches"
+        tokens = sum(result["tokens"] for result in results)
+        assert settings.token_budget is None or tokens <= settings.token_budget, f"{run.name} evaluated {tokens} tokens"
+        assert not [r for r in results if r["strategy_name"].startswith("knapsack-probe")], f"{run.name} played preparation"
+        summary = json.loads((run / "summary.json").read_text())
+        assert (summary["matches"], summary["tokens"]) == (len(results), tokens), f"{run.name} was charged for something it did not play"
+
+
 def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_arena, tmp_path, capsys):
     args = ["compare", "--arena", str(tiny_arena), "--generators", "random,evo,knapsack", "--seeds", "0-1", "--budget", "10",
-            "--population", "3", "--workers", "0", "--runs", str(tmp_path), "--run", "tiny"]  # fmt: skip
+            "--tokens", "1200", "--population", "3", "--workers", "0", "--runs", str(tmp_path), "--run", "tiny"]  # fmt: skip
     assert main(args) == 0
     directory = tmp_path / "tiny"
     settings = read_settings(directory)
@@ -67,9 +80,22 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
     runs = sorted(path.name for path in (directory / "runs").iterdir())
     # the knapsack does not use the seed: its run at seed 1 would repeat seed 0's match for match
     assert runs == ["evo-seed0", "evo-seed1", "knapsack-seed0", "random-seed0", "random-seed1"]
-    for run in runs:
-        results = (directory / "runs" / run / "results.jsonl").read_text().splitlines()
-        assert len(results) <= 10, f"{run} overran its budget of 10 matches"
+    _assert_within_budget(directory, settings)
+    # one preparation for all, recorded with its cost and charged to no arm: the knapsack's unit probes are in it,
+    # not in its run, which plays its allocations from its first generation after the shared prior
+    preparation = json.loads((directory / "preparation.json").read_text())
+    items = {item["what"]: item for item in preparation["items"]}
+    assert preparation["charged_to"] == "no arm" and set(items) == {"knapsack unit costs"}
+    assert items["knapsack unit costs"]["asked_by"] == ["knapsack"] and items["knapsack unit costs"]["matches"] > 0
+    assert items["knapsack unit costs"]["tokens"] == items["knapsack unit costs"]["matches"] * 2 * 64
+    knapsack = directory / "runs" / "knapsack-seed0"
+    assert json.loads((knapsack / "preparation.json").read_text())["charged"] is False
+    proposed = [json.loads(line) for line in (knapsack / "strategies.jsonl").read_text().splitlines()]
+    first = min(p["generation"] for p in proposed if p["generator"] != "prior")
+    assert first == 1 and all(p["generator"] == "knapsack" for p in proposed if p["generation"] == 1)
+    manifest = json.loads((knapsack / "manifest.json").read_text())
+    assert manifest["preparation"] == "shared" and manifest["workers"] == 0 and manifest["versions"]["agentqat"]
+    assert manifest["generator_settings"]["knapsack.UNITS"] == "layer" and manifest["prompt_template"] is None
     assert (directory / "baseline" / "results.jsonl").exists() and (directory / "test" / "results.jsonl").exists()
     # every run's rank-1 winner (a run whose every strategy failed has none) is a strategy file that re-scores as it is
     written = {path.stem: strategy_id(json.loads(path.read_text())) for path in (directory / "winners").glob("*.json")}
@@ -77,6 +103,7 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
     assert all(load_strategy(directory / "winners" / f"{run}.json") for run in written)
     markdown = (directory / "report.md").read_text()
     assert "## Statistics" in markdown and "knapsack" in markdown
+    assert "Preparation, measured once for the comparison" in markdown and "charged to no arm" in markdown
     # the knapsack's one run: a one-sample question said in words, or no result where it found nothing
     assert "One-sample: arm evo's 2 values against the single value" in markdown or "(knapsack never produced a value of it)" in markdown
     before = _line_counts(directory)
@@ -101,6 +128,12 @@ def test_compare_plays_every_arm_at_every_seed_then_reports_and_resumes(tiny_are
         path: count for path, count in after.items() if path.parts[0] == "runs"}  # fmt: skip
     assert "llm-random-edits" in (directory / "report.md").read_text()
     preparation = (directory / "runs" / "llm-random-edits-seed1" / "sensitivities.json").read_text()
+    items = {item["what"]: item for item in json.loads((directory / "preparation.json").read_text())["items"]}
+    assert items["sensitivity probes"]["asked_by"] == ["llm-random-edits"] and items["sensitivity probes"]["matches"] > 0
+    assert json.loads(preparation)["values"] == items["sensitivity probes"]["cache"]["content"]["values"]  # what it was given
+    manifest = json.loads((directory / "runs" / "llm-random-edits-seed1" / "manifest.json").read_text())
+    assert manifest["prompt_template"] == "v2" and "generator.KIND_WEIGHTS" in manifest["generator_settings"]
+    _assert_within_budget(directory, read_settings(directory))
     assert main(["compare", "--resume", str(directory)]) == 0
     assert (directory / "runs" / "llm-random-edits-seed1" / "sensitivities.json").read_text() == preparation  # kept as measured
     capsys.readouterr()

@@ -151,3 +151,32 @@ def test_export_refuses_what_llama_quantize_did_not_make(bench, tmp_path):
 def test_an_engine_arena_deploys_gguf(small_corpus_file):
     with pytest.raises(ValueError, match='set deploy = "gguf"'):
         Arena(name="x", corpus=str(small_corpus_file), stages=(Stage(name="s", windows=1),), engine=Engine())
+
+
+@pytest.mark.parametrize("type_name", ["Q3_K", "IQ4_XS", "Q6_K"])
+def test_a_256_block_level_is_what_llama_quantize_stores_and_costs_its_exact_bytes(llama_cpp, make_tiny_gguf, small_corpus_file, type_name):
+    """On the tiny model with MLP width 256, down_proj (input 256) takes the k-quant itself and every 64-wide module
+    llama.cpp's fallback; the bits the arena counts are the file's bytes."""
+    from gguf import GGUFReader
+
+    from agentqat.bits import module_bits
+    from agentqat.engines.levels import engine_level, level_tensors
+    from agentqat.models import load_facts
+    from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+    from agentqat.quant.ggml_engine import ENGINE_TYPES, stored_type
+    from agentqat.resolve import ModuleConfig
+
+    model = make_tiny_gguf(intermediate=256, weight_std=0.25)
+    path = engine_level(EngineWorkspace(str(model), str(small_corpus_file)), type_name, "Q8_0", chunks=4, context=64)
+    facts = load_facts(str(model))
+    tensors = level_tensors(path, [info.name for info in facts.linears])
+    fmt = next(t for t in ENGINE_TYPES if t.type_name == type_name)
+    config = ModuleConfig(WeightQuant(bits=fmt.bits, group_size=32, format=fmt.format, rounding="imatrix"), ActivationQuant(), OutlierPolicy())
+    kinds = set()
+    for info in facts.linears:
+        _, tensor = tensors[info.name]
+        assert tensor.tensor_type.name == stored_type(type_name, info.in_features), info.name
+        assert module_bits(config, info, 0).total == 8 * int(tensor.n_bytes), info.name
+        kinds.add(tensor.tensor_type.name)
+    assert type_name in kinds and len(kinds) == 2  # down_proj at the type, the rest at its fallback
+    assert {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}["token_embd.weight"] == "Q8_0"

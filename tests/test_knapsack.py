@@ -1,5 +1,6 @@
-"""The knapsack arm: its dynamic program finds the least summed cost within budget; in a run, its unit costs are
-measured through the recorded player and charged to the run, then it proposes the allocation after the prior."""
+"""The knapsack arm: its dynamic program finds the least summed cost within budget; its unit costs are preparation,
+measured once per arena outside the run and charged to no run, so it proposes the allocation right after the prior;
+a run recorded with in-run preparation still plays and pays for its probes when resumed."""
 
 import itertools
 import json
@@ -54,25 +55,46 @@ def test_a_missing_cost_is_refused(tiny_space):
         make_generator("knapsack", tiny_space, costs={(0, 0): 1.0})
 
 
-def test_a_knapsack_run_measures_its_costs_in_the_run_and_pays_for_them(sensitive_llama_dir, small_corpus_file, tmp_path):
+def _arena(sensitive_llama_dir, small_corpus_file, tmp_path):
     path = tmp_path / "arena.toml"
     path.write_text(
         f'name = "ks"\nmodel = "{sensitive_llama_dir}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
         'calibration_windows = 4\nbits_budget = 4.5\n[[stages]]\nname = "only"\nwindows = 2\n'
     )
-    arena = load_arena(str(path))
-    manifest = evolve_manifest(arena, generator="knapsack", seed=0, population=2, generations=2, stop_when_clear=False)
+    return load_arena(str(path))
+
+
+def test_a_knapsack_run_gets_its_costs_as_preparation_charged_to_no_run(sensitive_llama_dir, small_corpus_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("AGENTQAT_CACHE_DIR", str(tmp_path / "cache"))
+    arena = _arena(sensitive_llama_dir, small_corpus_file, tmp_path)
+    manifest = evolve_manifest(arena, generator="knapsack", seed=0, population=2, generations=2, stop_when_clear=False, match_budget=4)
+    assert manifest.preparation == "shared"
     outcome = run_evolve(tmp_path / "run", manifest, workers=0)
     store = RunStore.open(tmp_path / "run")
     results = store.read("results")
+    assert not [r for r in results if r["strategy_name"].startswith("knapsack-probe")]
+    space = SearchSpace(_facts(arena), 4.5)
+    spent = json.loads((tmp_path / "run" / "preparation.json").read_text())
+    assert spent["charged"] is False and spent["matches"] == len(knapsack_units(space)) * len(ladder(space))
+    assert spent["tokens"] == 2 * 64 * spent["matches"] and (tmp_path / "cache" / "knapsack-costs").is_dir()
+    assert outcome.matches == len(results) <= 4 and outcome.tokens == 2 * 64 * len(results)
+    proposals = store.read("strategies")
+    assert [p["generator"] for p in proposals] == ["prior"] * len(manifest.prior) + ["knapsack"] * (len(results) - len(manifest.prior))
+    assert len(results) > len(manifest.prior) and "predicted KL" in proposals[len(manifest.prior)]["document"]["notes"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tokens"] == outcome.tokens
+
+
+def test_a_run_recorded_with_in_run_preparation_plays_and_pays_for_its_probes(sensitive_llama_dir, small_corpus_file, tmp_path):
+    arena = _arena(sensitive_llama_dir, small_corpus_file, tmp_path)
+    manifest = evolve_manifest(arena, generator="knapsack", seed=0, population=2, generations=2, stop_when_clear=False)
+    manifest = manifest.model_copy(update={"preparation": "in-run"})  # as runs recorded before preparation was shared
+    outcome = run_evolve(tmp_path / "run", manifest, workers=0)
+    results = RunStore.open(tmp_path / "run").read("results")
     probes = [r for r in results if r["strategy_name"].startswith("knapsack-probe")]
     space = SearchSpace(_facts(arena), 4.5)
     assert len(probes) == len(knapsack_units(space)) * len(ladder(space))
     assert outcome.matches == len(results) and outcome.tokens == 2 * 64 * len(results)
-    proposals = store.read("strategies")
-    assert [p["generator"] for p in proposals] == ["prior"] * len(manifest.prior) + ["knapsack"] * 2
-    assert "predicted KL" in proposals[len(manifest.prior)]["document"]["notes"]
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["tokens"] == outcome.tokens
+    assert not (tmp_path / "run" / "preparation.json").exists()
 
 
 def _facts(arena):

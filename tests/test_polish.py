@@ -136,17 +136,23 @@ def test_polish_cli_plays_and_records_the_polished_strategy(tiny_polish_arena, t
     strategy.write_text(json.dumps(uniform(2)))
     out = tmp_path / "polish"
     args = ["polish", "--strategy", str(strategy), "--arena", str(tiny_polish_arena), "--windows", "8", "--epochs", "3",
-            "--weight-lr", "1e-3", "--scale-lr", "1e-2", "--test-windows", "2", "--out", str(out)]  # fmt: skip
+            "--weight-lr", "1e-3", "--scale-lr", "1e-2", "--heldout-windows", "2", "--test-windows", "2", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
-    assert "unpolished against polished" in capsys.readouterr().out
-    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["stage"], r["window_set"], r["strategy_id"].endswith("-polished")) for r in results] == [
-        ("confirm", 0, False), ("confirm", 1, False), ("test", 0, False),
-        ("confirm", 0, True), ("confirm", 1, True), ("test", 0, True),
-    ]  # fmt: skip
-    assert results[0]["cost"]["bits_per_weight"] == results[3]["cost"]["bits_per_weight"]
+    printed = capsys.readouterr().out
+    assert "unpolished against polished" in printed and "chosen on held-out text" in printed
+    # both are played on the arena's stage and on held-out text, where the final one is chosen; only that one is
+    # played on the test split, once
     record = json.loads((out / "polish.json").read_text())
     assert len(record["blocks"]) == 2
+    heldout = [json.loads(line) for line in (out / "heldout.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["strategy_id"].endswith("-polished")) for r in heldout] == [("heldout", False), ("heldout", True)]
+    chosen = "polished" if heldout[1]["quality"]["kl"] < heldout[0]["quality"]["kl"] else "unpolished"
+    assert record["selected"]["strategy"] == chosen and record["selected"]["on"] == "heldout"
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["window_set"], r["strategy_id"].endswith("-polished")) for r in results] == [
+        ("confirm", 0, False), ("confirm", 1, False), ("confirm", 0, True), ("confirm", 1, True), ("test", 0, chosen == "polished"),
+    ]  # fmt: skip
+    assert results[0]["cost"]["bits_per_weight"] == results[2]["cost"]["bits_per_weight"]
     from safetensors.torch import load_file
 
     stored = load_file(str(out / "weights.safetensors"))
@@ -164,7 +170,7 @@ def test_polish_cli_plays_and_records_the_polished_strategy(tiny_polish_arena, t
     exported = tmp_path / "exported"
     assert main(["export", "--polished", str(out), "--arena", str(tiny_polish_arena), "--format", "compressed-tensors", "--out", str(exported)]) == 0
     metadata = json.loads((exported / "agentqat-export.json").read_text())
-    assert metadata["figures"]["perplexity"] == pytest.approx(math.exp(sum(sum(r["quality"]["window_nll"]) for r in results[3:5]) / 4))
+    assert metadata["figures"]["perplexity"] == pytest.approx(math.exp(sum(sum(r["quality"]["window_nll"]) for r in results[2:4]) / 4))
     group = next(iter(json.loads((exported / "config.json").read_text())["quantization_config"]["config_groups"].values()))
     scheme = QuantizationScheme.model_validate(group)
     with safe_open(str(exported / "model.safetensors"), "pt") as file:

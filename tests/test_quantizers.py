@@ -84,7 +84,7 @@ ENGINE_MADE = {name for name, method in METHODS.items() if method.rounding == EN
 
 def test_contract_covers_the_whole_registry():
     assert set(CONTRACT) | ENGINE_MADE == set(METHODS)
-    assert len(ENGINE_MADE) == 6  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and IQ4_NL with an importance matrix
+    assert len(ENGINE_MADE) == 12  # Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K-Q6_K and IQ4_XS with an importance matrix
 
 
 @pytest.mark.parametrize("name", sorted(ENGINE_MADE))

@@ -102,3 +102,61 @@ def test_report_renders_from_the_records(comparison, capsys):
     pngs = sorted(path.name for path in (comparison / "figures").glob("*.png"))
     assert {"best_so_far.png", "pareto.png", "bit_maps.png", "failures.png", "search_vs_test.png"} <= set(pngs)
     assert json.dumps(markdown)  # plain text
+
+
+def test_the_report_says_what_preparation_cost_and_which_hypotheses_held(comparison, capsys):
+    """Preparation recorded in DIR/preparation.json is reported as charged to no arm; PLAN.md's hypotheses are tested
+    (Holm over the plan's family) and the report says which held, and whether the plan is the registered one."""
+    from agentqat.report.analysis import summarize
+    from agentqat.study.plan import PLAN_FILE, REGISTERED_FILE, evaluate, parse_plan, register
+    from agentqat.study.stats import compare_arms, holm
+
+    plan = ("```hypotheses\nalpha: 0.05\nH1: arm evo < arm random on final_kl\nH2: arm evo != arm random on test_kl\n"
+            "H3: arm llm < arm random on final_kl\n```\n")  # fmt: skip
+    preparation = {"charged_to": "no arm", "matches": 12, "tokens": 1536, "items": [
+        {"what": "knapsack unit costs", "asked_by": ["knapsack"], "matches": 12, "tokens": 1536, "detail": "probes"}]}  # fmt: skip
+    try:
+        (comparison / PLAN_FILE).write_text(plan)
+        register(comparison)
+        (comparison / "preparation.json").write_text(json.dumps(preparation))
+        assert main(["report", str(comparison)]) == 0
+        markdown = (comparison / "report.md").read_text()
+        assert "## Preparation" in markdown and "knapsack unit costs: 12 matches (1,536 evaluated tokens)" in markdown
+        assert "charged to no arm" in markdown and "In all: 12 matches" in markdown
+        section = markdown.split("## Pre-registration")[1].split("## Statistics")[0]
+        assert "PLAN.md is the one recorded when the comparison started" in section
+        records = read_comparison(comparison)
+        outcomes = evaluate(parse_plan(plan), records, summarize(records))
+        by_arm = {s.arm: s for s in summarize(records)}
+        tests = [compare_arms("evo", by_arm["evo"].values[q], "random", by_arm["random"].values[q], q) for q in ("final KL", "test KL")]
+        assert [o.p_holm for o in outcomes[:2]] == pytest.approx(holm([t.p_two_sided for t in tests]))  # the plan's family of 2
+        assert outcomes[2].verdict == "no result" and "no arm llm" in outcomes[2].why
+        for outcome in outcomes[:2]:
+            assert outcome.verdict in ("held", "not held") and f"| {outcome.hypothesis.text()} |" in section
+            assert outcome.verdict == ("held" if outcome.p_holm < 0.05 and (outcome.hypothesis.direction == "!=" or outcome.test.cliffs_delta < 0) else "not held")
+        (comparison / PLAN_FILE).write_text(plan.replace("<", ">"))
+        assert main(["report", str(comparison)]) == 0
+        assert "PLAN.md has changed since the comparison started" in (comparison / "report.md").read_text()
+    finally:
+        for name in (PLAN_FILE, REGISTERED_FILE, "preparation.json"):
+            (comparison / name).unlink(missing_ok=True)
+
+
+def test_the_pareto_zoom_holds_the_budgets_neighbourhood_and_bit_maps_name_group_sizes_and_gguf_types():
+    from agentqat.models import LinearInfo
+    from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+    from agentqat.report.figures import _gene_label, zoom_window
+    from agentqat.resolve import ModuleConfig
+
+    points = [(3.0, 1.4), (3.25, 0.60), (3.28, 0.56), (3.30, 0.55), (3.5, 0.3)]  # the last: over the budget
+    (low, high), (bottom, top) = zoom_window(points, 3.3, reference=0.57)
+    assert low < 3.25 and 3.30 <= high < 3.35 and bottom < 0.55 and 0.61 < top < 0.62  # 12% above the best within budget
+    assert zoom_window([(4.0, 0.1)], 3.3, None) is None
+
+    def label(weight, in_features=576):
+        info = LinearInfo(name="model.layers.0.mlp.down_proj", layer=0, in_features=in_features, out_features=64)
+        return _gene_label(ModuleConfig(weight, ActivationQuant(), OutlierPolicy()), info)
+
+    assert label(WeightQuant(3, 64)) == "g64" and label(WeightQuant(4, 0)) == "per-channel" and label(WeightQuant(16)) == "16-bit"
+    assert label(WeightQuant(4, 32, format="gguf_q4_k", rounding="imatrix"), 1536) == "Q4_K"
+    assert label(WeightQuant(4, 32, format="gguf_q4_k", rounding="imatrix"), 576) == "Q4_K as Q5_0"  # llama.cpp's fallback there

@@ -32,14 +32,15 @@ from agentqat.bits import strategy_bits
 from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.engine_costs import load_profile, strategy_engine_cost
-from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, level_values
+from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, fixed_bytes, level_values, linear_bits_within
+from agentqat.errors import UserError
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
 from agentqat.quality import Reference, compare, reference_of
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
-from agentqat.resolve import needs_calibration, resolve_strategy
+from agentqat.resolve import module_needs_calibration, needs_calibration, resolve_strategy
 from agentqat.strategy import Strategy, StrategyError, parse_strategy
 
 CLOZE_ITEMS = 48
@@ -109,13 +110,17 @@ class Workbench:
             self._references[key] = reference_of(self.loaded.model, self.windows(stage, seed, window_set))
         return self._references[key]
 
+    def _calibration_tokens(self, windows: int) -> tuple[torch.Tensor, str]:
+        """Returns the calibration windows of a budget and the key of the statistics collected on them."""
+        tokens = sample_windows(
+            self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed, bos=self.loaded.bos.window_token
+        )
+        return tokens, calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
+
     def calibration(self, windows: int) -> Calibration:
         """Returns calibration statistics from `windows` calibration windows (cached on disk per budget)."""
         if windows not in self._calibrations:
-            tokens = sample_windows(
-                self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed, bos=self.loaded.bos.window_token
-            )
-            key = calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
+            tokens, key = self._calibration_tokens(windows)
             self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens, self.reporter)
         return self._calibrations[windows]
 
@@ -124,7 +129,10 @@ class Workbench:
         (the phase "building the level database"; another worker building meanwhile is waited for)."""
         if self.arena.levels is not None and self._levels is None:
             ladder = ladder_configs(self.arena.levels.ladder, self.loaded.facts)
-            calibration = self.calibration(self.arena.calibration_windows)
+            if any(module_needs_calibration(config) for config in ladder):
+                calibration = self.calibration(self.arena.calibration_windows)
+            else:  # levels that read no statistics (llama.cpp's read its imatrix) are keyed by the windows alone
+                calibration = Calibration(self._calibration_tokens(self.arena.calibration_windows)[1], {})
             engine_weights = self._engine_level_weights if self.arena.engine is not None else None
             self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter, engine_weights)
         return self._levels
@@ -137,8 +145,11 @@ class Workbench:
         return engine_level(self._engine, type_name, embedding, self.arena.calibration_windows, self.arena.window_tokens)
 
     def engine_files(self) -> EngineFiles:
-        """Returns the [engine]'s files: base GGUF, importance matrix and the level file of every GGUF type."""
-        paths = {t.type_name: self._engine_level_file(t.type_name) for t in ENGINE_TYPE_OF_FORMAT.values()}
+        """Returns the [engine]'s files: base GGUF, importance matrix and the level file of each GGUF type of the ladder
+        and of the embedding's type."""
+        ladder = self.arena.levels.ladder if self.arena.levels is not None else ()
+        types = [ENGINE_TYPE_OF_FORMAT[gene.format].type_name for gene in ladder if gene.format in ENGINE_TYPE_OF_FORMAT]
+        paths = {type_name: self._engine_level_file(type_name) for type_name in [*types, self.arena.engine.embedding]}
         workspace = self._engine
         chunks, context = self.arena.calibration_windows, self.arena.window_tokens
         return EngineFiles(workspace.engine, workspace.base(), workspace.imatrix(chunks, context), self.arena.engine.embedding, paths)
@@ -147,6 +158,22 @@ class Workbench:
         """Returns every linear module's weight at an engine-made level, as llama.cpp's file holds it."""
         path = self._engine_level_file(ENGINE_TYPE_OF_FORMAT[config.weight.format].type_name)
         return level_values(path, [info.name for info in self.loaded.facts.linears])
+
+    def check_file_budget(self) -> None:
+        """Returns None when the [engine]'s file_bytes (if any) hold a file whose linear weights spend bits_budget;
+        UserError naming the largest bits_budget that fits otherwise."""
+        engine = self.arena.engine
+        if engine is None or engine.file_bytes is None:
+            return
+        linears = self.loaded.facts.linears
+        fixed = fixed_bytes(self._engine_level_file(engine.embedding), [info.name for info in linears])
+        within = linear_bits_within(engine.file_bytes, fixed, sum(info.in_features * info.out_features for info in linears))
+        if self.arena.bits_budget > within + 1e-9:
+            raise UserError(
+                f"arena {self.arena.name}: bits_budget {self.arena.bits_budget} makes a GGUF file larger than file_bytes "
+                f"{engine.file_bytes:,} ({fixed:,} bytes are metadata, norms and the {engine.embedding} embedding)",
+                f"set bits_budget to at most {within:.4f} or raise file_bytes",
+            )
 
     def engine_embedding(self) -> dict[str, torch.Tensor]:
         """Returns the token embedding (and an untied output head) at the [engine]'s type, as its GGUF holds them
@@ -173,8 +200,10 @@ class Workbench:
 
     def prepare(self, seed: int) -> None:
         """Computes everything the base model contributes to every stage for `seed`, before any match (the phase
-        "base references", one step per window set, cloze set and question set), and the level database."""
+        "base references", one step per window set, cloze set and question set), and the level database; UserError
+        when an [engine] arena's bits_budget does not keep its file within file_bytes."""
         self.levels()
+        self.check_file_budget()
         stages = self.arena.stages
         window_sets = sum(stage.window_sets for stage in stages)
         cloze, qa = any(stage.cloze for stage in stages), any(stage.qa for stage in stages)

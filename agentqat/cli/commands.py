@@ -256,12 +256,25 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Compares generators at an equal budget: one evolve run per arm and seed on one shared evaluator pool and
     vLLM server (seed by seed), the uniform baselines, every run's winner re-scored on the test split (and on
     --test-corpus), the winners confirmed on --confirm-arena, then the report (DIR/report.md, DIR/report.html).
-    `--resume DIR` continues a comparison (and may add --confirm-arena, or arms with --add-arms)."""
+    `--resume DIR` continues a comparison (and may add --confirm-arena, or arms with --add-arms). `--write-plan DIR`
+    writes the pre-registration DIR/PLAN.md to fill in before the comparison starts; the report says which of its
+    hypotheses held. A new comparison under a reports/ folder does not start without DIR/PLAN.md."""
     from agentqat import session, ui
     from agentqat.session import compare
+    from agentqat.study import plan
 
     from agentqat.arena.config import load_arena
 
+    if args.write_plan is not None:
+        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        arms = [compare.parse_arm(spec, llm).name for spec in _names(args.generators)]
+        budget = f"{args.budget} matches" + (f", {args.tokens:,} evaluated tokens" if args.tokens else "")
+        try:
+            path = plan.write_plan(args.write_plan, plan.plan_template(load_arena(args.arena).name, arms, args.seeds, budget, args.test_corpus))
+        except FileExistsError:
+            raise UserError(f"{args.write_plan / plan.PLAN_FILE} exists: a plan is not overwritten", "edit it, or pick another DIR") from None
+        print(f"wrote {path}: fill it in (hypotheses in its `hypotheses` block) before the comparison starts")
+        return 0
     if args.resume:
         directory, settings = Path(args.resume), compare.read_settings(Path(args.resume))
         if args.confirm_arena:
@@ -286,6 +299,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             confirm_arena=load_arena(args.confirm_arena) if args.confirm_arena else None, prior=args.prior or "uniform",
         )  # fmt: skip
         directory = args.runs / (args.run or f"compare-{settings.arena.name}")
+        if directory.resolve().parent.name == "reports" and not (directory / compare.COMPARE_FILE).exists() and not (directory / plan.PLAN_FILE).is_file():
+            raise UserError(f"a new comparison under reports/ is pre-registered first: {directory / plan.PLAN_FILE} does not exist",
+                            f"write it with agentqat compare --write-plan {directory} (and the same options), fill it in, then start")  # fmt: skip
 
     def view(run: str):
         manifest = session.read_manifest(directory / compare.RUNS_DIR / run) if (directory / compare.RUNS_DIR / run / "manifest.json").exists() else None
@@ -325,7 +341,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_polish(args: argparse.Namespace) -> int:
     """Polishes a strategy by block-wise quantization-aware training (EfficientQAT's Block-AP): each decoder block's
     weights, scales and zero points learn to reproduce the base block, one block at a time; then plays the
-    unpolished and the polished strategy on the arena's last stage and the test split, and records both.
+    unpolished and the polished strategy on the arena's last stage and the held-out split, chooses the final one on
+    held-out KL, plays only it on the test split (once), and records them.
     `--ablate` prints the table over ordering, curriculum and learnable pow2 scales at 3 and 2 bits instead."""
     from agentqat import session, ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
@@ -352,7 +369,7 @@ def cmd_polish(args: argparse.Namespace) -> int:
     document = polish.best_document(Path(args.run_dir)) if args.best else strategy_document(args.strategy)
     tag = f"{document.get('name', 'strategy')}-{args.order}{'-curriculum' * args.curriculum}"
     directory = args.out or (Path(args.run_dir) / "polish" / tag if args.run_dir else Path("runs") / f"polish-{tag}")
-    ui.print_polish(polish.polish_strategy(document, arena, settings, directory, args.test_windows, reporter=ui.PhaseView()))
+    ui.print_polish(polish.polish_strategy(document, arena, settings, directory, args.test_windows, reporter=ui.PhaseView(), heldout_windows=args.heldout_windows))
     return 0
 
 

@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
     compare.add_argument("--add-arms", default="", metavar="ARMS", help="with --resume: add these arms (e.g. llm@gemma3-270m), played on the same terms")
     compare.add_argument("--add-seeds", default="", metavar="SEEDS", help="with --add-arms: the comparison's seeds the new arms play (default: all)")
+    compare.add_argument("--write-plan", default=None, type=Path, metavar="DIR", help="write DIR/PLAN.md, the pre-registration to fill in (hypotheses, arms, seeds, budget, quantity, test) for the comparison the other options describe, and stop; a new comparison under reports/ needs one")
     compare.set_defaults(handler=handlers.cmd_compare)
 
     sensitivity = commands.add_parser("sensitivity", help="per layer and role: Fisher, gradient norm, KL at 2-8 bits, rank correlations", description=handlers.cmd_sensitivity.__doc__)
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     polish.add_argument("--epochs", type=int, default=defaults.POLISH_EPOCHS, help="epochs per block and width (default: %(default)s)")
     polish.add_argument("--weight-lr", type=float, default=defaults.POLISH_WEIGHT_LR, help="AdamW learning rate of the weights (default: %(default)s)")
     polish.add_argument("--scale-lr", type=float, default=defaults.POLISH_SCALE_LR, help="AdamW learning rate of the log2 scales (default: %(default)s)")
-    polish.add_argument("--test-windows", type=int, default=defaults.TEST_WINDOWS, help="test-split windows both are also played on; 0: none (default: %(default)s)")
+    polish.add_argument("--heldout-windows", type=int, default=defaults.TEST_WINDOWS, help="held-out-split windows both are played on, where the final strategy is chosen (default: %(default)s)")
+    polish.add_argument("--test-windows", type=int, default=defaults.TEST_WINDOWS, help="test-split windows the final strategy (chosen on held-out text) is played on, once; 0: none (default: %(default)s)")
     polish.add_argument("--threads", type=int, default=None, help="torch threads (default: the arena's compute_threads)")
     polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...; --ablate: runs/polish-ablation-<arena>)")
     polish.set_defaults(handler=handlers.cmd_polish)

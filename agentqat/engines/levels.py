@@ -76,3 +76,14 @@ def level_tensors(path: Path, module_names) -> dict[str, tuple[str, object]]:
     reader = GGUFReader(str(path))
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     return {module: (name, tensors[name]) for module, name in module_tensor_names(reader, module_names).items()}
+
+
+def fixed_bytes(path: Path, module_names) -> int:
+    """Returns the bytes of a level file that are not the named modules' weights: metadata and tokenizer, norms, the
+    embedding (and an untied head). A mix of the same embedding type is this plus its linear weights' bytes."""
+    return path.stat().st_size - sum(int(tensor.n_bytes) for _, tensor in level_tensors(path, module_names).values())
+
+
+def linear_bits_within(file_bytes: int, fixed: int, weights: int) -> float:
+    """Returns the bits per linear weight a file of at most `file_bytes` bytes leaves, given its `fixed` bytes."""
+    return 8 * (file_bytes - fixed) / weights

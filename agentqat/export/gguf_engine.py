@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from agentqat.engines.gguf_tensors import module_tensor_names
+from agentqat.engines.levels import EngineFiles
 from agentqat.engines.llama_cpp import quantize, quantize_command
 from agentqat.export.base import ExportError, ExportSource
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
@@ -74,10 +75,14 @@ def _check_bytes(written: Path, expected: dict[str, Path]) -> None:
 
 def export_engine_gguf(source: ExportSource, out: Path) -> None:
     """Writes `out`/model.gguf with llama-quantize and the command that rebuilds it (see the module docstring)."""
+    write_mix(source.engine, module_types(source), out)
+
+
+def write_mix(files: EngineFiles, types: dict[str, str], out: Path) -> Path:
+    """Returns `out`/model.gguf: the modules at `types` (module name -> GGML type) and the rest as the arena's files
+    have them, written by llama-quantize, checked byte for byte, with imatrix.gguf and llama-quantize.sh beside."""
     from gguf import GGUFReader
 
-    files = source.engine
-    types = module_types(source)
     tensor_names = module_tensor_names(GGUFReader(str(files.base)), types)
     by_tensor = {tensor_names[name]: type_name for name, type_name in types.items()}
     main_type = Counter(by_tensor.values()).most_common(1)[0][0]
@@ -101,3 +106,4 @@ def export_engine_gguf(source: ExportSource, out: Path) -> None:
         f"({files.base.name}, llama.cpp's convert_hf_to_gguf.py --outtype f32) and imatrix.gguf (the arena's calibration split).\n"
         + shlex.join(command) + "\n"
     )
+    return target

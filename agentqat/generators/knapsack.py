@@ -7,10 +7,13 @@ proposed per-tensor --target-bpw, HIGGS), as a baseline every search arm has to 
                  layers), else uniform int weights at each allowed width within LADDER_SPAN of the budget, GPTQ rounding (the default rounding where
                  the choices lack it), with the group size and symmetry of the best uniform strategy within budget
                  (the shared prior's); fp32 compute
-    costs        measured once, before the search (`prepare`): per unit and level, the KL to the base model on the
-                 arena's first stage when that unit alone takes the level and every other module stays at 16 bits.
-                 The probes are played through the run's recorded player and charged to the run's budget (a
-                 failed probe counts twice the largest measured KL)
+    costs        measured once per arena, before any search (`shared_preparation`): per unit and level, the KL to
+                 the base model on the arena's first stage when that unit alone takes the level and every other
+                 module stays at 16 bits (a failed probe counts twice the largest measured KL). They are
+                 preparation, like the sensitivities: kept in the cache directory with what measuring them cost,
+                 recorded in the run (preparation.json) and charged to no run, so the arm plays allocations from
+                 its first generation within its whole budget. Runs recorded before (manifest `preparation`
+                 "in-run") played the probes through their recorded player and paid for them (`prepare`)
     allocation   the levels minimising the summed costs (costs assumed to add up) within the bit budget, by
                  dynamic programming over the bits each unit stores, counted in steps of their greatest common
                  divisor (exact; on SmolLM2-135M 55,296 bits, 6,336 steps at 3.3 bits per weight), or in
@@ -127,6 +130,11 @@ def measure_costs(
     return {key: worst if q is None else q.kl for key, q in measured.items()}, len(results)
 
 
+def costs_file(arena: Arena, cache: Path) -> Path:
+    """Returns the file in `cache` (a folder) that keeps the arena's unit costs."""
+    return Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}-{UNITS}.json"
+
+
 def shared_costs(
     play: Player, arena: Arena, space: SearchSpace, cache: Path, reporter: Reporter | None = None
 ) -> tuple[dict[tuple[int, int], float], Cost]:
@@ -134,7 +142,7 @@ def shared_costs(
     with `play` (the probes of `measure_costs`) and stored there first."""
     from agentqat.evolve import Cost
 
-    path = Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}-{UNITS}.json"
+    path = costs_file(arena, cache)
     if path.is_file():
         data = read_json_object(path)
         costs = {(int(unit), int(level)): float(kl) for unit, level, kl in data["costs"]}
@@ -164,11 +172,19 @@ class KnapsackGenerator:
 
     @classmethod
     def prepare(cls, space: SearchSpace, arena: Arena, play: Player, reporter: Reporter | None = None):
-        """Returns the options the generator needs (its measured costs) and what measuring them cost the run."""
+        """Returns the options the generator needs (its measured costs) and what measuring them cost the run: the
+        probes played through the run's own player, for runs recorded with preparation "in-run"."""
         from agentqat.evolve import Cost
 
         costs, matches = measure_costs(play, arena, space, UNITS, reporter)
         return {"costs": costs}, Cost(matches, matches * arena.stages[0].windows * arena.window_tokens)
+
+    @classmethod
+    def shared_preparation(cls, space: SearchSpace, arena: Arena, play: Player, cache: Path, reporter: Reporter | None = None):
+        """Returns the options the generator needs (the arena's unit costs, `shared_costs`: from the cache, else
+        measured with `play` outside any run) and what measuring them cost: preparation, charged to no run."""
+        costs, spent = shared_costs(play, arena, space, cache, reporter)
+        return {"costs": costs}, spent
 
     @cached_property
     def _bits_table(self) -> np.ndarray:

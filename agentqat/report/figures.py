@@ -10,6 +10,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.colors  # noqa: E402
+import matplotlib.patches  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
@@ -17,13 +19,15 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 from agentqat.models import ModelFacts  # noqa: E402
 from agentqat.report.analysis import common_grid, curves  # noqa: E402
 from agentqat.report.patterns import Contrast  # noqa: E402
-from agentqat.report.records import ComparisonRecords  # noqa: E402
+from agentqat.quant.base import INT_GRID  # noqa: E402
+from agentqat.report.records import ComparisonRecords, is_preparation  # noqa: E402
 from agentqat.resolve import layered_configs  # noqa: E402
 from agentqat.strategy import parse_strategy  # noqa: E402
 
 DPI = 110
 COLORS = plt.get_cmap("tab10")
 FAILURE_KINDS = ("ok", "over budget", "collapse", "nan", "overflow", "error", "timeout", "invalid")
+ZOOM_KL = 1.12  # the Pareto plot's near-budget panel: KL up to 12% above the best within budget
 
 
 def _color(records: ComparisonRecords, arm: str):
@@ -79,37 +83,120 @@ def _front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
     return front
 
 
-def pareto_plot(records: ComparisonRecords, path: Path) -> Path:
-    """Bits per weight against KL of every strategy each arm brought to the last stage, with each arm's front
-    and the uniform baselines."""
-    fig, ax = plt.subplots(figsize=(9, 6))
+def _arm_points(records: ComparisonRecords) -> dict[str, list[tuple[float, float]]]:
+    """Returns per arm the (bits per weight, KL) of every strategy it brought to the last stage without failing."""
+    points = {}
     for arm in records.arms:
-        points = [(row.aggregate.bits_per_weight, row.aggregate.kl) for run in records.of_arm(arm) for row in run.rows if not row.aggregate.failed]
-        if not points:
-            continue
+        found = [(row.aggregate.bits_per_weight, row.aggregate.kl) for run in records.of_arm(arm) for row in run.rows if not row.aggregate.failed]
+        if found:
+            points[arm] = found
+    return points
+
+
+def zoom_window(points: list[tuple[float, float]], budget: float, reference: float | None) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Returns the ((bits low, high), (KL low, high)) of the budget's neighbourhood: the strategies within budget
+    whose KL is within ZOOM_KL of the best there (up to `reference`, the best uniform baseline within budget, where
+    that lies above), up to the budget itself; None without a point within budget."""
+    within = [kl for bits, kl in points if bits <= budget + 1e-9]
+    if not within:
+        return None
+    best = min(within)
+    top = best * ZOOM_KL
+    if reference is not None and reference > best:
+        top = max(top, min(reference * 1.05, best * 2))
+    shown = [(bits, kl) for bits, kl in points if kl <= top and bits <= budget + 1e-9]
+    low_bits, high_bits = min(bits for bits, _ in shown), budget
+    pad = max(0.005, 0.06 * (high_bits - low_bits))
+    return (low_bits - pad, high_bits + pad), (best - 0.04 * (top - best), top)
+
+
+def _pareto_panel(ax, records: ComparisonRecords, points: dict[str, list[tuple[float, float]]], window=None) -> None:
+    """Draws every arm's points and front, the uniform baselines and the budget on `ax` (within `window` when given)."""
+    inside = (lambda bits, kl: True) if window is None else (
+        lambda bits, kl: window[0][0] <= bits <= window[0][1] and window[1][0] <= kl <= window[1][1])  # fmt: skip
+    for arm, found in points.items():
         color = _color(records, arm)
-        ax.scatter(*zip(*points), s=12, alpha=0.35, color=color)
-        ax.step(*zip(*_front(points)), where="post", color=color, label=f"{arm} front")
+        ax.scatter(*zip(*found), s=12 if window is None else 18, alpha=0.35 if window is None else 0.55, color=color)
+        ax.step(*zip(*_front(found)), where="post", color=color, label=f"{arm} front")
     if records.baseline:
         measured = sorted((row.aggregate.bits_per_weight, row.aggregate.kl, row.aggregate.strategy_name) for row in records.baseline.rows if not row.aggregate.failed)
+        measured = [point for point in measured if inside(point[0], point[1])]
         for k, (bits, kl, name) in enumerate(measured):  # labels alternate sides so that neighbours stay legible
-            ax.scatter(bits, kl, marker="x", color="black", s=30)
+            ax.scatter(bits, kl, marker="x", color="black", s=30, zorder=3)
             ax.annotate(name, (bits, kl), fontsize=7, xytext=(5 if k % 2 else -5, 0), textcoords="offset points",
                         ha="left" if k % 2 else "right", va="center")  # fmt: skip
     budget = records.runs[0].arena.bits_budget
     ax.axvline(budget, color="grey", linestyle=":", label=f"bits budget {budget}")
     ax.set_xlabel("effective bits per weight")
-    ax.set_ylabel("KL (nats/token), last stage")
-    ax.set_yscale("log")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title("Pareto fronts per arm (x: uniform baselines)")
+    if window is not None:
+        ax.set_xlim(*window[0])
+        ax.set_ylim(*window[1])
+
+
+def pareto_plot(records: ComparisonRecords, path: Path) -> Path:
+    """Bits per weight against KL of every strategy each arm brought to the last stage, with each arm's front and
+    the uniform baselines: left, the budget's neighbourhood (`zoom_window`, linear KL); right, the whole range
+    (log KL) with the neighbourhood boxed."""
+    points = _arm_points(records)
+    budget = records.runs[0].arena.bits_budget
+    reference = records.baseline.best_within_budget("kl") if records.baseline else None
+    window = zoom_window([p for found in points.values() for p in found], budget, reference.aggregate.kl if reference else None)
+    if window is None:
+        fig, whole = plt.subplots(figsize=(9, 6))
+    else:
+        fig, (zoom, whole) = plt.subplots(1, 2, figsize=(15, 6.2), gridspec_kw={"width_ratios": [1.35, 1]})
+        _pareto_panel(zoom, records, points, window)
+        zoom.set_ylabel("KL (nats/token), last stage")
+        zoom.legend(fontsize=8)
+        zoom.set_title(f"Near the budget: within {ZOOM_KL - 1:.0%} of the best KL within budget (linear KL)", fontsize=10)
+    _pareto_panel(whole, records, points)
+    whole.set_yscale("log")
+    whole.set_ylabel("KL (nats/token), last stage")
+    if window is None:
+        whole.legend(fontsize=8)
+        if not points:
+            whole.text(0.5, 0.5, "no strategy of any arm reached the last stage without failing", transform=whole.transAxes,
+                       ha="center", va="center", fontsize=10, color="crimson")  # fmt: skip
+    else:
+        (x0, x1), (y0, y1) = window
+        whole.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="black", linewidth=1, linestyle="--"))
+        whole.set_title("Whole range (log KL); dashed box: the left panel", fontsize=10)
+    fig.suptitle("Pareto fronts per arm (x: uniform baselines)")
     return _save(fig, path)
 
 
+def _gene_label(config, info) -> str:
+    """Returns what a module's weight is besides its bits: its GGUF type (GGUF formats; "Q3_K as Q4_0" where
+    llama.cpp stores a fallback type on rows the type's block does not divide), else the group size ("g64", "per-channel"), with any format but the integer grid named first; "16-bit" unquantized."""
+    weight = config.weight
+    if weight.bits >= 16:
+        return "16-bit"
+    if weight.format.startswith("gguf_"):
+        from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, stored_type
+
+        engine = ENGINE_TYPE_OF_FORMAT.get(weight.format)
+        if engine is None:
+            return weight.format.removeprefix("gguf_").upper()
+        stored = stored_type(engine.type_name, info.in_features)  # a 256-block type on a row it does not divide
+        return engine.type_name if stored == engine.type_name else f"{engine.type_name} as {stored}"
+    group = "per-channel" if weight.group_size == 0 else f"g{weight.group_size}"
+    return group if weight.format == INT_GRID else f"{weight.format} {group}"
+
+
+def _label_order(label: str) -> tuple:
+    """Sorts gene labels: group sizes by size (per-channel last), then the rest by name, 16-bit at the end."""
+    if label == "16-bit":
+        return (3, 0, label)
+    if label.startswith("g") and label[1:].isdigit():
+        return (0, int(label[1:]), label)
+    return (1 if label == "per-channel" else 2, 0, label)
+
+
 def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> Path | None:
-    """Weight bits of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1
-    winner, the strategy in winners/): layers by modules."""
+    """Weight bits and group size (GGUF formats: the type llama.cpp stores) of each arm's lowest-KL last-stage
+    survivor over its seeds (not necessarily a run's rank-1 winner, the strategy in winners/): layers by modules,
+    one pair of panels per arm."""
     winners = []
     for arm in records.arms:
         best = [(row.aggregate.kl, run, row) for run in records.of_arm(arm) if (row := run.best("kl"))]
@@ -119,44 +206,73 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
     if not winners:
         return None
     modules = sorted({info.name.split(f".{info.layer}.", 1)[1] for info in facts.linears})
-    fig, axes = plt.subplots(1, len(winners), figsize=(2.2 + 2.0 * len(winners), 1.5 + 0.16 * facts.num_layers), squeeze=False)
-    for ax, (arm, run, row) in zip(axes[0], winners):
+    grids = []
+    for arm, run, row in winners:
         configs = layered_configs(parse_strategy(run.documents[row.strategy_id]), facts)
-        grid = np.full((facts.num_layers, len(modules)), np.nan)
+        bits = np.full((facts.num_layers, len(modules)), np.nan)
+        labels = np.full((facts.num_layers, len(modules)), "", dtype=object)
         for info in facts.linears:
-            grid[info.layer, modules.index(info.name.split(f".{info.layer}.", 1)[1])] = configs[info.name].weight.bits
-        image = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=2, vmax=8, interpolation="nearest")
-        ax.set_xticks(range(len(modules)), [m.rsplit(".", 1)[-1] for m in modules], rotation=90, fontsize=7)
-        ax.set_yticks(range(0, facts.num_layers, max(1, facts.num_layers // 10)))
-        ax.set_ylabel("layer")
-        ax.set_title(f"{arm}\n{run.name}, KL {row.aggregate.kl:.3g}\n{row.aggregate.bits_per_weight:.3f} bits", fontsize=8)
-    fig.colorbar(image, ax=axes[0].tolist(), label="weight bits (16 shown as 8+)", shrink=0.8)
-    fig.suptitle("Each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", fontsize=9)
+            cell = (info.layer, modules.index(info.name.split(f".{info.layer}.", 1)[1]))
+            bits[cell], labels[cell] = configs[info.name].weight.bits, _gene_label(configs[info.name], info)
+        grids.append((bits, labels))
+    kinds = sorted({label for _, labels in grids for label in labels.flat if label}, key=_label_order)
+    palette = plt.get_cmap("tab20" if len(kinds) > 10 else "tab10")
+    kind_colors = matplotlib.colors.ListedColormap([palette(k % palette.N) for k in range(len(kinds))])
+    gguf = any(not (label.startswith("g") or label in ("16-bit", "per-channel") or " " in label) for label in kinds)
+    fig = plt.figure(figsize=(1.2 + 2.9 * len(winners), 2.1 + 0.16 * facts.num_layers))
+    *subfigures, side = np.atleast_1d(fig.subfigures(1, len(winners) + 1, wspace=0.02, width_ratios=[1] * len(winners) + [0.35]))
+    ticks = [m.rsplit(".", 1)[-1] for m in modules]
+    for subfigure, (arm, run, row), (bits, labels) in zip(subfigures, winners, grids):
+        left, right = subfigure.subplots(1, 2, sharey=True)
+        image = left.imshow(bits, aspect="auto", cmap="viridis", vmin=2, vmax=8, interpolation="nearest")
+        codes = np.vectorize(lambda label: kinds.index(label) if label else -1, otypes=[float])(labels)
+        right.imshow(np.where(codes < 0, np.nan, codes), aspect="auto", cmap=kind_colors, vmin=-0.5, vmax=len(kinds) - 0.5, interpolation="nearest")
+        for ax, title in ((left, "bits"), (right, "type" if gguf else "group")):
+            ax.set_xticks(range(len(modules)), ticks, rotation=90, fontsize=6)
+            ax.set_title(title, fontsize=8)
+        left.set_yticks(range(0, facts.num_layers, max(1, facts.num_layers // 10)))
+        left.set_ylabel("layer")
+        subfigure.suptitle(f"{arm}\n{run.name}\nKL {row.aggregate.kl:.3g}, {row.aggregate.bits_per_weight:.3f} bits", fontsize=8)
+    fig.colorbar(image, cax=side.add_axes((0.15, 0.2, 0.2, 0.6)), label="weight bits (16 shown as 8+)")
+    handles = [matplotlib.patches.Patch(color=kind_colors(k), label=kind) for k, kind in enumerate(kinds)]
+    fig.legend(handles=handles, title="GGUF type stored" if gguf else "group size (weights per scale)", loc="lower center",
+               ncol=min(len(kinds), 8), fontsize=7, title_fontsize=8, bbox_to_anchor=(0.5, -0.02))  # fmt: skip
+    fig.suptitle("Each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner): "
+                 "bits and " + ("GGUF type" if gguf else "group size") + " per module", fontsize=9, y=1.02)  # fmt: skip
     fig.savefig(path, dpi=DPI, bbox_inches="tight")
     plt.close(fig)
     return path
 
 
 def failure_plot(records: ComparisonRecords, path: Path) -> Path:
-    """Share of each arm's matches by outcome (over budget: ok, but past the bits budget), stacked."""
+    """Share of each arm's search matches by outcome (over budget: ok, but past the bits budget), stacked.
+    Preparation played inside a run (the knapsack's unit probes in runs recorded before it was shared: every module
+    but one unit at 16 bits) is neither a failure nor over budget: it is left out, and its count named beside the arm."""
     fig, ax = plt.subplots(figsize=(9, 0.9 + 0.6 * len(records.arms)))
     left = np.zeros(len(records.arms))
     counts = {kind: np.zeros(len(records.arms)) for kind in FAILURE_KINDS}
+    labels = []
     for index, arm in enumerate(records.arms):
+        prepared = 0
         for run in records.of_arm(arm):
             for result in run.results:
+                if is_preparation(result):
+                    prepared += 1
+                    continue
                 over = result.outcome == "ok" and result.cost and result.cost.bits_per_weight > run.arena.bits_budget + 1e-9
                 counts["over budget" if over else result.outcome][index] += 1
+        searched = sum(counts[kind][index] for kind in FAILURE_KINDS)
+        labels.append(f"{arm}\n(+{prepared} preparation probes, not shown{'' if searched else '; no search match'})" if prepared else arm)
     totals = sum(counts.values())
     for k, kind in enumerate(FAILURE_KINDS):
         share = np.divide(counts[kind], totals, out=np.zeros_like(totals), where=totals > 0)
         if share.any():
-            ax.barh(records.arms, share, left=left, color=plt.get_cmap("tab20")(k), label=kind)
+            ax.barh(labels, share, left=left, color=plt.get_cmap("tab20")(k), label=kind)
             left += share
-    ax.set_xlabel("share of matches")
+    ax.set_xlabel("share of search matches")
     ax.set_xlim(0, 1)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    ax.set_title("Failure taxonomy per arm (every match)")
+    ax.set_title("Failure taxonomy per arm (every search match; preparation left out)")
     return _save(fig, path)
 
 

@@ -23,6 +23,13 @@ from agentqat.study.confirm import read_confirmations
 from agentqat.study.unseen import read_test_results, run_directories
 
 BASELINE_DIR = "baseline"
+PREPARATION_PREFIXES = ("knapsack-probe-",)  # strategies a run played as preparation (runs recorded before it was shared)
+
+
+def is_preparation(result: MatchResult) -> bool:
+    """Returns whether a run's match was preparation, not search: a knapsack unit probe, played inside runs recorded
+    before the probes became the comparison's shared preparation (and charged to their budget there)."""
+    return result.strategy_name.startswith(PREPARATION_PREFIXES)
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,11 @@ class RunRecord:
         tokens = np.array([result.tokens for result in self.results], float)
         return tokens, np.ones(len(tokens)), np.array(losses, float)
 
+    @property
+    def preparation(self) -> tuple[MatchResult, ...]:
+        """Returns the matches the run played as preparation (none since preparation is shared)."""
+        return tuple(result for result in self.results if is_preparation(result))
+
     def best(self, metric: str = "kl") -> Ranked | None:
         """Returns the surviving row of the last stage with the lowest `metric`, None when none survived."""
         survivors = [row for row in self.rows if row.survives]
@@ -86,6 +98,8 @@ class ComparisonRecords:
     tests: tuple[MatchResult, ...]
     confirms: tuple[MatchResult, ...] = ()
     prior: dict | None = None  # DIR/prior.json: a prior made for the comparison (--prior uniform+knapsack)
+    preparation: dict | None = None  # DIR/preparation.json: what was measured once before the runs, charged to no arm
+    plan: str | None = None  # DIR/PLAN.md: the pre-registration (agentqat.study.plan)
 
     @property
     def arms(self) -> list[str]:
@@ -126,8 +140,12 @@ def read_comparison(directory: Path) -> ComparisonRecords:
         view = read_run(directory / BASELINE_DIR)
         rows = next(iter(view.stages.values()), [])
         baseline = BaselineRecord(tuple(rows), Arena.model_validate(view.manifest["arena"]).bits_budget)
-    from agentqat.session.compare import PRIOR_FILE
+    from agentqat.session.compare import PREPARATION_FILE, PRIOR_FILE
     from agentqat.store import read_json_object
+    from agentqat.study.plan import PLAN_FILE
 
     prior = read_json_object(directory / PRIOR_FILE) if (directory / PRIOR_FILE).is_file() else None
-    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)), prior)
+    preparation = read_json_object(directory / PREPARATION_FILE) if (directory / PREPARATION_FILE).is_file() else None
+    plan = (directory / PLAN_FILE).read_text(encoding="utf-8") if (directory / PLAN_FILE).is_file() else None
+    return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)),
+                             prior, preparation, plan)  # fmt: skip

@@ -77,6 +77,75 @@ def _prior_note(records: ComparisonRecords) -> str:
     return made + f" On the full arena ({priors[0].stage}), the shared prior every arm started from: {shown}."
 
 
+def _preparation_blocks(records: ComparisonRecords) -> list[Block]:
+    """Returns the report's Preparation section: what was measured before the search and what it cost, charged to no
+    arm (DIR/preparation.json); for a comparison recorded before preparation was shared, what its runs played of it."""
+    blocks = [Block("h2", "Preparation")]
+    if records.preparation is not None:
+        parts = []
+        for item in records.preparation["items"]:
+            cost = (f"{item['matches']} matches ({item['tokens']:,} evaluated tokens)" if item["matches"]
+                    else f"{item.get('calibration_tokens', 0):,} calibration tokens")  # fmt: skip
+            parts.append(f"{item['what']}: {cost}, asked for by {', '.join(item['asked_by'])} ({item['detail']})")
+        total = f"{records.preparation['matches']} matches, {records.preparation['tokens']:,} evaluated tokens"
+        text = ("Preparation, measured once for the comparison before any run and given to every arm that asks; charged "
+                "to no arm (no run's budget counts it, so every arm spends its whole budget on its search): "
+                + ("; ".join(parts) if parts else "nothing was asked for") + f". In all: {total}.")  # fmt: skip
+        return blocks + [Block("p", text)]
+    played = [(run, run.preparation) for run in records.runs if run.preparation]
+    text = ("This comparison was recorded before preparation was shared (it has no preparation.json): the per-layer "
+            "sensitivity probes of the arms that read them were preparation, measured once per arena and charged to "
+            "no arm")  # fmt: skip
+    if played:
+        each = "; ".join(
+            f"{run.name}: {len(probes)} unit probes ({sum(r.tokens for r in probes):,} evaluated tokens, "
+            f"{sum(r.tokens for r in probes) / max(1, sum(r.tokens for r in run.results)):.0%} of what the run spent), then "
+            f"{len(run.results) - len(probes)} search matches"
+            for run, probes in played
+        )  # fmt: skip
+        text += (", but the knapsack arm measured its unit costs inside its own run and paid for them from its budget ("
+                 + each + "). Its numbers here are therefore not those of the allocation method at an equal budget; the "
+                 "failure figure leaves its probes out.")  # fmt: skip
+    else:
+        text += "."
+    return blocks + [Block("p", text)]
+
+
+def _plan_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
+    """Returns the report's Pre-registration section: which of PLAN.md's hypotheses held (nothing without a plan)."""
+    from agentqat.study.plan import PlanError, evaluate, parse_plan, registered_hash, sha256
+
+    if records.plan is None:
+        return []
+    blocks = [Block("h2", "Pre-registration")]
+    registered = registered_hash(records.directory)
+    state = ("PLAN.md is the one recorded when the comparison started (SHA-256 " + registered[:12] + ")"
+             if registered == sha256(records.plan) else
+             "PLAN.md has changed since the comparison started: the hypotheses below are not the ones registered"
+             if registered else "no record says PLAN.md was there when the comparison started")  # fmt: skip
+    try:
+        plan = parse_plan(records.plan)
+    except PlanError as error:
+        return blocks + [Block("p", f"{state}. Its hypotheses block does not parse: {error}")]
+    if plan is None or not plan.hypotheses:
+        return blocks + [Block("p", f"{state}. It lists no hypotheses in a `hypotheses` block, so none is tested.")]
+    outcomes = evaluate(plan, records, summarize(records, seed))
+    rows = [("hypothesis", "test", "medians (a vs b)", "p two-sided", "Holm-adjusted p", "Cliff's delta", "verdict", "why")]
+    for o in outcomes:
+        t = o.test
+        tested = t is not None and o.p_holm is not None
+        rows.append((o.hypothesis.text(), _test_cell(t) if t is not None else "-", f"{_number(t.median_a)} vs {_number(t.median_b)}" if t is not None else "-",
+                     _p(t.p_two_sided) if tested else "-", _p(o.p_holm), f"{t.cliffs_delta:+.2f}" if tested else "-", o.verdict, o.why))  # fmt: skip
+    held = [o.hypothesis.name for o in outcomes if o.verdict == "held"]
+    summary = (f"{len(held)} of {len(outcomes)} held ({', '.join(held)})" if held else f"none of the {len(outcomes)} held")
+    return blocks + [
+        Block("p", f"{state}. Its hypotheses, each tested as the report tests arms, Holm-adjusted over the plan's "
+                   f"{len(outcomes)} hypotheses at alpha {plan.alpha:g}; a hypothesis held when its adjusted two-sided p is "
+                   f"below alpha and the effect has its direction: {summary}."),  # fmt: skip
+        Block("table", rows=tuple(rows)),
+    ]
+
+
 def _p(value: float | None) -> str:
     return "no result" if value is None or math.isnan(value) else f"{value:.3g}"
 
@@ -194,15 +263,17 @@ def report_blocks(records: ComparisonRecords, out: Path, seed: int = 0) -> list[
     blocks = [
         Block("p", f"Arena {arena.name} (model {arena.model}, bits budget {arena.bits_budget}); arms: {arms}; "
                    f"baseline run: {'yes' if records.baseline else 'none'}; test re-evaluations: {len(records.tests)}."),  # fmt: skip
+        *_preparation_blocks(records),
+        *_plan_blocks(records, seed),
         *_statistics_blocks(records, seed),
         Block("h2", "Best so far"),
         Block("img", "Best surviving KL and perplexity against budget", image=figures.best_so_far_plot(records, out / "best_so_far.png")),
         Block("h2", "Pareto fronts"),
-        Block("img", "Bits against KL per arm, uniform baselines marked x", image=figures.pareto_plot(records, out / "pareto.png")),
+        Block("img", "Bits against KL per arm, uniform baselines marked x: near the budget (left), the whole range (right)", image=figures.pareto_plot(records, out / "pareto.png")),
         Block("h2", "Winners' bit maps"),
-        Block("img", "Weight bits per layer and module of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
+        Block("img", "Weight bits and group size (GGUF formats: the type llama.cpp stores) per layer and module of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
         Block("h2", "Failure taxonomy"),
-        Block("img", "Outcome of every match, per arm", image=figures.failure_plot(records, out / "failures.png")),
+        Block("img", "Outcome of every search match, per arm (preparation left out)", image=figures.failure_plot(records, out / "failures.png")),
         Block("h2", "Search score against test score"),
     ]
     scatter = figures.search_vs_test_plot(records, out / "search_vs_test.png")

@@ -2,12 +2,24 @@
 then the uniform baselines, the winners re-scored on unseen text, and the report.
 
     DIR/compare.json               what the comparison is (CompareSettings), written once, read back to resume
+    DIR/PLAN.md                    the pre-registration (hypotheses, arms, seeds, budget, quantity, test), written
+                                   before it starts (`agentqat compare --write-plan DIR`; agentqat.study.plan)
+    DIR/preparation.json           everything measured before the search, once for the whole comparison, with its
+                                   cost (`prepare`): charged to no arm
     DIR/prior.json                 with --prior uniform+knapsack: the shared prior's documents and what making it cost
     DIR/runs/<arm>-seed<k>/        the evolve runs (resumable like any run)
     DIR/baseline/                  the uniform baselines on the arena's last stage (Pareto fronts)
     DIR/winners/<run>.json         every run's rank-1 winner, a strategy file `agentqat quantize` re-scores
     DIR/test/results.jsonl         every run's winners re-scored on the test split and any extra text file
     DIR/report.md, report.html     rebuilt from all of the above (`agentqat report DIR`)
+
+Preparation: before any run, `prepare` measures what the arms ask for (the per-layer sensitivity probes of the
+generators that read them, the knapsack's unit costs for a knapsack arm or the knapsack prior) once, through the
+comparison's pool, and records it with its cost in DIR/preparation.json beside what every worker built when it
+started (the level database of an arena with a ladder, llama.cpp's importance matrix of an [engine] arena). The
+arms read the same values (kept in the cache directory, written back there from the record on a resume), and no
+run's budget counts any of it: each arm spends its whole budget on its search, the knapsack arm playing
+allocations from its first generation.
 
 Runs are played seed by seed (every arm at seed 0, then every arm at seed 1, ...), so a comparison stopped
 early is still balanced between its arms. An arm whose generator does not use the seed (the knapsack allocator)
@@ -16,6 +28,7 @@ is played at the first seed only: its runs at other seeds would repeat it match 
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +45,7 @@ from agentqat.store import read_json_object, write_json_atomic
 
 COMPARE_FILE = "compare.json"
 PRIOR_FILE = "prior.json"
+PREPARATION_FILE = "preparation.json"
 PRIORS = ("uniform", "uniform+knapsack")
 RUNS_DIR = "runs"
 BASELINE_DIR = "baseline"
@@ -204,13 +218,22 @@ def run_compare(
     from agentqat.study.confirm import confirm_winners
     from agentqat.study.unseen import TEST_STAGE, reevaluate, write_winners
 
+    from agentqat.study.plan import PlanError, register
+
     directory = Path(directory)
     if settings is None:
         settings = read_settings(directory)
     else:
+        new = not (directory / COMPARE_FILE).exists()
+        try:
+            if new:
+                register(directory)  # the plan as it is when the comparison starts
+        except PlanError as error:
+            raise UserError(str(error), "fix the hypotheses block of PLAN.md (see agentqat/study/plan.py)") from None
         write_settings(directory, settings)
     resources = Resources(settings.arena, workers, ray_address, settings.llm_settings(), directory, reporter)
     with resources:
+        prepare(directory, settings, resources.pool.run, reporter)
         prior = shared_prior(directory, settings, resources.pool.run, reporter)
         for seed in settings.seeds:
             for arm in (arm for arm in settings.arms if seed in settings.seeds_of(arm)):
@@ -226,6 +249,82 @@ def run_compare(
     if settings.confirm_arena is not None:
         confirm_winners(directory, settings.confirm_arena, reporter=reporter)
     return build_report(directory)
+
+
+def _askers(settings: CompareSettings) -> dict[str, list[str]]:
+    """Returns, per preparation the comparison needs, the arms that ask for it ("prior" for the shared prior)."""
+    from agentqat.generators import GENERATORS
+
+    asked: dict[str, list[str]] = {}
+    for arm in settings.arms:
+        factory = GENERATORS[arm.generator]
+        if getattr(factory, "uses_sensitivities", False) and (arm.llm is None or arm.llm.sensitivities):
+            asked.setdefault("sensitivities", []).append(arm.name)
+        if hasattr(factory, "shared_preparation"):
+            asked.setdefault(arm.generator, []).append(arm.name)
+    if settings.prior == "uniform+knapsack":
+        asked.setdefault("knapsack", []).append("prior")
+    return asked
+
+
+def prepare(directory: Path, settings: CompareSettings, play, reporter: Reporter | None = None) -> dict:
+    """Returns the comparison's preparation (DIR/preparation.json): what the arms ask for, measured once with `play`
+    (the comparison's pool, not any run's player) or read from the cache directory, recorded with its matches and
+    evaluated tokens; and what every worker builds before its first match (the level database, an [engine]'s
+    importance matrix), with the calibration tokens it reads. Charged to no arm. A recorded preparation is given
+    back to the cache directory (where the arms' runs read it) and only what an added arm asks for is measured."""
+    from dataclasses import asdict
+
+    from agentqat import defaults
+    from agentqat.generators.knapsack import costs_file, shared_costs
+    from agentqat.sensitivity import cache_file, shared_sensitivities
+    from agentqat.session.evolve import search_space
+
+    directory, arena, cache = Path(directory), settings.arena, defaults.cache_dir()
+    path = directory / PREPARATION_FILE
+    recorded = read_json_object(path) if path.is_file() else {}
+    items = {item["what"]: item for item in recorded.get("items", [])}
+    for item in items.values():  # the record is what every arm reads: back into the cache where it is missing
+        if item.get("cache") and not (cache / item["cache"]["file"]).is_file():
+            write_json_atomic(cache / item["cache"]["file"], item["cache"]["content"])
+    asked = _askers(settings)
+    space = None
+    if "sensitivities" in asked and "sensitivity probes" not in items:
+        space = space or search_space(arena, reporter)
+        measured = shared_sensitivities(play, arena, space.facts, cache, reporter)
+        file = cache_file(arena, cache)
+        items["sensitivity probes"] = {
+            "what": "sensitivity probes", "asked_by": asked["sensitivities"], "matches": measured.matches, "tokens": measured.tokens,
+            "detail": "one match per decoder layer, that layer alone at 3 bits, on the arena's first stage",
+            "cache": {"file": str(file.relative_to(cache)), "content": {**asdict(measured), "arena": arena.name, "cached": False}},
+        }  # fmt: skip
+    if "knapsack" in asked and "knapsack unit costs" not in items:
+        space = space or search_space(arena, reporter)
+        _, spent = shared_costs(play, arena, space, cache, reporter)
+        file = costs_file(arena, cache)
+        items["knapsack unit costs"] = {
+            "what": "knapsack unit costs", "asked_by": asked["knapsack"], "matches": spent.matches, "tokens": spent.tokens,
+            "detail": "one match per unit and ladder level, that unit alone at that level, on the arena's first stage",
+            "cache": {"file": str(file.relative_to(cache)), "content": read_json_object(file)},
+        }  # fmt: skip
+    calibration = arena.calibration_windows * arena.window_tokens
+    if arena.levels is not None and "level database" not in items:
+        items["level database"] = {"what": "level database", "asked_by": ["every arm"], "matches": 0, "tokens": 0, "calibration_tokens": calibration,
+                                   "detail": f"the {len(arena.levels.ladder)} levels of the arena's ladder, built by each worker before its first match"}  # fmt: skip
+    if arena.engine is not None and "importance matrix" not in items:
+        items["importance matrix"] = {"what": "importance matrix", "asked_by": ["every arm"], "matches": 0, "tokens": 0, "calibration_tokens": calibration,
+                                      "detail": f"llama-imatrix, {arena.calibration_windows} chunks of {arena.window_tokens} calibration tokens"}  # fmt: skip
+    record = {
+        "charged_to": "no arm",
+        "note": "measured once for the comparison before any run and given to every arm that asks; no run's budget counts it",
+        "items": list(items.values()),
+        "matches": sum(item["matches"] for item in items.values()),
+        "tokens": sum(item["tokens"] for item in items.values()),
+    }
+    record = json.loads(json.dumps(record))  # as read back (layer keys as strings)
+    if record != recorded:
+        write_json_atomic(path, record)
+    return record
 
 
 def shared_prior(directory: Path, settings: CompareSettings, play, reporter: Reporter | None = None) -> tuple[dict, ...] | None:

@@ -6,9 +6,11 @@ and server, so many runs (generators, seeds) can share one of each.
 Every generator gets the same help, the same way: the manifest's shared prior (played as generation 0 by the
 loop), and, for generators that use them (`uses_sensitivities`), the arena's per-layer sensitivities, measured
 once per arena and kept in the cache directory (`agentqat.sensitivity.shared_sensitivities`); their cost is
-preparation, written to the run's sensitivities.json and not charged to the run. A generator that measures
-something of its own (`prepare`, e.g. the knapsack's unit costs) plays it through the run's recorded player,
-and the loop charges it to the run's budget.
+preparation, written to the run's sensitivities.json and not charged to the run. What a generator measures of
+its own before its search (`shared_preparation`, e.g. the knapsack's unit costs) is preparation too: measured once
+per arena outside the run (kept in the cache directory), written with its cost to the run's preparation.json and
+not charged to the run. Runs recorded before that (manifest `preparation` "in-run") resume as they were played:
+the generator's `prepare` plays through the run's recorded player and the loop charges it to the run's budget.
 """
 
 from __future__ import annotations
@@ -35,11 +37,12 @@ from agentqat.session.manifest import (
     windows_bos,
     write_manifest,
 )
-from agentqat.session.resources import Resources
+from agentqat.session.resources import Resources, default_workers
 from agentqat.store import RunStore, write_json_atomic
 
 EXTENSIBLE = ("generations", "patience", "match_budget", "token_budget", "time_budget_s", "stop_when_clear")
 SENSITIVITIES_FILE = "sensitivities.json"
+PREPARATION_FILE = "preparation.json"  # what the generator's own preparation (e.g. the knapsack's unit costs) cost
 MORE_GENERATIONS = 2  # what the extension hint proposes
 
 
@@ -62,7 +65,9 @@ def evolve_manifest(
     `prior` the shared seed strategies (None: `uniform_prior` of the arena's search space; () for none);
     `sensitivity` the generators' sensitivities, "probes" or "map" (the arena's map, which must be measured)."""
     from agentqat.generators import GENERATORS
+    from agentqat.generators.llm.prompts import VERSION as PROMPT_VERSION
     from agentqat.generators.prior import uniform_prior
+    from agentqat.session.manifest import generator_settings
     from agentqat.strategy import SCHEMA_VERSION
 
     try:
@@ -84,7 +89,8 @@ def evolve_manifest(
     return Manifest(
         kind="evolve", arena=arena, settings=evolve_settings, llm=llm if evolve_settings.generator == "llm" else None,
         prior=tuple(prior), sensitivity=sensitivity, strategy_schema_version=SCHEMA_VERSION, versions=package_versions(),
-        window_bos=windows_bos(arena),
+        window_bos=windows_bos(arena), preparation="shared", generator_settings=generator_settings(evolve_settings.generator),
+        prompt_template=PROMPT_VERSION if evolve_settings.generator.startswith("llm") else None,
     )  # fmt: skip
 
 
@@ -164,7 +170,12 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
         _record_once(directory / SENSITIVITIES_FILE, dataclasses.asdict(measured))
         options["sensitivities"] = measured.values
     cost = Cost()
-    if hasattr(factory, "prepare"):
+    if manifest.preparation == "shared" and hasattr(factory, "shared_preparation"):
+        extra, spent = factory.shared_preparation(space, manifest.arena, pool_run, defaults.cache_dir(), reporter)
+        _record_once(directory / PREPARATION_FILE, {"generator": name, "matches": spent.matches, "tokens": spent.tokens,
+                                                    "charged": False, "note": "preparation: measured once per arena, outside the run"})  # fmt: skip
+        options.update(extra)
+    elif hasattr(factory, "prepare"):
         extra, cost = factory.prepare(space, manifest.arena, player, reporter)
         options.update(extra)
     generator = make_generator(name, space, **options)
@@ -210,6 +221,9 @@ def run_evolve(
     from agentqat.arena.recorded import RecordedPlayer
     from agentqat.canonical import canonical_id
 
+    if manifest is not None:  # a new run records the evaluator actors it starts with
+        started_with = resources.workers if resources is not None else workers
+        manifest = manifest.model_copy(update={"workers": default_workers(tuple(filter(None, [manifest.llm]))) if started_with is None else started_with})
     store, manifest = _open_store(Path(directory), manifest)
     journal = EvolveJournal(store)
     read_results(store)  # a damaged results stream is one clear line before anything starts

@@ -50,7 +50,15 @@ class Manifest(_Frozen):
     """A run's manifest: its kind, arena and settings (evolve: search settings, the shared prior's documents that
     generation 0 plays and, for the LLM generator, its LLM settings; which sensitivities generators that use them
     get: "probes", one 3-bit probe per layer, or "map", the arena's sensitivity map from `agentqat sensitivity`;
-    baseline: stage, seed and number of requests), schema versions and package versions."""
+    baseline: stage, seed and number of requests), schema versions and package versions (agentqat's included).
+
+    Also, for evolve runs: `preparation`, how what a generator measures before its search (the knapsack's unit
+    costs) is paid for: "shared", measured once per arena outside the run and charged to no run, or "in-run"
+    (runs recorded before it was shared: played in the run and charged to its budget); `prompt_template`, the
+    version of the LLM generator's prompt templates (agentqat/generators/llm/templates; None for other generators);
+    `generator_settings`, the constants of the generator's modules (`generator_settings`); `workers`, the
+    evaluator actors the run started with (--workers, or the default it resolved to). Older manifests lack the
+    last three (None, {})."""
 
     schema_version: int = RUN_SCHEMA_VERSION
     kind: Literal["evolve", "baseline"]
@@ -65,6 +73,10 @@ class Manifest(_Frozen):
     strategy_schema_version: int = SCHEMA_VERSION
     versions: dict[str, str] = {}
     window_bos: int | None = None  # the BOS token id every window opens with; None: windows start with text
+    preparation: Literal["in-run", "shared"] = "in-run"
+    prompt_template: str | None = None
+    generator_settings: dict[str, object] = {}
+    workers: int | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -98,6 +110,32 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
+
+
+def generator_settings(generator: str) -> dict[str, object]:
+    """Returns the settings of a generator that no manifest field holds: the upper-case constants (numbers, strings,
+    flags and JSON containers of them) of the module that defines it and, for generators built on the LLM's edits
+    or prompts, of agentqat.generators.llm's modules, as "module.NAME" -> value."""
+    import importlib
+    import json
+
+    from agentqat.generators import GENERATORS
+
+    factory = GENERATORS[generator]
+    names = [factory.__module__]
+    if generator.startswith("llm"):
+        names += [f"agentqat.generators.llm.{part}" for part in ("generator", "prompts", "reflection", "edits", "schema_sampler")]
+    settings: dict[str, object] = {}
+    for name in dict.fromkeys(names):
+        module = importlib.import_module(name)
+        for key, value in sorted(vars(module).items()):
+            if not key.isupper() or key.startswith("_") or not isinstance(value, (bool, int, float, str, tuple, list, dict)):
+                continue
+            try:
+                settings[f"{name.rpartition('.')[2]}.{key}"] = json.loads(json.dumps(value))
+            except (TypeError, ValueError):
+                continue
+    return settings
 
 
 def read_manifest(directory: Path) -> Manifest:

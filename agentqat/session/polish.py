@@ -1,13 +1,17 @@
 """Polishing a strategy (agentqat polish): block-wise QAT of its weights (agentqat.polish), then the unpolished and
 the polished strategy played as matches on the arena's last stage (every window set, the arena's seed: the windows
-its search ranked it on) and on the corpus's test split; and the ablation table over ordering, curriculum and
-learnable pow2 scales at 3 and 2 bits.
+its search ranked it on) and on the corpus's held-out split; the final strategy is the one of lower held-out KL
+(the polished one unless polishing made it worse there), and only it is played on the test split, once. Nothing is
+chosen on the test split. And the ablation table over ordering, curriculum and learnable pow2 scales at 3 and 2
+bits (on the arena's last stage: the search's windows, never the test split).
 
 The ablation's rows go to DIR/ablation.jsonl (one line per polish, with the arena and settings it ran with), so
 that a killed ablation resumes.
 
-Records, in the polish directory: polish.json (settings, strategy, each block's losses), results.jsonl (the
-matches; polished ones carry the id "<strategy id>-polished" and `extra.polished`), weights.safetensors (the
+Records, in the polish directory: polish.json (settings, strategy, each block's losses, the choice on held-out text:
+`selected`), results.jsonl (the matches on the arena's stage, then the final strategy's on the test split; polished
+ones carry the id "<strategy id>-polished" and `extra.polished`), heldout.jsonl (both on the held-out split),
+weights.safetensors (the
 polished weights, dequantized: every value on its module's grid; and per module NAME.scale and NAME.zero, one row
 per group).
 """
@@ -32,18 +36,21 @@ from agentqat.store import write_json_atomic
 
 POLISHED = "polished"
 RESULTS_FILE = "results.jsonl"
+HELDOUT_FILE = "heldout.jsonl"
 ABLATION_FILE = "ablation.jsonl"
 
 
 @dataclass(frozen=True)
 class PolishOutcome:
-    """The unpolished and polished matches (arena stage, then test split), the polish, and where it is recorded."""
+    """The unpolished and polished matches (arena stage, held-out split, and the test split for the one `selected`
+    on held-out text: "polished" or "unpolished"), the polish, and where it is recorded."""
 
     document: dict
     unpolished: tuple[MatchResult, ...]
     polished: tuple[MatchResult, ...]
     polish: object  # agentqat.polish.Polished
     directory: Path
+    selected: str = POLISHED
 
 
 @dataclass(frozen=True)
@@ -122,20 +129,39 @@ def layer_sensitivities(bench: Workbench, reporter: Reporter | None = None) -> d
     return shared_sensitivities(play, bench.arena, bench.loaded.facts, defaults.cache_dir(), reporter).values
 
 
+def select(unpolished: Sequence[MatchResult], polished: Sequence[MatchResult]) -> tuple[str, str]:
+    """Returns which of the two is the final strategy, chosen on their held-out matches, and why: "polished" when
+    its mean KL there is lower than the unpolished strategy's (or the unpolished one failed), else "unpolished"."""
+    def kl(results: Sequence[MatchResult]) -> float | None:
+        values = [r.quality.kl for r in results if r.quality is not None and not r.failed]
+        return sum(values) / len(values) if values and len(values) == len(results) else None
+
+    before, after = kl(unpolished), kl(polished)
+    if after is None:
+        return "unpolished", "the polished strategy failed on held-out text"
+    if before is None or after < before:
+        return POLISHED, f"held-out KL {after:.4g} against {before:.4g} unpolished" if before is not None else "the unpolished strategy failed on held-out text"
+    return "unpolished", f"held-out KL {after:.4g} polished is not below {before:.4g} unpolished"
+
+
 def polish_strategy(
     document: dict, arena: Arena, settings, directory: Path, test_windows: int = defaults.TEST_WINDOWS,
-    reporter: Reporter | None = None,
+    reporter: Reporter | None = None, heldout_windows: int = defaults.TEST_WINDOWS,
 ) -> PolishOutcome:  # fmt: skip
     """Returns the polish of `document` on `arena` with `settings` (agentqat.polish.PolishSettings) and its
-    matches, recorded in `directory` (see the module docstring); `test_windows` 0 leaves out the test split."""
+    matches, recorded in `directory` (see the module docstring): both played on the arena's last stage and on
+    `heldout_windows` windows of the held-out split, the final one (`select`) on `test_windows` of the test split
+    (0 leaves the test split out)."""
     from safetensors.torch import save_file
 
     from agentqat.progress import phase
-    from agentqat.study.unseen import UnseenBench
+    from agentqat.study.unseen import HELDOUT_STAGE, UnseenBench
 
     directory = Path(directory)
     if (directory / RESULTS_FILE).exists():
         raise UserError(f"{directory} already holds a polish", "pick another --out, or remove it")
+    if heldout_windows < 1:
+        raise UserError("the final strategy is chosen on held-out text: --heldout-windows must be at least 1", "e.g. --heldout-windows 16")
     bench = Workbench(arena, reporter=reporter)
     bench.prepare(arena.seed)
     sensitivities = layer_sensitivities(bench, reporter) if settings.order == "sensitivity" else None
@@ -146,13 +172,19 @@ def polish_strategy(
     with phase(reporter, "playing the polished strategy"):
         polished = play_stage(bench, document, weights)
     del bench
+    heldout = UnseenBench(arena, HELDOUT_STAGE, windows=heldout_windows, reporter=reporter)
+    with phase(reporter, "both on the held-out split", total=2) as step:
+        heldout_unpolished = play_stage(heldout, document)
+        step()
+        heldout_polished = play_stage(heldout, document, weights)
+        step()
+    del heldout
+    selected, why = select(heldout_unpolished, heldout_polished)
+    final: tuple[MatchResult, ...] = ()
     if test_windows:
         test = UnseenBench(arena, windows=test_windows, reporter=reporter)
-        with phase(reporter, "both on the test split", total=2) as step:
-            unpolished += play_stage(test, document)
-            step()
-            polished += play_stage(test, document, weights)
-            step()
+        with phase(reporter, f"the final strategy ({selected}) on the test split, once"):
+            final = play_stage(test, document, weights if selected == POLISHED else None)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {name: weight.contiguous() for name, weight in weights.items()}
     for name, polished_weight in polish.weights.items():
@@ -161,9 +193,15 @@ def polish_strategy(
     write_json_atomic(directory / "polish.json", {
         "arena": arena.name, "strategy": document, "settings": dataclasses.asdict(settings), "seconds": polish.seconds,
         "blocks": [dataclasses.asdict(block) for block in polish.blocks], "sensitivities": sensitivities,
+        "selected": {"strategy": selected, "on": HELDOUT_STAGE, "why": why, "test_windows": test_windows},
     })  # fmt: skip
-    (directory / RESULTS_FILE).write_text("".join(result.to_json() + "\n" for result in unpolished + polished))
-    return PolishOutcome(document, unpolished, polished, polish, directory)
+    (directory / HELDOUT_FILE).write_text("".join(result.to_json() + "\n" for result in heldout_unpolished + heldout_polished))
+    (directory / RESULTS_FILE).write_text("".join(result.to_json() + "\n" for result in unpolished + polished + final))
+    if selected == POLISHED:
+        unpolished, polished = unpolished + heldout_unpolished, polished + heldout_polished + final
+    else:
+        unpolished, polished = unpolished + heldout_unpolished + final, polished + heldout_polished
+    return PolishOutcome(document, unpolished, polished, polish, directory, selected)
 
 
 def run_ablation(

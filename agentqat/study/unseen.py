@@ -27,6 +27,7 @@ from agentqat.progress import Reporter, phase
 from agentqat.store import RunStore
 
 TEST_STAGE = "test"
+HELDOUT_STAGE = "heldout"  # the corpus's held-out split: unseen by the search, where a choice after it is made (polish)
 TEST_DIR = "test"
 WINNERS_DIR = "winners"
 RUNS_DIR = "runs"
@@ -34,8 +35,9 @@ REEVALUATION_SECONDS = 7 * 24 * 3600.0  # a winner's re-evaluation is not a time
 
 
 def stage_name(source: str) -> str:
-    """Returns the stage name of re-evaluations on `source`: "test", or "test:<file name>" for a text file."""
-    return TEST_STAGE if source == TEST_STAGE else f"{TEST_STAGE}:{Path(source).name}"
+    """Returns the stage name of re-evaluations on `source`: "test", "heldout" (the corpus's held-out split), or
+    "test:<file name>" for a text file."""
+    return source if source in (TEST_STAGE, HELDOUT_STAGE) else f"{TEST_STAGE}:{Path(source).name}"
 
 
 class UnseenBench(Workbench):

@@ -25,24 +25,27 @@ def _cell(value: float | None, digits: int) -> str:
 
 
 def print_polish(outcome) -> None:
-    """Prints a polish: per block the reconstruction loss before and after, then per stage (the arena's, the test
-    split) perplexity and KL of the base, unpolished and polished strategy."""
+    """Prints a polish: per block the reconstruction loss before and after, then per stage (the arena's, the held-out
+    split, the test split: the final strategy's only) perplexity and KL of the base, unpolished and polished strategy."""
     blocks = Table("block", "widths", "MSE before", "MSE after", "kept", "epochs", "seconds", title=f"polish of {outcome.document.get('name', 'strategy')}")
     for block in outcome.polish.blocks:
         blocks.add_row(str(block.layer), ">".join(map(str, block.bits)), f"{block.loss_before:.4g}", f"{block.loss_after:.4g}",
                        "yes" if block.kept else "no (unpolished)", str(block.epochs), f"{block.seconds:.0f}")  # fmt: skip
     console.print(blocks)
     table = Table("stage", "strategy", "outcome", "ppl", "KL", "top-1", "bits/w", title="unpolished against polished")
-    stages = dict.fromkeys(r.stage for r in outcome.unpolished)
+    stages = dict.fromkeys(r.stage for r in (*outcome.unpolished, *outcome.polished))
     for stage in stages:
+        base = [r for r in (*outcome.unpolished, *outcome.polished) if r.stage == stage]
+        table.add_row(stage, "base", "", _cell(_mean(base, "base_perplexity"), 3), "0", "1", "16")
         for label, results in (("unpolished", outcome.unpolished), ("polished", outcome.polished)):
             played = [r for r in results if r.stage == stage]
-            if label == "unpolished":
-                table.add_row(stage, "base", "", _cell(_mean(played, "base_perplexity"), 3), "0", "1", "16")
+            if not played:
+                continue
             bits = next((r.cost.bits_per_weight for r in played if r.cost), None)
             outcomes = ",".join(sorted({r.outcome for r in played}))
             table.add_row(stage, label, outcomes, _cell(_mean(played, "perplexity"), 3), _cell(_mean(played, "kl"), 4), _cell(_mean(played, "top1"), 3), _cell(bits, 3))
     console.print(table)
+    console.print(f"final strategy, chosen on held-out text: {getattr(outcome, 'selected', 'polished')} (only it is played on the test split)")
     console.print(f"polished in {outcome.polish.seconds:.0f} s; records in {outcome.directory}")
 
 
