@@ -162,6 +162,15 @@ def test_the_knapsack_prior_is_measured_once_and_every_arm_starts_from_it(tiny_a
     assert main(["compare", "--resume", str(directory), "--prior", "uniform"]) == 2
     assert "prior is fixed when it starts" in capsys.readouterr().err
 
+    # a comparison recorded before preparation was shared resumes as it was played: no preparation is made for it
+    manifest = directory / "runs" / "random-seed0" / "manifest.json"
+    manifest.write_text(json.dumps({key: value for key, value in json.loads(manifest.read_text()).items() if key != "preparation"}))
+    (directory / "preparation.json").unlink()
+    before = _line_counts(directory)
+    assert main(["compare", "--resume", str(directory)]) == 0
+    assert not (directory / "preparation.json").exists() and _line_counts(directory) == before
+    assert "recorded before preparation was shared" in (directory / "report.md").read_text()
+
 
 @pytest.mark.slow
 def test_a_comparison_spreads_over_a_ray_cluster_started_apart(loopback_head, tiny_arena, tmp_path):

@@ -269,10 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
         arms = [compare.parse_arm(spec, llm).name for spec in _names(args.generators)]
         budget = f"{args.budget} matches" + (f", {args.tokens:,} evaluated tokens" if args.tokens else "")
-        try:
-            path = plan.write_plan(args.write_plan, plan.plan_template(load_arena(args.arena).name, arms, args.seeds, budget, args.test_corpus))
-        except FileExistsError:
-            raise UserError(f"{args.write_plan / plan.PLAN_FILE} exists: a plan is not overwritten", "edit it, or pick another DIR") from None
+        path = plan.write_plan(args.write_plan, plan.plan_template(load_arena(args.arena).name, arms, args.seeds, budget, args.test_corpus))
         print(f"wrote {path}: fill it in (hypotheses in its `hypotheses` block) before the comparison starts")
         return 0
     if args.resume:
@@ -299,9 +296,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             confirm_arena=load_arena(args.confirm_arena) if args.confirm_arena else None, prior=args.prior or "uniform",
         )  # fmt: skip
         directory = args.runs / (args.run or f"compare-{settings.arena.name}")
-        if directory.resolve().parent.name == "reports" and not (directory / compare.COMPARE_FILE).exists() and not (directory / plan.PLAN_FILE).is_file():
-            raise UserError(f"a new comparison under reports/ is pre-registered first: {directory / plan.PLAN_FILE} does not exist",
-                            f"write it with agentqat compare --write-plan {directory} (and the same options), fill it in, then start")  # fmt: skip
+        plan.require_plan(directory)
 
     def view(run: str):
         manifest = session.read_manifest(directory / compare.RUNS_DIR / run) if (directory / compare.RUNS_DIR / run / "manifest.json").exists() else None

@@ -206,9 +206,10 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
     if not winners:
         return None
     modules = sorted({info.name.split(f".{info.layer}.", 1)[1] for info in facts.linears})
-    grids = []
+    grids, gguf = [], False
     for arm, run, row in winners:
         configs = layered_configs(parse_strategy(run.documents[row.strategy_id]), facts)
+        gguf = gguf or any(config.weight.format.startswith("gguf_") for config in configs.values())
         bits = np.full((facts.num_layers, len(modules)), np.nan)
         labels = np.full((facts.num_layers, len(modules)), "", dtype=object)
         for info in facts.linears:
@@ -218,8 +219,7 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
     kinds = sorted({label for _, labels in grids for label in labels.flat if label}, key=_label_order)
     palette = plt.get_cmap("tab20" if len(kinds) > 10 else "tab10")
     kind_colors = matplotlib.colors.ListedColormap([palette(k % palette.N) for k in range(len(kinds))])
-    gguf = any(not (label.startswith("g") or label in ("16-bit", "per-channel") or " " in label) for label in kinds)
-    fig = plt.figure(figsize=(1.2 + 2.9 * len(winners), 2.1 + 0.16 * facts.num_layers))
+    fig = plt.figure(figsize=(1.2 + 3.1 * len(winners), 2.1 + 0.16 * facts.num_layers))
     *subfigures, side = np.atleast_1d(fig.subfigures(1, len(winners) + 1, wspace=0.02, width_ratios=[1] * len(winners) + [0.35]))
     ticks = [m.rsplit(".", 1)[-1] for m in modules]
     for subfigure, (arm, run, row), (bits, labels) in zip(subfigures, winners, grids):
@@ -235,7 +235,7 @@ def bit_map_plot(records: ComparisonRecords, facts: ModelFacts, path: Path) -> P
         subfigure.suptitle(f"{arm}\n{run.name}\nKL {row.aggregate.kl:.3g}, {row.aggregate.bits_per_weight:.3f} bits", fontsize=8)
     fig.colorbar(image, cax=side.add_axes((0.15, 0.2, 0.2, 0.6)), label="weight bits (16 shown as 8+)")
     handles = [matplotlib.patches.Patch(color=kind_colors(k), label=kind) for k, kind in enumerate(kinds)]
-    fig.legend(handles=handles, title="GGUF type stored" if gguf else "group size (weights per scale)", loc="lower center",
+    fig.legend(handles=handles, title="GGUF type (as llama.cpp stores it)" if gguf else "group size (weights per scale)", loc="lower center",
                ncol=min(len(kinds), 8), fontsize=7, title_fontsize=8, bbox_to_anchor=(0.5, -0.02))  # fmt: skip
     fig.suptitle("Each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner): "
                  "bits and " + ("GGUF type" if gguf else "group size") + " per module", fontsize=9, y=1.02)  # fmt: skip

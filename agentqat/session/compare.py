@@ -283,6 +283,8 @@ def prepare(directory: Path, settings: CompareSettings, play, reporter: Reporter
     directory, arena, cache = Path(directory), settings.arena, defaults.cache_dir()
     path = directory / PREPARATION_FILE
     recorded = read_json_object(path) if path.is_file() else {}
+    if not recorded and _recorded_in_run(directory):
+        return {}  # recorded before preparation was shared: its runs resume as they were played, nothing is added
     items = {item["what"]: item for item in recorded.get("items", [])}
     for item in items.values():  # the record is what every arm reads: back into the cache where it is missing
         if item.get("cache") and not (cache / item["cache"]["file"]).is_file():
@@ -325,6 +327,13 @@ def prepare(directory: Path, settings: CompareSettings, play, reporter: Reporter
     if record != recorded:
         write_json_atomic(path, record)
     return record
+
+
+def _recorded_in_run(directory: Path) -> bool:
+    """Returns whether any run of the comparison was recorded before preparation was shared (its manifest has no
+    `preparation`, or "in-run")."""
+    manifests = (Path(directory) / RUNS_DIR).glob("*/manifest.json")
+    return any(read_json_object(path).get("preparation", "in-run") == "in-run" for path in manifests)
 
 
 def shared_prior(directory: Path, settings: CompareSettings, play, reporter: Reporter | None = None) -> tuple[dict, ...] | None:

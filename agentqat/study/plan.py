@@ -249,10 +249,24 @@ alpha: 0.05
 
 
 def write_plan(directory: Path, text: str) -> Path:
-    """Writes DIR/PLAN.md (FileExistsError when one is there: a plan is not overwritten)."""
+    """Writes DIR/PLAN.md (UserError when one is there: a plan is not overwritten)."""
+    from agentqat.errors import UserError
+
     path = Path(directory) / PLAN_FILE
     if path.exists():
-        raise FileExistsError(path)
+        raise UserError(f"{path} exists: a plan is not overwritten", "edit it, or pick another DIR")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def require_plan(directory: Path) -> None:
+    """Raises UserError when `directory` would hold a new comparison under a reports/ folder without a DIR/PLAN.md:
+    a study committed there is pre-registered first (a comparison already started there is resumed as it is)."""
+    from agentqat.errors import UserError
+    from agentqat.session.compare import COMPARE_FILE
+
+    directory = Path(directory)
+    if directory.resolve().parent.name == "reports" and not (directory / COMPARE_FILE).exists() and not (directory / PLAN_FILE).is_file():
+        raise UserError(f"a new comparison under reports/ is pre-registered first: {directory / PLAN_FILE} does not exist",
+                        f"write it with agentqat compare --write-plan {directory} (and the same options), fill it in, then start")  # fmt: skip
