@@ -1,6 +1,7 @@
 """The package stands on its own: built as a wheel and installed (not editable) into a fresh virtual
 environment, it finds its arenas, prompt templates and corpus through importlib.resources, from outside the
-source tree. Also the layout rules: no import cycles, `agentqat.llm` below `agentqat.generators`, modules
+source tree (the arenas and templates live at the checkout's top level, arena/ and prompts/, and setup.py maps them
+into the wheel). Also the layout rules: no import cycles, `agentqat.llm` below `agentqat.generators`, modules
 kept small."""
 
 from __future__ import annotations
@@ -152,8 +153,12 @@ def test_wheel_install_runs_from_outside_the_source_tree(wheel_venv, tiny_llama_
     helped = _run([script, "evolve", "--help"], tmp_path)
     assert helped.returncode == 0 and "--generator" in helped.stdout
 
+    planned = _run([script, "plan", "--arena", "smollm2-study", "--model", tiny_llama_dir, "--json"], tmp_path)
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert json.loads(planned.stdout)["arena"] == "smollm2-study"
+
     packaged = _run([python, "-c", (
-        "from agentqat.arena.config import load_arena, packaged_arenas\n"
+        "from agentqat.arena.config import ARENA_DEFINITIONS, load_arena, packaged_arenas\n"
         "from agentqat.generators.llm import prompts\n"
         "context = prompts.Context('a 2-layer model', 4.5, 'none measured', (), ())\n"
         "print(prompts.render('propose', context).splitlines()[0])\n"
@@ -162,6 +167,10 @@ def test_wheel_install_runs_from_outside_the_source_tree(wheel_venv, tiny_llama_
         "print(arena.name, len(arena.stages), packaged_arenas())\n"
         "print(sorted(p.name for p in prompts.TEMPLATES.iterdir() if p.name.endswith('.md')))\n"
         "print(len(load_corpus('lee-news').evaluation) > 1000)\n"
+        "print(ARENA_DEFINITIONS, prompts.TEMPLATES)\n"
     )], tmp_path)  # fmt: skip
     assert packaged.returncode == 0, packaged.stderr
     assert "smollm2-default" in packaged.stdout and "propose.v1.md" in packaged.stdout and "True" in packaged.stdout
+    arenas, templates = packaged.stdout.splitlines()[-1].split()
+    assert arenas.endswith("agentqat/arena/definitions") and templates.endswith("agentqat/generators/llm/templates")
+    assert str(ROOT) not in arenas + templates, "the wheel's own arenas and templates, not the checkout's arena/ and prompts/"

@@ -1,19 +1,19 @@
-"""Arena definitions: TOML files (packaged ones in agentqat/arena/definitions/) that name the model, data, stages, budget and score weights."""
+"""Arena definitions: TOML files (packaged ones in the top-level arena/, which the wheel carries as agentqat/arena/definitions/)
+that name the model, data, stages, budget and score weights."""
 
 from __future__ import annotations
 
-import importlib.resources
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
-from agentqat import defaults
+from agentqat import defaults, edited_files
 from agentqat.errors import UserError
 from agentqat.strategy import WeightGene
 
-ARENA_DEFINITIONS = importlib.resources.files("agentqat.arena") / "definitions"
+ARENA_DEFINITIONS = edited_files("arena", "agentqat.arena", "definitions")
 DEFAULT_ARENA = "smollm2-default"
 MAX_FILE_BYTES = 64 * 1024  # the packaged arenas are under 2 KB
 MAX_MESSAGE = 300  # characters of a parser's message kept in an error line
@@ -150,7 +150,7 @@ def packaged_arenas() -> list[str]:
 
 
 def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
-    """Returns the arena in a TOML file, or the packaged arena called `spec` (definitions/<spec>.toml)."""
+    """Returns the arena in a TOML file, or the packaged arena called `spec` (arena/<spec>.toml)."""
     path = Path(spec)
     if not path.suffix:
         path = ARENA_DEFINITIONS / f"{spec}.toml"
@@ -171,7 +171,7 @@ def load_arena(spec: str = DEFAULT_ARENA) -> Arena:
             f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg'][:MAX_MESSAGE]}" + (" (unknown key)" if e["type"] == "extra_forbidden" else "")
             for e in error.errors()
         ]
-        raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see agentqat/arena/definitions/README.md for the fields") from None
+        raise UserError(f"arena file {path} is invalid: " + "; ".join(lines), "see arena/README.md for the fields") from None
 
 
 def _parsed(path: Path) -> dict:

@@ -19,7 +19,7 @@ def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_arena(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    parser.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (arena/) or a TOML file (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=None, help="seed choosing windows and items (default: the arena's)")
     parser.add_argument("--workers", type=int, default=2, help="Ray evaluator actors (default: %(default)s)")
     parser.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     evolve = commands.add_parser("evolve", help="evolve strategies on an arena, recorded as a resumable run", description=handlers.cmd_evolve.__doc__)
     evolve.add_argument("--generator", default=defaults.GENERATOR, help="who proposes strategies: random, evo or llm (default: %(default)s)")
-    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    evolve.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (arena/) or a TOML file (default: %(default)s)")
     evolve.add_argument("--seed", type=int, default=defaults.SEED, help="search seed; the arena's seed picks the windows (default: %(default)s)")
     evolve.add_argument("--deploy", default=None, choices=defaults.DEPLOY_TARGETS, help="the engine every strategy must run on: any, vllm-cpu, vllm-cuda or gguf (default: the arena's deploy)")
     evolve.add_argument("--population", type=int, default=None, help=f"survivors kept and proposals per generation (default: the arena's [levels] offspring, else {defaults.POPULATION})")
@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(handler=handlers.cmd_show)
 
     compare = commands.add_parser("compare", help="generators against each other at an equal budget, with statistics and a report", description=handlers.cmd_compare.__doc__)
-    compare.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (agentqat/arena/definitions/) or a TOML file (default: %(default)s)")
+    compare.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (arena/) or a TOML file (default: %(default)s)")
     compare.add_argument("--generators", default=defaults.COMPARE_ARMS, help="arms: generators, LLM ablations as llm/no-reflection or llm/no-sensitivities, proposers as llm@MODEL (default: %(default)s)")
     compare.add_argument("--seeds", default=defaults.COMPARE_SEEDS, help="search seeds, a range or a list (default: %(default)s)")
     compare.add_argument("--budget", type=int, default=defaults.COMPARE_MATCHES, help="matches per run, the same for every arm (default: %(default)s)")

@@ -55,7 +55,7 @@ class Manifest(_Frozen):
     Also, for evolve runs: `preparation`, how what a generator measures before its search (the knapsack's unit
     costs) is paid for: "shared", measured once per arena outside the run and charged to no run, or "in-run"
     (runs recorded before it was shared: played in the run and charged to its budget); `prompt_template`, the
-    version of the LLM generator's prompt templates (agentqat/generators/llm/templates; None for other generators);
+    version of the LLM generator's prompt templates (prompts/ at the top level; None for other generators);
     `generator_settings`, the constants of the generator's modules (`generator_settings`); `workers`, the
     evaluator actors the run started with (--workers, or the default it resolved to). Older manifests lack the
     last three (None, {})."""

@@ -1,6 +1,6 @@
 """The LLM generator: a local model proposes strategies under JSON-schema-constrained decoding.
 
-Three kinds of request, each a prompt from `templates/` and a schema (`edits`):
+Three kinds of request, each a prompt from the top-level `prompts/` and a schema (`edits`):
 
     propose    a whole strategy (the strategy schema narrowed: few rules, the model's module names, the choices)
     mutate     an edit document applied to a parent from the elite (set_bits, bit_shift, set_group_size, ...)

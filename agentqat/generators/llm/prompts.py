@@ -1,4 +1,5 @@
-"""Renders the LLM generator's prompts from the versioned templates in `templates/` (jinja2, package data).
+"""Renders the LLM generator's prompts from the versioned templates in the top-level `prompts/` (jinja2; the wheel
+carries them as package data, agentqat/generators/llm/templates/).
 
 Every prompt carries a `Context`: the model in a few lines, the bit budget, per-layer sensitivities, the elite
 with their scores and the reflections. The proposer is a small model with a 2048-token context, so every
@@ -11,7 +12,6 @@ g64 with early MLP layers at 5 bits) stay readable for runs recorded with them.
 
 from __future__ import annotations
 
-import importlib.resources
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import jinja2
 import numpy as np
 
+from agentqat import edited_files
 from agentqat.generators.base import Evaluated
 from agentqat.generators.llm.schema_sampler import sample_instance
 from agentqat.models import ModelFacts
 from agentqat.resolve import module_role_name, pattern_matches
 from agentqat.strategy import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
 
-TEMPLATES = importlib.resources.files("agentqat.generators.llm") / "templates"
+TEMPLATES = edited_files("prompts", "agentqat.generators.llm", "templates")
 VERSION = "v2"
 EXAMPLE_STREAM = 1  # the example's random stream beside the request seed (a random backend draws on the seed alone)
 MAX_EXAMPLE_CHARS = 240  # ~80 tokens: the longest prompt and its reply stay inside the proposer's 2048-token context
@@ -38,8 +39,15 @@ IGNORED_BY_METHOD = {"none": ("fraction", "criterion", "threshold"), "keep_fp16"
                      "llm_int8": ("fraction", "criterion")}  # fmt: skip
 ALWAYS_SHOWN = ("bits", "group_size", "symmetric", "rounding")  # of the default's weight gene
 
+
+def _template_text(name: str) -> str | None:
+    """Returns the text of the template file `name` (None when there is none)."""
+    path = TEMPLATES / name
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
 _environment = jinja2.Environment(
-    loader=jinja2.PackageLoader("agentqat.generators.llm", "templates"),
+    loader=jinja2.FunctionLoader(_template_text),
     undefined=jinja2.StrictUndefined,
     trim_blocks=True,
     lstrip_blocks=True,
