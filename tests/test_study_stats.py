@@ -1,4 +1,4 @@
-"""agentqat.study.stats on cases computed by hand."""
+"""agentqat.study.stats and agentqat.study.exact on cases computed by hand."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from agentqat.study import stats
+from agentqat.study import exact
 from agentqat.study.stats import (
     adjust_family,
     area_under_curve,
@@ -168,7 +168,7 @@ def test_exact_rank_sum_with_ties_by_hand():
 def test_counting_beyond_the_enumeration_limit_gives_the_same_distribution(monkeypatch):
     values = np.array([0.1, 0.2, 0.2, 0.3, 0.5, 0.5, 0.5, 0.7, 0.8, 0.9, 1.1])
     enumerated = mann_whitney_exact(values[:5], values[5:]), signed_rank_exact(values[:8] - 0.45)
-    monkeypatch.setattr(stats, "ENUMERATION_LIMIT", 0)
+    monkeypatch.setattr(exact, "ENUMERATION_LIMIT", 0)
     assert (mann_whitney_exact(values[:5], values[5:]), signed_rank_exact(values[:8] - 0.45)) == enumerated
 
 

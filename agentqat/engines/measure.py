@@ -141,7 +141,7 @@ class EngineWorkspace:
         return self.made(target, "llama-quantize", f"{type_name}{' with the imatrix' if with_imatrix else ''}",
                           lambda path: quantize(self.engine, self.base(), path, type_name, imatrix))  # fmt: skip
 
-    def measure(self, model_file: Path, text: str = "test", chunks: int = ENGINE_CHUNKS, context: int = WINDOW_TOKENS) -> EngineFigures:
+    def measure(self, model_file: Path, text: str, chunks: int = ENGINE_CHUNKS, context: int = WINDOW_TOKENS) -> EngineFigures:
         """Returns llama.cpp's figures of `model_file` against the base model on `text` (a split or a file)."""
         from gguf import GGUFReader
 
