@@ -1,7 +1,9 @@
-"""The README's sentences about the committed comparisons, checked against a recomputation from their records
-(reports/compare-3bit, reports/compare-default): the arm means and intervals in its tables, every p-value quoted
-in the key comparison sentences (exact tests, as the reports print them), the Holm note, and the percentages under
-the prior, arm means and best single winners apart. No model is needed: only the records are read."""
+"""The sentences about the committed comparisons, checked against a recomputation from their records
+(reports/compare-3bit, reports/compare-default). They live in reports/README.md (the study results; the README
+links there), with the status line in docs/status.md and the note on sensitivity probes in docs/generators.md: the
+arm means and intervals in the tables, every p-value quoted in the key comparison sentences (exact tests, as the
+reports print them), the Holm note, and the percentages under the prior, arm means and best single winners apart.
+No model is needed: only the records are read."""
 
 import math
 import re
@@ -14,12 +16,24 @@ from agentqat.report.records import read_comparison
 from agentqat.study.confirm import PRIOR_RUN
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+RESULTS = ROOT / "reports" / "README.md"  # the comparisons' results and the summary table
+STATUS = ROOT / "docs" / "status.md"
+GENERATORS = ROOT / "docs" / "generators.md"
 
 
-def _prose() -> str:
-    """The README with every run of whitespace (line breaks and indentation included) as one space."""
-    return re.sub(r"\s+", " ", README.read_text(encoding="utf-8"))
+def _documents() -> list[Path]:
+    """Every document a reader meets: the README, the study results and the docs."""
+    return [ROOT / "README.md", RESULTS, *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def _prose(document: Path = RESULTS) -> str:
+    """`document` with every run of whitespace (line breaks and indentation included) as one space."""
+    return re.sub(r"\s+", " ", document.read_text(encoding="utf-8"))
+
+
+def _nowhere(text: str) -> bool:
+    """Whether no document says `text`."""
+    return all(text not in _prose(document) for document in _documents())
 
 
 class Study:
@@ -53,21 +67,21 @@ def default():
 
 
 def _shown(text: str, value: float) -> bool:
-    """Whether `text` (a number as the README writes it) is `value` rounded to as many decimals as `text` has."""
+    """Whether `text` (a number as the document writes it) is `value` rounded to as many decimals as `text` has."""
     decimals = len(text.partition(".")[2])
     return abs(float(text) - value) <= 0.5 * 10**-decimals + 1e-12
 
 
-def _claim(fragment: str) -> list[str]:
-    """Asserts the README says `fragment` (whitespace-insensitive) and returns the p-values written in it."""
+def _claim(fragment: str, document: Path = RESULTS) -> list[str]:
+    """Asserts `document` says `fragment` (whitespace-insensitive) and returns the p-values written in it."""
     fragment = re.sub(r"\s+", " ", fragment)
-    assert fragment in _prose(), f"the README no longer says: {fragment!r}"
+    assert fragment in _prose(document), f"{document.relative_to(ROOT)} no longer says: {fragment!r}"
     return re.findall(r"p = ([0-9.]+)", fragment)
 
 
 def _table(header: str) -> dict[str, list[str]]:
-    """Returns the rows (arm -> cells) of the README table whose header line is `header`."""
-    lines = README.read_text(encoding="utf-8").splitlines()
+    """Returns the rows (arm -> cells) of the results table whose header line is `header`."""
+    lines = RESULTS.read_text(encoding="utf-8").splitlines()
     start = lines.index(header)
     rows = {}
     for line in lines[start + 2 :]:
@@ -91,7 +105,7 @@ def _check_table(study: Study, header: str, columns: list[str], arms: dict[str, 
             expected = [interval.value] if len(numbers) == 1 else [interval.value, interval.low, interval.high]
             assert len(numbers) == len(expected), f"{label}, {quantity}: {cell!r}"
             for text, value in zip(numbers, expected):
-                assert _shown(text, value), f"{label}, {quantity}: README {text}, records {value:.5g}"
+                assert _shown(text, value), f"{label}, {quantity}: written {text}, records {value:.5g}"
 
 
 def _p_is(study: Study, fragment: str, tests: list[tuple[str, str, str]], significant: bool | None = None):
@@ -100,7 +114,7 @@ def _p_is(study: Study, fragment: str, tests: list[tuple[str, str, str]], signif
     assert len(written) == len(tests), f"{fragment!r} holds {len(written)} p-values for {len(tests)} tests"
     for text, (a, b, quantity) in zip(written, tests):
         p = study.test(a, b, quantity).p_two_sided
-        assert _shown(text, p), f"{a} vs {b} on {quantity}: README p = {text}, records p = {p:.4g}"
+        assert _shown(text, p), f"{a} vs {b} on {quantity}: written p = {text}, records p = {p:.4g}"
         if significant is not None:
             assert (p < 0.05) == significant, f"{a} vs {b} on {quantity}: p = {p:.4g}"
 
@@ -119,15 +133,15 @@ def test_the_default_table_is_the_arm_means_of_the_records(default):
     assert rows["knapsack (one run)"][0].startswith("none")  # it never played an allocation: no result
     assert all(not math.isfinite(v) for v in default.summaries["knapsack"].values["final KL"])
     arms = {"llm": "llm", "llm-random-edits": "llm-random-edits", "evo": "evo", "random": "random"}
-    README_rows = {label: cells for label, cells in rows.items() if label in arms}
-    assert set(README_rows) == set(arms)
+    written_rows = {label: cells for label, cells in rows.items() if label in arms}
+    assert set(written_rows) == set(arms)
     columns = ["final KL", "final perplexity", "test perplexity", "full-arena perplexity"]
     for label, arm in arms.items():
-        for cell, quantity in zip(README_rows[label], columns):
+        for cell, quantity in zip(written_rows[label], columns):
             interval = default.summaries[arm].intervals[quantity]
             numbers = re.findall(r"[0-9]+\.[0-9]+", cell)
             for text, value in zip(numbers, [interval.value, interval.low, interval.high], strict=True):
-                assert _shown(text, value), f"{label}, {quantity}: README {text}, records {value:.5g}"
+                assert _shown(text, value), f"{label}, {quantity}: written {text}, records {value:.5g}"
 
 
 def test_the_low_bit_comparison_sentences_are_the_recomputed_exact_p_values(low_bit):
@@ -139,7 +153,7 @@ def test_the_low_bit_comparison_sentences_are_the_recomputed_exact_p_values(low_
     _p_is(s, "llm lower in KL (1.119 against 1.151, p = 0.056) and perplexity (p = 0.056), not significant either",
           [("llm", "llm-random-edits", "gpl-3.txt KL"), ("llm", "llm-random-edits", "gpl-3.txt perplexity")], significant=False)  # fmt: skip
     assert _shown("1.119", s.mean("llm", "gpl-3.txt KL")) and _shown("1.151", s.mean("llm-random-edits", "gpl-3.txt KL"))
-    assert "slightly worse than random ones" not in _prose()
+    assert _nowhere("slightly worse than random ones")
     search = ("final KL", "final perplexity", "KL AUC (tokens)", "test KL", "test perplexity")
     ps = [s.test("llm", "llm-random-edits", quantity).p_two_sided for quantity in search]
     _claim("no significant difference on the search's numbers or the test split (two-sided Mann-Whitney p 0.31-0.69)")
@@ -163,7 +177,7 @@ def test_the_low_bit_comparison_sentences_are_the_recomputed_exact_p_values(low_
     for quantity, shown in (("final perplexity", "0.31"), ("gpl-3.txt perplexity", "0.55"), ("full-arena perplexity", "0.84")):
         assert _shown(shown, s.test("evo", "llm-random-edits", quantity).p_two_sided)
     assert all(s.test("evo", "llm-random-edits", q).p_two_sided >= 0.05 for q in search if q != "KL AUC (tokens)")
-    assert "evo is the best searcher" not in _prose()
+    assert _nowhere("evo is the best searcher")
 
     _p_is(s, "llm is better in final KL (p = 0.008), final perplexity (p = 0.032), test perplexity (p = 0.008), GPL-3 perplexity "
              "(p = 0.008) and full-arena perplexity (p = 0.008)",
@@ -217,8 +231,10 @@ def test_the_low_bit_percentages_keep_arm_means_and_single_winners_apart(low_bit
            f"{test:.2f} against {prior_test:.2f}); the best single winner is {under(kl, prior_search.kl)} under the prior's "
            f"search KL (evo seed 3, {kl:.4f} against {prior_search.kl:.4f}) and {under(test_single, prior_test)} under its test "
            f"perplexity (evo seed 4, {test_single:.2f})")  # fmt: skip
-    _claim(f"about 2% over uniform GPTQ W3 at 3.3 bits (the best arm mean; the best single winner "
-           f"{under(test_single, prior_test)[:-1]}-{under(kl, prior_search.kl)}")  # fmt: skip
+    status = (f"about 2% over uniform GPTQ W3 at 3.3 bits (the best arm mean; the best single winner "
+              f"{under(test_single, prior_test)[:-1]}-{under(kl, prior_search.kl)}")  # fmt: skip
+    _claim(status)  # the summary table
+    _claim(status, STATUS)
 
 
 def test_the_default_comparison_sentences_are_the_recomputed_exact_p_values(default):
@@ -254,5 +270,5 @@ def test_the_sensitivity_probes_are_not_said_to_be_charged_to_the_budget():
     from agentqat.session import evolve
 
     assert "not charged to the run" in evolve.__doc__
-    assert "counted against `--budget`" not in _prose()
-    _claim("recorded as preparation in the run's `sensitivities.json`, not charged to `--budget`")
+    assert _nowhere("counted against `--budget`")
+    _claim("recorded as preparation in the run's `sensitivities.json`, not charged to `--budget`", GENERATORS)
