@@ -1,0 +1,62 @@
+"""Measures a GGUF comparison's winners with llama.cpp itself: for every run of the comparison, its best survivor of
+the arena's last stage (what `agentqat export RUN --best` takes) is written by llama-quantize as the exact scored
+file, and llama-perplexity --kl-divergence scores it on each `--text` (default: the corpus's test split, which no
+search read, and the GPL-3 text the project never searched on). Appends one JSON record per (run, text) to `--out`
+(skipping those it holds), writes each winner's strategy to `<comparison>/winners/gguf-<run>.json`, and prints the
+table.
+
+    .venv/bin/python bench/gguf_winners.py runs/compare-gguf [--text test,reports/unseen/gpl-3.txt]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+from agentqat.arena.match import Workbench
+from agentqat.export.gguf_engine import write_mix
+from agentqat.export.select import best_of_run
+from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
+from agentqat.resolve import resolve_strategy
+from agentqat.store import write_json_atomic
+from agentqat.strategy import parse_strategy, strategy_id
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("comparison", type=Path)
+    parser.add_argument("--text", default="test,reports/unseen/gpl-3.txt")
+    parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--out", type=Path, default=None, help="default: <comparison>/engine.jsonl")
+    args = parser.parse_args()
+    out = args.out or args.comparison / "engine.jsonl"
+    done = {(r["run"], r["text"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
+    runs = sorted(path for path in (args.comparison / "runs").iterdir() if (path / "manifest.json").is_file())
+    bench = None
+    for run in runs:
+        texts = [text for text in args.text.split(",") if (run.name, text) not in done]
+        if not texts:
+            continue
+        document, arena, figures = best_of_run(run)
+        if bench is None:
+            bench = Workbench(arena)
+            bench.levels()
+        (args.comparison / "winners").mkdir(exist_ok=True)
+        write_json_atomic(args.comparison / "winners" / f"gguf-{run.name}.json", document)
+        resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)
+        types = {name: ENGINE_TYPE_OF_FORMAT[c.weight.format].type_name for name, c in resolved.modules.items()}
+        with tempfile.TemporaryDirectory() as directory:
+            path = write_mix(bench.engine_files(), types, Path(directory))
+            for text in texts:
+                engine = bench._engine.measure(path, text, args.chunks)
+                record = {"run": run.name, "text": text, "strategy_id": strategy_id(document), "arena": figures,
+                          "file_bytes": engine.file_bytes, "bits_per_weight": engine.bits_per_weight, "kl": engine.as_dict()["kl"]}  # fmt: skip
+                with out.open("a") as handle:
+                    handle.write(json.dumps(record, sort_keys=True) + "\n")
+                print(f"{run.name:16} {text[-24:]:24} {engine.file_bytes:>11,} B  KL {engine.kl.mean_kl:.4f}  top {engine.kl.same_top:.3f}  ppl {engine.kl.perplexity:.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
