@@ -93,8 +93,8 @@ def test_level_database_sizes_scale_with_the_linear_weights(shapes):
         assert not database.declared and len(database.levels) == 1
         level = database.levels[0]
         assert level.float32_bytes == 4 * shape.linear_weights
-        # W4 g64 asymmetric: 4 code bits, a 16-bit scale and a 4-bit zero per 64 weights
-        assert level.packed_bytes == pytest.approx(shape.linear_weights * (4 + 20 / 64) / 8, rel=1e-6)
+        # W4 g64 asymmetric, as the database packs it: 4 code bits, a 16-bit scale and a 4-bit zero per 64 weights
+        assert level.packed and level.bytes == pytest.approx(shape.linear_weights * (4 + 20 / 64) / 8, rel=1e-6)
         assert database.calibration_bytes == 4 * hessian_entries(shape.facts)
     assert shapes["llama-3-8b"].linear_weights * 4 / 2**30 == pytest.approx(26.0, abs=0.05)  # 26 GiB a float32 level
 
@@ -111,14 +111,29 @@ def test_a_ladder_arena_sizes_every_level(shapes, tmp_path):
     database = plan.database
     assert database.declared and [level.name for level in database.levels] == ["gptq-w2-g64-asym", "gptq-w4-g64-asym", "rtn-w8-g0-asym"]
     assert database.float32_bytes == 3 * 4 * shape.linear_weights
-    assert database.packed_bytes < database.float32_bytes / 4
+    assert database.bytes == pytest.approx(shape.linear_weights * ((2 + 18 / 64) + (4 + 20 / 64) + 8) / 8, rel=1e-3)
     build = next(e for e in plan.estimates if e.name == "build the level database")
     gptq = sum(RATES.gptq_seconds(i.out_features, i.in_features) for i in shape.facts.linears)
-    expected = 2 * gptq + shape.linear_weights * RATES.rtn_s_per_weight + 3 * 4 * shape.linear_weights * RATES.level_write_s_per_byte
+    expected = 2 * gptq + shape.linear_weights * RATES.rtn_s_per_weight + database.bytes * RATES.level_write_s_per_byte
     assert build.seconds == pytest.approx(expected)
     assert terms(plan.memory)["level database read"] == 4 * 4096 * 14336
     screen = next(e for e in plan.estimates if e.name.startswith("screen"))
     assert screen.seconds == pytest.approx(256 * shape.forward_parameters * 1e-11 + 4 * shape.linear_weights * 1e-9)
+
+
+def test_levels_with_no_packed_form_are_sized_as_float32(shapes, tmp_path):
+    arena = tmp_path / "mixed.toml"
+    arena.write_text(
+        'name = "mixed"\nwindow_tokens = 256\n[[stages]]\nname = "screen"\nwindows = 1\n'
+        '[levels]\nladder = [{ bits = 3, group_size = 64, rounding = "hqq" }, { bits = 8, group_size = 0, format = "fp8_e4m3" }]\n'
+    )
+    shape = shapes["llama-3.2-1b"]
+    plan = plan_of(shape, arena=str(arena))
+    hqq, fp8 = plan.database.levels
+    assert hqq.packed and hqq.bytes == pytest.approx(shape.linear_weights * (3 + 32 / 64) / 8, rel=1e-6)  # fp16 zeros
+    assert not fp8.packed and fp8.bytes == fp8.float32_bytes == 4 * shape.linear_weights
+    text = render_plan(plan)
+    assert "float32: no packed form for this format yet" in text and text.count("no packed form") == 1
 
 
 def test_times_are_rates_times_work(shapes):

@@ -144,8 +144,9 @@ def cmd_levels_build(args: argparse.Namespace) -> int:
     workbench = Workbench(arena, reporter=ui.PhaseView())
     torch.set_num_threads(args.threads)
     database = workbench.levels()
-    size = sum(path.stat().st_size for path in database.directory.glob("*.safetensors"))
-    print(f"level database: {len(database.levels)} levels, {size / 2**30:.2f} GiB in {database.directory} ({time.perf_counter() - started:.0f} s)")
+    packed = sum(database.packed_modules(config) > 0 for config in database.levels)
+    print(f"level database: {len(database.levels)} levels ({packed} packed), {database.bytes / 2**30:.2f} GiB in {database.directory} "
+          f"({time.perf_counter() - started:.0f} s)")  # fmt: skip
     return 0
 
 

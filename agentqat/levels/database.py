@@ -3,11 +3,23 @@
     <cache>/levels/<model>-<calibration key>/<level name>-<level id>.safetensors
 
 The directory is keyed by the model and its calibration (the calibration key hashes the model, its directory,
-the corpus and the calibration tokens); a file by its level's full config. Weights are stored exactly as the
-quantizer returns them (float32), so a match reading them computes what quantizing on the fly computes. Each
-level's file is written to a temporary name and renamed when complete, under a file lock: a killed build leaves
-only finished levels, and the next build (from any process) does the rest. Readers open the files with
-`safe_open`, which maps them: two workers share the page cache instead of each loading every level.
+the corpus and the calibration tokens); a file by its level's full config and the database format. Each level's
+file is written to a temporary name and renamed when complete, under a file lock: a killed build leaves only
+finished levels, and the next build (from any process) does the rest. Readers open the files with `safe_open`,
+which maps them: two workers share the page cache instead of each loading every level.
+
+What a level file holds (format 2):
+- packed, for the integer-grid methods (format "int": rtn, gptq, awq, hqq): each module's codes bit-packed at
+  their width, its scales (float16, or int8 exponents for power-of-two scales), its zero points (packed like the
+  codes; float16 for hqq's float zeros; none on symmetric grids) and AWQ's per-input-channel divisor (float32), in
+  the layout `agentqat.levels.packing` describes. A read unpacks and dequantizes them on the CPU into the float32
+  weight the quantizer returns, bit for bit: `pack` checks every module as it is written, and a module that would
+  not read back exactly is stored float32 instead.
+- float32, as the quantizer returns it, for everything else: the formats with no packed form yet (bitsandbytes'
+  nf4 / fp4, fp8_e4m3, llm_int8, the GGUF block types quantized in Python), bits 16, and the levels llama.cpp
+  makes (`is_engine_made`: read dequantized from the engine's own GGUF file through `engine_weights`, unchanged).
+Files of format 1 (every module float32, written before levels were packed) are still found and read: a level
+with a format-1 file is not built again (delete the file to have it rebuilt packed).
 """
 
 from __future__ import annotations
@@ -29,24 +41,80 @@ from agentqat.apply import quantize_module
 from agentqat.calibration import Calibration
 from agentqat.defaults import cache_dir
 from agentqat.levels.ladder import level_name
+from agentqat.levels.packing import SUFFIXES, pack, packed_size, unpack
 from agentqat.models import quantizable_linears
 from agentqat.progress import Reporter, phase
+from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.quant.ggml_engine import is_engine_made
+from agentqat.quant.grid import code_range
+from agentqat.quant.registry import method_of, quantize_codes
+from agentqat.quant.storage import Shape
 from agentqat.resolve import ModuleConfig, module_needs_calibration
 
 EngineWeights = Callable[[ModuleConfig], Mapping[str, torch.Tensor]]  # a level llama.cpp made: module -> weight
-DATABASE_FORMAT = 1  # bump when what a level file holds changes, so old files are not read
+DATABASE_FORMAT = 2  # bump when what a level file holds changes, so old files are not read
+READABLE_FORMATS = (DATABASE_FORMAT, 1)  # where a level is looked for, newest first (1: every module float32)
+FLOAT32_BYTES = 4
 
 
-def level_file(config: ModuleConfig) -> str:
+def level_file(config: ModuleConfig, database_format: int = DATABASE_FORMAT) -> str:
     """Returns the file name of a level: its readable name and a hash of its whole config and the format."""
-    digest = hashlib.sha256(json.dumps([DATABASE_FORMAT, asdict(config)], sort_keys=True).encode()).hexdigest()
+    digest = hashlib.sha256(json.dumps([database_format, asdict(config)], sort_keys=True).encode()).hexdigest()
     return f"{level_name(config)}-{digest[:12]}.safetensors"
+
+
+def stored_level(directory: Path, config: ModuleConfig) -> Path | None:
+    """Returns the file holding a level in `directory` (the newest readable format found), or None."""
+    for database_format in READABLE_FORMATS:
+        path = directory / level_file(config, database_format)
+        if path.exists():
+            return path
+    return None
+
+
+def packs(config: ModuleConfig) -> bool:
+    """Returns whether the database stores a level packed rather than float32: a plain weight quantization (no
+    smoothing, no outliers) below 16 bits whose method has codes (the integer grid's)."""
+    plain = config.outliers.method == "none" and config.activation == ActivationQuant()
+    return plain and config.weight.bits < 16 and method_of(config.weight).codes is not None
+
+
+def module_bytes(config: ModuleConfig, shape: Shape) -> int:
+    """Returns the bytes a level stores of one module of this shape (tensor data; the file's header of about 200
+    bytes a module aside): float32 weights, or the packed codes and the scales and zeros the method's storage rule
+    counts (`agentqat.quant.storage`; AWQ adds its float32 divisor, 4 bytes an input channel, not counted here)."""
+    weights = shape.out_features * shape.in_features
+    if not packs(config):
+        return FLOAT32_BYTES * weights
+    storage = method_of(config.weight).storage(config.weight, shape)
+    return packed_size(weights, config.weight.bits) + -(-storage.scale_bits // 8) + -(-storage.zero_bits // 8)
 
 
 def database_directory(model_name: str, calibration: Calibration) -> Path:
     """Returns the directory of the database for a model and calibration."""
     return cache_dir() / "levels" / f"{model_name}-{calibration.key}"
+
+
+class _LevelFile:
+    """One level's file, mapped: float32 modules by name, packed modules by name and suffix (metadata "packed"
+    names them with their shapes)."""
+
+    def __init__(self, path: Path, config: ModuleConfig):
+        self.path = path
+        self.handle = safe_open(str(path), framework="pt")
+        packed = json.loads((self.handle.metadata() or {}).get("packed", "{}"))
+        self.shapes = {name: (shape[0], shape[1]) for name, shape in packed.items()}
+        self.bits = config.weight.bits
+        self.qmin = code_range(self.bits, config.weight.symmetric)[0] if self.shapes else 0
+        keys = set(self.handle.keys())
+        self.suffixes = {name: {s for s in SUFFIXES if f"{name}.{s}" in keys} for name in self.shapes}
+
+    def weight(self, name: str) -> torch.Tensor:
+        shape = self.shapes.get(name)
+        if shape is None:
+            return self.handle.get_tensor(name)
+        tensor = lambda suffix: self.handle.get_tensor(f"{name}.{suffix}")  # noqa: E731
+        return unpack(tensor, self.suffixes[name], shape, self.bits, self.qmin)
 
 
 class LevelDatabase:
@@ -56,20 +124,48 @@ class LevelDatabase:
         self.directory = directory
         self.levels = levels
         self.calibration_key = calibration_key
-        self._files = {config: safe_open(str(directory / level_file(config)), framework="pt") for config in levels}
+        self._files = {config: _LevelFile(_built(directory, config), config) for config in levels}
 
     def weight(self, name: str, config: ModuleConfig, calibration_key: str | None) -> torch.Tensor | None:
-        """Returns module `name`'s weight at level `config`, or None when `config` is no level of the database or
-        reads calibration other than the database's (a request with other calibration windows)."""
-        handle = self._files.get(config)
-        if handle is None or (module_needs_calibration(config) and calibration_key != self.calibration_key):
+        """Returns module `name`'s float32 weight at level `config` (what quantizing it computes, bit for bit), or
+        None when `config` is no level of the database or reads calibration other than the database's (a request
+        with other calibration windows)."""
+        level = self._files.get(config)
+        if level is None or (module_needs_calibration(config) and calibration_key != self.calibration_key):
             return None
-        return handle.get_tensor(name)
+        return level.weight(name)
+
+    def path(self, config: ModuleConfig) -> Path:
+        """Returns the file a level is read from."""
+        return self._files[config].path
+
+    def packed_modules(self, config: ModuleConfig) -> int:
+        """Returns how many modules a level stores packed (the others are float32)."""
+        return len(self._files[config].shapes)
+
+    @property
+    def bytes(self) -> int:
+        """Returns the size of the level files this database reads."""
+        return sum(level.path.stat().st_size for level in self._files.values())
+
+
+def _built(directory: Path, config: ModuleConfig) -> Path:
+    path = stored_level(directory, config)
+    if path is None:
+        raise FileNotFoundError(f"level {level_name(config)} is not built in {directory}")
+    return path
 
 
 def missing_levels(directory: Path, levels: tuple[ModuleConfig, ...]) -> list[ModuleConfig]:
-    """Returns the levels whose files are not (completely) written in `directory`."""
-    return [config for config in levels if not (directory / level_file(config)).exists()]
+    """Returns the levels with no (completely written) file in `directory`, of any readable format."""
+    return [config for config in levels if stored_level(directory, config) is None]
+
+
+def packed_module(linear: nn.Module, config: ModuleConfig, stats: LayerStats | None) -> dict[str, torch.Tensor] | None:
+    """Returns the tensors storing a module at a packed level (keys are suffixes), or None where they would not
+    read back exactly what quantizing computes."""
+    codes = quantize_codes(linear.weight.detach().to(torch.float32), config.weight, stats)
+    return pack(codes, config.weight.bits) if codes is not None else None
 
 
 def build_database(
@@ -92,7 +188,7 @@ def build_database(
         detail = f"{len(missing)} levels x {len(linears)} modules into {directory}"
         with phase(reporter, "building the level database", total=len(missing) * len(linears), detail=detail) as step:
             for config in missing:
-                weights = {}
+                weights, packed = {}, {}
                 if is_engine_made(config.weight):
                     if engine_weights is None:
                         raise ValueError(f"level {level_name(config)} is made by llama.cpp; the database needs its engine")
@@ -103,10 +199,16 @@ def build_database(
                     if name in weights:
                         continue
                     stats = calibration.stats.get(name)
-                    weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous()
+                    stored = packed_module(linear, config, stats) if packs(config) else None
+                    if stored is not None:
+                        weights.update((f"{name}.{suffix}", tensor) for suffix, tensor in stored.items())
+                        packed[name] = tuple(linear.weight.shape)
+                    else:
+                        weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous()
                     step()
+                metadata = {"level": json.dumps(asdict(config)), "format": str(DATABASE_FORMAT), "packed": json.dumps(packed)}
                 staging = directory / (level_file(config) + ".tmp")
-                save_file(weights, str(staging), metadata={"level": json.dumps(asdict(config))})
+                save_file(weights, str(staging), metadata=metadata)
                 os.replace(staging, directory / level_file(config))
     return directory
 

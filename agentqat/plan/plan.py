@@ -95,6 +95,6 @@ def plan_document(plan: Plan) -> dict:
     document = asdict(plan)
     for key in ("memory", "sequential"):
         document[key]["total"] = getattr(plan, key).total
+    document["database"]["bytes"] = plan.database.bytes
     document["database"]["float32_bytes"] = plan.database.float32_bytes
-    document["database"]["packed_bytes"] = plan.database.packed_bytes
     return document

@@ -1,30 +1,31 @@
 """What the level database and the calibration statistics take on disk, from a model's shape and a ladder.
 
-Today every level stores every linear module's weight as float32 (agentqat.levels.database): 4 bytes per weight
-per level. A packed store would keep each level's integer codes, scales and zeros: the bits agentqat.bits counts.
+A level stores each linear module as `agentqat.levels.database.module_bytes` counts it: packed (codes at their
+width, scales and zero points) for the integer grid's methods, float32 (4 bytes a weight) for the formats with no
+packed form yet. Beside it, what the level took as float32, as the database stored every level before (format 1).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentqat.bits import module_bits
 from agentqat.levels import level_config, level_name
+from agentqat.levels.database import FLOAT32_BYTES, module_bytes, packs
 from agentqat.plan.shape import ModelShape, hessian_entries
 from agentqat.resolve import ModuleConfig
 from agentqat.strategy import WeightGene
 
-FLOAT32_BYTES = 4
 EXAMPLE_LEVEL = WeightGene(bits=4, group_size=64)  # sized for an arena without a ladder
 
 
 @dataclass(frozen=True)
 class LevelSize:
-    """One level's bytes on disk: as stored today (float32) and packed (codes, scales, zeros)."""
+    """One level's bytes on disk as the database stores it, and as float32 (how every level was stored before)."""
 
     name: str
+    bytes: int
     float32_bytes: int
-    packed_bytes: int
+    packed: bool  # False: float32 on disk too (a format with no packed form yet)
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,18 @@ class DatabaseSize:
     declared: bool  # False: the arena has no ladder and `levels` holds one example level
 
     @property
+    def bytes(self) -> int:
+        return sum(level.bytes for level in self.levels) if self.declared else 0
+
+    @property
     def float32_bytes(self) -> int:
         return sum(level.float32_bytes for level in self.levels) if self.declared else 0
 
-    @property
-    def packed_bytes(self) -> int:
-        return sum(level.packed_bytes for level in self.levels) if self.declared else 0
-
 
 def level_size(shape: ModelShape, config: ModuleConfig) -> LevelSize:
-    """Returns the bytes of one level of every linear module, float32 and packed."""
-    packed_bits = sum(module_bits(config, info, 0).total for info in shape.facts.linears)
-    return LevelSize(level_name(config), FLOAT32_BYTES * shape.linear_weights, -(-packed_bits // 8))
+    """Returns the bytes of one level of every linear module, as stored and as float32."""
+    stored = sum(module_bytes(config, info) for info in shape.facts.linears)
+    return LevelSize(level_name(config), stored, FLOAT32_BYTES * shape.linear_weights, packs(config))
 
 
 def database_size(shape: ModelShape, ladder: tuple[ModuleConfig, ...]) -> DatabaseSize:

@@ -50,13 +50,15 @@ def render_plan(plan: Plan) -> str:
     lines += ["", "level database on disk"]
     database = plan.database
     if database.declared:
-        lines.append(f"  {'level':<{NAME_WIDTH - 2}}{'float32 today':>14}{'packed':>12}")
-        lines += [f"  {level.name:<{NAME_WIDTH - 2}}{size(level.float32_bytes):>14}{size(level.packed_bytes):>12}" for level in database.levels]
-        lines.append(f"  {f'total, {len(database.levels)} levels':<{NAME_WIDTH - 2}}{size(database.float32_bytes):>14}{size(database.packed_bytes):>12}")
+        lines.append(f"  {'level':<{NAME_WIDTH - 2}}{'on disk':>12}{'as float32':>14}")
+        lines += [f"  {level.name:<{NAME_WIDTH - 2}}{size(level.bytes):>12}{size(level.float32_bytes):>14}"
+                  + ("" if level.packed else "   float32: no packed form for this format yet") for level in database.levels]  # fmt: skip
+        lines.append(f"  {f'total, {len(database.levels)} levels':<{NAME_WIDTH - 2}}{size(database.bytes):>12}{size(database.float32_bytes):>14}")
     else:
         level = database.levels[0]
-        lines.append(f"  none: the arena declares no [levels] ladder. One level ({level.name}) would take {size(level.float32_bytes)} "
-                     f"as float32, {size(level.packed_bytes)} packed (codes, scales, zeros)")  # fmt: skip
+        stored = "packed (codes, scales, zeros)" if level.packed else "float32"
+        lines.append(f"  none: the arena declares no [levels] ladder. One level ({level.name}) would take {size(level.bytes)} "
+                     f"{stored}; {size(level.float32_bytes)} as float32")  # fmt: skip
     lines.append(f"  calibration statistics (float32 Hessians, cached once per calibration): {size(database.calibration_bytes)}")
     lines += ["", f"time on {plan.device} (rates {plan.rates})"]
     lines += [f"  {e.name:<{NAME_WIDTH - 2}}{duration(e.seconds):>12}   {e.detail}" for e in plan.estimates]

@@ -15,7 +15,7 @@ from agentqat.levels import level_config, level_name
 from agentqat.plan.memory import reference_windows
 from agentqat.plan.rates import Rates
 from agentqat.plan.shape import ModelShape, hessian_entries
-from agentqat.plan.storage import EXAMPLE_LEVEL, FLOAT32_BYTES
+from agentqat.plan.storage import EXAMPLE_LEVEL, FLOAT32_BYTES, level_size
 from agentqat.resolve import ModuleConfig, module_needs_calibration
 from agentqat.strategy import WeightGene
 
@@ -52,7 +52,9 @@ def quantize_seconds(shape: ModelShape, rates: Rates, config: ModuleConfig) -> f
 
 
 def read_seconds(shape: ModelShape, rates: Rates) -> float:
-    """Returns the seconds of reading every linear module of one level from the database (float32 files)."""
+    """Returns the seconds of reading every linear module of one level from the database, as float32 bytes from disk.
+    A packed level reads 4-10x fewer bytes and unpacks them (about 0.5-1.5 ns a weight on the CPU bench/rates.py
+    measured, bench/levels_packed.py): on that machine this is an upper bound, 2-4x a packed level's read."""
     return FLOAT32_BYTES * shape.linear_weights * rates.level_read_s_per_byte
 
 
@@ -61,7 +63,7 @@ def build_estimate(shape: ModelShape, rates: Rates, ladder: tuple[ModuleConfig, 
     (agentqat.plan.storage.EXAMPLE_LEVEL) when the ladder is empty."""
     levels = ladder or (level_config(EXAMPLE_LEVEL),)
     seconds = sum(quantize_seconds(shape, rates, config) for config in levels)
-    seconds += len(levels) * FLOAT32_BYTES * shape.linear_weights * rates.level_write_s_per_byte
+    seconds += sum(level_size(shape, config).bytes for config in levels) * rates.level_write_s_per_byte
     detail = f"{len(levels)} levels x {len(shape.facts.linears)} modules, quantized and written"
     if not ladder:
         detail = f"none: the arena declares no ladder; one level ({level_name(levels[0])}) would take this"

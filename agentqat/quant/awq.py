@@ -14,11 +14,11 @@ from dataclasses import replace
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant
-from agentqat.quant.grid import int_grid_method
+from agentqat.quant.base import IntCodes, LayerStats, WeightQuant
+from agentqat.quant.grid import dequantize, int_grid_method
 from agentqat.quant.proxy import proxy_error
 from agentqat.quant.registry import register
-from agentqat.quant.rtn import rtn
+from agentqat.quant.rtn import rtn, rtn_codes
 
 ALPHAS: tuple[float, ...] = tuple(step / 20 for step in range(20))  # 0.0 to 0.95
 
@@ -34,8 +34,8 @@ def _scaled_rtn(weight: torch.Tensor, config: WeightQuant, scales: torch.Tensor)
     return rtn(weight * scales, config) / scales
 
 
-def awq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
-    """Returns the effective weight W_q / s of AWQ with the best alpha on the proxy error."""
+def awq_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> IntCodes:
+    """Returns the codes and grids of RTN of W diag(s) with the best alpha on the proxy error, s as the divisor."""
     search_config = replace(config, clip=1.0) if config.clip == "mse" else config
     hessian = stats.hessian.to(torch.float32)
     errors = [
@@ -43,9 +43,15 @@ def awq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> 
         for alpha in ALPHAS
     ]
     best_alpha = ALPHAS[min(range(len(ALPHAS)), key=errors.__getitem__)]
-    return _scaled_rtn(weight, config, channel_scales(stats.abs_mean, best_alpha))
+    scales = channel_scales(stats.abs_mean, best_alpha)
+    return rtn_codes(weight * scales, config)._replace(divisor=scales)
+
+
+def awq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
+    """Returns the effective weight W_q / s of AWQ with the best alpha on the proxy error."""
+    return dequantize(awq_codes(weight, config, stats))
 
 
 # Served as fake quantization only: each module's own 1/s cannot be folded into an input that q/k/v (or gate/up)
 # share, and no engine takes a per-module input scale.
-register(int_grid_method("awq", awq, frozenset({"fake-quant"}), needs_calibration=True))
+register(int_grid_method("awq", awq, frozenset({"fake-quant"}), needs_calibration=True, codes=awq_codes))

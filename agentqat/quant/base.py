@@ -3,13 +3,15 @@
 A weight quantizer is a pure function `(weight, config, stats) -> dequantized weight`, carried by the Method
 registered for it (`agentqat.quant.registry`). It never modifies its input and returns a new float32 tensor of
 the same shape whose values lie on the quantization grid the config describes (fake quantization: the arena
-measures quality on these values, and `agentqat.bits` counts what storing them would cost).
+measures quality on these values, and `agentqat.bits` counts what storing them would cost). A method on the integer
+grid also has an `IntCoder`, `(weight, config, stats) -> IntCodes`: the same result before dequantization (its
+codes, scales and zero points), which the level database stores packed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable, Literal, NamedTuple
 
 import torch
 
@@ -80,3 +82,22 @@ class LayerStats:
 
 
 WeightQuantizer = Callable[[torch.Tensor, WeightQuant, "LayerStats | None"], torch.Tensor]
+
+
+class IntCodes(NamedTuple):
+    """A weight on the integer grid as its quantizer found it: weight = (scale * (codes - zero)) / divisor.
+
+    codes [out, in]: whole numbers in [qmin, qmax] as float32 (never -0.0). scale, zero [groups, 1]: per group, the
+    groups `agentqat.quant.grid.to_groups` makes (row-major: a row's groups in column order). divisor [in]: a
+    per-input-channel divisor applied after (AWQ's scales), or None.
+    """
+
+    codes: torch.Tensor
+    scale: torch.Tensor
+    zero: torch.Tensor
+    qmin: int
+    qmax: int
+    divisor: torch.Tensor | None = None
+
+
+IntCoder = Callable[[torch.Tensor, WeightQuant, "LayerStats | None"], IntCodes]

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant
-from agentqat.quant.grid import Grid, code_range, fake_quantize, int_grid, int_grid_method, to_groups
+from agentqat.quant.base import IntCodes, LayerStats, WeightQuant
+from agentqat.quant.grid import Grid, code_range, dequantize, int_grid, int_grid_method, round_to_codes, to_groups
 from agentqat.quant.registry import register
 from agentqat.quant.rtn import SERVED_INT_GRID
 
@@ -26,29 +26,17 @@ def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     return torch.linalg.cholesky(inverse, upper=True).to(torch.float32)
 
 
-def _static_grid(weight: torch.Tensor, config: WeightQuant, group_size: int, order: torch.Tensor) -> Grid:
-    """Returns the grid of every group of `weight`, as [rows, columns] tensors in processing order."""
-    rows = weight.shape[0]
-    grid = int_grid(to_groups(weight, group_size), config)
-    column_group = order // group_size
-    return Grid(
-        grid.scale.reshape(rows, -1)[:, column_group],
-        grid.zero.reshape(rows, -1)[:, column_group],
-        grid.qmin,
-        grid.qmax,
-    )
-
-
-def gptq_quantize(
+def gptq_codes(
     weight: torch.Tensor,
     config: WeightQuant,
     hessian: torch.Tensor,
     act_order: bool = True,
     damp: float = 0.01,
     block_size: int = 128,
-) -> torch.Tensor:
-    """Returns `weight` quantized by GPTQ against `hessian` (X^T X / tokens of the layer's input)."""
-    columns = weight.shape[1]
+) -> IntCodes:
+    """Returns the codes and grids of `weight` quantized by GPTQ against `hessian` (X^T X / tokens of the layer's
+    input); `gptq_quantize` is their dequantization."""
+    rows, columns = weight.shape
     if hessian.shape != (columns, columns):
         raise ValueError(f"hessian shape {tuple(hessian.shape)} does not match in_features {columns}")
     group_size = to_groups(weight, config.group_size).shape[1]
@@ -59,12 +47,22 @@ def gptq_quantize(
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
     order = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else torch.arange(columns)
-    static = _static_grid(w, config, group_size, order) if act_order else None
+    # Each group's scale and zero [rows, groups]: with act-order computed up front from the weights ("static groups")
+    # and read per column in processing order; in natural order filled in as the loop reaches each group.
+    if act_order:
+        grid = int_grid(to_groups(w, group_size), config)
+        scales, zeros = grid.scale.reshape(rows, -1), grid.zero.reshape(rows, -1)
+        column_group = order // group_size
+        static = Grid(scales[:, column_group], zeros[:, column_group], qmin, qmax)
+    else:
+        scales = torch.empty(rows, columns // group_size)
+        zeros = torch.empty(rows, columns // group_size)
+        static = None
     w = w[:, order]
     factor = _inverse_hessian_factor(h[order][:, order], damp)
     # In natural order, blocks hold whole groups so that a group's grid sees all earlier updates.
     block_size = block_size if act_order else group_size * max(1, block_size // group_size)
-    quantized = torch.empty_like(w)
+    codes = torch.empty_like(w)
     for start in range(0, columns, block_size):
         end = min(start + block_size, columns)
         block = w[:, start:end].clone()
@@ -76,13 +74,31 @@ def gptq_quantize(
                 scale, zero = static.scale[:, column : column + 1], static.zero[:, column : column + 1]
             elif column % group_size == 0:
                 scale, zero, _, _ = int_grid(block[:, i : i + group_size], config)
-            q = fake_quantize(block[:, i : i + 1], scale, zero, qmin, qmax)
-            quantized[:, column] = q[:, 0]
+                scales[:, column // group_size], zeros[:, column // group_size] = scale[:, 0], zero[:, 0]
+            code = round_to_codes(block[:, i : i + 1], scale, zero, qmin, qmax)
+            q = scale * (code - zero)
+            codes[:, column] = code[:, 0]
             error = (block[:, i] - q[:, 0]) / block_factor[i, i]
             block[:, i:].sub_(torch.outer(error, block_factor[i, i:]))
             errors[:, i] = error
         w[:, end:].sub_(errors @ factor[start:end, end:])
-    return quantized[:, torch.argsort(order)]
+    return IntCodes(codes[:, torch.argsort(order)], scales.reshape(-1, 1), zeros.reshape(-1, 1), qmin, qmax)
+
+
+def gptq_quantize(
+    weight: torch.Tensor,
+    config: WeightQuant,
+    hessian: torch.Tensor,
+    act_order: bool = True,
+    damp: float = 0.01,
+    block_size: int = 128,
+) -> torch.Tensor:
+    """Returns `weight` quantized by GPTQ against `hessian` (X^T X / tokens of the layer's input)."""
+    return dequantize(gptq_codes(weight, config, hessian, act_order, damp, block_size))
+
+
+def _gptq_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> IntCodes:
+    return gptq_codes(weight, config, stats.hessian)
 
 
 def gptq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
@@ -90,4 +106,4 @@ def gptq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) ->
     return gptq_quantize(weight, config, stats.hessian)
 
 
-register(int_grid_method("gptq", gptq, SERVED_INT_GRID, needs_calibration=True))  # its codes are an int grid's
+register(int_grid_method("gptq", gptq, SERVED_INT_GRID, needs_calibration=True, codes=_gptq_codes))  # its codes are an int grid's

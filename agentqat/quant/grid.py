@@ -18,7 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from agentqat.quant.base import INT_GRID, Clip, ScaleType, WeightQuant, WeightQuantizer
+from agentqat.quant.base import INT_GRID, Clip, IntCoder, IntCodes, ScaleType, WeightQuant, WeightQuantizer
 from agentqat.quant.registry import Method
 from agentqat.quant.storage import StorageRule, integer_zeros
 
@@ -73,12 +73,30 @@ def store_scale(scale: torch.Tensor, kind: ScaleType) -> torch.Tensor:
     return half.to(torch.float32)
 
 
+def round_to_codes(
+    values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int
+) -> torch.Tensor:
+    """Returns the codes of `values` on the grid: round(values / scale + zero) clamped to [qmin, qmax], as float32.
+
+    Adding +0.0 turns the -0.0 that rounding gives values in [-0.5, 0) into +0.0: a code is then a plain whole
+    number, the dequantized weight never holds -0.0, and codes stored as integers read back bit for bit.
+    """
+    return torch.clamp(torch.round(values / scale + zero), qmin, qmax) + 0.0
+
+
 def fake_quantize(
     values: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int
 ) -> torch.Tensor:
     """Returns `values` rounded to the grid scale * (code - zero), codes clamped to [qmin, qmax]."""
-    codes = torch.clamp(torch.round(values / scale + zero), qmin, qmax)
-    return scale * (codes - zero)
+    return scale * (round_to_codes(values, scale, zero, qmin, qmax) - zero)
+
+
+def dequantize(quantized: IntCodes) -> torch.Tensor:
+    """Returns the float32 weight of `quantized`: (scale * (codes - zero)) / divisor, group by group. The quantizers
+    on the integer grid return this, so it is bit for bit what they compute."""
+    groups = quantized.codes.reshape(quantized.scale.shape[0], -1)
+    weight = (quantized.scale * (groups - quantized.zero)).reshape(quantized.codes.shape)
+    return weight if quantized.divisor is None else weight / quantized.divisor
 
 
 def fake_quantize_groups(groups: torch.Tensor, grid: Grid) -> torch.Tensor:
@@ -136,9 +154,11 @@ def int_grid_method(
     deploy_targets: frozenset[str],
     storage: StorageRule = integer_zeros,
     needs_calibration: bool = False,
+    codes: IntCoder | None = None,
 ) -> Method:
-    """Returns the Method of a rounding on the integer grid (format int; any width 2-8, group, scale and clip)."""
+    """Returns the Method of a rounding on the integer grid (format int; any width 2-8, group, scale and clip);
+    `codes`, when given, returns what `quantize` does before dequantization (the level database packs it)."""
     return Method(
         name=rounding, format=INT_GRID, rounding=rounding, quantize=quantize, storage=storage, label="integer grids",
-        deploy_targets=deploy_targets, needs_calibration=needs_calibration, baseline=INT_GRID_BASELINE,
+        deploy_targets=deploy_targets, needs_calibration=needs_calibration, baseline=INT_GRID_BASELINE, codes=codes,
     )  # fmt: skip

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import LayerStats, WeightQuant
-from agentqat.quant.grid import Grid, fake_quantize, int_grid, int_grid_method, to_groups
+from agentqat.quant.base import IntCodes, LayerStats, WeightQuant
+from agentqat.quant.grid import Grid, dequantize, int_grid, int_grid_method, round_to_codes, to_groups
 from agentqat.quant.registry import register
-from agentqat.quant.rtn import SERVED_INT_GRID, rtn
+from agentqat.quant.rtn import SERVED_INT_GRID, rtn_codes
 from agentqat.quant.storage import float_zeros
 
 
@@ -53,14 +53,21 @@ def optimize_zero(
     return best_zero.to(torch.float16).to(torch.float32)
 
 
-def hqq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
-    """Returns `weight` on the asymmetric grid with HQQ-optimised float zero points (symmetric RTN if asked)."""
+def hqq_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> IntCodes:
+    """Returns the codes of `weight` on the asymmetric grid with HQQ-optimised float zero points, with the grids
+    (symmetric RTN's if asked)."""
     if config.symmetric:
-        return rtn(weight, config)
+        return rtn_codes(weight, config)
     groups = to_groups(weight, config.group_size)
     grid = int_grid(groups, config)
     zero = optimize_zero(groups, grid)
-    return fake_quantize(groups, grid.scale, zero, grid.qmin, grid.qmax).reshape(weight.shape)
+    codes = round_to_codes(groups, grid.scale, zero, grid.qmin, grid.qmax)
+    return IntCodes(codes.reshape(weight.shape), grid.scale, zero, grid.qmin, grid.qmax)
 
 
-register(int_grid_method("hqq", hqq, SERVED_INT_GRID, storage=float_zeros))  # symmetric HQQ is RTN: served as RTN is
+def hqq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
+    """Returns `weight` on the asymmetric grid with HQQ-optimised float zero points (symmetric RTN if asked)."""
+    return dequantize(hqq_codes(weight, config))
+
+
+register(int_grid_method("hqq", hqq, SERVED_INT_GRID, storage=float_zeros, codes=hqq_codes))  # symmetric HQQ is RTN: served as RTN is

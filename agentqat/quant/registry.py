@@ -20,7 +20,7 @@ from types import MappingProxyType
 
 import torch
 
-from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, LayerStats, WeightQuant, WeightQuantizer
+from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, IntCoder, IntCodes, LayerStats, WeightQuant, WeightQuantizer
 from agentqat.quant.storage import Shape, StorageRule
 
 DEPLOY_TARGETS = frozenset({"fake-quant", "vllm-cpu", "vllm-cuda", "gguf"})
@@ -47,6 +47,7 @@ class Method:
     some config of it (the conditions on bits, symmetry and groups live with each exporter). baseline: the genes of
     its baseline-matrix entry besides format, rounding and bits (None: no entry). searched: whether generators draw
     its format unless a deployment target asks for it (False for export formats such as GGUF's block types).
+    codes: what `quantize` computes before dequantization (`IntCodes`; integer-grid methods), or None.
     """
 
     name: str
@@ -64,6 +65,7 @@ class Method:
     scaling: str = "min/max"
     baseline: dict | None = field(default=None, compare=False)
     searched: bool = True
+    codes: IntCoder | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         unknown = sorted(self.deploy_targets - DEPLOY_TARGETS)
@@ -254,3 +256,16 @@ def quantize_weight(weight: torch.Tensor, config: WeightQuant, stats: LayerStats
     if method.needs_calibration and stats is None:
         raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
     return method.quantize(weight.detach().to(torch.float32), config, stats)
+
+
+def quantize_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> IntCodes | None:
+    """Returns the codes, scales and zero points of `weight` quantized as the config says (`quantize_weight` returns
+    their dequantization, bit for bit), or None when the config's method has no codes (or bits is 16)."""
+    if config.bits == 16:
+        return None
+    method = method_of(config)
+    if method.codes is None:
+        return None
+    if method.needs_calibration and stats is None:
+        raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
+    return method.codes(weight.detach().to(torch.float32), config, stats)

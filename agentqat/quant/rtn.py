@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats, WeightQuant
-from agentqat.quant.grid import fake_quantize_groups, int_grid, int_grid_method, to_groups
+from agentqat.quant.base import DEFAULT_ROUNDING, IntCodes, LayerStats, WeightQuant
+from agentqat.quant.grid import dequantize, int_grid, int_grid_method, round_to_codes, to_groups
 from agentqat.quant.registry import register
 
 # vLLM on CPU serves 4-bit symmetric groups (WNA16) and symmetric int8 per channel (W8A8); GGUF's simple types are
@@ -13,10 +13,17 @@ from agentqat.quant.registry import register
 SERVED_INT_GRID = frozenset({"fake-quant", "vllm-cpu", "vllm-cuda", "gguf"})
 
 
+def rtn_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> IntCodes:
+    """Returns the codes of `weight` rounded to the nearest point of each group's integer grid, with the grids."""
+    groups = to_groups(weight, config.group_size)
+    grid = int_grid(groups, config)
+    codes = round_to_codes(groups, grid.scale, grid.zero, grid.qmin, grid.qmax)
+    return IntCodes(codes.reshape(weight.shape), grid.scale, grid.zero, grid.qmin, grid.qmax)
+
+
 def rtn(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> torch.Tensor:
     """Returns `weight` rounded to the nearest point of each group's integer grid."""
-    groups = to_groups(weight, config.group_size)
-    return fake_quantize_groups(groups, int_grid(groups, config)).reshape(weight.shape)
+    return dequantize(rtn_codes(weight, config))
 
 
-register(int_grid_method(DEFAULT_ROUNDING, rtn, SERVED_INT_GRID))
+register(int_grid_method(DEFAULT_ROUNDING, rtn, SERVED_INT_GRID, codes=rtn_codes))
