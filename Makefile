@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.agentqat-setup
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo lint test test-fast clean
 
 $(STAMP): pyproject.toml scripts/setup.sh
 	bash scripts/setup.sh
@@ -20,8 +20,12 @@ demo: $(STAMP)
 	@if [ -f runs/demo/manifest.json ]; then $(BIN)/agentqat evolve --resume runs/demo; \
 	else $(BIN)/agentqat evolve --arena smollm2-study --generator llm --population 6 --generations 2 --run demo; fi
 
-# Everything CI runs, slow integration tests included.
-test: $(STAMP)
+# Line length, import order, unused and undefined names ([tool.ruff] in pyproject.toml); `ruff check --fix .` mends most.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+# Everything CI runs: the linter, then every test, slow integration tests included.
+test: lint
 	$(BIN)/python -m pytest -q
 
 # The quick loop while developing: skips the integration tests on the real model and vLLM server.

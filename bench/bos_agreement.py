@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from agentqat.data import tokenize
 from agentqat.engines.llama_cpp import perplexity as engine_perplexity
 from agentqat.engines.measure import EngineWorkspace
-from agentqat.models import builtin_gguf_path, BUILTIN_MODELS, load_model
+from agentqat.models import BUILTIN_MODELS, builtin_gguf_path, load_model
 
 
 @torch.inference_mode()

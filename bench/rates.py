@@ -39,8 +39,8 @@ from agentqat.levels import level_config
 from agentqat.models import load_model, quantizable_linears
 from agentqat.plan.rates import RATES_FILE
 from agentqat.plan.shape import hessian_entries, shape_of
-from agentqat.quant.gptq import gptq_quantize
 from agentqat.quality import compare, reference_of
+from agentqat.quant.gptq import gptq_quantize
 from agentqat.strategy import WeightGene
 
 GPTQ_SHAPES = ((512, 512), (2048, 512), (512, 2048), (2048, 2048), (4096, 1024), (4096, 2048))  # (out, in)

@@ -14,11 +14,12 @@ import argparse
 import statistics
 import time
 
+from levels import ladder_documents, play_and_time  # bench/levels.py, beside this script
+
 from agentqat.arena.config import load_arena
 from agentqat.arena.match import Workbench
 from agentqat.arena.pool import EvaluatorPool
 from agentqat.arena.request import MatchRequest
-from levels import ladder_documents, play_and_time  # bench/levels.py, beside this script
 
 
 def where_time_goes(workbench: Workbench, documents: list[dict]) -> None:

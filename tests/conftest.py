@@ -25,10 +25,10 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from tiny_models import write_tiny_gguf, write_tiny_llama  # noqa: E402
 
 from agentqat.defaults import CACHE_ENV  # noqa: E402
 from agentqat.engines.llama_cpp import ENGINES_ENV, engines_root  # noqa: E402
-from tiny_models import write_tiny_gguf, write_tiny_llama  # noqa: E402
 
 torch.set_num_threads(2)
 

@@ -2,10 +2,6 @@
 
 import json
 import math
-import os
-import signal
-import time
-from dataclasses import asdict
 
 import pytest
 

@@ -1,13 +1,12 @@
 """Effective bits per weight: the documented formula, as a table of configs and expected costs."""
 
 import pytest
+import torch
 
 from agentqat.bits import expected_outlier_count, module_bits
 from agentqat.models import LinearInfo
 from agentqat.quant.base import ActivationQuant, LayerStats, OutlierPolicy, WeightQuant
 from agentqat.resolve import ModuleConfig
-
-import torch
 
 INFO = LinearInfo("model.layers.0.mlp.up_proj", 0, in_features=576, out_features=1536)
 

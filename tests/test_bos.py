@@ -72,8 +72,8 @@ def test_info_scores_windows_that_open_with_bos_on_a_model_that_expects_it(make_
 def test_a_run_recorded_without_bos_is_not_extended_with_windows_that_have_it(make_tiny_llama, small_corpus_file, tmp_path):
     from agentqat.arena.config import load_arena
     from agentqat.errors import UserError
-    from agentqat.session.manifest import Manifest, check_windows, windows_bos
     from agentqat.sensitivity import arena_key
+    from agentqat.session.manifest import Manifest, check_windows, windows_bos
 
     expects = load_arena("smollm2-default").model_copy(update={"model": str(make_tiny_llama(add_bos_token=True))})
     plain = expects.model_copy(update={"model": str(make_tiny_llama(add_bos_token=False))})

@@ -8,7 +8,8 @@ import pytest
 
 from agentqat.cli import build_parser, main
 
-COMMANDS = ("info", "validate", "quantize", "baseline", "evolve", "show", "llm", "levels", "compare", "report", "sensitivity", "polish", "export", "engine-costs", "transfer", "plan", "engines", "engine-eval")
+COMMANDS = ("info", "validate", "quantize", "baseline", "evolve", "show", "llm", "levels", "compare", "report",
+           "sensitivity", "polish", "export", "engine-costs", "transfer", "plan", "engines", "engine-eval")
 
 
 def test_help_lists_every_command_with_a_line_each():

@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 import math
 
-from pathlib import Path
-
 import pytest
 import torch
+from vllm_cpu import VLLM_CPU_W4A16
 
 from agentqat import deploy
 from agentqat.arena.config import Arena, ScoreWeights, Stage
@@ -26,8 +25,6 @@ from agentqat.resolve import resolve_strategy
 from agentqat.scoring import aggregate, composite_score
 from agentqat.session.resources import ensure_engine_costs
 from agentqat.strategy import parse_strategy
-
-from vllm_cpu import VLLM_CPU_W4A16
 
 W4A16 = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64, "symmetric": True}}}
 MIXED = {**W4A16, "rules": [{"layers": "20-29", "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}]}

@@ -16,7 +16,6 @@ from dataclasses import asdict
 import numpy as np
 import pytest
 
-from agentqat.arena.config import Arena, Stage
 from agentqat.arena.pool import LocalPool
 from agentqat.arena.recorded import RecordedPlayer
 from agentqat.canonical import canonical_id
@@ -24,9 +23,9 @@ from agentqat.evolve import Cost, EvolveSettings, clear_winner, evolve, tourname
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.base import GeneratorRecord, ranked_parents
 from agentqat.generators.evo import level_switch, units_of
+from agentqat.generators.layout import layout_bits
 from agentqat.generators.prior import best_uniform, uniform_prior
 from agentqat.generators.random import RandomGenerator
-from agentqat.generators.layout import layout_bits
 from agentqat.generators.repair import within
 from agentqat.models import load_facts
 from agentqat.runs import EvolveJournal, read_run

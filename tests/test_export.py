@@ -243,7 +243,8 @@ VLLM_CPU_CASES = [  # strategy, modules refused by vLLM on CPU (None: it runs al
     (MIXED, {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
     (strategy({"layers": "0", "modules": ["mlp"], "weight": {"bits": 3}}), {f"model.layers.0.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
     (strategy({"layers": "1", "modules": ["mlp"], "weight": {"bits": 8, "group_size": 0}}), {f"model.layers.1.mlp.{p}_proj" for p in ("gate", "up", "down")}, "is none of vLLM on CPU's schemes"),
-    (strategy({"layers": "1", "modules": ["o_proj"], "weight": {"bits": 8, "group_size": 32}, "activation": {"bits": 8}}), {"model.layers.1.self_attn.o_proj"}, "8-bit int g32 symmetric (rtn) weights, 8-bit int per_token activations is none"),
+    (strategy({"layers": "1", "modules": ["o_proj"], "weight": {"bits": 8, "group_size": 32}, "activation": {"bits": 8}}),
+     {"model.layers.1.self_attn.o_proj"}, "8-bit int g32 symmetric (rtn) weights, 8-bit int per_token activations is none"),
 ]  # fmt: skip
 
 

@@ -20,14 +20,11 @@ import json
 import math
 import os
 
-from pathlib import Path
-
 import pytest
+from vllm_cpu import VLLM_CPU_W4A16
 
 from agentqat.arena.config import Arena, Stage
 from agentqat.defaults import CACHE_ENV
-
-from vllm_cpu import VLLM_CPU_W4A16
 
 PERPLEXITY_TOLERANCE = 0.02  # relative; see the module docstring
 BYTES_TOLERANCE = 0.002  # the weight file over the counted model bytes (measured +0.05%)

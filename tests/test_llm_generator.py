@@ -14,8 +14,6 @@ from pydantic import ValidationError
 from agentqat.bits import strategy_bits
 from agentqat.generators import Evaluated, SearchSpace, make_generator
 from agentqat.generators.llm import LlmGenerator
-from agentqat.generators.random_edits import RandomJsonBackend
-from agentqat.llm.backends import TransformersBackend
 from agentqat.generators.llm.edits import (
     EditDocument,
     EditError,
@@ -28,6 +26,8 @@ from agentqat.generators.llm.edits import (
     recombine_schema,
 )
 from agentqat.generators.llm.reflection import Reflection, features
+from agentqat.generators.random_edits import RandomJsonBackend
+from agentqat.llm.backends import TransformersBackend
 from agentqat.resolve import resolve_strategy
 from agentqat.strategy import parse_strategy, strategy_id
 

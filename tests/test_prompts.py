@@ -14,6 +14,7 @@ import pytest
 
 from agentqat.generators import Evaluated, SearchSpace
 from agentqat.generators.llm.edits import common_group_sizes, edit_schema, propose_schema, recombine_schema
+from agentqat.generators.llm.generator import PARENTS
 from agentqat.generators.llm.prompts import (
     KINDS,
     TEMPLATES,
@@ -25,7 +26,6 @@ from agentqat.generators.llm.prompts import (
     render,
     template_name,
 )
-from agentqat.generators.llm.generator import PARENTS
 from agentqat.generators.llm.reflection import Reflection
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -7,6 +7,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from agentqat.study import exact
+from agentqat.study.exact import holm, mann_whitney_exact, permutation_p, signed_rank_exact
 from agentqat.study.stats import (
     adjust_family,
     area_under_curve,
@@ -16,12 +17,8 @@ from agentqat.study.stats import (
     cliffs_delta,
     compare_arms,
     compare_with_value,
-    holm,
-    mann_whitney_exact,
     on_grid,
-    permutation_p,
     sign_flip_p,
-    signed_rank_exact,
     smallest_p,
 )
 

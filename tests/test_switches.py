@@ -4,19 +4,19 @@ evo over ladder levels, and module-level documents within the schema's limits.""
 import numpy as np
 import pytest
 
+from agentqat.arena.config import load_arena
 from agentqat.generators import SearchSpace
 from agentqat.generators.evo import EvoGenerator
 from agentqat.generators.layout import layout_bits, layout_of
 from agentqat.generators.switches import (
     best_uniform_level,
+    ladder_switch,
     layer_units,
     layout_at,
-    ladder_switch,
     module_units,
     snap_to_ladder,
 )
 from agentqat.levels import ladder_configs, level_name
-from agentqat.arena.config import load_arena
 from agentqat.resolve import module_role_name, resolve_strategy
 from agentqat.strategy import parse_strategy
 
@@ -121,6 +121,5 @@ def test_every_arm_proposes_ladder_allocations_on_a_ladder_arena(space):
         assert set(layout.configs) <= set(space.ladder) and layout_bits(layout, space.facts) <= 3.3
         assert all(len({layout.configs[i] for i in unit}) == 1 for unit in module_units(space.facts))
     already = _document([best_uniform_level(space)] * len(space.facts.linears), space)
-    from agentqat.generators.ladder import on_ladder
 
     assert on_ladder(already, space, np.random.default_rng(0)) is already

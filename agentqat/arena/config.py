@@ -103,7 +103,9 @@ class Arena(_Frozen):
     collapse_ratio: float = Field(10.0, gt=1, description="perplexity above this multiple of the base is collapse")
     match_seconds: float = Field(600.0, gt=0, description="a match running longer is recorded as a timeout")
     compute_threads: int = Field(1, ge=1, le=64, description="torch threads per evaluator actor")
-    gpus_per_worker: Annotated[float, AfterValidator(_whole_above_one)] = Field(defaults.GPUS_PER_WORKER, ge=0, le=64, description="GPUs each Ray evaluator actor asks for: a fraction shares one, above 1 whole GPUs")
+    gpus_per_worker: Annotated[float, AfterValidator(_whole_above_one)] = Field(
+        defaults.GPUS_PER_WORKER, ge=0, le=64, description="GPUs each Ray evaluator actor asks for: a fraction shares one, above 1 whole GPUs"
+    )
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
     levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")

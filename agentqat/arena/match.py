@@ -33,8 +33,8 @@ from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.engine_costs import load_profile, strategy_engine_cost
 from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, fixed_bytes, level_values, linear_bits_within
-from agentqat.errors import UserError
 from agentqat.engines.measure import EngineWorkspace
+from agentqat.errors import UserError
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase

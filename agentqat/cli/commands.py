@@ -261,10 +261,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
     writes the pre-registration DIR/PLAN.md to fill in before the comparison starts; the report says which of its
     hypotheses held. A new comparison under a reports/ folder does not start without DIR/PLAN.md."""
     from agentqat import session, ui
+    from agentqat.arena.config import load_arena
     from agentqat.session import compare
     from agentqat.study import plan
-
-    from agentqat.arena.config import load_arena
 
     if args.write_plan is not None:
         llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)

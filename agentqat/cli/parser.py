@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_windows(quantize)
     quantize.add_argument("--calibration-windows", type=int, default=defaults.CALIBRATION_WINDOWS, help="calibration windows (default: %(default)s)")
     quantize.add_argument("--json", action="store_true", help="print JSON instead of tables")
-    quantize.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse a strategy this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
+    quantize.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse a strategy this engine cannot run: any, vllm-cpu, vllm-cuda "
+        "or gguf (default: %(default)s)")
     quantize.set_defaults(handler=handlers.cmd_quantize)
 
     transfer = commands.add_parser("transfer", help="carry a strategy to another model by relative layer depth", description=deploy_commands.cmd_transfer.__doc__)
@@ -113,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--minutes", type=float, default=None, help="time budget in minutes (default: none)")
     evolve.add_argument("--no-clear-stop", action="store_true", help="do not stop when one survivor's KL interval is clear of the rest (spend the whole budget)")
     evolve.add_argument("--workers", type=int, default=None, help="Ray evaluator actors; 0 plays in this process (default: 2, or 1 beside a managed vLLM server)")
-    evolve.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM generator's backend: a vLLM server, or Outlines over transformers in this process (default: %(default)s)")
+    evolve.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM generator's backend: a vLLM server, or Outlines over transformers "
+        "in this process (default: %(default)s)")
     evolve.add_argument("--llm-model", default=defaults.DEFAULT_MODEL, help="the proposer model: built-in name or HF directory (default: %(default)s)")
     evolve.add_argument("--llm-url", default="", help="use this running vLLM server (OpenAI API base URL) instead of starting one")
     evolve.add_argument("--sensitivity-map", action="store_true", help="give generators the arena's sensitivity map (agentqat sensitivity) instead of the 3-bit layer probes; recorded in the manifest")
@@ -121,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     evolve.add_argument("--run", default="", help="run name under --runs (default: evolve-<generator>-<arena>-seed<seed>)")
     evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
-    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings; with stopping rules (--generations, --patience, --budget, --minutes, --no-clear-stop), extend it")
+    evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings; with stopping rules (--generations, "
+        "--patience, --budget, --minutes, --no-clear-stop), extend it")
     evolve.set_defaults(handler=handlers.cmd_evolve)
 
     show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=handlers.cmd_show.__doc__)
@@ -130,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     compare = commands.add_parser("compare", help="generators against each other at an equal budget, with statistics and a report", description=handlers.cmd_compare.__doc__)
     compare.add_argument("--arena", default=DEFAULT_ARENA, help="packaged arena name (arena/) or a TOML file (default: %(default)s)")
-    compare.add_argument("--generators", default=defaults.COMPARE_ARMS, help="arms: generators, LLM ablations as llm/no-reflection or llm/no-sensitivities, proposers as llm@MODEL (default: %(default)s)")
+    compare.add_argument("--generators", default=defaults.COMPARE_ARMS, help="arms: generators, LLM ablations as llm/no-reflection or llm/no-sensitivities, "
+        "proposers as llm@MODEL (default: %(default)s)")
     compare.add_argument("--seeds", default=defaults.COMPARE_SEEDS, help="search seeds, a range or a list (default: %(default)s)")
     compare.add_argument("--budget", type=int, default=defaults.COMPARE_MATCHES, help="matches per run, the same for every arm (default: %(default)s)")
     compare.add_argument("--tokens", type=int, default=None, help="evaluated tokens per run, the same for every arm (default: no token limit)")
@@ -138,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--generations", type=int, default=defaults.COMPARE_GENERATIONS, help="at most this many generations per run (default: %(default)s)")
     compare.add_argument("--test-corpus", default=None, metavar="FILE", help="also re-score every winner on this text file")
     compare.add_argument("--confirm-arena", default=None, metavar="ARENA", help="also confirm every run's winner and the shared prior on this (full) arena's last stage; allowed with --resume")
-    compare.add_argument("--prior", default=None, choices=("uniform", "uniform+knapsack"), help="every arm's start: the best uniform strategies within the budget, plus the knapsack allocation (its unit costs measured once, as preparation) (default: uniform)")
+    compare.add_argument("--prior", default=None, choices=("uniform", "uniform+knapsack"), help="every arm's start: the best uniform strategies within the budget, plus the knapsack allocation (its "
+        "unit costs measured once, as preparation) (default: uniform)")
     compare.add_argument("--workers", type=int, default=None, help="Ray evaluator actors (default: 2, or 1 beside a managed vLLM server)")
     compare.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local one")
     compare.add_argument("--llm-backend", default="vllm", choices=("vllm", "transformers"), help="the LLM arms' backend (default: %(default)s)")
@@ -149,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--resume", default="", metavar="DIR", help="continue this comparison with its recorded settings")
     compare.add_argument("--add-arms", default="", metavar="ARMS", help="with --resume: add these arms (e.g. llm@gemma3-270m), played on the same terms")
     compare.add_argument("--add-seeds", default="", metavar="SEEDS", help="with --add-arms: the comparison's seeds the new arms play (default: all)")
-    compare.add_argument("--write-plan", default=None, type=Path, metavar="DIR", help="write DIR/PLAN.md, the pre-registration to fill in (hypotheses, arms, seeds, budget, quantity, test) for the comparison the other options describe, and stop; a new comparison under reports/ needs one")
+    compare.add_argument("--write-plan", default=None, type=Path, metavar="DIR", help="write DIR/PLAN.md, the pre-registration to fill in (hypotheses, arms, seeds, budget, quantity, test) for the "
+        "comparison the other options describe, and stop; a new comparison under reports/ needs one")
     compare.set_defaults(handler=handlers.cmd_compare)
 
     sensitivity = commands.add_parser("sensitivity", help="per layer and role: Fisher, gradient norm, KL at 2-8 bits, rank correlations", description=handlers.cmd_sensitivity.__doc__)
@@ -175,7 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     polish.add_argument("--weight-lr", type=float, default=defaults.POLISH_WEIGHT_LR, help="AdamW learning rate of the weights (default: %(default)s)")
     polish.add_argument("--scale-lr", type=float, default=defaults.POLISH_SCALE_LR, help="AdamW learning rate of the log2 scales (default: %(default)s)")
     polish.add_argument("--heldout-windows", type=int, default=defaults.TEST_WINDOWS, help="held-out-split windows both are played on, where the final strategy is chosen (default: %(default)s)")
-    polish.add_argument("--test-windows", type=int, default=defaults.TEST_WINDOWS, help="test-split windows the final strategy (chosen on held-out text) is played on, once; 0: none (default: %(default)s)")
+    polish.add_argument("--test-windows", type=int, default=defaults.TEST_WINDOWS, help="test-split windows the final strategy (chosen on held-out text) is played "
+        "on, once; 0: none (default: %(default)s)")
     polish.add_argument("--threads", type=int, default=None, help="torch threads (default: the arena's compute_threads)")
     polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...; --ablate: runs/polish-ablation-<arena>)")
     polish.set_defaults(handler=handlers.cmd_polish)
@@ -203,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     engines.add_argument("--json", action="store_true", help="print JSON")
     engines.set_defaults(handler=engine_commands.cmd_engines)
 
-    engine_eval = commands.add_parser("engine-eval", help="a GGUF file (or a stock llama-quantize type) measured by llama.cpp: KL, top token, perplexity, bytes", description=engine_commands.cmd_engine_eval.__doc__)
+    engine_eval = commands.add_parser("engine-eval", help="a GGUF file (or a stock llama-quantize type) measured by llama.cpp: "
+        "KL, top token, perplexity, bytes", description=engine_commands.cmd_engine_eval.__doc__)
     engine_eval.add_argument("file", nargs="?", metavar="FILE.gguf", help="the GGUF file to measure")
     engine_eval.add_argument("--stock", default=None, metavar="TYPE", help="measure llama-quantize's stock recipe of this type instead (Q4_0, IQ4_NL, Q3_K_M, ...)")
     engine_eval.add_argument("--imatrix", action="store_true", help="with --stock: quantize with an importance matrix from the calibration split")

@@ -22,7 +22,6 @@ from agentqat.engines.llama_cpp import LlamaCpp, quantize
 from agentqat.engines.measure import EngineWorkspace
 
 
-
 @dataclass(frozen=True)
 class EngineFiles:
     """An [engine] arena's llama.cpp files: the tools, the unquantized base GGUF, the importance matrix, the

@@ -1,7 +1,12 @@
 """Generators of strategies and their variation operators. Importing this package registers every generator."""
 
-from agentqat.generators import evo, knapsack, random, random_edits  # noqa: F401  (registration)
-from agentqat.generators import llm  # noqa: F401  (registration)
+from agentqat.generators import (  # noqa: F401  (registration)
+    evo,
+    knapsack,
+    llm,  # noqa: F401  (registration)
+    random,
+    random_edits,
+)
 from agentqat.generators.base import (
     GENERATORS,
     Evaluated,

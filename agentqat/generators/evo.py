@@ -42,7 +42,7 @@ from agentqat.generators.layout import Layout, document_of, layout_bits, layout_
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
 from agentqat.generators.repair import fix_config, repair_layout
-from agentqat.generators.switches import layer_units, ladder_switch, layout_at, module_units, snap_to_ladder
+from agentqat.generators.switches import ladder_switch, layer_units, layout_at, module_units, snap_to_ladder
 from agentqat.resolve import pattern_matches
 from agentqat.strategy import strategy_id
 

@@ -20,7 +20,6 @@ from torch import nn
 from agentqat.quant.base import WeightQuant
 from agentqat.quant.grid import MAX_SCALE, MIN_SCALE, Grid, code_range, int_grid, to_groups
 
-
 POW2_START = 0.25
 
 

@@ -30,7 +30,15 @@ from torch import nn
 
 from agentqat import defaults
 from agentqat.polish.blocks import (
-    BlockInputs, batch_kwargs, block_modules, capture_inputs, decoder_layers, quantized_block, run_block, trainable, training_block,
+    BlockInputs,
+    batch_kwargs,
+    block_modules,
+    capture_inputs,
+    decoder_layers,
+    quantized_block,
+    run_block,
+    trainable,
+    training_block,
 )  # fmt: skip
 from agentqat.polish.chain import Chain
 from agentqat.polish.curriculum import bits_at, converged, stages

@@ -17,9 +17,9 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from agentqat.models import ModelFacts  # noqa: E402
+from agentqat.quant.base import INT_GRID  # noqa: E402
 from agentqat.report.analysis import common_grid, curves  # noqa: E402
 from agentqat.report.patterns import Contrast  # noqa: E402
-from agentqat.quant.base import INT_GRID  # noqa: E402
 from agentqat.report.records import ComparisonRecords, is_preparation  # noqa: E402
 from agentqat.resolve import layered_configs  # noqa: E402
 from agentqat.strategy import parse_strategy  # noqa: E402

@@ -271,7 +271,8 @@ def report_blocks(records: ComparisonRecords, out: Path, seed: int = 0) -> list[
         Block("h2", "Pareto fronts"),
         Block("img", "Bits against KL per arm, uniform baselines marked x: near the budget (left), the whole range (right)", image=figures.pareto_plot(records, out / "pareto.png")),
         Block("h2", "Winners' bit maps"),
-        Block("img", "Weight bits and group size (GGUF formats: the type llama.cpp stores) per layer and module of each arm's lowest-KL last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
+        Block("img", "Weight bits and group size (GGUF formats: the type llama.cpp stores) per layer and module of each arm's lowest-KL "
+            "last-stage survivor over its seeds (not necessarily a run's rank-1 winner)", image=figures.bit_map_plot(records, facts, out / "bit_maps.png")),
         Block("h2", "Failure taxonomy"),
         Block("img", "Outcome of every search match, per arm (preparation left out)", image=figures.failure_plot(records, out / "failures.png")),
         Block("h2", "Search score against test score"),

@@ -216,9 +216,8 @@ def run_compare(
     from agentqat.report import build_report
     from agentqat.session.evolve import run_evolve
     from agentqat.study.confirm import confirm_winners
-    from agentqat.study.unseen import TEST_STAGE, reevaluate, write_winners
-
     from agentqat.study.plan import PlanError, register
+    from agentqat.study.unseen import TEST_STAGE, reevaluate, write_winners
 
     directory = Path(directory)
     if settings is None:

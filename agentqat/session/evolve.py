@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from contextlib import nullcontext
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Protocol
 

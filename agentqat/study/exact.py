@@ -13,6 +13,27 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats as scipy_stats
 
+PERMUTATIONS = 10_000  # random relabellings where splits are too many to enumerate
+
+
+def permutation_p(a: Sequence[float], b: Sequence[float], rng: np.random.Generator, alternative: str = "two-sided", permutations: int = PERMUTATIONS) -> float:
+    """Returns the p-value of the difference in means mean(a) - mean(b) under random relabelling (drawn with
+    `rng`; the observed labelling counted once, so p >= 1/(permutations + 1)). `alternative`: "two-sided",
+    "less" (a lower than b) or "greater"."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    pooled = np.concatenate([a, b])
+    observed = a.mean() - b.mean()
+    shuffled = np.array([rng.permutation(pooled) for _ in range(permutations)])
+    differences = shuffled[:, : len(a)].mean(axis=1) - shuffled[:, len(a) :].mean(axis=1)
+    tolerance = 1e-12 * max(1.0, abs(observed))
+    extreme = {
+        "two-sided": np.abs(differences) >= abs(observed) - tolerance,
+        "less": differences <= observed + tolerance,
+        "greater": differences >= observed - tolerance,
+    }[alternative]
+    return float((extreme.sum() + 1) / (permutations + 1))
+
+
 ENUMERATION_LIMIT = 200_000  # arrangements enumerated one by one; beyond it the same null distribution is counted
 
 

@@ -23,13 +23,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
 
-from agentqat.study.exact import ExactTest, exact_permutation_p, holm, mann_whitney_exact, signed_rank_exact
+from agentqat.study.exact import exact_permutation_p, holm, mann_whitney_exact, signed_rank_exact
 
 ALPHA = 0.05
 BOOTSTRAP_RESAMPLES = 10_000
-PERMUTATIONS = 10_000
 
 
 def best_so_far(spent: Sequence[float], losses: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -97,24 +95,6 @@ def cliffs_delta(a: Sequence[float], b: Sequence[float]) -> float:
     tends lower (better). It equals the rank-biserial correlation 2U/(n_a n_b) - 1 of Mann-Whitney's U."""
     a, b = np.asarray(a, float)[:, None], np.asarray(b, float)[None, :]
     return float(np.mean(np.sign(a - b)))
-
-
-def permutation_p(a: Sequence[float], b: Sequence[float], rng: np.random.Generator, alternative: str = "two-sided", permutations: int = PERMUTATIONS) -> float:
-    """Returns the p-value of the difference in means mean(a) - mean(b) under random relabelling (drawn with
-    `rng`; the observed labelling counted once, so p >= 1/(permutations + 1)). `alternative`: "two-sided",
-    "less" (a lower than b) or "greater"."""
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    pooled = np.concatenate([a, b])
-    observed = a.mean() - b.mean()
-    shuffled = np.array([rng.permutation(pooled) for _ in range(permutations)])
-    differences = shuffled[:, : len(a)].mean(axis=1) - shuffled[:, len(a) :].mean(axis=1)
-    tolerance = 1e-12 * max(1.0, abs(observed))
-    extreme = {
-        "two-sided": np.abs(differences) >= abs(observed) - tolerance,
-        "less": differences <= observed + tolerance,
-        "greater": differences >= observed - tolerance,
-    }[alternative]
-    return float((extreme.sum() + 1) / (permutations + 1))
 
 
 ONE_SAMPLE, TWO_SAMPLE, NO_RESULT = "one-sample", "two-sample", "no result"

@@ -31,8 +31,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import jsonschema
@@ -41,9 +41,8 @@ import pydantic
 
 from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, ranked_parents, register_generator
 from agentqat.generators.layout import layout_bits, layout_of
-from agentqat.generators.repair import repair, within
-
 from agentqat.generators.llm import edits, prompts, reflection
+from agentqat.generators.repair import repair, within
 from agentqat.llm.backends import JsonBackend
 from agentqat.resolve import resolve_strategy
 from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
