@@ -16,7 +16,15 @@ from agentqat.arena.request import MatchRequest
 from agentqat.cli import main
 from agentqat.engines import engines_found
 from agentqat.engines.gguf_tensors import module_values
-from agentqat.engines.llama_cpp import ENGINES_ENV, find_llama_cpp, parse_kl_output, require_llama_cpp
+from agentqat.engines.llama_cpp import (
+    ENGINES_ENV,
+    LOG_FLUSH_PATCH,
+    PATCHED_TOOLS,
+    find_llama_cpp,
+    parse_kl_output,
+    patch_log_flush,
+    require_llama_cpp,
+)
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.errors import UserError
 from agentqat.strategy import WeightGene
@@ -63,9 +71,23 @@ def test_engines_lists_the_built_llama_cpp_and_says_how_to_get_a_missing_one(lla
         require_llama_cpp()
 
 
-def test_the_tools_version_is_the_pinned_tree(llama_cpp):
+def test_the_tools_are_the_pinned_tree_with_the_log_flush_patch(llama_cpp):
     output = subprocess.run([str(llama_cpp.tool("llama-quantize")), "--help"], capture_output=True, text=True).stdout
     assert "--tensor-type" in output and "--imatrix" in output and "IQ4_NL" in output
+    for name in PATCHED_TOOLS:
+        assert (llama_cpp.source / name).read_text().count(LOG_FLUSH_PATCH) == 1
+
+
+def test_the_log_flush_patch_applies_once_and_refuses_another_ending(tmp_path):
+    for name in PATCHED_TOOLS:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("int main() {\n    llama_backend_free();\n\n    return 0;\n}\n")
+    patch_log_flush(tmp_path)
+    patch_log_flush(tmp_path)
+    assert (tmp_path / PATCHED_TOOLS[0]).read_text().count(LOG_FLUSH_PATCH) == 1
+    (tmp_path / PATCHED_TOOLS[1]).write_text("int main() { return 1; }\n")
+    with pytest.raises(ValueError, match="log-flush patch does not apply"):
+        patch_log_flush(tmp_path)
 
 
 def test_kl_figures_are_read_from_llama_perplexitys_closing_lines():

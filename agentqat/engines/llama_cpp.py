@@ -3,7 +3,8 @@
 The pinned llama.cpp is the source tree that the `llama-cpp-python` sdist of version LLAMA_CPP_PYTHON vendors
 (`vendor/llama.cpp`): it is on the package index, so air-gapped boxes with a PyPI mirror get it too. The first
 command that needs a tool downloads that sdist with pip, builds the three tools with cmake (about 8 minutes on 2
-cores, the phase "building llama.cpp") and keeps them under `<cache>/engines/llama.cpp-<version>/`; a file lock
+cores, the phase "building llama.cpp"; one patch of ours, LOG_FLUSH_PATCH, makes the measuring tools print their
+last lines) and keeps them under `<cache>/engines/llama.cpp-<version>/`; a file lock
 keeps two processes from building at once, and a finished build is never redone. `AGENTQAT_ENGINES_DIR` moves
 `<cache>/engines`; `AGENTQAT_LLAMA_CPP_BIN` names a directory of tools built elsewhere (the source tree is still
 needed for `convert_hf_to_gguf.py`).
@@ -34,7 +35,12 @@ TOOLS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
 BIN_ENV = "AGENTQAT_LLAMA_CPP_BIN"
 ENGINES_ENV = "AGENTQAT_ENGINES_DIR"
 BUILD_HINT = "run `agentqat engines --build` (downloads the llama-cpp-python sdist from the package index, ~8 min on 2 cores)"
-CLOSING_ATTEMPTS = 4  # runs of a measuring tool whose closing lines the log thread dropped
+# llama.cpp's logger runs on a thread that is never flushed at exit (its common_log is leaked on purpose, llama.cpp
+# issue 22142), so a tool can exit before its last lines are written: under load, llama-perplexity's closing KL
+# statistics were lost 4 times in a row. The build adds one call that drains the log thread before main returns.
+LOG_FLUSH_PATCH = "common_log_pause(common_log_main());  // agentqat: drain the log thread before exit (llama.cpp issue 22142)"
+PATCHED_TOOLS = ("tools/perplexity/perplexity.cpp", "tools/imatrix/imatrix.cpp")
+PATCH_MARKER = "agentqat-patch-1"  # in build/: the tools were built from the patched source
 CMAKE_OPTIONS = ("-DLLAMA_CURL=OFF", "-DLLAMA_OPENSSL=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DCMAKE_BUILD_TYPE=Release")
 
 
@@ -66,7 +72,22 @@ def _bin_dir() -> Path:
 
 
 def _complete(bin_dir: Path, source: Path) -> bool:
-    return all((bin_dir / tool).is_file() for tool in TOOLS) and (source / "convert_hf_to_gguf.py").is_file()
+    built = all((bin_dir / tool).is_file() for tool in TOOLS) and (source / "convert_hf_to_gguf.py").is_file()
+    return built and (os.environ.get(BIN_ENV) is not None or (bin_dir.parent / PATCH_MARKER).is_file())
+
+
+def patch_log_flush(source: Path) -> None:
+    """Makes llama-perplexity and llama-imatrix drain their log thread before they return (see LOG_FLUSH_PATCH);
+    does nothing to a file patched already. ValueError when a file's end of main is not where llama.cpp has it."""
+    ending = "    llama_backend_free();\n\n    return 0;\n}"
+    for name in PATCHED_TOOLS:
+        path = source / name
+        text = path.read_text()
+        if LOG_FLUSH_PATCH in text:
+            continue
+        if text.count(ending) != 1:
+            raise ValueError(f"{path}: main's ending is not llama.cpp's; the log-flush patch does not apply")
+        path.write_text(text.replace(ending, f"    llama_backend_free();\n\n    {LOG_FLUSH_PATCH}\n    return 0;\n}}"))
 
 
 def find_llama_cpp() -> LlamaCpp | None:
@@ -129,10 +150,12 @@ def build_llama_cpp(reporter: Reporter | None = None, jobs: int = 2) -> LlamaCpp
         with phase(reporter, "building llama.cpp", total=3, detail=f"llama-cpp-python {LLAMA_CPP_PYTHON}'s vendored tree, once") as step:
             if not (source / "CMakeLists.txt").is_file():
                 _unpack_source(source)
+            patch_log_flush(source)
             step()
             _run(["cmake", "-S", str(source), "-B", str(build), *CMAKE_OPTIONS], log=directory / "cmake.log")
             step()
             _run(["cmake", "--build", str(build), "--target", *TOOLS, f"-j{jobs}"], log=directory / "build.log")
+            (build / PATCH_MARKER).touch()
             step()
     return require_llama_cpp()
 
@@ -238,23 +261,12 @@ def parse_kl_output(output: str, chunks: int, context: int) -> KlFigures:
     )
 
 
-def _closing_lines(command: list[str], complete: str, attempts: int = CLOSING_ATTEMPTS) -> str:
-    """Returns the output of `command` once it holds `complete` (a regular expression of its last statistic), running
-    it again while it does not: llama.cpp's log thread can drop a process's last lines at exit (its common_log is
-    never flushed, llama.cpp issue 22142), and the tools are deterministic, so a rerun prints the same figures."""
-    for _ in range(attempts):
-        output = _run(command)
-        if re.search(complete, output, flags=re.MULTILINE):
-            break
-    return output
-
-
 def kl_divergence(engine: LlamaCpp, model: Path, base_logits_file: Path, chunks: int, context: int) -> KlFigures:
     """Returns `model`'s KL figures against the base logits in `base_logits_file` (llama-perplexity, whose own
     chunks the file holds)."""
     command = [str(engine.tool("llama-perplexity")), "-m", str(model), "--kl-divergence-base", str(base_logits_file),
                "--kl-divergence", "-c", str(context), "--chunks", str(chunks), "-t", str(os.cpu_count() or 2)]  # fmt: skip
-    return parse_kl_output(_closing_lines(command, r"^Same top p\s*:"), chunks, context)
+    return parse_kl_output(_run(command), chunks, context)
 
 
 def perplexity(engine: LlamaCpp, model: Path, text: Path, chunks: int, context: int) -> float:
@@ -262,7 +274,7 @@ def perplexity(engine: LlamaCpp, model: Path, text: Path, chunks: int, context: 
     the model asks for it, the second half of each scored."""
     command = [str(engine.tool("llama-perplexity")), "-m", str(model), "-f", str(text), "-c", str(context),
                "--chunks", str(chunks), "-t", str(os.cpu_count() or 2)]  # fmt: skip
-    match = re.search(rf"Final estimate: PPL = ({_FIGURE})", _closing_lines(command, "Final estimate: PPL"))
+    match = re.search(rf"Final estimate: PPL = ({_FIGURE})", _run(command))
     if match is None:
         raise UserError("llama-perplexity printed no final estimate", "check the tool's output")
     return float(match.group(1))
