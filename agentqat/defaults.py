@@ -47,7 +47,7 @@ def cache_dir() -> Path:
 TEST_WINDOWS = 16
 TEST_TOP = 1  # winners per run re-evaluated: the top survivors of each run's last stage
 
-DEPLOY = "any"  # the engine a search's strategies must run on: any (fake quantization), or a target of agentqat.deploy
+DEPLOY = "any"  # the engine a search's strategies must run on: any (fake quantization), or a target of agentqat.strategy.deploy
 DEPLOY_TARGETS = ("any", "vllm-cpu", "vllm-cuda", "gguf")
 
 # Block-wise QAT (agentqat polish, EfficientQAT's Block-AP): sized so that SmolLM2-135M polishes on 2 cores in tens

@@ -10,7 +10,7 @@ the speed), uniform W8A8 (int8 per channel, per-token activations) and the mixed
 (layers 0-19 W4A16, 20-29 W8A8).
 Every model runs alone on the machine, one after the other, with the same prompt (greedy, EOS ignored).
 Where `agentqat engine-costs --deploy vllm-cpu` has measured the engine's schemes, each strategy's row also shows
-the decode speed and peak memory that the search predicts from them (agentqat.engine_costs), to check that model.
+the decode speed and peak memory that the search predicts from them (agentqat.arena.engine_costs), to check that model.
 """
 
 from __future__ import annotations
@@ -55,11 +55,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the exports here (default: a temporary directory)")
     args = parser.parse_args()
 
+    from agentqat.arena.engine_costs import load_profile, strategy_engine_cost
     from agentqat.arena.match import Workbench
-    from agentqat.engine_costs import load_profile, strategy_engine_cost
     from agentqat.export import export, prepare_source
-    from agentqat.resolve import resolve_strategy
-    from agentqat.strategy import parse_strategy
+    from agentqat.strategy.document import parse_strategy
+    from agentqat.strategy.resolve import resolve_strategy
 
     documents = [json.loads(path.read_text()) for path in args.strategies] or [UNIFORM_W4A16, UNIFORM_W8A8, MIXED]
     stage = Stage(name="bench", windows=args.windows)

@@ -22,13 +22,13 @@ from agentqat.arena.config import load_arena
 from agentqat.arena.match import Workbench
 from agentqat.arena.request import MatchRequest
 from agentqat.export.gguf_engine import write_mix
-from agentqat.generators.ladder import on_ladder
+from agentqat.generators.on_ladder import on_ladder
 from agentqat.generators.random import RandomGenerator
 from agentqat.levels import arena_ladder, level_name
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
-from agentqat.resolve import resolve_strategy
 from agentqat.session.evolve import search_space
-from agentqat.strategy import parse_strategy, strategy_id
+from agentqat.strategy.document import parse_strategy, strategy_id
+from agentqat.strategy.resolve import resolve_strategy
 
 
 def documents(arena, facts, mixes: int, seed: int) -> list[dict]:

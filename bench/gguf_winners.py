@@ -19,9 +19,9 @@ from agentqat.arena.match import Workbench
 from agentqat.export.gguf_engine import write_mix
 from agentqat.export.select import best_of_run
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
-from agentqat.resolve import resolve_strategy
-from agentqat.store import write_json_atomic
-from agentqat.strategy import parse_strategy, strategy_id
+from agentqat.rundir.store import write_json_atomic
+from agentqat.strategy.document import parse_strategy, strategy_id
+from agentqat.strategy.resolve import resolve_strategy
 
 
 def main() -> None:

@@ -15,14 +15,14 @@ import time
 import numpy as np
 import torch
 
-from agentqat.apply import quantize_module
 from agentqat.arena.config import load_arena
 from agentqat.arena.match import Workbench
 from agentqat.arena.request import MatchRequest
-from agentqat.generators import SearchSpace
-from agentqat.generators.evo import EvoGenerator
+from agentqat.generators.evopress import EvoGenerator
 from agentqat.levels import arena_ladder, level_name
 from agentqat.models import quantizable_linears
+from agentqat.strategy.apply import quantize_module
+from agentqat.strategy.space import SearchSpace
 
 
 def play_and_time(workbench: Workbench, documents: list[dict], windows: torch.Tensor) -> tuple:

@@ -25,12 +25,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from agentqat.calibration import Calibration
 from agentqat.levels import level_config, level_name
 from agentqat.levels.database import LevelDatabase, build_database, module_bytes
 from agentqat.models import load_model, quantizable_linears
 from agentqat.quant import quantize_weight
-from agentqat.strategy import WeightGene
+from agentqat.strategy.calibration import Calibration
+from agentqat.strategy.document import WeightGene
 
 LEVELS = (
     WeightGene(bits=3, group_size=64),

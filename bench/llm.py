@@ -16,10 +16,11 @@ import time
 import numpy as np
 
 from agentqat.arena.config import load_arena
-from agentqat.generators import Evaluated, SearchSpace, make_generator
-from agentqat.llm.backends import make_backend
-from agentqat.llm.server import VllmServer
+from agentqat.generators import Evaluated, make_generator
 from agentqat.models import load_facts
+from agentqat.serving.backends import make_backend
+from agentqat.serving.server import VllmServer
+from agentqat.strategy.space import SearchSpace
 
 
 def measure(generator, population: list[Evaluated], count: int, rounds: int, seed: int, label: str) -> None:

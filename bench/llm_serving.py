@@ -19,9 +19,9 @@ from pathlib import Path
 
 import jsonschema
 
-from agentqat.llm.backends import JsonBackend, TransformersBackend, VllmBackend
-from agentqat.llm.server import VllmServer
-from agentqat.strategy import strategy_json_schema
+from agentqat.serving.backends import JsonBackend, TransformersBackend, VllmBackend
+from agentqat.serving.server import VllmServer
+from agentqat.strategy.document import strategy_json_schema
 
 PROMPT = (
     "Propose a quantization strategy for SmolLM2-135M (30 layers, hidden 576) as JSON: 4-bit weights by "

@@ -16,14 +16,14 @@ import time
 import torch
 
 from agentqat import defaults
-from agentqat.apply import strategy_applied
-from agentqat.bits import strategy_bits
-from agentqat.calibration import calibration_key, load_or_collect
+from agentqat.arena.quality import compare, reference_of
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.models import load_model
-from agentqat.quality import compare, reference_of
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.apply import strategy_applied
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.calibration import calibration_key, load_or_collect
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import resolve_strategy
 
 
 def uniform(name: str, bits: int, outliers: dict | None = None, **weight) -> tuple[str, dict]:

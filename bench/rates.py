@@ -3,9 +3,9 @@ default agentqat/plan/rates-cpu.json, which the plan reads). About a minute on 2
 
     nice -n 19 .venv/bin/python bench/rates.py [--threads 1] [--out FILE]
 
-forward      a match's evaluation (agentqat.quality.compare on 2 windows of 512 tokens) per token x forward
+forward      a match's evaluation (agentqat.arena.quality.compare on 2 windows of 512 tokens) per token x forward
              parameter (linear weights and the output head)
-calibration  agentqat.calibration.collect_stats on 2 windows, per token x (forward parameters + Hessian entries)
+calibration  agentqat.strategy.calibration.collect_stats on 2 windows, per token x (forward parameters + Hessian entries)
 rtn          RTN W4 g64 of every linear module, per weight
 gptq         GPTQ W3 g64 act-order on random weights of 6 shapes against a random Hessian, fitted (non-negative
              least squares on the relative error) as a + b x out x in + c x out x in^2 seconds per module
@@ -32,16 +32,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from scipy.optimize import nnls
 
-from agentqat.apply import quantize_module
-from agentqat.calibration import collect_stats
+from agentqat.arena.quality import compare, reference_of
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.levels import level_config
 from agentqat.models import load_model, quantizable_linears
 from agentqat.plan.rates import RATES_FILE
 from agentqat.plan.shape import hessian_entries, shape_of
-from agentqat.quality import compare, reference_of
 from agentqat.quant.gptq import gptq_quantize
-from agentqat.strategy import WeightGene
+from agentqat.strategy.apply import quantize_module
+from agentqat.strategy.calibration import collect_stats
+from agentqat.strategy.document import WeightGene
 
 GPTQ_SHAPES = ((512, 512), (2048, 512), (512, 2048), (2048, 2048), (4096, 1024), (4096, 2048))  # (out, in)
 

@@ -18,11 +18,11 @@ from scipy.stats import spearmanr
 
 from agentqat.generators.knapsack import knapsack_units, ladder, probe_documents
 from agentqat.levels import level_name
-from agentqat.runs import read_results
+from agentqat.rundir.journal import read_results
+from agentqat.rundir.manifest import read_manifest
+from agentqat.rundir.store import RunStore
 from agentqat.session.evolve import search_space
-from agentqat.session.manifest import read_manifest
-from agentqat.store import RunStore
-from agentqat.strategy import strategy_id
+from agentqat.strategy.document import strategy_id
 from agentqat.study.sensitivity_map import read_map
 
 TOP = 5

@@ -135,7 +135,7 @@ def smollm2_server(tmp_path_factory):
     """One vLLM server on the built-in SmolLM2 (about a minute to start on 2 cores), shared by the session's
     slow tests. $AGENTQAT_TEST_MODEL_CACHE, when set, is a cache that already holds the converted model."""
     pytest.importorskip("vllm")
-    from agentqat.llm.server import VllmServer
+    from agentqat.serving.server import VllmServer
 
     with pytest.MonkeyPatch.context() as patch:
         if os.environ.get("AGENTQAT_TEST_MODEL_CACHE"):

@@ -4,11 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from agentqat.apply import LayerCache, QuantizedLinear, apply_strategy, restore, strategy_applied
-from agentqat.calibration import calibration_key, collect_stats, load_or_collect
 from agentqat.models import model_facts, quantizable_linears
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.apply import LayerCache, QuantizedLinear, apply_strategy, restore, strategy_applied
+from agentqat.strategy.calibration import calibration_key, collect_stats, load_or_collect
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import resolve_strategy
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +143,7 @@ def test_calibration_is_cached_on_disk_and_sharing_survives(model, windows, cali
 
 @pytest.mark.parametrize("bad_value", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_logits_are_flagged(model, windows, bad_value):
-    from agentqat.quality import compare, reference_of
+    from agentqat.arena.quality import compare, reference_of
 
     reference = reference_of(model, windows)
     assert compare(model, reference).finite

@@ -13,7 +13,7 @@ from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult, Quality
 from agentqat.arena.tournament import play_tournament
 from agentqat.errors import UserError
-from agentqat.store import RunStore
+from agentqat.rundir.store import RunStore
 
 
 @pytest.fixture(scope="module")

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from agentqat.bits import expected_outlier_count, module_bits
 from agentqat.models import LinearInfo
 from agentqat.quant.base import ActivationQuant, LayerStats, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig
+from agentqat.strategy.bits import expected_outlier_count, module_bits
+from agentqat.strategy.resolve import ModuleConfig
 
 INFO = LinearInfo("model.layers.0.mlp.up_proj", 0, in_features=576, out_features=1536)
 

@@ -9,10 +9,10 @@ import json
 import pytest
 import torch
 
+from agentqat.arena.quality import perplexity
 from agentqat.cli import main
 from agentqat.data import sample_windows, tokenize, window_count
 from agentqat.models import bos_policy, load_model
-from agentqat.quality import perplexity
 
 BOS_ID = 1  # tiny_models: <|im_start|>
 
@@ -71,9 +71,9 @@ def test_info_scores_windows_that_open_with_bos_on_a_model_that_expects_it(make_
 
 def test_a_run_recorded_without_bos_is_not_extended_with_windows_that_have_it(make_tiny_llama, small_corpus_file, tmp_path):
     from agentqat.arena.config import load_arena
+    from agentqat.arena.probes import arena_key
     from agentqat.errors import UserError
-    from agentqat.sensitivity import arena_key
-    from agentqat.session.manifest import Manifest, check_windows, windows_bos
+    from agentqat.rundir.manifest import Manifest, check_windows, windows_bos
 
     expects = load_arena("smollm2-default").model_copy(update={"model": str(make_tiny_llama(add_bos_token=True))})
     plain = expects.model_copy(update={"model": str(make_tiny_llama(add_bos_token=False))})

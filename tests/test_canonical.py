@@ -4,10 +4,10 @@ import copy
 
 import pytest
 
-from agentqat.canonical import canonical_id
-from agentqat.generators import SearchSpace
 from agentqat.generators.prior import uniform_prior
-from agentqat.strategy import strategy_id
+from agentqat.strategy.canonical import canonical_id
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.space import SearchSpace
 
 BASE = {"schema_version": 1, "name": "base", "default": {"weight": {"bits": 4, "group_size": 64, "rounding": "gptq"}}}
 

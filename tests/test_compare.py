@@ -9,9 +9,9 @@ import pytest
 
 from agentqat.cli import main
 from agentqat.errors import UserError
-from agentqat.session import LlmSettings
+from agentqat.rundir.manifest import LlmSettings
 from agentqat.session.compare import parse_arm, parse_seeds, read_settings
-from agentqat.strategy import load_strategy, strategy_id
+from agentqat.strategy.document import load_strategy, strategy_id
 from agentqat.study.unseen import winners
 
 

@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 
-from agentqat import deploy
 from agentqat.cli import main
-from agentqat.generators import GeneChoices, SearchSpace, make_generator
+from agentqat.generators import make_generator
 from agentqat.generators.knapsack import knapsack_units, ladder
-from agentqat.generators.ladder import Mapped
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.generators.on_ladder import Mapped
+from agentqat.strategy import deploy
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import resolve_strategy
+from agentqat.strategy.space import GeneChoices, SearchSpace
 
 GPTQ3 = {"schema_version": 1, "default": {"weight": {"bits": 3, "group_size": 64, "symmetric": False, "rounding": "gptq"}}}
 W4A16 = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64, "symmetric": True, "rounding": "gptq"}}}

@@ -12,19 +12,20 @@ import pytest
 import torch
 from vllm_cpu import VLLM_CPU_W4A16
 
-from agentqat import deploy
 from agentqat.arena.config import Arena, ScoreWeights, Stage
+from agentqat.arena.engine_costs import EngineProfile, SchemeCost, load_profile, profile_path, strategy_engine_cost
 from agentqat.arena.match import Workbench
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import EngineCost, MatchResult
+from agentqat.arena.scoring import aggregate, composite_score
 from agentqat.arena.tournament import baseline_of
 from agentqat.defaults import CACHE_ENV
-from agentqat.engine_costs import EngineProfile, SchemeCost, load_profile, profile_path, strategy_engine_cost, uniform_document
 from agentqat.errors import UserError
-from agentqat.resolve import resolve_strategy
-from agentqat.scoring import aggregate, composite_score
+from agentqat.export.measure_costs import uniform_document
 from agentqat.session.resources import ensure_engine_costs
-from agentqat.strategy import parse_strategy
+from agentqat.strategy import deploy
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import resolve_strategy
 
 W4A16 = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64, "symmetric": True}}}
 MIXED = {**W4A16, "rules": [{"layers": "20-29", "weight": {"bits": 8, "group_size": 0}, "activation": {"bits": 8}}]}
@@ -176,7 +177,7 @@ def test_engine_costs_are_measured_on_the_real_vllm_cpu_engine_and_cached(capsys
 
 
 def test_the_leaderboard_shows_engine_costs_where_rows_carry_them(capsys):
-    from agentqat.scoring import leaderboard
+    from agentqat.arena.scoring import leaderboard
     from agentqat.ui import print_leaderboard
 
     base = baseline_of([_result("fast", 0, 15.0)])

@@ -27,7 +27,7 @@ from agentqat.engines.llama_cpp import (
 )
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.errors import UserError
-from agentqat.strategy import WeightGene
+from agentqat.strategy.document import WeightGene
 
 LADDER = tuple(WeightGene(bits=bits, group_size=32, format=fmt, rounding="imatrix")
                for fmt, bits in (("gguf_q4_0", 4), ("gguf_iq4_nl", 4), ("gguf_q5_0", 5), ("gguf_q8_0", 8)))  # fmt: skip
@@ -181,12 +181,12 @@ def test_a_256_block_level_is_what_llama_quantize_stores_and_costs_its_exact_byt
     llama.cpp's fallback; the bits the arena counts are the file's bytes."""
     from gguf import GGUFReader
 
-    from agentqat.bits import module_bits
     from agentqat.engines.levels import engine_level, level_tensors
     from agentqat.models import load_facts
     from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
     from agentqat.quant.ggml_engine import ENGINE_TYPES, stored_type
-    from agentqat.resolve import ModuleConfig
+    from agentqat.strategy.bits import module_bits
+    from agentqat.strategy.resolve import ModuleConfig
 
     model = make_tiny_gguf(intermediate=256, weight_std=0.25)
     path = engine_level(EngineWorkspace(str(model), str(small_corpus_file)), type_name, "Q8_0", chunks=4, context=64)

@@ -18,19 +18,20 @@ import pytest
 
 from agentqat.arena.pool import LocalPool
 from agentqat.arena.recorded import RecordedPlayer
-from agentqat.canonical import canonical_id
-from agentqat.evolve import Cost, EvolveSettings, clear_winner, evolve, tournament_cost
-from agentqat.generators import Evaluated, SearchSpace, make_generator
-from agentqat.generators.base import GeneratorRecord, ranked_parents
-from agentqat.generators.evo import level_switch, units_of
-from agentqat.generators.layout import layout_bits
+from agentqat.evolution.loop import EvolveSettings, clear_winner, evolve, tournament_cost
+from agentqat.generators import Evaluated, make_generator
+from agentqat.generators.base import Cost, GeneratorRecord, ranked_parents
+from agentqat.generators.evopress import level_switch, units_of
 from agentqat.generators.prior import best_uniform, uniform_prior
 from agentqat.generators.random import RandomGenerator
-from agentqat.generators.repair import within
 from agentqat.models import load_facts
-from agentqat.runs import EvolveJournal, read_run
-from agentqat.store import RunStore
-from agentqat.strategy import strategy_id
+from agentqat.rundir.journal import EvolveJournal, read_run
+from agentqat.rundir.store import RunStore
+from agentqat.strategy.canonical import canonical_id
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.layout import layout_bits
+from agentqat.strategy.repair import within
+from agentqat.strategy.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +222,7 @@ def test_a_resumed_run_hands_the_generator_back_what_it_noted(arena, pool, tmp_p
 
 
 def test_clear_winner_needs_a_full_population_and_separate_intervals():
-    from agentqat.scoring import Aggregate, Ranked
+    from agentqat.arena.scoring import Aggregate, Ranked
 
     def member(name, ci):
         agg = Aggregate(name, name, "a", "confirm", "ok", "", 3, (0,), (0, 1, 2), 64, kl=sum(ci) / 2, kl_ci=ci)

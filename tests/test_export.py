@@ -2,7 +2,7 @@
 fake-quant checkpoints that transformers loads with the arena's logits, clear errors for what a format cannot
 hold, the metadata file, and effective bits that agree with the bytes written.
 
-Bits against bytes (measured here): the tensors written carry exactly the bytes that `agentqat.bits` counts for
+Bits against bytes (measured here): the tensors written carry exactly the bytes that `agentqat.strategy.bits` counts for
 int-grid strategies with fp16 scales (codes, scales, zero points, 16-bit rest); the files add the safetensors
 header and compressed-tensors' `weight_shape` (two int64 per packed module). On the tiny model that is +2.6%
 (BYTES_TOLERANCE allows 5%); on SmolLM2-135M it is +0.03% (tests/test_export_vllm.py).
@@ -115,10 +115,10 @@ def test_fp8_weights_per_channel_are_stored_as_float8_values_that_decompress_exa
 
 
 def test_the_export_records_strategy_figures_effective_bits_and_bytes_that_match_the_count(mixed_export, arena):
-    from agentqat.bits import strategy_bits
     from agentqat.models import load_facts
-    from agentqat.resolve import resolve_strategy
-    from agentqat.strategy import parse_strategy
+    from agentqat.strategy.bits import strategy_bits
+    from agentqat.strategy.document import parse_strategy
+    from agentqat.strategy.resolve import resolve_strategy
 
     source, out = mixed_export
     metadata = json.loads((out / METADATA_FILE).read_text())
@@ -135,10 +135,10 @@ def test_the_export_records_strategy_figures_effective_bits_and_bytes_that_match
 
 def _arena_logits(arena: Arena, document: dict, windows: torch.Tensor) -> torch.Tensor:
     """Returns the logits the arena computes for `document` on `windows` (its Workbench, calibration, modules)."""
-    from agentqat.apply import strategy_applied
     from agentqat.arena.match import Workbench
-    from agentqat.resolve import needs_calibration, resolve_strategy
-    from agentqat.strategy import parse_strategy
+    from agentqat.strategy.apply import strategy_applied
+    from agentqat.strategy.document import parse_strategy
+    from agentqat.strategy.resolve import needs_calibration, resolve_strategy
 
     bench = Workbench(arena)
     resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)
@@ -219,7 +219,7 @@ def test_cli_exports_a_strategy_file_and_refuses_an_unknown_format(arena, tmp_pa
 
 
 def test_an_export_for_vllm_cpu_says_when_this_cpu_cannot_serve_its_w4a16_modules(arena, tmp_path, capsys, monkeypatch):
-    from agentqat import deploy
+    from agentqat.strategy import deploy
 
     arena_file = tmp_path / "arena.toml"
     arena_file.write_text(
@@ -262,7 +262,7 @@ def test_deploy_vllm_cpu_refuses_the_schemes_its_kernels_do_not_run(arena, docum
 
 def test_best_takes_the_runs_best_survivor_of_its_last_stage(arena, tmp_path, capsys):
     from agentqat.export import best_of_run
-    from agentqat.runs import read_run
+    from agentqat.rundir.journal import read_run
 
     arena_file = tmp_path / "arena.toml"
     arena_file.write_text(
@@ -291,7 +291,7 @@ def test_best_takes_the_runs_best_survivor_of_its_last_stage(arena, tmp_path, ca
 def test_an_arena_with_a_level_database_exports_the_stored_levels_exactly(arena, tmp_path):
     from agentqat.arena.config import Levels
     from agentqat.arena.match import Workbench
-    from agentqat.strategy import WeightGene
+    from agentqat.strategy.document import WeightGene
 
     ladder = (WeightGene(bits=3, group_size=32, rounding="gptq"), WeightGene(bits=4, group_size=32, rounding="gptq"))
     with_levels = arena.model_copy(update={"levels": Levels(ladder=ladder)})

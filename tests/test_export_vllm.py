@@ -9,7 +9,7 @@ quantizes activations to int8 from bf16 inputs. Measured on 2 cores: arena 40.43
 export served with --dtype float16 (scales exact) gave 40.476 (+0.11%), and the base model alone in bf16 differs
 from fp32 by +0.03% here, so the bf16 scales account for most of it. PERPLEXITY_TOLERANCE (2%) is four times the
 measured gap, small enough that a wrong scale, a swapped shard or a lost zero point (each several percent or
-collapse) fails. The weight file is +0.05% over the bytes `agentqat.bits` counts (header, weight_shape).
+collapse) fails. The weight file is +0.05% over the bytes `agentqat.strategy.bits` counts (header, weight_shape).
 
 $AGENTQAT_TEST_MODEL_CACHE, when set, is a cache that already holds the converted model (saves ~30 s).
 """
@@ -50,7 +50,7 @@ def test_vllm_serves_the_mixed_export_at_the_arenas_perplexity(tmp_path, monkeyp
     from agentqat.arena.request import MatchRequest
     from agentqat.export import export, prepare_source
     from agentqat.export.serve import post, window_nll
-    from agentqat.llm.server import VllmServer
+    from agentqat.serving.server import VllmServer
 
     if os.environ.get("AGENTQAT_TEST_MODEL_CACHE"):
         monkeypatch.setenv(CACHE_ENV, os.environ["AGENTQAT_TEST_MODEL_CACHE"])

@@ -12,9 +12,10 @@ from fuzzing import FUZZ, edit_documents, json_texts, recombinations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agentqat.generators import Evaluated, SearchSpace
+from agentqat.generators import Evaluated
 from agentqat.generators.llm.generator import LlmGenerator
-from agentqat.generators.repair import within
+from agentqat.strategy.repair import within
+from agentqat.strategy.space import SearchSpace
 
 PARENTS = [
     {"name": "gptq4", "default": {"weight": {"bits": 4, "group_size": 64, "symmetric": False, "rounding": "gptq"}}},

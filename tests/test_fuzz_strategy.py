@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agentqat.cli import main
-from agentqat.strategy import MAX_SHOWN, TOO_DEEP
+from agentqat.strategy.document import MAX_SHOWN, TOO_DEEP
 
 
 @pytest.fixture(scope="module")

@@ -10,25 +10,16 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agentqat.bits import strategy_bits
-from agentqat.generators import (
-    CROSSOVERS,
-    GENERATORS,
-    MUTATIONS,
-    Evaluated,
-    GeneChoices,
-    SearchSpace,
-    apply_random_operator,
-    make_generator,
-    repair,
-)
-from agentqat.generators.layout import Layout, compile_rules, document_of, layout_bits, layout_of
+from agentqat.arena.scoring import Aggregate, Ranked
+from agentqat.generators import CROSSOVERS, GENERATORS, MUTATIONS, Evaluated, apply_random_operator, make_generator
 from agentqat.generators.operators import blockwise, layerwise
-from agentqat.generators.repair import repair_layout
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig, resolve_strategy
-from agentqat.scoring import Aggregate, Ranked
-from agentqat.strategy import MAX_RULES, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.document import MAX_RULES, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.layout import Layout, compile_rules, document_of, layout_bits, layout_of
+from agentqat.strategy.repair import repair, repair_layout
+from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
+from agentqat.strategy.space import GeneChoices, SearchSpace
 
 BUDGETS = (3.5, 4.5, 8.0)
 COUNT = 6
@@ -85,7 +76,7 @@ def starting_documents(facts):
 @pytest.fixture(scope="module")
 def tiny_llm_backend(tiny_llama_dir):
     """The session's tiny random Llama behind in-process Outlines (one thread: fastest on a busy 2-core machine)."""
-    from agentqat.llm.backends import TransformersBackend
+    from agentqat.serving.backends import TransformersBackend
 
     return TransformersBackend(tiny_llama_dir, threads=1)
 
@@ -402,7 +393,7 @@ def test_crossover_masks():
 
 
 def test_layout_id_finds_documents_that_configure_every_module_alike(facts):
-    from agentqat.generators.layout import layout_id
+    from agentqat.strategy.layout import layout_id
 
     plain = {"schema_version": 1, "default": {"weight": {"bits": 4, "group_size": 64}}}
     no_op_rule = {**plain, "rules": [{"layers": "0-29", "modules": ["attn", "mlp"], "weight": {"bits": 4}}]}

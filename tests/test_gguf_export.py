@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from agentqat.apply import quantize_module, strategy_applied
 from agentqat.arena.config import load_arena
-from agentqat.bits import strategy_bits
 from agentqat.export.base import EXPORTERS, ExportError, ExportModule, ExportSource
 from agentqat.export.gguf import GGUF_FILE
 from agentqat.export.gguf_types import block_codes, gguf_problem, packed_blocks
@@ -21,8 +19,10 @@ from agentqat.quant import METHODS, WeightQuant, quantize_weight
 from agentqat.quant.base import ActivationQuant, OutlierPolicy
 from agentqat.quant.ggml import GGML_TYPES, ggml_blocks, ggml_values
 from agentqat.quant.grid import int_grid, to_groups
-from agentqat.resolve import ModuleConfig, resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.apply import quantize_module, strategy_applied
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
 
 GGML_BITS_PER_WEIGHT = {"Q4_0": 4.5, "Q4_1": 5.0, "Q5_0": 5.5, "Q5_1": 6.0, "Q8_0": 8.5}  # ggml's block sizes / 32
 MIXED = {  # every path of the exporter on the tiny llama (2 layers)
@@ -253,10 +253,10 @@ def test_smollm2_export_reproduces_the_arenas_figures(tmp_path):
     import os
 
     from agentqat.arena.match import Workbench
+    from agentqat.arena.quality import compare
     from agentqat.arena.request import MatchRequest
     from agentqat.defaults import CACHE_ENV
     from agentqat.models import builtin_gguf_path
-    from agentqat.quality import compare
 
     with pytest.MonkeyPatch.context() as patch:
         if os.environ.get("AGENTQAT_TEST_MODEL_CACHE"):

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from agentqat.arena.config import load_arena
-from agentqat.generators import SearchSpace, make_generator
+from agentqat.generators import make_generator
 from agentqat.generators.knapsack import KnapsackGenerator, knapsack_prior, knapsack_units, ladder, probe_documents
-from agentqat.generators.layout import layout_bits, layout_of
+from agentqat.rundir.store import RunStore
 from agentqat.session import evolve_manifest, run_evolve
-from agentqat.store import RunStore
+from agentqat.strategy.layout import layout_bits, layout_of
+from agentqat.strategy.space import SearchSpace
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from agentqat.arena.request import MatchRequest
 from agentqat.errors import UserError
 from agentqat.levels import build_database, ladder_configs, level_name
 from agentqat.levels.database import level_file, missing_levels
-from agentqat.strategy import WeightGene
+from agentqat.strategy.document import WeightGene
 
 LADDER = (
     WeightGene(bits=2, group_size=32, rounding="gptq"),
@@ -122,9 +122,9 @@ FLOAT32_LADDER = (WeightGene(bits=8, group_size=0, format="fp8_e4m3"), WeightGen
 def test_packed_levels_read_bit_for_bit_what_quantizing_computes(benches, tmp_path, monkeypatch):
     import torch
 
-    from agentqat.apply import quantize_module
     from agentqat.levels.database import FLOAT32_BYTES, LevelDatabase, module_bytes, packs
     from agentqat.models import quantizable_linears
+    from agentqat.strategy.apply import quantize_module
 
     monkeypatch.setenv("AGENTQAT_CACHE_DIR", str(tmp_path))
     bench = benches[0]
@@ -155,9 +155,9 @@ def test_format_1_float32_levels_are_still_read_and_not_rebuilt(benches, tmp_pat
     import torch
     from safetensors.torch import save_file
 
-    from agentqat.apply import quantize_module
     from agentqat.levels.database import LevelDatabase, stored_level
     from agentqat.models import quantizable_linears
+    from agentqat.strategy.apply import quantize_module
 
     monkeypatch.setenv("AGENTQAT_CACHE_DIR", str(tmp_path))
     bench = benches[0]

@@ -11,8 +11,7 @@ import pytest
 from outlines_core.json_schema import build_regex_from_schema
 from pydantic import ValidationError
 
-from agentqat.bits import strategy_bits
-from agentqat.generators import Evaluated, SearchSpace, make_generator
+from agentqat.generators import Evaluated, make_generator
 from agentqat.generators.llm import LlmGenerator
 from agentqat.generators.llm.edits import (
     EditDocument,
@@ -27,9 +26,11 @@ from agentqat.generators.llm.edits import (
 )
 from agentqat.generators.llm.reflection import Reflection, features
 from agentqat.generators.random_edits import RandomJsonBackend
-from agentqat.llm.backends import TransformersBackend
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import parse_strategy, strategy_id
+from agentqat.serving.backends import TransformersBackend
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.document import parse_strategy, strategy_id
+from agentqat.strategy.resolve import resolve_strategy
+from agentqat.strategy.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -365,7 +366,7 @@ def test_later_generations_mutate_and_recombine_the_elite(facts, backend):
 @pytest.mark.slow
 def test_smollm2_on_vllm_proposes_edits_and_recombines_within_budget(facts, smollm2_server):
     """The product path: SmolLM2 behind a real vLLM server (0.1-3 s a request on 2 cores)."""
-    from agentqat.llm.backends import VllmBackend
+    from agentqat.serving.backends import VllmBackend
 
     space = SearchSpace(facts, 4.5)
     sensitivities = {layer: 1 / (1 + layer) for layer in range(30)}
@@ -390,7 +391,7 @@ def test_smollm2_on_vllm_proposes_edits_and_recombines_within_budget(facts, smol
 
 
 def test_ablations_leave_lessons_and_sensitivities_out_and_counts_are_recorded(facts):
-    from agentqat.session import LlmSettings
+    from agentqat.rundir.manifest import LlmSettings
 
     assert LlmSettings.model_validate({"reflection": False, "sensitivities": False}).model_dump()["reflection"] is False
     space = SearchSpace(facts, 4.5)

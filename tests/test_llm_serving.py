@@ -15,8 +15,8 @@ import jsonschema
 import pytest
 
 from agentqat.errors import UserError
-from agentqat.llm.backends import CANARY_REPLY, TransformersBackend, VllmBackend, check_constrained, check_server, make_backend
-from agentqat.llm.server import VllmServer, bound_cpus, free_port
+from agentqat.serving.backends import CANARY_REPLY, TransformersBackend, VllmBackend, check_constrained, check_server, make_backend
+from agentqat.serving.server import VllmServer, bound_cpus, free_port
 
 STRATEGY_SCHEMA = json.loads((Path(__file__).resolve().parent.parent / "schemas" / "strategy.schema.json").read_text())
 SMALL_SCHEMA = {
@@ -119,10 +119,11 @@ def test_fallback_proposals_are_recorded_under_the_generator_that_made_them(tmp_
     """The LLM fails (nothing listens), the random generator takes over: the journal names it per proposal."""
     import numpy as np
 
-    from agentqat.generators import SearchSpace, make_generator
+    from agentqat.generators import make_generator
     from agentqat.generators.fallback import WithFallback
-    from agentqat.runs import EvolveJournal
-    from agentqat.store import RunStore
+    from agentqat.rundir.journal import EvolveJournal
+    from agentqat.rundir.store import RunStore
+    from agentqat.strategy.space import SearchSpace
 
     space = SearchSpace(smollm2_shaped_facts, 4.5)
     dead = VllmBackend(f"http://127.0.0.1:{free_port()}/v1", "smollm2-135m", timeout_s=2, retries=0)
@@ -172,7 +173,7 @@ def start_owner_then_kill_it(command: list[str], wrapped: bool) -> int:
         "import os, subprocess, sys, time\n"
         f"command = {command!r}\n"
         f"if {wrapped!r}:\n"
-        "    command = [sys.executable, '-m', 'agentqat.llm.die_with_parent', str(os.getpid()), *command]\n"
+        "    command = [sys.executable, '-m', 'agentqat.serving.die_with_parent', str(os.getpid()), *command]\n"
         "child = subprocess.Popen(command, start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(600)\n"
@@ -196,7 +197,7 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
 
 def test_a_managed_server_ends_when_its_owner_is_killed():
     """A server runs in its own session, which SIGKILL of its owner would orphan; the wrapper ends it."""
-    assert VllmServer(port=8000).command("dir")[:4] == [sys.executable, "-m", "agentqat.llm.die_with_parent", str(os.getpid())]
+    assert VllmServer(port=8000).command("dir")[:4] == [sys.executable, "-m", "agentqat.serving.die_with_parent", str(os.getpid())]
     wrapped = start_owner_then_kill_it(["sleep", "300"], wrapped=True)
     assert wait_gone(wrapped, timeout_s=10)
     unwrapped = start_owner_then_kill_it(["sleep", "300"], wrapped=False)
@@ -280,7 +281,7 @@ def test_a_real_managed_server_ends_with_its_killed_owner(smollm2_server, tmp_pa
     fixture's environment points the owner at the cache that already holds the converted model.)"""
     owner_code = (
         "import time\n"
-        "from agentqat.llm.server import VllmServer\n"
+        "from agentqat.serving.server import VllmServer\n"
         f"server = VllmServer('smollm2-135m', log_path={str(tmp_path / 'owned.log')!r}).start()\n"
         "print(server.pid, flush=True)\n"
         "time.sleep(600)\n"

@@ -11,16 +11,17 @@ import pytest
 import torch
 
 from agentqat.arena.baselines import baseline_requests
-from agentqat.bits import strategy_bits
-from agentqat.generators import GeneChoices, SearchSpace, make_generator
+from agentqat.generators import make_generator
 from agentqat.generators.llm.edits import EditDocument, apply_edits, edit_schema, parse_reply, propose_schema
 from agentqat.generators.operators import MUTATIONS
 from agentqat.quant import METHODS, Method, WeightQuant, method_of, quantize_weight, registered
 from agentqat.quant.base import DEFAULT_ROUNDING, LayerStats
 from agentqat.quant.registry import DEPLOY_TARGETS, check_weight, register, unregister
 from agentqat.quant.storage import scales_only
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import StrategyError, parse_strategy, strategy_json_schema
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.document import StrategyError, parse_strategy, strategy_json_schema
+from agentqat.strategy.resolve import resolve_strategy
+from agentqat.strategy.space import GeneChoices, SearchSpace
 
 TERNARY_DOCUMENT = {"schema_version": 1, "name": "ternary", "default": {"weight": {"format": "ternary", "bits": 2}}}
 

@@ -1,8 +1,9 @@
 """The package stands on its own: built as a wheel and installed (not editable) into a fresh virtual
 environment, it finds its arenas, prompt templates and corpus through importlib.resources, from outside the
 source tree (the arenas and templates live at the checkout's top level, arena/ and prompts/, and setup.py maps them
-into the wheel). Also the layout rules: no import cycles, `agentqat.llm` below `agentqat.generators`, modules
-kept small."""
+into the wheel). Also the layout rules: no import cycles (imports inside functions included), `agentqat.serving`
+below `agentqat.generators`, the strategy's spine (`agentqat.strategy`) below everything that searches or plays it,
+modules kept small."""
 
 from __future__ import annotations
 
@@ -20,21 +21,22 @@ PACKAGE = ROOT / "agentqat"
 MAX_MODULE_LINES = 400
 
 
-def _module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+def _module_name(path: Path, root: Path = ROOT) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(path): path for path in sorted(PACKAGE.rglob("*.py"))}
+def _modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {_module_name(path, package.parent): path for path in sorted(package.rglob("*.py"))}
 
 
-def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Returns the agentqat modules `path` imports when it is imported (function-local imports excluded)."""
+def _imports(path: Path, name: str, known: set[str]) -> set[str]:
+    """Returns the agentqat modules `path` imports anywhere: at module level, inside functions and under
+    TYPE_CHECKING alike (an import inside a function closes a circle as surely as one at the top)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     found = set()
-    for node in tree.body:
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -48,10 +50,10 @@ def _top_level_imports(path: Path, name: str, known: set[str]) -> set[str]:
     return {module for module in found if module in known and module != name}
 
 
-def _import_graph() -> dict[str, set[str]]:
-    modules = _modules()
+def _import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    modules = _modules(package)
     known = set(modules)
-    return {name: _top_level_imports(path, name, known) for name, path in modules.items()}
+    return {name: _imports(path, name, known) for name, path in modules.items()}
 
 
 def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -94,11 +96,32 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+def test_the_cycle_check_finds_a_planted_cycle_closed_inside_a_function(tmp_path):
+    package = tmp_path / "planted"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "low.py").write_text("from planted.sub.high import run\n")
+    (package / "sub" / "high.py").write_text("def run():\n    from planted import low\n    return low\n")
+    (package / "typed.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from planted import low\n")
+    assert _cycles(_import_graph(package)) == [["planted.low", "planted.sub.high"]]
+    (package / "low.py").write_text("")
+    assert _cycles(_import_graph(package)) == []
+
+
 def test_llm_serving_layer_does_not_import_generators():
     graph = _import_graph()
-    offenders = {name: sorted(targets) for name, targets in graph.items() if name.startswith("agentqat.llm")
+    offenders = {name: sorted(targets) for name, targets in graph.items() if name.startswith("agentqat.serving")
                  for target in targets if target.startswith("agentqat.generators")}  # fmt: skip
     assert offenders == {}
+
+
+def test_the_strategy_spine_imports_nothing_that_searches_or_plays_it():
+    above = ("generators", "arena", "evolution", "rundir", "session", "export", "report", "study", "cli", "ui", "polish")
+    graph = _import_graph()
+    offenders = {name: sorted(t for t in targets if t.split(".")[1] in above) for name, targets in graph.items()
+                 if name.startswith("agentqat.strategy")}  # fmt: skip
+    assert {name: targets for name, targets in offenders.items() if targets} == {}
 
 
 def test_modules_stay_small():

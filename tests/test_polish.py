@@ -10,18 +10,18 @@ import math
 import pytest
 import torch
 
-from agentqat.apply import strategy_applied
-from agentqat.calibration import Calibration, collect_stats
+from agentqat.arena.quality import compare, reference_of
 from agentqat.cli import main
 from agentqat.data import load_corpus, sample_windows, tokenize
 from agentqat.models import load_model
 from agentqat.polish import PolishSettings, QatLinear, block_order, on_grid, polish_model, round_ste
 from agentqat.polish.curriculum import converged, stages
-from agentqat.quality import compare, reference_of
 from agentqat.quant.base import WeightQuant
 from agentqat.quant.registry import quantize_weight
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.apply import strategy_applied
+from agentqat.strategy.calibration import Calibration, collect_stats
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import resolve_strategy
 
 TRAINING = dict(epochs=3, weight_lr=1e-3, scale_lr=1e-2)  # the tiny model's weights are ~5x SmolLM2's
 

@@ -158,8 +158,8 @@ def test_joins_a_head_started_on_loopback_and_plays_a_match(loopback_head, arena
 
 def test_sensitivity_probes_are_a_phase_with_a_step_per_probe(arena):
     from agentqat.arena.pool import LocalPool
+    from agentqat.arena.probes import measure
     from agentqat.models import load_facts
-    from agentqat.sensitivity import measure
 
     pool, shown = LocalPool(arena), Recorder()
     facts = load_facts(arena.model)

@@ -6,9 +6,10 @@ from pathlib import Path
 import pytest
 
 from agentqat.cli import main
-from agentqat.session import LlmSettings
+from agentqat.rundir.manifest import LlmSettings
+from agentqat.rundir.paths import PLAN_FILE
 from agentqat.session.compare import parse_arm
-from agentqat.study.plan import PLAN_FILE, Hypothesis, PlanError, parse_plan, plan_template, quantity_key
+from agentqat.study.plan import Hypothesis, PlanError, parse_plan, plan_template, quantity_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

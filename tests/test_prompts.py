@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from agentqat.generators import Evaluated, SearchSpace
+from agentqat.generators import Evaluated
 from agentqat.generators.llm.edits import common_group_sizes, edit_schema, propose_schema, recombine_schema
 from agentqat.generators.llm.generator import PARENTS
 from agentqat.generators.llm.prompts import (
@@ -27,6 +27,7 @@ from agentqat.generators.llm.prompts import (
     template_name,
 )
 from agentqat.generators.llm.reflection import Reflection
+from agentqat.strategy.space import SearchSpace
 
 GOLDEN = Path(__file__).parent / "golden"
 MAX_PROMPT_TOKENS = 1200  # the proposer's context is 2048 tokens, prompt and reply together

@@ -108,7 +108,8 @@ def test_the_report_says_what_preparation_cost_and_which_hypotheses_held(compari
     """Preparation recorded in DIR/preparation.json is reported as charged to no arm; PLAN.md's hypotheses are tested
     (Holm over the plan's family) and the report says which held, and whether the plan is the registered one."""
     from agentqat.report.analysis import summarize
-    from agentqat.study.plan import PLAN_FILE, REGISTERED_FILE, evaluate, parse_plan, register
+    from agentqat.rundir.paths import PLAN_FILE, REGISTERED_FILE
+    from agentqat.study.plan import evaluate, parse_plan, register
     from agentqat.study.stats import compare_arms, holm
 
     plan = ("```hypotheses\nalpha: 0.05\nH1: arm evo < arm random on final_kl\nH2: arm evo != arm random on test_kl\n"
@@ -146,7 +147,7 @@ def test_the_pareto_zoom_holds_the_budgets_neighbourhood_and_bit_maps_name_group
     from agentqat.models import LinearInfo
     from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
     from agentqat.report.figures import _gene_label, zoom_window
-    from agentqat.resolve import ModuleConfig
+    from agentqat.strategy.resolve import ModuleConfig
 
     points = [(3.0, 1.4), (3.25, 0.60), (3.28, 0.56), (3.30, 0.55), (3.5, 0.3)]  # the last: over the budget
     (low, high), (bottom, top) = zoom_window(points, 3.3, reference=0.57)

@@ -5,8 +5,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from agentqat.models import model_facts
-from agentqat.resolve import needs_calibration, parse_layers, resolve_strategy
-from agentqat.strategy import StrategyError, parse_strategy
+from agentqat.strategy.document import StrategyError, parse_strategy
+from agentqat.strategy.resolve import needs_calibration, parse_layers, resolve_strategy
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,10 @@ import jsonschema
 import numpy as np
 import pytest
 
-from agentqat.generators import SearchSpace
 from agentqat.generators.llm.edits import SPAN, edit_schema, propose_schema, recombine_schema
 from agentqat.generators.llm.schema_sampler import sample_instance, sample_pattern
 from agentqat.generators.random_edits import RandomJsonBackend
+from agentqat.strategy.space import SearchSpace
 
 SCHEMAS = {"propose": propose_schema, "mutate": edit_schema, "recombine": lambda space: recombine_schema()}
 

@@ -9,7 +9,7 @@ import pytest
 
 from agentqat.arena.config import ScoreWeights
 from agentqat.arena.result import FAILURES, Cost, MatchResult, Quality
-from agentqat.scoring import (
+from agentqat.arena.scoring import (
     SEVERITY,
     Aggregate,
     Baseline,

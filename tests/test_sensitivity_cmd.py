@@ -60,8 +60,8 @@ def test_the_command_measures_prints_caches_and_plots_the_map(arena_file, capsys
 
 
 def test_an_evolve_run_records_the_switch_and_its_generator_gets_the_map(arena_file, monkeypatch, tmp_path):
-    from agentqat.session import evolve_manifest, read_manifest
-    from agentqat.session.manifest import write_manifest
+    from agentqat.rundir.manifest import read_manifest, write_manifest
+    from agentqat.session import evolve_manifest
 
     monkeypatch.setenv("AGENTQAT_CACHE_DIR", str(tmp_path))
     arena = load_arena(str(arena_file))

@@ -9,8 +9,9 @@ import pytest
 from agentqat.arena.config import load_arena
 from agentqat.cli import main
 from agentqat.errors import UserError
-from agentqat.session import LlmSettings, Resources, evolve_manifest, read_manifest, run_evolve
-from agentqat.store import RunStore
+from agentqat.rundir.manifest import LlmSettings, read_manifest
+from agentqat.rundir.store import RunStore
+from agentqat.session import Resources, evolve_manifest, run_evolve
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_a_run_refuses_shared_resources_without_the_server_its_llm_settings_need
 def test_shared_resources_open_one_server_per_proposer_model_and_give_each_run_its_own(arena, tmp_path, monkeypatch):
     from contextlib import contextmanager
 
-    from agentqat.session import LlmSettings
+    from agentqat.rundir.manifest import LlmSettings
 
     opened = []
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from agentqat.strategy import (
+from agentqat.strategy.document import (
     MAX_FILE_BYTES,
     Strategy,
     StrategyError,
@@ -30,7 +30,7 @@ DESIGN_EXAMPLE = {
 
 def test_schema_file_is_generated_from_the_model():
     assert json.loads(SCHEMA_FILE.read_text()) == strategy_json_schema(), (
-        "schemas/strategy.schema.json is stale: run `python -m agentqat.strategy > schemas/strategy.schema.json`"
+        "schemas/strategy.schema.json is stale: run `python -m agentqat.strategy.document > schemas/strategy.schema.json`"
     )
 
 

@@ -5,9 +5,7 @@ import numpy as np
 import pytest
 
 from agentqat.arena.config import load_arena
-from agentqat.generators import SearchSpace
-from agentqat.generators.evo import EvoGenerator
-from agentqat.generators.layout import layout_bits, layout_of
+from agentqat.generators.evopress import EvoGenerator
 from agentqat.generators.switches import (
     best_uniform_level,
     ladder_switch,
@@ -17,8 +15,10 @@ from agentqat.generators.switches import (
     snap_to_ladder,
 )
 from agentqat.levels import ladder_configs, level_name
-from agentqat.resolve import module_role_name, resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.layout import layout_bits, layout_of
+from agentqat.strategy.resolve import module_role_name, resolve_strategy
+from agentqat.strategy.space import SearchSpace
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_switches_hold_the_budget_exactly_from_the_uniform_start(space):
 
 
 def _document(levels, space):
-    from agentqat.generators.layout import document_of
+    from agentqat.strategy.layout import document_of
 
     return document_of(layout_at(levels, space), space.facts, "walk")
 
@@ -111,7 +111,7 @@ def test_llm_edits_set_levels_on_fused_sets_and_stay_on_the_ladder(space, smollm
 
 def test_every_arm_proposes_ladder_allocations_on_a_ladder_arena(space):
     from agentqat.generators import make_generator
-    from agentqat.generators.ladder import Mapped, on_ladder
+    from agentqat.generators.on_ladder import Mapped, on_ladder
 
     random = Mapped(make_generator("random", space), lambda document, rng: on_ladder(document, space, rng))
     proposals = random.propose([], 8, np.random.default_rng(3))

@@ -6,9 +6,9 @@ import pytest
 
 from agentqat.cli import main
 from agentqat.models import load_facts
-from agentqat.resolve import module_role_name, resolve_strategy
-from agentqat.strategy import StrategyError, parse_strategy
-from agentqat.transfer import source_layer, transfer
+from agentqat.strategy.document import StrategyError, parse_strategy
+from agentqat.strategy.resolve import module_role_name, resolve_strategy
+from agentqat.strategy.transfer import source_layer, transfer
 
 STRATEGY = {
     "schema_version": 1,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from agentqat.arena.request import MatchRequest
 from agentqat.quant.base import DEFAULT_ROUNDING, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import METHODS, Method
-from agentqat.resolve import ModuleConfig, module_needs_calibration
+from agentqat.strategy.resolve import ModuleConfig, module_needs_calibration
 
 DEFAULT_BITS = (8, 4, 3, 2)
 DEFAULT_CALIBRATION_BUDGETS = (4, 16, 48)  # calibration windows of the arena's window length

@@ -11,7 +11,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from agentqat import defaults, edited_files
 from agentqat.errors import UserError
-from agentqat.strategy import WeightGene
+from agentqat.strategy.document import WeightGene
 
 ARENA_DEFINITIONS = edited_files("arena", "agentqat.arena", "definitions")
 DEFAULT_ARENA = "smollm2-default"
@@ -51,7 +51,7 @@ class Stage(_Frozen):
 
 
 class ScoreWeights(_Frozen):
-    """Weights of the composite survival score (see agentqat.scoring for the formula)."""
+    """Weights of the composite survival score (see agentqat.arena.scoring for the formula)."""
 
     kl: float = 1.0
     perplexity: float = 0.5
@@ -109,7 +109,7 @@ class Arena(_Frozen):
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
     levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")
-    deploy: Literal[defaults.DEPLOY_TARGETS] = Field(defaults.DEPLOY, description="the engine survivors must run on (agentqat.deploy)")
+    deploy: Literal[defaults.DEPLOY_TARGETS] = Field(defaults.DEPLOY, description="the engine survivors must run on (agentqat.strategy.deploy)")
     engine: Engine | None = Field(None, description="llama.cpp makes the ladder's GGUF levels and the embedding (deploy gguf)")
     source: str = ""
 

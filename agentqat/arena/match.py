@@ -14,8 +14,9 @@ from contextlib import contextmanager
 
 import torch
 
-from agentqat.apply import COMPUTE_DTYPES, LayerCache, QuantizedLinear, strategy_applied
 from agentqat.arena.config import Arena, Stage
+from agentqat.arena.engine_costs import load_profile, strategy_engine_cost
+from agentqat.arena.quality import Reference, compare, reference_of
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import Cost, MatchResult, Quality
 from agentqat.arena.tasks import (
@@ -28,20 +29,19 @@ from agentqat.arena.tasks import (
     qa_exact_match,
     qualifying_questions,
 )
-from agentqat.bits import strategy_bits
-from agentqat.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.data import load_corpus, sample_windows, tokenize
-from agentqat.engine_costs import load_profile, strategy_engine_cost
 from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, fixed_bytes, level_values, linear_bits_within
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.errors import UserError
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
-from agentqat.quality import Reference, compare, reference_of
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
-from agentqat.resolve import module_needs_calibration, needs_calibration, resolve_strategy
-from agentqat.strategy import Strategy, StrategyError, parse_strategy
+from agentqat.strategy.apply import COMPUTE_DTYPES, LayerCache, QuantizedLinear, strategy_applied
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.calibration import Calibration, calibration_key, load_or_collect
+from agentqat.strategy.document import Strategy, StrategyError, parse_strategy
+from agentqat.strategy.resolve import module_needs_calibration, needs_calibration, resolve_strategy
 
 CLOZE_ITEMS = 48
 CLOZE_CONTEXT_TOKENS = 128

@@ -11,9 +11,8 @@ from dataclasses import asdict
 
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
-from agentqat.store import RunStore
-
-RESULTS_STREAM = "results"
+from agentqat.rundir.paths import RESULTS_STREAM
+from agentqat.rundir.store import RunStore
 
 
 def match_key(strategy: str, stage: str, seed: int, window_set: int) -> tuple:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentqat.strategy import strategy_id
+from agentqat.strategy.document import strategy_id
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ class Quality:
 @dataclass(frozen=True)
 class EngineCost:
     """Decode latency and peak memory on a deployment target's engine, read from its measured scheme costs
-    (agentqat.engine_costs), beside the unquantized model's on the same engine."""
+    (agentqat.arena.engine_costs), beside the unquantized model's on the same engine."""
 
     target: str
     decode_ms_per_token: float

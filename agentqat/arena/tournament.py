@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from agentqat.arena.config import Arena, Stage
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
-from agentqat.scoring import Baseline, Ranked, aggregate, leaderboard, promote
+from agentqat.arena.scoring import Baseline, Ranked, aggregate, leaderboard, promote
 
 Player = Callable[[Iterable[MatchRequest]], list[MatchResult]]
 

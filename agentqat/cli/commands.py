@@ -13,6 +13,7 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.errors import UserError
+from agentqat.rundir.paths import ABLATION_FILE, MANIFEST_FILE, RUNS_DIR
 
 
 def _quiet_libraries() -> None:
@@ -31,9 +32,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     import torch
 
     from agentqat import ui
+    from agentqat.arena.quality import perplexity
     from agentqat.data import SPLITS, load_corpus, sample_windows, tokenize
     from agentqat.models import load_model
-    from agentqat.quality import perplexity
 
     torch.set_num_threads(defaults.TORCH_THREADS)
     corpus = load_corpus(args.corpus)
@@ -66,10 +67,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     """Checks strategy files against the schema, a model and (--deploy) an engine's kernels; exit code 0 when all
     are valid, 2 otherwise."""
-    from agentqat import deploy, ui
+    from agentqat import ui
     from agentqat.models import load_facts
-    from agentqat.resolve import resolve_strategy
-    from agentqat.strategy import StrategyError, load_strategy
+    from agentqat.strategy import deploy
+    from agentqat.strategy.document import StrategyError, load_strategy
+    from agentqat.strategy.resolve import resolve_strategy
 
     facts = load_facts(args.model)
     failures = 0
@@ -92,7 +94,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_quantize(args: argparse.Namespace) -> int:
     """Applies one strategy and prints its perplexity, KL to the base model and effective bits."""
     from agentqat import session, ui
-    from agentqat.strategy import dump_strategy, load_strategy
+    from agentqat.strategy.document import dump_strategy, load_strategy
 
     document = json.loads(dump_strategy(load_strategy(args.strategy)))
     session.check_servable(document, args.model, args.deploy)
@@ -117,10 +119,8 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     directory = args.runs / (args.run or f"baseline-{arena.name}-{stage.name}-seed{seed}")
     progress = ui.MatchProgress(total=len(requests) * stage.window_sets)
     with progress:
-        outcome = session.run_baseline(
-            directory, arena, requests, stage.name, seed, workers=args.workers, ray_address=args.ray_address,
-            on_result=progress.update, reporter=ui.PhaseView(),
-        )  # fmt: skip
+        outcome = session.run_baseline(directory, arena, requests, stage.name, seed, workers=args.workers, ray_address=args.ray_address,
+                                       on_result=progress.update, reporter=ui.PhaseView())  # fmt: skip
     ui.print_leaderboard(outcome.rows, title=f"baseline on {arena.name}, stage {stage.name}, seed {seed}")
     ui.print_cache_stats(list(outcome.cache_stats), outcome.replayed)
     print(f"run directory: {directory}")
@@ -155,7 +155,7 @@ def cmd_llm_serve(args: argparse.Namespace) -> int:
     decoding) until Ctrl-C; restarts it once if it dies. Prints the URL and model name that clients use."""
     import signal
 
-    from agentqat.llm.server import VllmServer
+    from agentqat.serving.server import VllmServer
 
     # The server runs in its own process group, so it outlives this process unless we stop it: make `kill` stop
     # it as Ctrl-C does.
@@ -180,13 +180,14 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     (starting nothing), or extends it with new stopping rules (--generations, --patience, --budget, --minutes,
     --no-clear-stop)."""
     from agentqat import session, ui
+    from agentqat.rundir.manifest import LlmSettings, read_manifest
 
     if args.resume:
         directory, arena = Path(args.resume), None
         changes = _stop_rule_changes(args)
         if not (changes and session.extend_run(directory, **changes)) and (summary := session.finished_summary(directory)):
             return _show_finished(directory, summary)
-        fields = vars(session.read_manifest(directory).settings)
+        fields = vars(read_manifest(directory).settings)
     else:
         from agentqat.arena.config import load_arena
 
@@ -201,7 +202,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         with ui.EvolveView(str(directory), fields["generator"], fields["generations"], fields.get("match_budget")) as view:
             manifest = None
             if arena is not None:
-                llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
+                llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
                 sensitivity = "map" if args.sensitivity_map else "probes"
                 manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, reporter=view, sensitivity=sensitivity, **fields)
             outcome = session.run_evolve(directory, manifest, workers=args.workers, ray_address=args.ray_address, observer=view)
@@ -232,9 +233,10 @@ def _stop_rule_changes(args: argparse.Namespace) -> dict:
 def _show_finished(directory: Path, summary: dict) -> int:
     """Prints a finished run from its records (starting nothing) and the exact command that extends it."""
     from agentqat import session, ui
-    from agentqat.runs import read_run
+    from agentqat.rundir.journal import read_run
+    from agentqat.rundir.manifest import read_manifest
 
-    change = session.extension(session.read_manifest(directory), summary)
+    change = session.extension(read_manifest(directory), summary)
     flags = [
         STOP_RULE_FLAGS[key] if key == "stop_when_clear" else f"{STOP_RULE_FLAGS[key]} {value / 60 if key == 'time_budget_s' else value:g}"
         for key, value in change.items()
@@ -247,7 +249,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     """Prints a recorded run (evolve or baseline): its generations, every stage's leaderboard (failures
     included) and the Pareto front of KL against bits, recomputed from the recorded match results."""
     from agentqat import ui
-    from agentqat.runs import read_run
+    from agentqat.rundir.journal import read_run
 
     ui.print_run(read_run(Path(args.run_dir)))
     return 0
@@ -260,13 +262,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     `--resume DIR` continues a comparison (and may add --confirm-arena, or arms with --add-arms). `--write-plan DIR`
     writes the pre-registration DIR/PLAN.md to fill in before the comparison starts; the report says which of its
     hypotheses held. A new comparison under a reports/ folder does not start without DIR/PLAN.md."""
-    from agentqat import session, ui
+    from agentqat import ui
     from agentqat.arena.config import load_arena
+    from agentqat.rundir.manifest import LlmSettings, read_manifest
     from agentqat.session import compare
     from agentqat.study import plan
 
     if args.write_plan is not None:
-        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
         arms = [compare.parse_arm(spec, llm).name for spec in _names(args.generators)]
         budget = f"{args.budget} matches" + (f", {args.tokens:,} evaluated tokens" if args.tokens else "")
         path = plan.write_plan(args.write_plan, plan.plan_template(load_arena(args.arena).name, arms, args.seeds, budget, args.test_corpus))
@@ -278,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             settings = compare.set_confirm_arena(directory, load_arena(args.confirm_arena))
         if args.add_arms:
             recorded = next((arm.llm for arm in settings.arms if arm.llm is not None), None)  # the same LLM settings
-            llm = recorded or session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+            llm = recorded or LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
             arms = tuple(compare.parse_arm(spec, llm) for spec in _names(args.add_arms))
             settings = compare.add_arms(directory, arms, compare.parse_seeds(args.add_seeds) if args.add_seeds else None)
         if args.prior:
@@ -286,7 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.add_arms or args.add_seeds:
         raise UserError("--add-arms and --add-seeds extend a recorded comparison", "use them with --resume DIR")
     else:
-        llm = session.LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
         arena = load_arena(args.arena)
         population = args.population or (arena.levels.offspring if arena.levels else defaults.POPULATION)
         settings = compare.CompareSettings(
@@ -299,15 +302,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         plan.require_plan(directory)
 
     def view(run: str):
-        manifest = session.read_manifest(directory / compare.RUNS_DIR / run) if (directory / compare.RUNS_DIR / run / "manifest.json").exists() else None
+        manifest = read_manifest(directory / RUNS_DIR / run) if (directory / RUNS_DIR / run / MANIFEST_FILE).exists() else None
         generator = manifest.settings.generator if manifest else run.rpartition("-seed")[0]
         return ui.EvolveView(run, generator, settings.generations, settings.match_budget)
 
     try:
-        markdown, page = compare.run_compare(
-            directory, None if args.resume else settings, workers=args.workers, ray_address=args.ray_address,
-            observer_for=view, reporter=ui.PhaseView(),
-        )  # fmt: skip
+        markdown, page = compare.run_compare(directory, None if args.resume else settings, workers=args.workers, ray_address=args.ray_address,
+                                             observer_for=view, reporter=ui.PhaseView())  # fmt: skip
     except KeyboardInterrupt:
         print(f"agentqat compare: interrupted; continue with: agentqat compare --resume {directory}", file=sys.stderr)
         raise
@@ -339,16 +340,17 @@ def cmd_polish(args: argparse.Namespace) -> int:
     unpolished and the polished strategy on the arena's last stage and the held-out split, chooses the final one on
     held-out KL, plays only it on the test split (once), and records them.
     `--ablate` prints the table over ordering, curriculum and learnable pow2 scales at 3 and 2 bits instead."""
-    from agentqat import session, ui
+    from agentqat import ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
     from agentqat.polish import PolishSettings
+    from agentqat.rundir.manifest import read_manifest
     from agentqat.session import polish
 
     if not (args.best or args.strategy or args.ablate):
         raise UserError("polish needs --best (with RUN_DIR), --strategy STRATEGY.json or --ablate", "e.g. agentqat polish runs/NAME --best")
     if args.best and args.run_dir is None:
         raise UserError("--best needs the run directory", "e.g. agentqat polish runs/NAME --best")
-    arena = load_arena(args.arena) if args.arena else session.read_manifest(Path(args.run_dir)).arena if args.run_dir else load_arena(DEFAULT_ARENA)
+    arena = load_arena(args.arena) if args.arena else read_manifest(Path(args.run_dir)).arena if args.run_dir else load_arena(DEFAULT_ARENA)
     if args.threads is not None:
         arena = arena.model_copy(update={"compute_threads": args.threads})
     try:
@@ -359,7 +361,7 @@ def cmd_polish(args: argparse.Namespace) -> int:
     if args.ablate:
         directory = args.out or Path("runs") / f"polish-ablation-{arena.name}"
         ui.print_ablation(polish.run_ablation(arena, settings, _int_list(args.bits, "--bits"), directory, reporter=ui.PhaseView()))
-        print(f"rows recorded in {directory / polish.ABLATION_FILE}; the same command resumes them")
+        print(f"rows recorded in {directory / ABLATION_FILE}; the same command resumes them")
         return 0
     document = polish.best_document(Path(args.run_dir)) if args.best else strategy_document(args.strategy)
     tag = f"{document.get('name', 'strategy')}-{args.order}{'-curriculum' * args.curriculum}"
@@ -370,7 +372,7 @@ def cmd_polish(args: argparse.Namespace) -> int:
 
 def strategy_document(path: str) -> dict:
     """Returns the strategy file's document, validated and normalized (UserError naming the problem otherwise)."""
-    from agentqat.strategy import dump_strategy, load_strategy
+    from agentqat.strategy.document import dump_strategy, load_strategy
 
     return json.loads(dump_strategy(load_strategy(path)))
 

@@ -20,8 +20,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     `--polished DIR` exports a polish (agentqat polish): its strategy with the trained weights and grids."""
     from agentqat import ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
-    from agentqat.deploy import missing_here
     from agentqat.export import best_of_run, check_destination, export, polished_of, prepare_source
+    from agentqat.strategy.deploy import missing_here
     named = [args.strategy is not None, args.run_dir is not None, args.polished is not None]
     if sum(named) != 1 or args.best != (args.run_dir is not None) or (args.max_bits is not None and not args.best):
         raise UserError("name the strategy one way: RUN_DIR --best [--max-bits X], --strategy S.json or --polished DIR", "see agentqat export --help")
@@ -49,7 +49,8 @@ def cmd_engine_costs(args: argparse.Namespace) -> int:
     over its modules' schemes) and the arena's [score] latency and memory weigh them."""
     from agentqat import ui
     from agentqat.arena.config import load_arena
-    from agentqat.engine_costs import load_profile, measure_profile, profile_path
+    from agentqat.arena.engine_costs import load_profile, profile_path
+    from agentqat.export.measure_costs import measure_profile
 
     arena = load_arena(args.arena)
     profile = None if args.remeasure else load_profile(args.deploy, arena.model)
@@ -60,12 +61,12 @@ def cmd_engine_costs(args: argparse.Namespace) -> int:
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
-    """Carries a strategy found on one model to another by relative depth (agentqat.transfer): each target layer
+    """Carries a strategy found on one model to another by relative depth (agentqat.strategy.transfer): each target layer
     takes the configs of the source layer at the same depth, role by role; group sizes the target's shapes do not
     allow are repaired. Writes the new strategy file; `agentqat quantize --strategy OUT --model TO` scores it."""
     from agentqat.models import load_facts
-    from agentqat.store import write_json_atomic
-    from agentqat.transfer import transfer
+    from agentqat.rundir.store import write_json_atomic
+    from agentqat.strategy.transfer import transfer
 
     moved = transfer(strategy_document(args.strategy), load_facts(args.source), load_facts(args.target))
     write_json_atomic(args.out, moved.document)

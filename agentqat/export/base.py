@@ -19,10 +19,16 @@ import torch
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
+from agentqat.arena.match import Workbench
 from agentqat.engines.levels import EngineFiles
 from agentqat.errors import UserError
+from agentqat.models import BUILTIN_MODELS, builtin_gguf_path, load_facts
 from agentqat.progress import Reporter, phase
-from agentqat.resolve import ModuleConfig
+from agentqat.strategy.apply import apply_strategy, restore
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.deploy import unservable
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.resolve import ModuleConfig, needs_calibration, resolve_strategy
 
 METADATA_FILE = "agentqat-export.json"
 WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin")
@@ -51,7 +57,7 @@ class ExportSource:
     model_directory: Path
     gguf_path: Path | None  # the GGUF file the base model came from (built-in models and .gguf specs), else None
     modules: dict[str, ExportModule]
-    effective_bits: float  # agentqat.bits' count for the strategy
+    effective_bits: float  # agentqat.strategy.bits' count for the strategy
     figures: dict  # the arena's figures for it (perplexity, kl, bits, stage, ...); {} when not measured
     engine: EngineFiles | None = None  # an [engine] arena's llama.cpp files: base, imatrix, level files by type
 
@@ -84,13 +90,8 @@ def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
 
 
 def check_servable(source: ExportSource, format: str, deploy: str) -> None:
-    """Returns None when the deploy target's engine runs every module of the strategy (`agentqat.deploy`); ExportError
+    """Returns None when the deploy target's engine runs every module of the strategy (`agentqat.strategy.deploy`); ExportError
     naming the modules and each rule they break otherwise."""
-    from agentqat.deploy import unservable
-    from agentqat.models import load_facts
-    from agentqat.resolve import resolve_strategy
-    from agentqat.strategy import parse_strategy
-
     facts = load_facts(source.arena.model)
     broken = unservable(resolve_strategy(parse_strategy(source.document), facts), facts, deploy)
     if broken:
@@ -116,7 +117,7 @@ def check_destination(format: str, out: Path, deploy: str = ANY_TARGET) -> None:
 
 def export(source: ExportSource, format: str, out: Path, deploy: str = ANY_TARGET) -> Path:
     """Returns `out` after writing the strategy's model in `format` and its metadata file there; with a deploy
-    target, ExportError first for the modules its engine cannot run (`agentqat.deploy`), then the format's own
+    target, ExportError first for the modules its engine cannot run (`agentqat.strategy.deploy`), then the format's own
     rules (what it can hold) as it writes."""
     check_destination(format, out, deploy)
     check_servable(source, format, deploy)
@@ -142,8 +143,6 @@ def export(source: ExportSource, format: str, out: Path, deploy: str = ANY_TARGE
 
 def _gguf_path(model: str) -> Path | None:
     """Returns the GGUF file a model spec comes from (a built-in's or a .gguf path), else None."""
-    from agentqat.models import BUILTIN_MODELS, builtin_gguf_path
-
     if model in BUILTIN_MODELS:
         return builtin_gguf_path(model)
     return Path(model).expanduser() if model.endswith(".gguf") else None
@@ -169,12 +168,6 @@ def prepare_source(
     calibration and level database), in float32 whatever the strategy's compute dtype, the modules of a polish
     directory's weights.safetensors (`polished`, agentqat polish) taking their trained weights and grids;
     StrategyError when the document is not a valid strategy for the arena's model."""
-    from agentqat.apply import apply_strategy, restore
-    from agentqat.arena.match import Workbench
-    from agentqat.bits import strategy_bits
-    from agentqat.resolve import needs_calibration, resolve_strategy
-    from agentqat.strategy import parse_strategy
-
     workbench = Workbench(arena, reporter=reporter)
     facts = workbench.loaded.facts
     resolved = resolve_strategy(parse_strategy(document), facts)

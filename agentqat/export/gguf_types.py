@@ -24,7 +24,7 @@ import torch
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.ggml import GGML_BLOCK, GGML_TYPE_OF_FORMAT
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
-from agentqat.resolve import ModuleConfig
+from agentqat.strategy.resolve import ModuleConfig
 
 INT_GRID_TYPES = {4: "Q4_0", 5: "Q5_0", 8: "Q8_0"}  # symmetric int grid at these widths -> GGML type
 CODE_RANGES = {"Q4_0": (-8, 7), "Q5_0": (-16, 15), "Q8_0": (-128, 127)}  # codes a `_0` block stores

@@ -5,15 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentqat.arena.config import Arena
+from agentqat.arena.scoring import aggregate
 from agentqat.errors import UserError
+from agentqat.rundir.journal import read_results, read_run
+from agentqat.rundir.manifest import read_manifest
+from agentqat.rundir.paths import RESULTS_FILE
+from agentqat.rundir.store import RunStore
+from agentqat.study.unseen import TEST_STAGE
 
 
 def best_of_run(directory: Path, max_bits: float | None = None) -> tuple[dict, Arena, dict]:
     """Returns (document, arena, figures) of the run's best-ranked survivor on its arena's last stage (within
     `max_bits` effective bits when given); figures are that stage's aggregate. UserError when there is none."""
-    from agentqat.runs import read_run
-    from agentqat.session.manifest import read_manifest
-
     view = read_run(Path(directory))
     arena = read_manifest(Path(directory)).arena
     last = arena.stages[-1].name
@@ -36,13 +39,9 @@ def polished_of(directory: Path) -> tuple[dict, str, dict]:
     directory holds no polish."""
     import json
 
-    from agentqat.runs import read_results
-    from agentqat.scoring import aggregate
-    from agentqat.store import RunStore
-    from agentqat.study.unseen import TEST_STAGE
 
     record = Path(directory) / "polish.json"
-    if not record.is_file() or not (Path(directory) / "results.jsonl").is_file():
+    if not record.is_file() or not (Path(directory) / RESULTS_FILE).is_file():
         raise UserError(f"{directory} holds no polish (polish.json, results.jsonl)", "pass a directory agentqat polish wrote")
     polish = json.loads(record.read_text())
     played = read_results(RunStore(Path(directory)))

@@ -1,7 +1,7 @@
 """An exported model served by the real vLLM server, measured: size of its weight files, the server's peak resident
 memory, time to the first token, decode speed, and perplexity from the server's prompt logprobs.
 
-Used by `agentqat engine-costs` (agentqat.engine_costs), bench/export.py and the export tests. Timing requests are
+Used by `agentqat engine-costs` (agentqat.arena.engine_costs), bench/export.py and the export tests. Timing requests are
 greedy with EOS ignored, so every model decodes the same number of tokens from the same prompt.
 """
 
@@ -15,6 +15,8 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from agentqat.serving.server import VllmServer
 
 PROMPT = "Write a short report on the history of the printing press in Europe."
 REQUEST_TIMEOUT_S = 900
@@ -114,8 +116,6 @@ class Served:
 def measure_served(directory: Path, log_path: Path, tokens: int = 128, repeats: int = 3, windows=None) -> Served:
     """Returns the model directory served alone by vLLM, measured: `repeats` timing requests of `tokens` decoded
     tokens (medians), the server's peak memory over them, and the perplexity of `windows` (None: not measured)."""
-    from agentqat.llm.server import VllmServer
-
     size = sum(path.stat().st_size for path in Path(directory).glob("*.safetensors"))
     with VllmServer(directory, log_path=log_path) as server:
         with PeakMemory(server.pid) as memory:

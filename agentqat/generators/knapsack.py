@@ -37,26 +37,23 @@ import math
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from agentqat.arena.config import Arena
+from agentqat.arena.probes import arena_key, play_probes
 from agentqat.arena.tournament import Player
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, register_generator
-from agentqat.generators.evo import units_of
-from agentqat.generators.layout import Layout, document_of, module_cost
+from agentqat.generators.base import Cost, Evaluated, GeneratorRecord, register_generator
+from agentqat.generators.evopress import units_of
 from agentqat.generators.prior import best_uniform
-from agentqat.generators.repair import fix_config
 from agentqat.progress import Reporter
 from agentqat.quant.base import DEFAULT_ROUNDING, ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig
-from agentqat.sensitivity import arena_key, play_probes
-from agentqat.store import read_json_object, write_json_atomic
-from agentqat.strategy import strategy_id
-
-if TYPE_CHECKING:
-    from agentqat.evolve import Cost
+from agentqat.rundir.store import read_json_object, write_json_atomic
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.layout import Layout, document_of, module_cost
+from agentqat.strategy.repair import fix_config
+from agentqat.strategy.resolve import ModuleConfig
+from agentqat.strategy.space import SearchSpace
 
 UNITS = "layer"
 LADDER_SPAN = 2  # widths within [budget - 2, budget + 2]
@@ -140,8 +137,6 @@ def shared_costs(
 ) -> tuple[dict[tuple[int, int], float], Cost]:
     """Returns the arena's unit costs and what measuring them cost: read from `cache` (a folder), else measured
     with `play` (the probes of `measure_costs`) and stored there first."""
-    from agentqat.evolve import Cost
-
     path = costs_file(arena, cache)
     if path.is_file():
         data = read_json_object(path)
@@ -174,8 +169,6 @@ class KnapsackGenerator:
     def prepare(cls, space: SearchSpace, arena: Arena, play: Player, reporter: Reporter | None = None):
         """Returns the options the generator needs (its measured costs) and what measuring them cost the run: the
         probes played through the run's own player, for runs recorded with preparation "in-run"."""
-        from agentqat.evolve import Cost
-
         costs, matches = measure_costs(play, arena, space, UNITS, reporter)
         return {"costs": costs}, Cost(matches, matches * arena.stages[0].windows * arena.window_tokens)
 

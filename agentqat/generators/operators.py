@@ -33,13 +33,13 @@ from functools import partial
 
 import numpy as np
 
-from agentqat.generators.base import SearchSpace, pick
-from agentqat.generators.layout import Layout, document_of, layout_of, module_cost
-from agentqat.generators.repair import fix_layout, repair, repair_layout, valid_group_sizes
 from agentqat.models import ModelFacts
 from agentqat.quant.registry import find, format_method
-from agentqat.resolve import ModuleConfig, module_role_name, pattern_matches
-from agentqat.strategy import strategy_id
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.layout import Layout, document_of, layout_of, module_cost
+from agentqat.strategy.repair import fix_layout, repair, repair_layout, valid_group_sizes
+from agentqat.strategy.resolve import ModuleConfig, module_role_name, pattern_matches
+from agentqat.strategy.space import SearchSpace, pick
 
 ATTEMPTS = 8
 P_NARROW_LAYERS = 0.5

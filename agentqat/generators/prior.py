@@ -16,11 +16,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agentqat.generators.base import SearchSpace
-from agentqat.generators.layout import Layout, document_of, layout_bits
-from agentqat.generators.repair import repair_layout, valid_group_sizes
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig
+from agentqat.strategy.layout import Layout, document_of, layout_bits
+from agentqat.strategy.repair import repair_layout, valid_group_sizes
+from agentqat.strategy.resolve import ModuleConfig
+from agentqat.strategy.space import SearchSpace
 
 PRIOR_ROUNDINGS = ("gptq", "awq")
 

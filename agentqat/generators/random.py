@@ -30,13 +30,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, register_generator
-from agentqat.generators.layout import Layout, document_of
-from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.generators.base import Evaluated, GeneratorRecord, register_generator
 from agentqat.quant.base import INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import find, format_method, methods_on
-from agentqat.resolve import ModuleConfig, pattern_matches
-from agentqat.strategy import strategy_id
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.layout import Layout, document_of
+from agentqat.strategy.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.strategy.resolve import ModuleConfig, pattern_matches
+from agentqat.strategy.space import SearchSpace, pick
 
 MAX_GROUPS = 4
 BITS_BELOW, BITS_ABOVE = 2, 1  # the widths drawn lie within [budget - 2, budget + 1]

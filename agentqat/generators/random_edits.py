@@ -18,9 +18,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from agentqat.generators.base import SearchSpace, register_generator
+from agentqat.generators.base import register_generator
 from agentqat.generators.llm.generator import LlmGenerator
 from agentqat.generators.llm.schema_sampler import sample_instance
+from agentqat.strategy.space import SearchSpace
 
 
 class RandomJsonBackend:

@@ -21,12 +21,11 @@ from functools import lru_cache
 
 import numpy as np
 
-from agentqat.generators.base import SearchSpace, pick
-from agentqat.generators.layout import Layout, module_cost
 from agentqat.models import ModelFacts
-from agentqat.resolve import module_role_name
+from agentqat.strategy.layout import FUSED_SETS, Layout, module_cost
+from agentqat.strategy.resolve import module_role_name
+from agentqat.strategy.space import SearchSpace, pick
 
-FUSED_SETS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
 Unit = tuple[int, ...]
 
 

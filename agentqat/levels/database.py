@@ -37,8 +37,6 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from agentqat.apply import quantize_module
-from agentqat.calibration import Calibration
 from agentqat.defaults import cache_dir
 from agentqat.levels.ladder import level_name
 from agentqat.levels.packing import SUFFIXES, pack, packed_size, unpack
@@ -49,7 +47,9 @@ from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.quant.grid import code_range
 from agentqat.quant.registry import method_of, quantize_codes
 from agentqat.quant.storage import Shape
-from agentqat.resolve import ModuleConfig, module_needs_calibration
+from agentqat.strategy.apply import quantize_module
+from agentqat.strategy.calibration import Calibration
+from agentqat.strategy.resolve import ModuleConfig, module_needs_calibration
 
 EngineWeights = Callable[[ModuleConfig], Mapping[str, torch.Tensor]]  # a level llama.cpp made: module -> weight
 DATABASE_FORMAT = 2  # bump when what a level file holds changes, so old files are not read

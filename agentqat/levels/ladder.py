@@ -4,17 +4,14 @@ method registry and ordered by what they cost on it."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING
 
-from agentqat.bits import module_bits
+from agentqat.arena.config import Levels
 from agentqat.errors import UserError
 from agentqat.models import ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig, resolve_strategy
-from agentqat.strategy import BASE_DEFAULT, StrategyError, WeightGene, parse_strategy
-
-if TYPE_CHECKING:
-    from agentqat.arena.config import Levels
+from agentqat.strategy.bits import module_bits
+from agentqat.strategy.document import BASE_DEFAULT, StrategyError, WeightGene, parse_strategy
+from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
 
 
 def level_config(gene: WeightGene) -> ModuleConfig:

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentqat.apply import LayerCache
 from agentqat.arena.config import Arena
 from agentqat.plan.shape import ModelShape, hessian_entries
+from agentqat.strategy.apply import LayerCache
 
-BATCH_WINDOWS = 4  # windows per forward pass in agentqat.quality (reference_of, compare)
+BATCH_WINDOWS = 4  # windows per forward pass in agentqat.arena.quality (reference_of, compare)
 LOGIT_COPIES = 3  # logits, log-probabilities (or the references as float) and their product, float32 each
 REFERENCE_BYTES = 2 + 4 + 8  # per position: fp16 probabilities per vocabulary entry; float32 entropy, int64 argmax
 HESSIAN_COLLECT_BYTES = 8 + 4  # float64 accumulator and its float32 result, both alive at the end of collection

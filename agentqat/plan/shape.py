@@ -10,7 +10,7 @@ import torch
 from agentqat.errors import UserError
 from agentqat.models import ModelFacts, model_facts, resolve_model_directory
 
-# Linear modules that read one tensor share one Hessian (agentqat.calibration keys them by their input).
+# Linear modules that read one tensor share one Hessian (agentqat.strategy.calibration keys them by their input).
 SHARED_INPUTS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
 
 

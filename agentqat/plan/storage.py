@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from agentqat.levels import level_config, level_name
 from agentqat.levels.database import FLOAT32_BYTES, module_bytes, packs
 from agentqat.plan.shape import ModelShape, hessian_entries
-from agentqat.resolve import ModuleConfig
-from agentqat.strategy import WeightGene
+from agentqat.strategy.document import WeightGene
+from agentqat.strategy.resolve import ModuleConfig
 
 EXAMPLE_LEVEL = WeightGene(bits=4, group_size=64)  # sized for an arena without a ladder
 

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
-from agentqat.evolve import tournament_cost
+from agentqat.evolution.loop import tournament_cost
 from agentqat.levels import level_config, level_name
 from agentqat.plan.memory import reference_windows
 from agentqat.plan.rates import Rates
 from agentqat.plan.shape import ModelShape, hessian_entries
 from agentqat.plan.storage import EXAMPLE_LEVEL, FLOAT32_BYTES, level_size
-from agentqat.resolve import ModuleConfig, module_needs_calibration
-from agentqat.strategy import WeightGene
+from agentqat.strategy.document import WeightGene
+from agentqat.strategy.resolve import ModuleConfig, module_needs_calibration
 
 ON_THE_FLY = (WeightGene(bits=4, group_size=64, rounding="rtn"), WeightGene(bits=4, group_size=64, rounding="gptq"))
 

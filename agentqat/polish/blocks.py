@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from agentqat.apply import COMPUTE_DTYPES, QuantizedLinear, quantize_module
 from agentqat.models import quantizable_linears
 from agentqat.polish.ste import QatLinear
 from agentqat.quant.base import INT_GRID, LayerStats
 from agentqat.quant.registry import method_of
-from agentqat.resolve import ModuleConfig, ResolvedStrategy
+from agentqat.strategy.apply import COMPUTE_DTYPES, QuantizedLinear, quantize_module
+from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 _LAYERS = re.compile(r"^(.*\.layers)\.(\d+)\.(.+)$")
 

@@ -45,7 +45,7 @@ from agentqat.polish.curriculum import bits_at, converged, stages
 from agentqat.polish.ste import PolishedWeight, QatLinear
 from agentqat.progress import Reporter, phase
 from agentqat.quant.base import LayerStats
-from agentqat.resolve import ModuleConfig, ResolvedStrategy
+from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 Order = Literal["natural", "sensitivity"]
 

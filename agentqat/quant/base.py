@@ -3,7 +3,7 @@
 A weight quantizer is a pure function `(weight, config, stats) -> dequantized weight`, carried by the Method
 registered for it (`agentqat.quant.registry`). It never modifies its input and returns a new float32 tensor of
 the same shape whose values lie on the quantization grid the config describes (fake quantization: the arena
-measures quality on these values, and `agentqat.bits` counts what storing them would cost). A method on the integer
+measures quality on these values, and `agentqat.strategy.bits` counts what storing them would cost). A method on the integer
 grid also has an `IntCoder`, `(weight, config, stats) -> IntCodes`: the same result before dequantization (its
 codes, scales and zero points), which the level database stores packed.
 """

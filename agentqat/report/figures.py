@@ -18,11 +18,12 @@ from matplotlib.ticker import ScalarFormatter  # noqa: E402
 
 from agentqat.models import ModelFacts  # noqa: E402
 from agentqat.quant.base import INT_GRID  # noqa: E402
+from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, stored_type
 from agentqat.report.analysis import common_grid, curves  # noqa: E402
 from agentqat.report.patterns import Contrast  # noqa: E402
 from agentqat.report.records import ComparisonRecords, is_preparation  # noqa: E402
-from agentqat.resolve import layered_configs  # noqa: E402
-from agentqat.strategy import parse_strategy  # noqa: E402
+from agentqat.strategy.document import parse_strategy  # noqa: E402
+from agentqat.strategy.resolve import layered_configs  # noqa: E402
 
 DPI = 110
 COLORS = plt.get_cmap("tab10")
@@ -173,8 +174,6 @@ def _gene_label(config, info) -> str:
     if weight.bits >= 16:
         return "16-bit"
     if weight.format.startswith("gguf_"):
-        from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, stored_type
-
         engine = ENGINE_TYPE_OF_FORMAT.get(weight.format)
         if engine is None:
             return weight.format.removeprefix("gguf_").upper()

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from agentqat.models import ModelFacts
-from agentqat.resolve import ModuleConfig, layered_configs
-from agentqat.strategy import StrategyError, parse_strategy
+from agentqat.strategy.document import StrategyError, parse_strategy
+from agentqat.strategy.resolve import ModuleConfig, layered_configs
 
 RESAMPLES = 2_000
 MIN_GROUP = 3  # a contrast needs this many strategies on each side

@@ -1,6 +1,6 @@
 """A comparison directory read back: its evolve runs, an optional baseline run and the test re-evaluations.
 
-DIR/runs/<generator>-seed<k>/   evolve runs (agentqat.runs layout)
+DIR/runs/<generator>-seed<k>/   evolve runs (agentqat.rundir.journal layout)
 DIR/baseline/                   a baseline run (optional)
 DIR/test/results.jsonl          re-evaluations of final winners on unseen text (agentqat.study.unseen)
 DIR/confirm/results.jsonl       final winners and the shared prior confirmed on a full arena (agentqat.study.confirm)
@@ -16,13 +16,13 @@ import numpy as np
 
 from agentqat.arena.config import Arena
 from agentqat.arena.result import MatchResult
-from agentqat.runs import read_results, read_run
-from agentqat.scoring import Ranked
-from agentqat.store import RunStore
+from agentqat.arena.scoring import Ranked
+from agentqat.rundir.journal import read_results, read_run
+from agentqat.rundir.paths import BASELINE_DIR, MANIFEST_FILE, PLAN_FILE, PREPARATION_FILE, PRIOR_FILE
+from agentqat.rundir.store import RunStore, read_json_object
 from agentqat.study.confirm import read_confirmations
 from agentqat.study.unseen import read_test_results, run_directories
 
-BASELINE_DIR = "baseline"
 PREPARATION_PREFIXES = ("knapsack-probe-",)  # strategies a run played as preparation (runs recorded before it was shared)
 
 
@@ -136,14 +136,10 @@ def read_comparison(directory: Path) -> ComparisonRecords:
     directory = Path(directory)
     runs = tuple(read_run_record(path) for path in run_directories(directory))
     baseline = None
-    if (directory / BASELINE_DIR / "manifest.json").is_file():
+    if (directory / BASELINE_DIR / MANIFEST_FILE).is_file():
         view = read_run(directory / BASELINE_DIR)
         rows = next(iter(view.stages.values()), [])
         baseline = BaselineRecord(tuple(rows), Arena.model_validate(view.manifest["arena"]).bits_budget)
-    from agentqat.session.compare import PREPARATION_FILE, PRIOR_FILE
-    from agentqat.store import read_json_object
-    from agentqat.study.plan import PLAN_FILE
-
     prior = read_json_object(directory / PRIOR_FILE) if (directory / PRIOR_FILE).is_file() else None
     preparation = read_json_object(directory / PREPARATION_FILE) if (directory / PREPARATION_FILE).is_file() else None
     plan = (directory / PLAN_FILE).read_text(encoding="utf-8") if (directory / PLAN_FILE).is_file() else None

@@ -28,10 +28,10 @@ from agentqat.report.analysis import (
 )
 from agentqat.report.patterns import Played, contrasts
 from agentqat.report.records import ComparisonRecords, read_comparison
+from agentqat.rundir.paths import FIGURES_DIR
 from agentqat.study.confirm import PRIOR_RUN
+from agentqat.study.plan import PlanError, evaluate, parse_plan, registered_hash, sha256
 from agentqat.study.stats import NO_RESULT, ONE_SAMPLE, Comparison
-
-FIGURES_DIR = "figures"
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,6 @@ def _preparation_blocks(records: ComparisonRecords) -> list[Block]:
 
 def _plan_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
     """Returns the report's Pre-registration section: which of PLAN.md's hypotheses held (nothing without a plan)."""
-    from agentqat.study.plan import PlanError, evaluate, parse_plan, registered_hash, sha256
-
     if records.plan is None:
         return []
     blocks = [Block("h2", "Pre-registration")]

@@ -12,10 +12,11 @@ from agentqat import defaults
 from agentqat.arena.config import Arena, Stage
 from agentqat.errors import UserError
 from agentqat.progress import Reporter
-from agentqat.runs import read_results
-from agentqat.session.manifest import Manifest, check_windows, package_versions, read_manifest, windows_bos
+from agentqat.rundir.journal import read_results
+from agentqat.rundir.manifest import Manifest, check_windows, package_versions, read_manifest, windows_bos
+from agentqat.rundir.paths import MANIFEST_FILE
+from agentqat.rundir.store import RunStore
 from agentqat.session.resources import Resources
-from agentqat.store import MANIFEST_FILE, RunStore
 
 QUANTIZE_STAGE = "quantize"
 QUANTIZE_SECONDS = 7 * 24 * 3600.0  # a single `quantize` is not a match in a tournament: no time limit to speak of
@@ -87,10 +88,10 @@ def quantize_arena(model: str, corpus: str, windows: int, window_tokens: int, ca
 def check_servable(document: dict, model: str, target: str) -> None:
     """Returns None when the deployment target's engine runs the strategy on the model; UserError naming every
     module it cannot run (with the fix) otherwise."""
-    from agentqat import deploy
     from agentqat.models import load_facts
-    from agentqat.resolve import resolve_strategy
-    from agentqat.strategy import parse_strategy
+    from agentqat.strategy import deploy
+    from agentqat.strategy.document import parse_strategy
+    from agentqat.strategy.resolve import resolve_strategy
 
     if target == deploy.ANY:
         return

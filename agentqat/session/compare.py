@@ -39,16 +39,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.progress import Reporter
-from agentqat.session.manifest import LlmSettings
+from agentqat.rundir.manifest import LlmSettings
+from agentqat.rundir.paths import BASELINE_DIR, COMPARE_FILE, MANIFEST_FILE, PREPARATION_FILE, PRIOR_FILE, RUNS_DIR
+from agentqat.rundir.store import read_json_object, write_json_atomic
 from agentqat.session.resources import Resources
-from agentqat.store import read_json_object, write_json_atomic
 
-COMPARE_FILE = "compare.json"
-PRIOR_FILE = "prior.json"
-PREPARATION_FILE = "preparation.json"
 PRIORS = ("uniform", "uniform+knapsack")
-RUNS_DIR = "runs"
-BASELINE_DIR = "baseline"
 BASELINE_BITS = (4, 3)
 BASELINE_METHODS = ("rtn", "gptq", "awq", "hqq", "nf4")
 ARM_NAME = r"^[a-z0-9][a-z0-9_.+-]{0,40}$"
@@ -237,7 +233,7 @@ def run_compare(
         for seed in settings.seeds:
             for arm in (arm for arm in settings.arms if seed in settings.seeds_of(arm)):
                 run = directory / RUNS_DIR / settings.run_name(arm, seed)
-                manifest = None if (run / "manifest.json").exists() else settings.manifest(arm, seed, prior)
+                manifest = None if (run / MANIFEST_FILE).exists() else settings.manifest(arm, seed, prior)
                 observer = observer_for(run.name) if observer_for else None
                 with observer if observer is not None else nullcontext():
                     run_evolve(run, manifest, resources=resources, observer=observer)
@@ -275,8 +271,8 @@ def prepare(directory: Path, settings: CompareSettings, play, reporter: Reporter
     from dataclasses import asdict
 
     from agentqat import defaults
+    from agentqat.arena.probes import cache_file, shared_sensitivities
     from agentqat.generators.knapsack import costs_file, shared_costs
-    from agentqat.sensitivity import cache_file, shared_sensitivities
     from agentqat.session.evolve import search_space
 
     directory, arena, cache = Path(directory), settings.arena, defaults.cache_dir()

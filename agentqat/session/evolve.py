@@ -5,7 +5,7 @@ and server, so many runs (generators, seeds) can share one of each.
 
 Every generator gets the same help, the same way: the manifest's shared prior (played as generation 0 by the
 loop), and, for generators that use them (`uses_sensitivities`), the arena's per-layer sensitivities, measured
-once per arena and kept in the cache directory (`agentqat.sensitivity.shared_sensitivities`); their cost is
+once per arena and kept in the cache directory (`agentqat.arena.probes.shared_sensitivities`); their cost is
 preparation, written to the run's sensitivities.json and not charged to the run. What a generator measures of
 its own before its search (`shared_preparation`, e.g. the knapsack's unit costs) is preparation too: measured once
 per arena outside the run (kept in the cache directory), written with its cost to the run's preparation.json and
@@ -25,10 +25,11 @@ from typing import Protocol
 from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
-from agentqat.evolve import Cost, EvolveOutcome, EvolveSettings, Observer, evolve
+from agentqat.evolution.loop import EvolveOutcome, EvolveSettings, Observer, evolve
+from agentqat.generators.base import Cost
 from agentqat.progress import Reporter
-from agentqat.runs import SUMMARY_FILE, EvolveJournal, read_results, read_summary
-from agentqat.session.manifest import (
+from agentqat.rundir.journal import EvolveJournal, read_results, read_summary
+from agentqat.rundir.manifest import (
     LlmSettings,
     Manifest,
     check_windows,
@@ -37,12 +38,11 @@ from agentqat.session.manifest import (
     windows_bos,
     write_manifest,
 )
+from agentqat.rundir.paths import PREPARATION_FILE, SENSITIVITIES_FILE, SUMMARY_FILE
+from agentqat.rundir.store import RunStore, write_json_atomic
 from agentqat.session.resources import Resources, default_workers
-from agentqat.store import RunStore, write_json_atomic
 
 EXTENSIBLE = ("generations", "patience", "match_budget", "token_budget", "time_budget_s", "stop_when_clear")
-SENSITIVITIES_FILE = "sensitivities.json"
-PREPARATION_FILE = "preparation.json"  # what the generator's own preparation (e.g. the knapsack's unit costs) cost
 MORE_GENERATIONS = 2  # what the extension hint proposes
 
 
@@ -67,8 +67,8 @@ def evolve_manifest(
     from agentqat.generators import GENERATORS
     from agentqat.generators.llm.prompts import VERSION as PROMPT_VERSION
     from agentqat.generators.prior import uniform_prior
-    from agentqat.session.manifest import generator_settings
-    from agentqat.strategy import SCHEMA_VERSION
+    from agentqat.rundir.manifest import generator_settings
+    from agentqat.strategy.document import SCHEMA_VERSION
 
     try:
         evolve_settings = EvolveSettings(**settings)
@@ -98,8 +98,8 @@ def _servable_prior(prior: Sequence[dict], space, arena: Arena) -> list[dict]:
     """Returns the prior's documents made servable on the arena's deployment target, twins dropped."""
     import numpy as np
 
-    from agentqat.deploy import servable_document
-    from agentqat.strategy import strategy_id
+    from agentqat.strategy.deploy import servable_document
+    from agentqat.strategy.document import strategy_id
 
     if arena.deploy == defaults.DEPLOY:
         return list(prior)
@@ -111,10 +111,10 @@ def _servable_prior(prior: Sequence[dict], space, arena: Arena) -> list[dict]:
 def search_space(arena: Arena, reporter: Reporter | None = None):
     """Returns the arena's SearchSpace: its model's facts, budget, the genes its deploy target allows and its ladder
     (the levels that target serves); UserError when no strategy can fit."""
-    from agentqat import deploy
-    from agentqat.generators import GeneChoices, SearchSpace
     from agentqat.levels import arena_ladder
     from agentqat.models import load_facts
+    from agentqat.strategy import deploy
+    from agentqat.strategy.space import GeneChoices, SearchSpace
 
     facts = load_facts(arena.model, reporter)
     ladder = arena_ladder(arena.levels, facts)
@@ -134,7 +134,7 @@ def search_space(arena: Arena, reporter: Reporter | None = None):
 def _llm_options(llm: LlmSettings, server) -> dict:
     """Returns the LLM generator's backend and ablation options. The backend is made (and an in-process one
     checked) first, so that an unreachable server ends the run before any probe."""
-    from agentqat.llm.backends import check_constrained, make_backend
+    from agentqat.serving.backends import check_constrained, make_backend
 
     if llm.managed_server and server is None:
         raise UserError("the run's LLM settings ask for a managed vLLM server", "open the shared resources with these llm settings")
@@ -153,8 +153,8 @@ def _record_once(path: Path, record: dict) -> None:
 
 def _generator(manifest: Manifest, space, pool_run, player, directory: Path, server, reporter: Reporter | None = None):
     """Returns the run's generator and what making it cost the run (a `prepare` played through `player`)."""
+    from agentqat.arena.probes import shared_sensitivities
     from agentqat.generators import GENERATORS, make_generator
-    from agentqat.sensitivity import shared_sensitivities
 
     name, llm = manifest.settings.generator, manifest.llm
     factory = GENERATORS[name]
@@ -183,12 +183,12 @@ def _generator(manifest: Manifest, space, pool_run, player, directory: Path, ser
         from agentqat.generators.fallback import WithFallback
 
         generator = WithFallback(generator, make_generator("random", space))
-    from agentqat.generators.ladder import Mapped, on_ladder
+    from agentqat.generators.on_ladder import Mapped, on_ladder
 
     if space.ladder:
         generator = Mapped(generator, lambda document, rng: on_ladder(document, space, rng))  # every arm: one space
     if manifest.arena.deploy != defaults.DEPLOY:
-        from agentqat.deploy import servable_document
+        from agentqat.strategy.deploy import servable_document
 
         target = manifest.arena.deploy  # every proposal runs on the arena's engine
         generator = Mapped(generator, lambda document, rng: servable_document(document, space, target, rng))
@@ -219,7 +219,7 @@ def run_evolve(
     resumed with its own settings. Uses the pool and server of `resources`, else opens (and closes) its own
     with `workers` evaluator actors (default: see `default_workers`) on the Ray cluster at `ray_address`."""
     from agentqat.arena.recorded import RecordedPlayer
-    from agentqat.canonical import canonical_id
+    from agentqat.strategy.canonical import canonical_id
 
     if manifest is not None:  # a new run records the evaluator actors it starts with
         started_with = resources.workers if resources is not None else workers

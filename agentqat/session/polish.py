@@ -32,12 +32,10 @@ from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
 from agentqat.errors import UserError
 from agentqat.progress import Reporter
-from agentqat.store import write_json_atomic
+from agentqat.rundir.paths import ABLATION_FILE, HELDOUT_FILE, RESULTS_FILE
+from agentqat.rundir.store import write_json_atomic
 
 POLISHED = "polished"
-RESULTS_FILE = "results.jsonl"
-HELDOUT_FILE = "heldout.jsonl"
-ABLATION_FILE = "ablation.jsonl"
 
 
 @dataclass(frozen=True)
@@ -68,7 +66,7 @@ class AblationRow:
 
 def best_document(run_directory: Path) -> dict:
     """Returns the strategy ranked first on the last stage of the evolve run in `run_directory`."""
-    from agentqat.runs import read_run
+    from agentqat.rundir.journal import read_run
 
     view = read_run(Path(run_directory))
     if not view.stages:
@@ -81,7 +79,7 @@ def best_document(run_directory: Path) -> dict:
 
 def uniform_document(bits: int, pow2: bool, rounding: str = "gptq") -> dict:
     """Returns the uniform int strategy of the ablation: `bits`, group 64, asymmetric, fp16 or pow2 scales."""
-    from agentqat.strategy import SCHEMA_VERSION
+    from agentqat.strategy.document import SCHEMA_VERSION
 
     weight = {"bits": bits, "group_size": 64, "symmetric": False, "rounding": rounding, "scale": "pow2" if pow2 else "fp16"}
     return {"schema_version": SCHEMA_VERSION, "name": f"uniform-{rounding}-w{bits}g64{'-pow2' if pow2 else ''}", "default": {"weight": weight}, "rules": []}
@@ -109,8 +107,8 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
     """Returns the polish of `document` on the bench's model and calibration windows."""
     from agentqat.data import sample_windows
     from agentqat.polish import polish_model
-    from agentqat.resolve import needs_calibration, resolve_strategy
-    from agentqat.strategy import parse_strategy
+    from agentqat.strategy.document import parse_strategy
+    from agentqat.strategy.resolve import needs_calibration, resolve_strategy
 
     resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)  # StrategyError: one line per problem
     calibration = bench.calibration(bench.arena.calibration_windows) if needs_calibration(resolved) else None
@@ -122,8 +120,8 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
 
 
 def layer_sensitivities(bench: Workbench, reporter: Reporter | None = None) -> dict[int, float]:
-    """Returns the arena's per-layer sensitivities (agentqat.sensitivity: cached per arena, else played here)."""
-    from agentqat.sensitivity import shared_sensitivities
+    """Returns the arena's per-layer sensitivities (agentqat.arena.probes: cached per arena, else played here)."""
+    from agentqat.arena.probes import shared_sensitivities
 
     play = lambda requests: [bench.play(request) for request in requests]  # noqa: E731 - an in-process player
     return shared_sensitivities(play, bench.arena, bench.loaded.facts, defaults.cache_dir(), reporter).values
@@ -245,7 +243,7 @@ def run_ablation(
 
 def _settings_record(arena: Arena, settings) -> dict:
     """Returns what an ablation row's numbers depend on besides its switches: the arena and the polish settings."""
-    from agentqat.sensitivity import arena_key
+    from agentqat.arena.probes import arena_key
 
     fixed = {key: value for key, value in dataclasses.asdict(settings).items() if key not in ("order", "curriculum")}
     return {"arena": arena.name, "arena_key": arena_key(arena), "settings": fixed}

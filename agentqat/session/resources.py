@@ -20,7 +20,7 @@ from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
 from agentqat.progress import Reporter, phase
-from agentqat.session.manifest import LlmSettings
+from agentqat.rundir.manifest import LlmSettings
 
 SERVER_LOG = "llm-server.log"
 
@@ -48,13 +48,13 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
     stopped on exit. A server given by URL is checked first (it answers, serves the model, constrains JSON)."""
     if not llm.managed_server:
         if llm.backend == "vllm":
-            from agentqat.llm.backends import check_server, served_name
+            from agentqat.serving.backends import check_server, served_name
 
             with phase(reporter, f"checking the vLLM server at {llm.url}"):
                 check_server(llm.url, served_name(llm.model))
         yield None
         return
-    from agentqat.llm.server import VllmServer
+    from agentqat.serving.server import VllmServer
 
     server = VllmServer(llm.model, threads=defaults.LLM_THREADS, log_path=log_path)
     with phase(reporter, f"starting vLLM for {server.model_name}", detail=f"log: {server.log_path}"):
@@ -66,10 +66,11 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
 
 
 def ensure_engine_costs(arena: Arena, reporter: Reporter | None = None) -> None:
-    """Measures the engine costs of the arena's vllm-* deployment target once (agentqat.engine_costs), before any
+    """Measures the engine costs of the arena's vllm-* deployment target once (agentqat.arena.engine_costs), before any
     worker starts; where this machine cannot run the engine, a UserError when the arena's score weighs latency or
     memory, else a phase saying that they are left out."""
-    from agentqat.engine_costs import ENGINE_TARGETS, load_profile, measure_profile, profile_path, why_not_measurable
+    from agentqat.arena.engine_costs import ENGINE_TARGETS, load_profile, profile_path
+    from agentqat.export.measure_costs import measure_profile, why_not_measurable
 
     if arena.deploy not in ENGINE_TARGETS or load_profile(arena.deploy, arena.model) is not None:
         return

@@ -22,10 +22,11 @@ from agentqat.arena.match import Workbench
 from agentqat.arena.request import MatchRequest, request_id
 from agentqat.arena.result import MatchResult
 from agentqat.progress import Reporter, phase
-from agentqat.store import RunStore
+from agentqat.rundir.journal import read_results
+from agentqat.rundir.paths import CONFIRM_DIR, MANIFEST_FILE
+from agentqat.rundir.store import RunStore
 from agentqat.study.unseen import REEVALUATION_SECONDS, run_directories, winners
 
-CONFIRM_DIR = "confirm"
 PRIOR_RUN = "prior"
 
 
@@ -45,14 +46,12 @@ def pooled_arena(arena: Arena) -> Arena:
 
 def read_confirmations(directory: Path) -> list[MatchResult]:
     """Returns the confirmations recorded in DIR/confirm/ (none when it does not exist)."""
-    from agentqat.runs import read_results
-
     return read_results(RunStore(Path(directory) / CONFIRM_DIR))
 
 
 def _prior_documents(directory: Path) -> list[dict]:
     """Returns the shared prior's documents, read from the comparison's first run's manifest."""
-    manifest = json.loads((run_directories(directory)[0] / "manifest.json").read_text())
+    manifest = json.loads((run_directories(directory)[0] / MANIFEST_FILE).read_text())
     return list(manifest.get("prior") or [])
 
 

@@ -34,8 +34,12 @@ from pathlib import Path
 
 import numpy as np
 
-PLAN_FILE = "PLAN.md"
-REGISTERED_FILE = "plan-registered.json"
+from agentqat.errors import UserError
+from agentqat.generators import uses_seed
+from agentqat.rundir.paths import COMPARE_FILE, PLAN_FILE, REGISTERED_FILE
+from agentqat.rundir.store import read_json_object, write_json_atomic
+from agentqat.study.stats import NO_RESULT, compare_arms, compare_with_value, holm
+
 BLOCK = re.compile(r"^```hypotheses[ \t]*\n(.*?)^```", re.MULTILINE | re.DOTALL)
 HYPOTHESIS = re.compile(r"^(H[0-9A-Za-z_.-]*)\s*:\s*arm\s+(\S+)\s*(<|>|!=)\s*arm\s+(\S+)\s+on\s+([a-z0-9_]+)\s*$")
 DEFAULT_ALPHA = 0.05
@@ -116,9 +120,6 @@ def parse_plan(text: str) -> Plan | None:
 def evaluate(plan: Plan, records, summaries) -> list[Outcome]:
     """Returns each hypothesis's outcome on the comparison's records and arm summaries (`agentqat.report.analysis`):
     the tests the module docstring describes, Holm-adjusted over the plan's hypotheses."""
-    from agentqat.generators import uses_seed
-    from agentqat.study.stats import NO_RESULT, compare_arms, compare_with_value, holm
-
     by_arm = {summary.arm: summary for summary in summaries}
     rng = np.random.default_rng(0)
     tests: list[object | None] = []
@@ -184,8 +185,6 @@ def sha256(text: str) -> str:
 def register(directory: Path) -> dict | None:
     """Records the SHA-256 of DIR/PLAN.md in DIR/plan-registered.json when the comparison starts (kept as first
     recorded); returns the record (None without a PLAN.md). PlanError when its hypotheses block does not parse."""
-    from agentqat.store import read_json_object, write_json_atomic
-
     plan, record = Path(directory) / PLAN_FILE, Path(directory) / REGISTERED_FILE
     if not plan.is_file():
         return None
@@ -200,8 +199,6 @@ def register(directory: Path) -> dict | None:
 
 def registered_hash(directory: Path) -> str | None:
     """Returns the SHA-256 DIR/plan-registered.json holds (None without one)."""
-    from agentqat.store import read_json_object
-
     path = Path(directory) / REGISTERED_FILE
     return read_json_object(path).get("sha256") if path.is_file() else None
 
@@ -250,8 +247,6 @@ alpha: 0.05
 
 def write_plan(directory: Path, text: str) -> Path:
     """Writes DIR/PLAN.md (UserError when one is there: a plan is not overwritten)."""
-    from agentqat.errors import UserError
-
     path = Path(directory) / PLAN_FILE
     if path.exists():
         raise UserError(f"{path} exists: a plan is not overwritten", "edit it, or pick another DIR")
@@ -263,9 +258,6 @@ def write_plan(directory: Path, text: str) -> Path:
 def require_plan(directory: Path) -> None:
     """Raises UserError when `directory` would hold a new comparison under a reports/ folder without a DIR/PLAN.md:
     a study committed there is pre-registered first (a comparison already started there is resumed as it is)."""
-    from agentqat.errors import UserError
-    from agentqat.session.compare import COMPARE_FILE
-
     directory = Path(directory)
     if directory.resolve().parent.name == "reports" and not (directory / COMPARE_FILE).exists() and not (directory / PLAN_FILE).is_file():
         raise UserError(f"a new comparison under reports/ is pre-registered first: {directory / PLAN_FILE} does not exist",

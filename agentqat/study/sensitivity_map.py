@@ -5,7 +5,7 @@ quantizing it costs, and how well they agree.
   (agentqat.study.fisher), summed over the layer's (role's) weights;
 - gradient norm: the norm of the mean gradient, summed the same way;
 - KL: the KL to the base model on the arena's first stage when that layer (or that role in every layer) alone is
-  quantized at each width of SENSITIVITY_BITS, with the probes of agentqat.sensitivity (RTN, asymmetric, the probe
+  quantized at each width of SENSITIVITY_BITS, with the probes of agentqat.arena.probes (RTN, asymmetric, the probe
   group); a failed probe counts twice the largest KL of its width.
 
 Spearman rank correlations between the per-layer measures (Fisher, gradient norm, KL at each width). Measured once
@@ -23,10 +23,15 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
+from agentqat.arena.match import Workbench
+from agentqat.arena.probes import arena_key, play_probes, probe_weight, sensitivities
+from agentqat.data import sample_windows
 from agentqat.errors import UserError
 from agentqat.progress import Reporter
-from agentqat.store import read_json_object, write_json_atomic
-from agentqat.strategy import SCHEMA_VERSION
+from agentqat.rundir.store import read_json_object, write_json_atomic
+from agentqat.strategy.document import SCHEMA_VERSION
+from agentqat.strategy.resolve import module_role_name
+from agentqat.study.fisher import gradient_measures
 
 CACHE_FOLDER = "sensitivity-map"
 MEASURES = ("fisher", "gradient_norm")
@@ -63,16 +68,11 @@ class SensitivityMap:
 
 def map_path(arena: Arena, bits: tuple[int, ...], fisher_windows: int, cache: Path) -> Path:
     """Returns where the arena's map for these probe widths and Fisher windows is kept."""
-    from agentqat.sensitivity import arena_key
-
     return Path(cache) / CACHE_FOLDER / f"{arena_key(arena)}-b{'-'.join(map(str, bits))}-f{fisher_windows}.json"
 
 
 def probe_set(facts, bits: tuple[int, ...]) -> dict[tuple, dict]:
     """Returns the probes: ("layer", layer, bits) and ("role", role, bits) -> the strategy quantizing only that."""
-    from agentqat.resolve import module_role_name
-    from agentqat.sensitivity import probe_weight
-
     def document(name: str, layers: str, modules: list[str], width: int) -> dict:
         weight = probe_weight(facts, width)
         return {"schema_version": SCHEMA_VERSION, "name": name, "default": {"weight": {"bits": 16}},
@@ -101,11 +101,6 @@ def rank_correlations(layers: dict[int, Measures], bits: tuple[int, ...]) -> dic
 def measure_map(bench, bits: tuple[int, ...], fisher_windows: int, reporter: Reporter | None = None) -> SensitivityMap:
     """Returns the map measured on `bench` (the arena's Workbench, prepared): Fisher and gradient norms on the
     first `fisher_windows` calibration windows, then every probe played on the first stage."""
-    from agentqat.data import sample_windows
-    from agentqat.resolve import module_role_name
-    from agentqat.sensitivity import play_probes, sensitivities
-    from agentqat.study.fisher import gradient_measures
-
     started = time.perf_counter()
     arena, facts = bench.arena, bench.loaded.facts
     windows = sample_windows(bench.calibration_ids, arena.window_tokens, fisher_windows, arena.seed, bos=bench.loaded.bos.window_token)
@@ -148,9 +143,6 @@ def shared_map(
 ) -> tuple[SensitivityMap, Path]:  # fmt: skip
     """Returns the arena's map and where it is kept: read from the cache, else measured on a Workbench of the
     arena and stored there with its heat map (`<same name>.png`)."""
-    from agentqat.arena.match import Workbench
-    from agentqat.report.sensitivity_plot import sensitivity_heatmap
-
     path = map_path(arena, tuple(bits), fisher_windows, cache or defaults.cache_dir())
     if path.is_file():
         return read_map(path), path
@@ -179,3 +171,29 @@ def prior_values(sensitivity_map: SensitivityMap, bits_budget: float) -> dict[in
     narrowest width when none is)."""
     within = [b for b in sensitivity_map.bits if b <= bits_budget]
     return sensitivity_map.layer_kl(max(within) if within else min(sensitivity_map.bits))
+
+
+def sensitivity_heatmap(sensitivity_map, path: Path) -> Path:
+    """Returns `path`, where the heat map of the map's per-layer KL (layers by widths, log colour scale) is saved
+    (matplotlib is imported here: it is slow to import and only this function needs it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import LogNorm
+
+    layers = sorted(sensitivity_map.layers)
+    bits = list(sensitivity_map.bits)
+    values = [[max(sensitivity_map.layers[layer].kl[b], 1e-6) for b in bits] for layer in layers]
+    fig, ax = plt.subplots(figsize=(1.6 + 0.9 * len(bits), 1.2 + 0.22 * len(layers)))
+    image = ax.imshow(values, aspect="auto", cmap="viridis", norm=LogNorm())
+    ax.set_xticks(range(len(bits)), [f"{b} bits" for b in bits])
+    ax.set_yticks(range(len(layers)), [str(layer) for layer in layers])
+    ax.set_ylabel("layer")
+    ax.set_title(f"KL, one layer quantized\n{sensitivity_map.arena}", fontsize=9)
+    fig.colorbar(image, ax=ax, label="KL to base (nats/token)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

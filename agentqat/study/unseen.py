@@ -24,13 +24,12 @@ from agentqat.arena.result import MatchResult
 from agentqat.data import sample_windows, tokenize, unseen_text, window_count
 from agentqat.errors import UserError
 from agentqat.progress import Reporter, phase
-from agentqat.store import RunStore
+from agentqat.rundir.journal import read_results, read_run
+from agentqat.rundir.paths import MANIFEST_FILE, RUNS_DIR, TEST_DIR, WINNERS_DIR
+from agentqat.rundir.store import RunStore, write_json_atomic
 
 TEST_STAGE = "test"
 HELDOUT_STAGE = "heldout"  # the corpus's held-out split: unseen by the search, where a choice after it is made (polish)
-TEST_DIR = "test"
-WINNERS_DIR = "winners"
-RUNS_DIR = "runs"
 REEVALUATION_SECONDS = 7 * 24 * 3600.0  # a winner's re-evaluation is not a timed match in a tournament
 
 
@@ -87,7 +86,7 @@ class Winner:
 
 def run_directories(directory: Path) -> list[Path]:
     """Returns the evolve run directories of a comparison (DIR/runs/*/ with a manifest), sorted by name."""
-    runs = sorted(path for path in (Path(directory) / RUNS_DIR).glob("*/") if (path / "manifest.json").is_file())
+    runs = sorted(path for path in (Path(directory) / RUNS_DIR).glob("*/") if (path / MANIFEST_FILE).is_file())
     if not runs:
         raise UserError(f"{directory} holds no runs ({RUNS_DIR}/<generator>-seed<k>/)", "pass a comparison directory")
     return runs
@@ -95,8 +94,6 @@ def run_directories(directory: Path) -> list[Path]:
 
 def winners(directory: Path, top: int = defaults.TEST_TOP) -> list[Winner]:
     """Returns the `top` best survivors of the last stage of every run in the comparison `directory`."""
-    from agentqat.runs import read_run
-
     found = []
     for path in run_directories(directory):
         view = read_run(path)
@@ -116,8 +113,6 @@ def winners(directory: Path, top: int = defaults.TEST_TOP) -> list[Winner]:
 def write_winners(directory: Path) -> list[Path]:
     """Returns the strategy files written (or rewritten) to DIR/winners/<run>.json: each run's rank-1 winner, a
     document that `agentqat quantize --strategy` re-scores as it is."""
-    from agentqat.store import write_json_atomic
-
     folder = Path(directory) / WINNERS_DIR
     written = []
     for winner in winners(directory, top=1):
@@ -129,8 +124,6 @@ def write_winners(directory: Path) -> list[Path]:
 
 def read_test_results(directory: Path) -> list[MatchResult]:
     """Returns the re-evaluations recorded in DIR/test/ (none when it does not exist)."""
-    from agentqat.runs import read_results
-
     return read_results(RunStore(Path(directory) / TEST_DIR))
 
 
@@ -143,8 +136,6 @@ def reevaluate(
 ) -> list[MatchResult]:
     """Returns every re-evaluation of the comparison's final winners on each unseen `source`, playing only those
     not recorded yet in DIR/test/results.jsonl (one Workbench per arena and source, the model loaded once)."""
-    from agentqat.runs import read_run
-
     store = RunStore(Path(directory) / TEST_DIR)
     store.directory.mkdir(parents=True, exist_ok=True)
     done = {(r.extra["run"], r.strategy_id, r.stage) for r in read_test_results(directory)}

@@ -72,7 +72,7 @@ def print_invalid(path: str, lines: list[str]) -> None:
 
 def print_valid(path: str, resolved, facts: "ModelFacts") -> None:
     """Prints that a strategy is valid for a model, with its effective bits per weight."""
-    from agentqat.bits import strategy_bits
+    from agentqat.strategy.bits import strategy_bits
 
     bits = strategy_bits(resolved, facts)
     console.print(

@@ -44,19 +44,19 @@ from typing import Annotated, Any, Literal, Union
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from agentqat.generators.base import SearchSpace
-from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.generators.operators import blockwise, cross_layers, layerwise
-from agentqat.generators.repair import fix_config, repair_layout, valid_group_sizes
 from agentqat.generators.switches import layout_at, snap_to_ladder, unit_closure
 from agentqat.levels.ladder import level_name
 from agentqat.models import ModelFacts
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.registry import format_method, formats_taking_scale, formats_with_rounding
-from agentqat.resolve import ROLE_PATTERNS, ModuleConfig, module_role_name, parse_layers, pattern_matches
-from agentqat.strategy import MODULE_PATTERN, Bits, GroupSize, Rounding, WeightFormat, strategy_json_schema
+from agentqat.strategy.document import MODULE_PATTERN, Bits, GroupSize, Rounding, WeightFormat, strategy_json_schema
+from agentqat.strategy.layout import Layout, document_of, layout_bits, layout_of
+from agentqat.strategy.repair import fix_config, repair_layout, valid_group_sizes
+from agentqat.strategy.resolve import ROLE_PATTERNS, ModuleConfig, module_role_name, parse_layers, pattern_matches
+from agentqat.strategy.space import SearchSpace
 
-SPAN = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|))$"  # `(-N|)`, not `(-N)?`: see LAYER_SPEC in agentqat/strategy.py
+SPAN = r"^(all|[0-9]{1,3}(-[0-9]{1,3}|))$"  # `(-N|)`, not `(-N)?`: see LAYER_SPEC in agentqat/strategy/document.py
 LEVEL_NAME = r"^[a-z0-9_.-]{1,64}$"
 MAX_EDITS = 3
 MAX_SPANS = 4

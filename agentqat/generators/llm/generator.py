@@ -39,13 +39,14 @@ import jsonschema
 import numpy as np
 import pydantic
 
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, ranked_parents, register_generator
-from agentqat.generators.layout import layout_bits, layout_of
+from agentqat.generators.base import Evaluated, GeneratorRecord, ranked_parents, register_generator
 from agentqat.generators.llm import edits, prompts, reflection
-from agentqat.generators.repair import repair, within
-from agentqat.llm.backends import JsonBackend
-from agentqat.resolve import resolve_strategy
-from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
+from agentqat.serving.backends import JsonBackend
+from agentqat.strategy.document import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.layout import layout_bits, layout_of
+from agentqat.strategy.repair import repair, within
+from agentqat.strategy.resolve import resolve_strategy
+from agentqat.strategy.space import SearchSpace
 
 ELITE_SIZE = 4
 MAX_LESSONS = 5

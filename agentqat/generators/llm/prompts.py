@@ -23,8 +23,8 @@ from agentqat import edited_files
 from agentqat.generators.base import Evaluated
 from agentqat.generators.llm.schema_sampler import sample_instance
 from agentqat.models import ModelFacts
-from agentqat.resolve import module_role_name, pattern_matches
-from agentqat.strategy import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.document import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.resolve import module_role_name, pattern_matches
 
 TEMPLATES = edited_files("prompts", "agentqat.generators.llm", "templates")
 VERSION = "v2"

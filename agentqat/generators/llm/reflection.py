@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from agentqat.generators.base import Evaluated
-from agentqat.generators.layout import layout_of
 from agentqat.models import ModelFacts
-from agentqat.resolve import pattern_matches
-from agentqat.strategy import StrategyError, strategy_id
+from agentqat.strategy.document import StrategyError, strategy_id
+from agentqat.strategy.layout import layout_of
+from agentqat.strategy.resolve import pattern_matches
 
 FAILED = {
     "collapse": "collapsed", "nan": "gave NaN", "overflow": "overflowed fp16", "error": "raised an error",

@@ -15,20 +15,23 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from agentqat.calibration import Calibration
 from agentqat.models import quantizable_linears
 from agentqat.quant import fake_quantize_activation, quantize_with_outliers, smoothing_scales
 from agentqat.quant.base import ActivationQuant, LayerStats
-from agentqat.resolve import ModuleConfig, ResolvedStrategy
+from agentqat.strategy.calibration import Calibration
+from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
-if TYPE_CHECKING:
-    from agentqat.levels import LevelDatabase
+
+class StoredLevels(Protocol):
+    """Weights stored at levels (agentqat.levels.LevelDatabase is one): a module's weight at a config, or None."""
+
+    def weight(self, name: str, config: ModuleConfig, calibration_key: str | None) -> torch.Tensor | None: ...
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -97,7 +100,7 @@ def quantize_module(
 
 def _module_maker(
     name: str, linear: nn.Linear, config: ModuleConfig, calibration: Calibration | None, compute_dtype: torch.dtype,
-    levels: LevelDatabase | None,
+    levels: StoredLevels | None,
 ):  # fmt: skip
     """Returns a function making the module's QuantizedLinear: from the level database where `config` is one of its
     levels (a level has no smoothing and no outliers), by quantizing otherwise."""
@@ -172,7 +175,7 @@ def apply_strategy(
     resolved: ResolvedStrategy,
     calibration: Calibration | None,
     cache: LayerCache | None = None,
-    levels: LevelDatabase | None = None,
+    levels: StoredLevels | None = None,
     overrides: Mapping[str, torch.Tensor] | None = None,
 ) -> AppliedStrategy:
     """Swaps quantized modules into `model` as `resolved` says (weights at database levels read from `levels`,
@@ -205,7 +208,7 @@ def restore(model: nn.Module, applied: AppliedStrategy) -> None:
 @contextmanager
 def strategy_applied(
     model: nn.Module, resolved: ResolvedStrategy, calibration: Calibration | None, cache: LayerCache | None = None,
-    levels: LevelDatabase | None = None, overrides: Mapping[str, torch.Tensor] | None = None,
+    levels: StoredLevels | None = None, overrides: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[AppliedStrategy]:
     """Yields while `model` computes under `resolved` (see `apply_strategy`); the base modules are back
     afterwards, even on error."""

@@ -23,13 +23,11 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from agentqat import defaults
 from agentqat.errors import UserError
-
-if TYPE_CHECKING:
-    from agentqat.llm.server import VllmServer
+from agentqat.models import BUILTIN_MODELS, load_model
 
 BACKENDS = ("vllm", "transformers")
 # The canary: one exact object that no model writes when asked for a sentence, unless its decoding is constrained.
@@ -43,6 +41,15 @@ CANARY_SCHEMA = {
 CANARY_PROMPT = "Write one short sentence about the weather in Paris."
 CANARY_MAX_TOKENS = 48
 HEALTH_TIMEOUT_S = 5.0
+
+
+class ManagedServer(Protocol):
+    """A server the backend may restart (agentqat.serving.server's VllmServer is one)."""
+
+    base_url: str
+    model_name: str
+
+    def ensure_running(self) -> None: ...
 
 
 class JsonBackend(Protocol):
@@ -66,7 +73,7 @@ class VllmBackend:
         retries: int = defaults.LLM_RETRIES,
         backoff_s: float = defaults.LLM_BACKOFF_S,
         temperature: float = defaults.LLM_TEMPERATURE,
-        server: VllmServer | None = None,
+        server: ManagedServer | None = None,
         concurrency: int = defaults.LLM_CONCURRENCY,
     ):
         import openai
@@ -85,7 +92,7 @@ class VllmBackend:
         self._model = outlines.from_vllm(client, model_name)
 
     @classmethod
-    def for_server(cls, server: VllmServer, **options: Any) -> VllmBackend:
+    def for_server(cls, server: ManagedServer, **options: Any) -> VllmBackend:
         """Returns a backend for a managed server, restarting it once if it dies."""
         return cls(server.base_url, server.model_name, server=server, **options)
 
@@ -127,8 +134,6 @@ class TransformersBackend:
     ):
         import outlines
 
-        from agentqat.models import load_model
-
         loaded = load_model(str(model))
         self.name = f"transformers {loaded.directory or model}"
         self.concurrency = 1  # one model in this process: requests run one at a time anyway
@@ -161,8 +166,6 @@ class TransformersBackend:
 
 def served_name(model: str) -> str:
     """Returns the name vLLM serves a model under: a built-in name as it is, a directory by its last part."""
-    from agentqat.models import BUILTIN_MODELS
-
     return model if model in BUILTIN_MODELS else Path(model).name
 
 
@@ -170,7 +173,7 @@ def make_backend(
     kind: str,
     model: str = defaults.DEFAULT_MODEL,
     url: str | None = None,
-    server: VllmServer | None = None,
+    server: ManagedServer | None = None,
     threads: int = defaults.LLM_THREADS,
 ) -> JsonBackend:
     """Returns a backend: "vllm" for the server at `url` (serving `model`) or for a managed `server`;

@@ -24,10 +24,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 
-from agentqat.bits import expected_outlier_count, module_bits
 from agentqat.models import LinearInfo, ModelFacts
-from agentqat.resolve import ROLE_PATTERNS, ModuleConfig, layered_configs, module_role_name, pattern_matches
-from agentqat.strategy import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.bits import expected_outlier_count, module_bits
+from agentqat.strategy.document import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.resolve import ROLE_PATTERNS, ModuleConfig, layered_configs, module_role_name, pattern_matches
+
+# The modules a serving engine computes as one matrix (q/k/v; gate/up): units that switch, repair and the deployment
+# targets keep at one config.
+FUSED_SETS = (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj"))
 
 MAX_MODULE_PATTERNS = 8  # what the schema allows per rule
 

@@ -23,8 +23,8 @@ from agentqat.arena.result import MatchResult
 from agentqat.arena.tournament import Player
 from agentqat.models import ModelFacts, bos_policy
 from agentqat.progress import Reporter, phase
-from agentqat.store import read_json_object, write_json_atomic
-from agentqat.strategy import SCHEMA_VERSION, strategy_id
+from agentqat.rundir.store import read_json_object, write_json_atomic
+from agentqat.strategy.document import SCHEMA_VERSION, strategy_id
 
 CACHE_FOLDER = "sensitivities"
 

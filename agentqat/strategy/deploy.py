@@ -29,14 +29,13 @@ import numpy as np
 
 from agentqat import defaults
 from agentqat.errors import UserError
-from agentqat.generators.base import GeneChoices, SearchSpace
-from agentqat.generators.layout import Layout, document_of, layer_spec, layout_bits, layout_of, module_cost
-from agentqat.generators.repair import repair_layout
-from agentqat.generators.switches import FUSED_SETS
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import METHODS, find
-from agentqat.resolve import ModuleConfig, ResolvedStrategy, module_role_name
+from agentqat.strategy.layout import FUSED_SETS, Layout, document_of, layer_spec, layout_bits, layout_of, module_cost
+from agentqat.strategy.repair import repair_layout
+from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy, module_role_name
+from agentqat.strategy.space import GeneChoices, SearchSpace
 
 ANY = "any"
 

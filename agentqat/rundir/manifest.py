@@ -15,10 +15,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.errors import UserError
-from agentqat.evolve import EvolveSettings
+from agentqat.evolution.loop import EvolveSettings
+from agentqat.generators import GENERATORS
 from agentqat.models import bos_policy
-from agentqat.store import MANIFEST_FILE, RUN_SCHEMA_VERSION, read_json_object, write_json_atomic
-from agentqat.strategy import SCHEMA_VERSION
+from agentqat.rundir.paths import MANIFEST_FILE
+from agentqat.rundir.store import RUN_SCHEMA_VERSION, read_json_object, write_json_atomic
+from agentqat.strategy.document import SCHEMA_VERSION
 
 VERSIONED_PACKAGES = ("agentqat", "torch", "transformers", "ray", "bitsandbytes")
 
@@ -119,7 +121,6 @@ def generator_settings(generator: str) -> dict[str, object]:
     import importlib
     import json
 
-    from agentqat.generators import GENERATORS
 
     factory = GENERATORS[generator]
     names = [factory.__module__]

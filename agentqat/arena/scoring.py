@@ -13,7 +13,7 @@ Aggregation (`aggregate`) combines one strategy's results on one stage, one resu
     cloze, qa      mean over the sets that report them; None when none does
     bits           effective bits per weight (a property of the strategy: identical across sets)
     latency        mean simulated latency per token (fake quantization on CPU: not the deployed model's)
-    engine         decode ms per token and peak memory on the deploy target's engine (agentqat.engine_costs;
+    engine         decode ms per token and peak memory on the deploy target's engine (agentqat.arena.engine_costs;
                    a property of the strategy), None without a measured vllm-* target
     95% CIs        Student t over the per-set means, mean ± t(0.975, n-1) · s / sqrt(n); for perplexity the
                    interval of the per-set mean NLLs, exponentiated (so it is not symmetric); None for 1 set

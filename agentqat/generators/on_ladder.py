@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
-from agentqat.generators.base import Evaluated, Generator, GeneratorRecord, SearchSpace
-from agentqat.generators.layout import document_of, layout_of
+from agentqat.generators.base import Evaluated, Generator, GeneratorRecord
 from agentqat.generators.switches import layout_at, snap_to_ladder
+from agentqat.strategy.layout import document_of, layout_of
+from agentqat.strategy.space import SearchSpace
 
 
 def on_ladder(document: dict, space: SearchSpace, rng: np.random.Generator) -> dict:

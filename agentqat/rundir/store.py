@@ -12,9 +12,9 @@ import tempfile
 from pathlib import Path
 
 from agentqat.errors import UserError
+from agentqat.rundir.paths import MANIFEST_FILE
 
 RUN_SCHEMA_VERSION = 1
-MANIFEST_FILE = "manifest.json"
 
 
 def write_json_atomic(path: Path, data: object) -> None:
@@ -61,7 +61,7 @@ class RunStore:
 
     @property
     def manifest(self) -> dict:
-        """Returns the manifest as written (agentqat.session.read_manifest validates it)."""
+        """Returns the manifest as written (agentqat.rundir.manifest.read_manifest validates it)."""
         return read_json_object(self.directory / MANIFEST_FILE)
 
     def append(self, stream: str, record: dict) -> None:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from agentqat.generators.layout import Layout, document_of, layout_of
 from agentqat.models import ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.resolve import ModuleConfig, resolve_strategy
-from agentqat.strategy import StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.document import StrategyError, parse_strategy, strategy_id
+from agentqat.strategy.layout import Layout, document_of, layout_of
+from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
 
 UNQUANTIZED = 16
 _NO_OUTLIERS, _ACTIVATION = OutlierPolicy(), ActivationQuant()

@@ -1,6 +1,6 @@
 """Runs a command that the kernel ends (SIGTERM) when the process that started it dies, even by SIGKILL.
 
-    python -m agentqat.llm.die_with_parent PARENT_PID COMMAND [ARG...]
+    python -m agentqat.serving.die_with_parent PARENT_PID COMMAND [ARG...]
 
 A managed vLLM server runs in its own process group (so that `stop()` reaches its engine processes), which
 also keeps it alive after its owner is killed with SIGKILL: an orphan holding a core and gigabytes that a

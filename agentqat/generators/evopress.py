@@ -37,14 +37,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from agentqat.generators.base import Evaluated, GeneratorRecord, SearchSpace, pick, ranked_parents, register_generator
-from agentqat.generators.layout import Layout, document_of, layout_bits, layout_of
+from agentqat.generators.base import Evaluated, GeneratorRecord, ranked_parents, register_generator
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
-from agentqat.generators.repair import fix_config, repair_layout
 from agentqat.generators.switches import ladder_switch, layer_units, layout_at, module_units, snap_to_ladder
-from agentqat.resolve import pattern_matches
-from agentqat.strategy import strategy_id
+from agentqat.strategy.document import strategy_id
+from agentqat.strategy.layout import Layout, document_of, layout_bits, layout_of
+from agentqat.strategy.repair import fix_config, repair_layout
+from agentqat.strategy.resolve import pattern_matches
+from agentqat.strategy.space import SearchSpace, pick
 
 P_LEVEL_SWITCH = 0.7
 P_OTHER_MUTATION = 0.15

@@ -7,7 +7,7 @@ One generation g:
                 proposed by "prior"; the generator is not asked); else the generator's, asked with the random
                 generator default_rng([seed, g]) for `population` documents (fewer when the budget cannot pay
                 for each: see "budget" below); duplicates of earlier proposals by `identity` (the canonical hash,
-                `agentqat.canonical`) are dropped and asked for again; each is recorded and sent to the arena as
+                `agentqat.strategy.canonical`) are dropped and asked for again; each is recorded and sent to the arena as
                 soon as the generator yields it
     evaluate    the arena's stages in order (successive halving, `play_tournament`), every match through
                 `play`, which answers recorded matches from the run (so a resumed run replays to where it was)
@@ -51,10 +51,10 @@ from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
+from agentqat.arena.scoring import Ranked
 from agentqat.arena.tournament import Player, play_tournament, rank_stage
-from agentqat.generators.base import Evaluated, Generator, GeneratorRecord, ranked_parents
-from agentqat.scoring import Ranked
-from agentqat.strategy import strategy_id
+from agentqat.generators.base import Cost, Evaluated, Generator, GeneratorRecord, ranked_parents
+from agentqat.strategy.document import strategy_id
 
 PRIOR = "prior"  # the generator name the journal records for the shared prior's documents
 ASKS_PER_GENERATION = 3  # how often the generator is asked again for proposals that were all evaluated before
@@ -120,7 +120,7 @@ class EvolveOutcome:
 
 
 class Journal(Protocol):
-    """The run record as the loop sees it (agentqat.runs.EvolveRun writes it to the run directory)."""
+    """The run record as the loop sees it (agentqat.rundir.journal.EvolveRun writes it to the run directory)."""
 
     elapsed_before: float  # seconds spent in earlier sessions of this run
 
@@ -225,14 +225,6 @@ def clear_winner(population: Sequence[Evaluated], rows: Sequence[Ranked], size: 
     if any(interval is None for interval in intervals):
         return False
     return all(intervals[0][1] < other[0] for other in intervals[1:])
-
-
-@dataclass(frozen=True)
-class Cost:
-    """Matches and evaluated tokens."""
-
-    matches: int = 0
-    tokens: int = 0
 
 
 def match_tokens(arena: Arena, stage: str) -> int:

@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from agentqat.generators import GeneChoices
-from agentqat.generators.layout import Layout, document_of, layout_bits
-from agentqat.generators.repair import fix_config
 from agentqat.models import ModelFacts
-from agentqat.resolve import ModuleConfig, module_role_name, resolve_strategy
-from agentqat.strategy import parse_strategy
+from agentqat.strategy.document import parse_strategy
+from agentqat.strategy.layout import Layout, document_of, layout_bits
+from agentqat.strategy.repair import fix_config
+from agentqat.strategy.resolve import ModuleConfig, module_role_name, resolve_strategy
+from agentqat.strategy.space import GeneChoices
 
 
 def source_layer(target_layer: int, target_layers: int, source_layers: int) -> int:

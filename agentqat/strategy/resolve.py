@@ -13,7 +13,7 @@ from typing import get_args
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import check_weight, format_method, method_of
-from agentqat.strategy import BASE_DEFAULT, Genes, GroupSize, Strategy, StrategyError
+from agentqat.strategy.document import BASE_DEFAULT, Genes, GroupSize, Strategy, StrategyError
 
 ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
 GENE_TARGETS = {"weight": WeightQuant, "activation": ActivationQuant, "outliers": OutlierPolicy}

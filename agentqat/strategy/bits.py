@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import LayerStats, OutlierPolicy
 from agentqat.quant.registry import storing_method
-from agentqat.resolve import ModuleConfig, ResolvedStrategy
+from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 OUTLIER_VALUE_BITS = 16
 OUTLIER_INDEX_BITS = 32

@@ -29,8 +29,8 @@ from pathlib import Path
 
 from agentqat import defaults
 from agentqat.errors import UserError
-from agentqat.llm.backends import check_server, served_name
 from agentqat.models import resolve_model_directory
+from agentqat.serving.backends import check_server, served_name
 
 LOG_TAIL_LINES = 15
 
@@ -101,7 +101,7 @@ class VllmServer:
         """Returns the server's command line for the model directory (or hub id) `model_dir`: vLLM's API server,
         wrapped so that it ends when this process dies (see die_with_parent)."""
         return [
-            sys.executable, "-m", "agentqat.llm.die_with_parent", str(os.getpid()),
+            sys.executable, "-m", "agentqat.serving.die_with_parent", str(os.getpid()),
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", model_dir,
             "--served-model-name", self.model_name,

@@ -28,14 +28,14 @@ from functools import lru_cache
 
 import numpy as np
 
-from agentqat.bits import strategy_bits
-from agentqat.generators.base import GeneChoices, SearchSpace
-from agentqat.generators.layout import Layout, compile_rules, document_of, layout_bits, layout_of, module_cost
 from agentqat.models import ModelFacts
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID
 from agentqat.quant.registry import format_method, repair_weight, storing_method
-from agentqat.resolve import ModuleConfig, resolve_strategy
-from agentqat.strategy import MAX_RULES, StrategyError, parse_strategy
+from agentqat.strategy.bits import strategy_bits
+from agentqat.strategy.document import MAX_RULES, StrategyError, parse_strategy
+from agentqat.strategy.layout import Layout, compile_rules, document_of, layout_bits, layout_of, module_cost
+from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
+from agentqat.strategy.space import GeneChoices, SearchSpace
 
 
 def valid_group_sizes(weight_format: str, widths: Iterable[int], choices: GeneChoices) -> tuple[int, ...]:

@@ -16,17 +16,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from agentqat.arena.recorded import RESULTS_STREAM
 from agentqat.arena.result import MatchResult
+from agentqat.arena.scoring import Ranked
+from agentqat.arena.tournament import rank_stage
 from agentqat.errors import UserError
+from agentqat.evolution.loop import GenerationSummary
 from agentqat.generators.base import GeneratorRecord
-from agentqat.scoring import Ranked
-from agentqat.store import RunStore, read_json_object, write_json_atomic
-from agentqat.strategy import strategy_id
-
-STRATEGIES_STREAM = "strategies"
-GENERATIONS_STREAM = "generations"
-SUMMARY_FILE = "summary.json"
+from agentqat.rundir.manifest import read_manifest
+from agentqat.rundir.paths import GENERATIONS_STREAM, RESULTS_STREAM, STRATEGIES_STREAM, SUMMARY_FILE
+from agentqat.rundir.store import RunStore, read_json_object, write_json_atomic
+from agentqat.strategy.document import strategy_id
 
 
 def parsed(store: RunStore, stream: str, parse: Callable[[dict], object]) -> list:
@@ -65,7 +64,6 @@ def _generation_record(record: dict) -> dict:
     since may be missing: earlier runs did not write them) and a number for `elapsed_s`."""
     from dataclasses import MISSING
 
-    from agentqat.evolve import GenerationSummary
 
     known = {field.name for field in fields(GenerationSummary)}
     required = {field.name for field in fields(GenerationSummary) if field.default is MISSING and field.default_factory is MISSING}
@@ -91,7 +89,7 @@ def read_results(store: RunStore) -> list[MatchResult]:
 
 
 class EvolveJournal:
-    """The journal (agentqat.evolve.Journal) of an evolve run, kept in its run directory."""
+    """The journal (agentqat.evolution.loop.Journal) of an evolve run, kept in its run directory."""
 
     def __init__(self, store: RunStore):
         self.store = store
@@ -172,9 +170,6 @@ class RunView:
 def read_run(directory: Path) -> RunView:
     """Returns the run in `directory` with each stage's leaderboard recomputed from its recorded results;
     UserError (one line) when the directory is not a run or holds damaged or foreign records."""
-    from agentqat.arena.tournament import rank_stage
-    from agentqat.session.manifest import read_manifest
-
     store = RunStore.open(directory)
     manifest = read_manifest(directory)
     arena = manifest.arena

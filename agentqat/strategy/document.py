@@ -2,7 +2,7 @@
 
 A strategy holds a complete `default` and ordered `rules`; a rule selects layers and modules and overrides
 some fields for them, later rules winning. `schemas/strategy.schema.json` is generated from these classes
-(`python -m agentqat.strategy > schemas/strategy.schema.json`) and a test keeps the two identical. Integers
+(`python -m agentqat.strategy.document > schemas/strategy.schema.json`) and a test keeps the two identical. Integers
 and numbers are bounded by `enum`, which outlines-core and xgrammar both honour when constraining an LLM. The
 weight formats and roundings are the method registry's (`agentqat.quant.registry`), read when a document is
 validated or the schema is built: a registered method is a value documents may name.
