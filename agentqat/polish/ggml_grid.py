@@ -32,18 +32,21 @@ GGML_TYPES_KEY = "ggml_types"  # ... and the file's metadata naming each one's t
 @dataclass(frozen=True)
 class EngineLevels:
     """A strategy's modules at levels llama.cpp made (they cannot be quantized here): each one's weight as its level
-    file holds it, and the blocks of those a polish trains inside their GGML type (the 32-wide types)."""
+    file holds it, the blocks of those a polish trains inside their GGML type (the 32-wide types), and the token
+    embedding (and untied head) at the [engine]'s type, which the quantized blocks' inputs come from."""
 
     weights: Mapping[str, torch.Tensor]
     blocks: Mapping[str, GgmlBlocks]
+    embedding: Mapping[str, torch.Tensor]
 
 
-NO_ENGINE = EngineLevels({}, {})
+NO_ENGINE = EngineLevels({}, {}, {})
 
 
-def engine_levels(files: EngineFiles, resolved: ResolvedStrategy) -> EngineLevels:
+def engine_levels(files: EngineFiles, resolved: ResolvedStrategy, embedding: Mapping[str, torch.Tensor]) -> EngineLevels:
     """Returns the strategy's engine-made modules as their level files hold them: every one's weight, and the blocks
-    of those stored in a 32-wide type (a 256-block type on a row it does not divide is stored in its fallback)."""
+    of those stored in a 32-wide type (a 256-block type on a row it does not divide is stored in its fallback); with
+    the arena's `embedding`."""
     from gguf import GGUFReader
 
     by_type: dict[str, list[str]] = {}
@@ -61,7 +64,7 @@ def engine_levels(files: EngineFiles, resolved: ResolvedStrategy) -> EngineLevel
                 weights[name] = blocks[name].values()
             else:
                 weights[name] = module_values(reader, [name])[name]
-    return EngineLevels(weights, blocks)
+    return EngineLevels(weights, blocks, embedding)
 
 
 def snap_ste(values: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,6 +8,10 @@ the current one compute as polished if polished already, else as the strategy qu
 visits blocks out of order: `Chain` keeps the inputs of the blocks still to train and recomputes the stale ones
 from the nearest kept state).
 
+On an [engine] arena the modules at llama.cpp's levels start from their level files' blocks and train inside their
+GGML type (`agentqat.polish.ggml_grid`), and the quantized chain starts from the embedding at the engine's type,
+so the blocks learn to correct its error too.
+
 With the curriculum, a block whose modules ask for fewer than 4 bits trains at 4 bits, then 3, then 2 (each
 module down to its own width), moving on when an epoch improves the loss by less than POLISH_CONVERGED.
 
@@ -29,6 +33,7 @@ import torch
 from torch import nn
 
 from agentqat import defaults
+from agentqat.apply import embedding_applied
 from agentqat.polish.blocks import (
     BlockInputs,
     batch_kwargs,
@@ -190,10 +195,12 @@ def polish_model(
     engine: EngineLevels = NO_ENGINE,
 ) -> Polished:  # fmt: skip
     """Returns the strategy's trainable modules polished block by block on the calibration `windows` (see the
-    module docstring); `engine`: the modules at levels llama.cpp made, as their files hold them; `model` is not
-    changed."""
+    module docstring); `engine`: the modules at levels llama.cpp made, as their files hold them, and the embedding
+    the quantized chain starts from (the targets start from the base's); `model` is not changed."""
     started = time.perf_counter()
     inputs = capture_inputs(model, windows, settings.batch)
+    with embedding_applied(model, engine.embedding):
+        quantized_inputs = capture_inputs(model, windows, settings.batch) if engine.embedding else inputs
     layers = decoder_layers(model)
     blocks: dict[int, nn.Module] = {}  # each block as the quantized chain computes it, while a later block needs it
 
@@ -202,7 +209,7 @@ def polish_model(
             blocks[layer] = quantized_block(model, layer, resolved, stats, engine=engine)
         return blocks[layer]
 
-    full, quantized = Chain(inputs, lambda layer: layers[layer]), Chain(inputs, current)
+    full, quantized = Chain(inputs, lambda layer: layers[layer]), Chain(quantized_inputs, current)
     weights: dict[str, PolishedWeight] = {}
     reports = []
     order = block_order(len(layers), settings.order, sensitivities)

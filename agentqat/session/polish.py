@@ -126,7 +126,7 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
         bench.calibration_ids, bench.arena.window_tokens, settings.windows, bench.arena.seed, bos=bench.loaded.bos.window_token
     )
     stats = calibration.stats if calibration else None
-    engine = engine_levels(bench.engine_files(), resolved) if bench.arena.engine is not None else NO_ENGINE
+    engine = engine_levels(bench.engine_files(), resolved, bench.engine_embedding()) if bench.arena.engine is not None else NO_ENGINE
     return polish_model(bench.loaded.model, resolved, stats, windows, settings, sensitivities, reporter, engine)
 
 
