@@ -10,7 +10,6 @@ import math
 import resource
 import time
 from collections.abc import Mapping
-from contextlib import contextmanager
 
 import torch
 
@@ -37,7 +36,7 @@ from agentqat.levels import LevelDatabase, ladder_configs, open_database
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
-from agentqat.strategy.apply import COMPUTE_DTYPES, LayerCache, QuantizedLinear, strategy_applied
+from agentqat.strategy.apply import COMPUTE_DTYPES, LayerCache, QuantizedLinear, embedding_applied, strategy_applied
 from agentqat.strategy.bits import strategy_bits
 from agentqat.strategy.calibration import Calibration, calibration_key, load_or_collect
 from agentqat.strategy.document import Strategy, StrategyError, parse_strategy
@@ -50,21 +49,6 @@ DEGENERATE_SHARE = 0.5  # more than half of the QA generations looping on one or
 
 class _Timeout(Exception):
     pass
-
-
-@contextmanager
-def embedding_applied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]):
-    """Yields while the model's token embedding (and output head) hold `weights` (module name -> weight; a tied
-    head follows its embedding); the base values are back afterwards, even on error."""
-    modules = dict(model.named_modules())
-    saved = {name: modules[name].weight.data for name in weights}
-    try:
-        for name, weight in weights.items():
-            modules[name].weight.data = weight.to(saved[name].dtype)
-        yield
-    finally:
-        for name, data in saved.items():
-            modules[name].weight.data = data
 
 
 class Workbench:

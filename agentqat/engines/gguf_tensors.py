@@ -64,17 +64,42 @@ def module_tensor_names(reader, module_names) -> dict[str, str]:
     return names
 
 
+def _model_order(reader, arch: str, tensor_name: str, stored: torch.Tensor) -> torch.Tensor:
+    """Returns a tensor's rows in the model's own order (llama q/k un-permuted)."""
+    order = row_permutation(reader, arch, tensor_name, stored.shape[0])
+    if order is None:
+        return stored
+    original = torch.empty_like(stored)
+    original[order] = stored
+    return original
+
+
+def module_raw(reader, module_names) -> dict[str, tuple[str, str, np.ndarray]]:
+    """Returns each module's tensor name, GGML type name and raw bytes (uint8 [rows, bytes per row], in the model's
+    row order)."""
+    arch, _ = arch_name_map(reader)
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    raw = {}
+    for module, tensor_name in module_tensor_names(reader, module_names).items():
+        tensor = tensors[tensor_name]
+        rows = np.asarray(tensor.data).view(np.uint8).reshape(int(np.prod(tensor.shape[1:])), -1)
+        ordered = _model_order(reader, arch, tensor_name, torch.from_numpy(rows.copy())).numpy()
+        raw[module] = (tensor_name, tensor.tensor_type.name, ordered)
+    return raw
+
+
+def file_rows(reader, tensor_name: str, rows: np.ndarray) -> np.ndarray:
+    """Returns a tensor's rows (in the model's order, as `module_raw` gives them) in the order the file stores."""
+    arch, _ = arch_name_map(reader)
+    order = row_permutation(reader, arch, tensor_name, rows.shape[0])
+    return rows if order is None else rows[order.numpy()]
+
+
 def module_values(reader, module_names) -> dict[str, torch.Tensor]:
     """Returns each module's weight as the file holds it, in the model's own row order (llama q/k un-permuted)."""
     arch, _ = arch_name_map(reader)
     tensors = {tensor.name: tensor for tensor in reader.tensors}
     values = {}
     for module, tensor_name in module_tensor_names(reader, module_names).items():
-        stored = stored_values(tensors[tensor_name])
-        order = row_permutation(reader, arch, tensor_name, stored.shape[0])
-        if order is not None:
-            original = torch.empty_like(stored)
-            original[order] = stored
-            stored = original
-        values[module] = stored.contiguous()
+        values[module] = _model_order(reader, arch, tensor_name, stored_values(tensors[tensor_name])).contiguous()
     return values

@@ -20,9 +20,11 @@ import torch
 from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.arena.match import Workbench
+from agentqat.engines.ggml_blocks import GgmlBlocks, decode
 from agentqat.engines.levels import EngineFiles
 from agentqat.errors import UserError
 from agentqat.models import BUILTIN_MODELS, builtin_gguf_path, load_facts
+from agentqat.polish.ggml_grid import GGML_SUFFIX, GGML_TYPES_KEY
 from agentqat.progress import Reporter, phase
 from agentqat.strategy.apply import apply_strategy, restore
 from agentqat.strategy.bits import strategy_bits
@@ -46,6 +48,7 @@ class ExportModule:
     input_divisor: torch.Tensor | None  # SmoothQuant-style input scales (None without)
     grid: tuple[torch.Tensor, torch.Tensor] | None = None  # (scale, zero), each [groups, 1], of the grid the values
     # lie on where it is not the one the base weight gives (a polished module)
+    blocks: GgmlBlocks | None = None  # a module polished inside a GGML type: its blocks, which hold `quantized`
 
 
 @dataclass(frozen=True)
@@ -148,17 +151,36 @@ def _gguf_path(model: str) -> Path | None:
     return Path(model).expanduser() if model.endswith(".gguf") else None
 
 
-def polished_weights(directory: Path) -> tuple[dict[str, torch.Tensor], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
-    """Returns the trained weights of a polish directory (weights.safetensors: NAME, NAME.scale, NAME.zero) and the
-    grids they lie on; UserError when the directory holds no polish."""
-    from safetensors.torch import load_file
+@dataclass(frozen=True)
+class PolishedFile:
+    """A polish directory's weights.safetensors: the trained weights, the int grids (scale, zero) they lie on, and
+    the GGML blocks of the modules trained inside a GGML type."""
+
+    weights: dict[str, torch.Tensor]
+    grids: dict[str, tuple[torch.Tensor, torch.Tensor]]
+    blocks: dict[str, GgmlBlocks]
+
+
+def polished_weights(directory: Path) -> PolishedFile:
+    """Returns the trained weights of a polish directory (weights.safetensors: NAME with NAME.scale and NAME.zero, or
+    NAME.ggml and its type in the metadata); UserError when the directory holds none or its blocks do not hold
+    its weights."""
+    from safetensors import safe_open
+
 
     path = directory / "weights.safetensors"
     if not path.is_file():
         raise UserError(f"{directory} holds no polished weights (weights.safetensors)", "pass a directory agentqat polish wrote")
-    stored = load_file(str(path))
-    weights = {name: tensor for name, tensor in stored.items() if not name.endswith((".scale", ".zero"))}
-    return weights, {name: (stored[f"{name}.scale"], stored[f"{name}.zero"]) for name in weights}
+    with safe_open(str(path), "pt") as handle:
+        stored = {name: handle.get_tensor(name) for name in handle.keys()}
+        types = json.loads((handle.metadata() or {}).get(GGML_TYPES_KEY, "{}"))
+    weights = {name: tensor for name, tensor in stored.items() if not name.endswith((".scale", ".zero", GGML_SUFFIX))}
+    grids = {name: (stored[f"{name}.scale"], stored[f"{name}.zero"]) for name in weights if name not in types}
+    blocks = {name: decode(stored[f"{name}{GGML_SUFFIX}"].numpy(), kind, weights[name].shape[1]) for name, kind in types.items()}
+    differing = [name for name, held in blocks.items() if not torch.equal(held.values(), weights[name])]
+    if differing:
+        raise UserError(f"{path}: the GGML blocks of {', '.join(differing[:3])} do not hold their weights", "polish again")
+    return PolishedFile(weights, grids, blocks)
 
 
 def prepare_source(
@@ -174,10 +196,10 @@ def prepare_source(
     calibration = workbench.calibration(arena.calibration_windows) if needs_calibration(resolved) else None
     levels = workbench.levels()
     model = workbench.loaded.model
-    overrides, grids = polished_weights(Path(polished)) if polished is not None else ({}, {})
+    trained = polished_weights(Path(polished)) if polished is not None else PolishedFile({}, {}, {})
     with phase(reporter, "quantizing for export", detail=f"{len(facts.linears)} modules"):
         in_fp32 = dataclasses.replace(resolved, compute_dtype="fp32")
-        applied = apply_strategy(model, in_fp32, calibration, levels=levels, overrides=overrides)
+        applied = apply_strategy(model, in_fp32, calibration, levels=levels, overrides=trained.weights)
         try:
             modules = {}
             for info in facts.linears:
@@ -189,7 +211,8 @@ def prepare_source(
                     original=original,
                     quantized=current.weight.detach().to(torch.float32),
                     input_divisor=getattr(current, "input_divisor", None),
-                    grid=grids.get(info.name),
+                    grid=trained.grids.get(info.name),
+                    blocks=trained.blocks.get(info.name),
                 )
         finally:
             restore(model, applied)

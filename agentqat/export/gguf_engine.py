@@ -7,6 +7,8 @@ checked to be byte for byte the one the arena scored.
   recipe of llama.cpp's own changes a type).
 - llama-quantize is deterministic: each tensor's bytes must equal those in the level file the arena read (the
   same tool, imatrix and type made both). A difference is an error, never a silently different file.
+- A polish (agentqat polish on an [engine] arena) trained some modules inside their GGML type's blocks: those
+  tensors are overwritten in place with the trained blocks (same type, same bytes) and read back.
 - Beside model.gguf: `llama-quantize.sh`, the same command with the file names a user has (base GGUF, the
   imatrix copied as imatrix.gguf), to rebuild the file with their own llama.cpp.
 """
@@ -16,11 +18,13 @@ from __future__ import annotations
 import shlex
 import shutil
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from agentqat.engines.gguf_tensors import module_tensor_names
+from agentqat.engines.ggml_blocks import GgmlBlocks, encode
+from agentqat.engines.gguf_tensors import file_rows, module_tensor_names
 from agentqat.engines.levels import EngineFiles
 from agentqat.engines.llama_cpp import quantize, quantize_command
 from agentqat.export.base import ExportError, ExportSource
@@ -74,15 +78,42 @@ def _check_bytes(written: Path, expected: dict[str, Path]) -> None:
 
 
 def export_engine_gguf(source: ExportSource, out: Path) -> None:
-    """Writes `out`/model.gguf with llama-quantize and the command that rebuilds it (see the module docstring)."""
-    write_mix(source.engine, module_types(source), out)
+    """Writes `out`/model.gguf with llama-quantize and the command that rebuilds it (see the module docstring); the
+    modules of a polish take their trained blocks."""
+    polished = {name: module.blocks for name, module in source.modules.items() if module.blocks is not None}
+    write_mix(source.engine, module_types(source), out, polished)
 
 
-def write_mix(files: EngineFiles, types: dict[str, str], out: Path) -> Path:
-    """Returns `out`/model.gguf: the modules at `types` (module name -> GGML type) and the rest as the arena's files
-    have them, written by llama-quantize, checked byte for byte, with imatrix.gguf and llama-quantize.sh beside."""
+def _write_polished(target: Path, tensor_names: Mapping[str, str], polished: Mapping[str, GgmlBlocks]) -> None:
+    """Overwrites the polished modules' tensors in `target` with their trained blocks (same type, same size), then
+    reads them back; ExportError where llama-quantize stored another type or the bytes did not land."""
     from gguf import GGUFReader
 
+    reader = GGUFReader(str(target))
+    tensors = {tensor.name: tensor for tensor in reader.tensors}
+    rows = {name: file_rows(reader, tensor_names[name], encode(blocks)) for name, blocks in polished.items()}
+    other = [name for name, blocks in polished.items() if tensors[tensor_names[name]].tensor_type.name != blocks.type_name]
+    if other:
+        raise ExportError(FORMAT, "the polish trained other GGML types than llama-quantize stored", other, "polish the strategy again")
+    offsets = {name: int(tensors[tensor_names[name]].data_offset) for name in polished}
+    del reader, tensors
+    with open(target, "r+b") as handle:
+        for name, offset in offsets.items():
+            handle.seek(offset)
+            handle.write(rows[name].tobytes())
+    written = {tensor.name: tensor for tensor in GGUFReader(str(target)).tensors}
+    differing = [name for name in polished if not np.array_equal(_raw(written[tensor_names[name]]), rows[name].reshape(-1))]
+    if differing:
+        raise ExportError(FORMAT, "the polished blocks did not read back from the file", differing, "check the disk and export again")
+
+
+def write_mix(files: EngineFiles, types: dict[str, str], out: Path, polished: Mapping[str, GgmlBlocks] | None = None) -> Path:
+    """Returns `out`/model.gguf: the modules at `types` (module name -> GGML type) and the rest as the arena's files
+    have them, written by llama-quantize, checked byte for byte, with imatrix.gguf and llama-quantize.sh beside;
+    the modules in `polished` then take those blocks (the script rebuilds the mix before polishing)."""
+    from gguf import GGUFReader
+
+    polished = polished or {}
     tensor_names = module_tensor_names(GGUFReader(str(files.base)), types)
     by_tensor = {tensor_names[name]: type_name for name, type_name in types.items()}
     main_type = Counter(by_tensor.values()).most_common(1)[0][0]
@@ -90,11 +121,13 @@ def write_mix(files: EngineFiles, types: dict[str, str], out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     target = out / GGUF_FILE
     quantize(files.engine, files.base, target, main_type, files.imatrix, overrides, pure=True, embedding_type=files.embedding)
-    expected = {name: files.levels[kind] for name, kind in by_tensor.items() if kind in files.levels}
+    trained = {tensor_names[name] for name in polished}
+    expected = {name: files.levels[kind] for name, kind in by_tensor.items() if kind in files.levels and name not in trained}
     base_tensors = {t.name for t in GGUFReader(str(files.base)).tensors}
     expected |= {name: files.levels[files.embedding] for name in EMBEDDING_TENSORS if name in base_tensors and files.embedding in files.levels}
     try:
         _check_bytes(target, expected)
+        _write_polished(target, tensor_names, polished)
     except ExportError:
         target.rename(out / f"{GGUF_FILE}.differs")
         raise
@@ -104,6 +137,8 @@ def write_mix(files: EngineFiles, types: dict[str, str], out: Path) -> Path:
     (out / COMMAND_FILE).write_text(
         "#!/bin/sh\n# Rebuilds model.gguf with llama.cpp's own llama-quantize from the unquantized model "
         f"({files.base.name}, llama.cpp's convert_hf_to_gguf.py --outtype f32) and imatrix.gguf (the arena's calibration split).\n"
+        + (f"# The polish then replaced the blocks of {len(polished)} tensors with its trained ones: this command rebuilds the "
+           "mix before polishing, not model.gguf.\n" if polished else "")
         + shlex.join(command) + "\n"
     )
     return target

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from agentqat.models import quantizable_linears
+from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels, GgmlQatLinear
 from agentqat.polish.ste import QatLinear
 from agentqat.quant.base import INT_GRID, LayerStats
 from agentqat.quant.registry import method_of
@@ -107,17 +108,24 @@ def trainable(config: ModuleConfig) -> bool:
     )  # fmt: skip
 
 
+def trained_modules(model: nn.Module, layer: int, resolved: ResolvedStrategy, engine: EngineLevels = NO_ENGINE) -> list[str]:
+    """Returns the modules of block `layer` a polish trains: on an int grid (`trainable`) or in a GGML type's blocks."""
+    return [name for name in block_modules(model, layer) if trainable(resolved.modules[name]) or name in engine.blocks]
+
+
 def quantized_block(
     model: nn.Module, layer: int, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None,
-    weights: Mapping[str, torch.Tensor] | None = None, leave: frozenset[str] = frozenset(),
+    weights: Mapping[str, torch.Tensor] | None = None, leave: frozenset[str] = frozenset(), engine: EngineLevels = NO_ENGINE,
 ) -> nn.Module:  # fmt: skip
     """Returns a frozen copy of block `layer` computing as the strategy says (modules in `weights` with those
-    weights, e.g. polished ones; modules in `leave` as they are, for the caller to replace)."""
+    weights, e.g. polished ones, then those `engine` holds; modules in `leave` as they are, for the caller to
+    replace)."""
     block = copy.deepcopy(decoder_layers(model)[layer]).requires_grad_(False)
     dtype = COMPUTE_DTYPES[resolved.compute_dtype]
+    weights = {**engine.weights, **(weights or {})}
     for name, inner in block_modules(model, layer).items():
         config, linear = resolved.modules[name], block.get_submodule(inner)
-        if weights is not None and name in weights:
+        if name in weights:
             module = QuantizedLinear(weights[name], linear.bias, config.activation, None, dtype, 0)
         elif name in leave or (config.weight.bits == 16 and config.activation.bits == 16 and dtype == torch.float32):
             continue
@@ -129,21 +137,25 @@ def quantized_block(
 
 def training_block(
     model: nn.Module, layer: int, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None,
-    configs: Mapping[str, ModuleConfig], learn_scale: bool,
-) -> tuple[nn.Module, list[QatLinear]]:  # fmt: skip
-    """Returns a copy of block `layer` whose trainable modules are `QatLinear`s starting from the strategy's
-    quantization under `configs` (module name -> config, e.g. a curriculum's first width), the rest frozen as the
-    strategy quantizes them; and those `QatLinear`s, the only parameters that take gradients."""
-    names = frozenset(name for name in block_modules(model, layer) if trainable(resolved.modules[name]))
-    block = quantized_block(model, layer, resolved, stats, leave=names)
+    configs: Mapping[str, ModuleConfig], learn_scale: bool, engine: EngineLevels = NO_ENGINE,
+) -> tuple[nn.Module, list[QatLinear | GgmlQatLinear]]:  # fmt: skip
+    """Returns a copy of block `layer` whose trained modules (`trained_modules`) are `QatLinear`s starting from the
+    strategy's quantization under `configs` (module name -> config, e.g. a curriculum's first width), or
+    `GgmlQatLinear`s starting from llama.cpp's blocks; the rest frozen as the strategy quantizes them; and those
+    trained modules, the only parameters that take gradients."""
+    names = frozenset(trained_modules(model, layer, resolved, engine))
+    block = quantized_block(model, layer, resolved, stats, leave=names, engine=engine)
     base = decoder_layers(model)[layer]
     qat = []
     for name, inner in block_modules(model, layer).items():
         if name not in names:
             continue
         config, linear = configs[name], base.get_submodule(inner)
-        quantized = quantize_module(linear, config, stats.get(name) if stats else None, torch.float32).weight
-        module = QatLinear.from_weights(name, linear.weight, quantized, linear.bias, config.weight, learn_scale)
+        if name in engine.blocks:
+            module = GgmlQatLinear(name, engine.blocks[name], linear.bias, learn_scale)
+        else:
+            quantized = quantize_module(linear, config, stats.get(name) if stats else None, torch.float32).weight
+            module = QatLinear.from_weights(name, linear.weight, quantized, linear.bias, config.weight, learn_scale)
         block.set_submodule(inner, module)
         qat.append(module)
     return block, qat

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentqat.engines.ggml_blocks import GgmlBlocks
 from agentqat.quant.base import WeightQuant
 from agentqat.quant.grid import MAX_SCALE, MIN_SCALE, Grid, code_range, int_grid, to_groups
 
@@ -30,11 +31,13 @@ def round_ste(values: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class PolishedWeight:
-    """A trained module's weight on its int grid: the dequantized values, the grid they lie on, its group size."""
+    """A trained module's weight: the dequantized values, and either the int grid they lie on with its group size,
+    or (trained inside a GGML type, `agentqat.polish.ggml_grid`) that type's blocks, which hold them exactly."""
 
     weight: torch.Tensor
-    grid: Grid
+    grid: Grid | None
     group_size: int
+    blocks: GgmlBlocks | None = None
 
 
 def on_grid(polished: PolishedWeight) -> bool:

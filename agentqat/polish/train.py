@@ -8,6 +8,10 @@ the current one compute as polished if polished already, else as the strategy qu
 visits blocks out of order: `Chain` keeps the inputs of the blocks still to train and recomputes the stale ones
 from the nearest kept state).
 
+On an [engine] arena the modules at llama.cpp's levels start from their level files' blocks and train inside their
+GGML type (`agentqat.polish.ggml_grid`), and the quantized chain starts from the embedding at the engine's type,
+so the blocks learn to correct its error too.
+
 With the curriculum, a block whose modules ask for fewer than 4 bits trains at 4 bits, then 3, then 2 (each
 module down to its own width), moving on when an epoch improves the loss by less than POLISH_CONVERGED.
 
@@ -32,19 +36,20 @@ from agentqat import defaults
 from agentqat.polish.blocks import (
     BlockInputs,
     batch_kwargs,
-    block_modules,
     capture_inputs,
     decoder_layers,
     quantized_block,
     run_block,
-    trainable,
+    trained_modules,
     training_block,
 )  # fmt: skip
 from agentqat.polish.chain import Chain
 from agentqat.polish.curriculum import bits_at, converged, stages
+from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels
 from agentqat.polish.ste import PolishedWeight, QatLinear
 from agentqat.progress import Reporter, phase
 from agentqat.quant.base import LayerStats
+from agentqat.strategy.apply import embedding_applied
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 Order = Literal["natural", "sensitivity"]
@@ -150,16 +155,17 @@ def _train(
 def polish_block(
     model: nn.Module, layer: int, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None, unpolished: nn.Module,
     hidden: torch.Tensor, target: torch.Tensor, inputs: BlockInputs, settings: PolishSettings, reporter: Reporter | None = None,
+    engine: EngineLevels = NO_ENGINE,
 ) -> tuple[dict[str, PolishedWeight], nn.Module, BlockReport]:  # fmt: skip
     """Returns block `layer`'s polished weights, the polished block (frozen) and its report, trained from the
     quantized inputs `hidden` to the base block's outputs `target` (see the module docstring); `unpolished` is the
-    block as the strategy quantizes it."""
+    block as the strategy quantizes it. Modules in a GGML type's blocks train inside them at their own type."""
     started = time.perf_counter()
     loss_before = _loss(unpolished, hidden, target, inputs)
-    names = [name for name in block_modules(model, layer) if trainable(resolved.modules[name])]
+    names = [name for name in trained_modules(model, layer, resolved, engine) if name not in engine.blocks]
     widths = stages([resolved.modules[name].weight.bits for name in names], settings.curriculum)
     configs = {name: _at(config, bits_at(config.weight.bits, widths[0])) for name, config in resolved.modules.items()}
-    block, qat = training_block(model, layer, resolved, stats, configs, settings.learn_scales)
+    block, qat = training_block(model, layer, resolved, stats, configs, settings.learn_scales, engine)
     block.train()
     rng = torch.Generator().manual_seed(settings.seed * 1000 + layer)
     total = len(widths) * settings.epochs * -(-len(hidden) // settings.batch)
@@ -167,12 +173,12 @@ def polish_block(
     detail = f"{len(hidden)} windows, {len(qat)} modules, widths {'>'.join(map(str, widths))}"
     with phase(reporter, f"polishing block {layer}", total=total, detail=detail) as step:
         for position, width in enumerate(widths):
-            for module in qat:
+            for module in (module for module in qat if isinstance(module, QatLinear)):
                 module.retarget(bits_at(resolved.modules[module.name].weight.bits, width))
             epochs += _train(block, qat, hidden, target, inputs, settings, position == len(widths) - 1, rng, step)
     weights = {module.name: module.frozen() for module in qat}
     del block, qat
-    polished = quantized_block(model, layer, resolved, stats, {name: w.weight for name, w in weights.items()})
+    polished = quantized_block(model, layer, resolved, stats, {name: w.weight for name, w in weights.items()}, engine=engine)
     loss_after = _loss(polished, hidden, target, inputs)
     kept = loss_after < loss_before
     report = BlockReport(layer, tuple(widths), loss_before, loss_after, epochs, time.perf_counter() - started, kept)
@@ -186,26 +192,30 @@ def _at(config: ModuleConfig, bits: int) -> ModuleConfig:
 def polish_model(
     model: nn.Module, resolved: ResolvedStrategy, stats: Mapping[str, LayerStats] | None, windows: torch.Tensor,
     settings: PolishSettings, sensitivities: Mapping[int, float] | None = None, reporter: Reporter | None = None,
+    engine: EngineLevels = NO_ENGINE,
 ) -> Polished:  # fmt: skip
     """Returns the strategy's trainable modules polished block by block on the calibration `windows` (see the
-    module docstring); `model` is not changed."""
+    module docstring); `engine`: the modules at levels llama.cpp made, as their files hold them, and the embedding
+    the quantized chain starts from (the targets start from the base's); `model` is not changed."""
     started = time.perf_counter()
     inputs = capture_inputs(model, windows, settings.batch)
+    with embedding_applied(model, engine.embedding):
+        quantized_inputs = capture_inputs(model, windows, settings.batch) if engine.embedding else inputs
     layers = decoder_layers(model)
     blocks: dict[int, nn.Module] = {}  # each block as the quantized chain computes it, while a later block needs it
 
     def current(layer: int) -> nn.Module:
         if layer not in blocks:
-            blocks[layer] = quantized_block(model, layer, resolved, stats)
+            blocks[layer] = quantized_block(model, layer, resolved, stats, engine=engine)
         return blocks[layer]
 
-    full, quantized = Chain(inputs, lambda layer: layers[layer]), Chain(inputs, current)
+    full, quantized = Chain(inputs, lambda layer: layers[layer]), Chain(quantized_inputs, current)
     weights: dict[str, PolishedWeight] = {}
     reports = []
     order = block_order(len(layers), settings.order, sensitivities)
     for position, layer in enumerate(order):
         target = run_block(layers[layer], full.state(layer), inputs)
-        polished, block, report = polish_block(model, layer, resolved, stats, current(layer), quantized.state(layer), target, inputs, settings, reporter)
+        polished, block, report = polish_block(model, layer, resolved, stats, current(layer), quantized.state(layer), target, inputs, settings, reporter, engine)
         weights.update(polished)
         reports.append(report)
         blocks[layer] = block

@@ -13,7 +13,8 @@ Records, in the polish directory: polish.json (settings, strategy, each block's 
 ones carry the id "<strategy id>-polished" and `extra.polished`), heldout.jsonl (both on the held-out split),
 weights.safetensors (the
 polished weights, dequantized: every value on its module's grid; and per module NAME.scale and NAME.zero, one row
-per group).
+per group; or, for a module trained inside a GGML type, NAME.ggml: its blocks as the GGUF stores them, the type in
+the file's metadata `ggml_types`).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
@@ -34,6 +36,11 @@ from agentqat.errors import UserError
 from agentqat.progress import Reporter
 from agentqat.rundir.paths import ABLATION_FILE, HELDOUT_FILE, RESULTS_FILE
 from agentqat.rundir.store import write_json_atomic
+
+if TYPE_CHECKING:
+    import torch
+
+    from agentqat.polish import PolishedWeight
 
 POLISHED = "polished"
 
@@ -107,6 +114,7 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
     """Returns the polish of `document` on the bench's model and calibration windows."""
     from agentqat.data import sample_windows
     from agentqat.polish import polish_model
+    from agentqat.polish.ggml_grid import NO_ENGINE, engine_levels
     from agentqat.strategy.document import parse_strategy
     from agentqat.strategy.resolve import needs_calibration, resolve_strategy
 
@@ -116,7 +124,26 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
         bench.calibration_ids, bench.arena.window_tokens, settings.windows, bench.arena.seed, bos=bench.loaded.bos.window_token
     )
     stats = calibration.stats if calibration else None
-    return polish_model(bench.loaded.model, resolved, stats, windows, settings, sensitivities, reporter)
+    engine = engine_levels(bench.engine_files(), resolved, bench.engine_embedding()) if bench.arena.engine is not None else NO_ENGINE
+    return polish_model(bench.loaded.model, resolved, stats, windows, settings, sensitivities, reporter, engine)
+
+
+def polished_tensors(weights: Mapping[str, PolishedWeight]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Returns what weights.safetensors holds (see the module docstring): tensors, and the metadata naming the GGML
+    type of each module trained inside one."""
+    import torch
+
+    from agentqat.engines.ggml_blocks import encode
+    from agentqat.polish.ggml_grid import GGML_SUFFIX, GGML_TYPES_KEY
+
+    tensors, types = {}, {}
+    for name, polished in weights.items():
+        tensors[name] = polished.weight.contiguous()
+        if polished.blocks is not None:
+            tensors[f"{name}{GGML_SUFFIX}"], types[name] = torch.from_numpy(encode(polished.blocks)), polished.blocks.type_name
+        else:
+            tensors[f"{name}.scale"], tensors[f"{name}.zero"] = polished.grid.scale.contiguous(), polished.grid.zero.contiguous()
+    return tensors, {GGML_TYPES_KEY: json.dumps(types, sort_keys=True)}
 
 
 def layer_sensitivities(bench: Workbench, reporter: Reporter | None = None) -> dict[int, float]:
@@ -184,10 +211,8 @@ def polish_strategy(
         with phase(reporter, f"the final strategy ({selected}) on the test split, once"):
             final = play_stage(test, document, weights if selected == POLISHED else None)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {name: weight.contiguous() for name, weight in weights.items()}
-    for name, polished_weight in polish.weights.items():
-        tensors[f"{name}.scale"], tensors[f"{name}.zero"] = polished_weight.grid.scale.contiguous(), polished_weight.grid.zero.contiguous()
-    save_file(tensors, str(directory / "weights.safetensors"))
+    tensors, metadata = polished_tensors(polish.weights)
+    save_file(tensors, str(directory / "weights.safetensors"), metadata)
     write_json_atomic(directory / "polish.json", {
         "arena": arena.name, "strategy": document, "settings": dataclasses.asdict(settings), "seconds": polish.seconds,
         "blocks": [dataclasses.asdict(block) for block in polish.blocks], "sensitivities": sensitivities,

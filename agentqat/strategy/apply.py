@@ -6,6 +6,7 @@ modules are memoised in a LayerCache keyed by (module, resolved config, compute 
 config seen before costs a dictionary look-up. Given a level database (agentqat.levels), a module whose config is
 one of its levels takes its stored weight instead of being quantized: the same values, read from disk. Given
 `overrides` (module name -> weight, e.g. polished by agentqat.polish), those modules take that weight as it is.
+`embedding_applied` puts other values into the token embedding (an [engine] arena's type) for a while.
 """
 
 from __future__ import annotations
@@ -217,3 +218,18 @@ def strategy_applied(
         yield applied
     finally:
         restore(model, applied)
+
+
+@contextmanager
+def embedding_applied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor]):
+    """Yields while the model's token embedding (and output head) hold `weights` (module name -> weight; a tied
+    head follows its embedding); the base values are back afterwards, even on error."""
+    modules = dict(model.named_modules())
+    saved = {name: modules[name].weight.data for name in weights}
+    try:
+        for name, weight in weights.items():
+            modules[name].weight.data = weight.to(saved[name].dtype)
+        yield
+    finally:
+        for name, data in saved.items():
+            modules[name].weight.data = data
