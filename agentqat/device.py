@@ -77,7 +77,8 @@ def place_model(model: nn.Module, where: Placement) -> nn.Module:
     model.to(dtype=where.dtype)
     if not where.sequential:
         return model.to(where.device)
-    inside = {id(module) for module in decoder_layers(model).modules()}
+    layers = decoder_layers(model).to(HOST)
+    inside = {id(module) for module in layers.modules()}
     for module in model.modules():
         if id(module) not in inside:
             module._apply(lambda tensor: tensor.to(where.device), recurse=False)
