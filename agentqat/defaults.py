@@ -71,3 +71,6 @@ FISHER_WINDOWS = 4
 # The plan before a run (agentqat plan) and workers on GPUs (issue 25).
 PLAN_MATCHES = 1000  # matches of the search the plan times, counted as `evolve --budget` counts them
 GPUS_PER_WORKER = 0.0  # GPUs (whole or a fraction) each Ray evaluator actor asks for; 0: CPU actors
+DEVICE_PATTERN = r"^(cpu|auto|cuda(:\d+)?)$"  # the device settings agentqat.device reads
+DEVICE = "cpu"  # where a worker computes: cpu, cuda, cuda:N or auto (agentqat.device; cuda when there is one, else cpu)
+SEQUENTIAL = False  # run the model layer by layer (agentqat.layerwise), for models bigger than the device

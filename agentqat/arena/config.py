@@ -106,6 +106,8 @@ class Arena(_Frozen):
     gpus_per_worker: Annotated[float, AfterValidator(_whole_above_one)] = Field(
         defaults.GPUS_PER_WORKER, ge=0, le=64, description="GPUs each Ray evaluator actor asks for: a fraction shares one, above 1 whole GPUs"
     )
+    device: str = Field(defaults.DEVICE, pattern=defaults.DEVICE_PATTERN, description="where each worker computes: cpu, cuda, cuda:N or auto")
+    sequential: bool = Field(defaults.SEQUENTIAL, description="run the model layer by layer (models bigger than the device)")
     stages: tuple[Stage, ...] = Field(min_length=1)
     score: ScoreWeights = ScoreWeights()
     levels: Levels | None = Field(None, description="a level ladder: the level database and module-level search")
@@ -121,6 +123,12 @@ class Arena(_Frozen):
         return self
 
     @model_validator(mode="after")
+    def _sequential_without_tasks(self) -> Arena:
+        if self.sequential and any(stage.cloze or stage.qa for stage in self.stages):
+            raise ValueError("a sequential (layer-by-layer) arena scores KL and perplexity only: drop the stages' cloze and qa")
+        return self
+
+    @model_validator(mode="after")
     def _engine_deploys_gguf(self) -> Arena:
         if self.engine is not None and self.deploy != "gguf":
             raise ValueError(f"an [engine] arena's survivors are GGUF files: set deploy = \"gguf\", not {self.deploy!r}")
@@ -128,12 +136,13 @@ class Arena(_Frozen):
 
     @model_serializer(mode="wrap")
     def _defaults_unrecorded(self, handler) -> dict:
-        """Leaves gpus_per_worker out of dumps while it is 0, and engine while there is none, so that the dumps and
-        hashes of CPU arenas without an engine (run manifests, sensitivity cache keys) are the ones they were before
-        those fields existed."""
+        """Leaves gpus_per_worker out of dumps while it is 0, device while it is cpu, sequential while false, and
+        engine while there is none, so that the dumps and hashes of CPU arenas without an engine (run manifests,
+        sensitivity cache keys) are the ones they were before those fields existed."""
         data = handler(self)
-        if self.gpus_per_worker == defaults.GPUS_PER_WORKER:
-            data.pop("gpus_per_worker", None)
+        for name in ("gpus_per_worker", "device", "sequential"):
+            if getattr(self, name) == getattr(defaults, name.upper()):
+                data.pop(name, None)
         if self.engine is None:
             data.pop("engine", None)
         return data

@@ -29,6 +29,7 @@ from agentqat.arena.tasks import (
     qualifying_questions,
 )
 from agentqat.data import load_corpus, sample_windows, tokenize
+from agentqat.device import calibration_on, place_model, placement
 from agentqat.engines.levels import EngineFiles, embedding_values, engine_level, fixed_bytes, level_values, linear_bits_within
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.errors import UserError
@@ -61,7 +62,9 @@ class Workbench:
         self.arena = arena
         self.worker = worker
         self.reporter = reporter
-        self.loaded = load_model(arena.model, reporter=reporter)
+        self.placement = placement(arena.device, arena.sequential, setting=f"arena {arena.name}: device")
+        self.loaded = load_model(arena.model, self.placement.dtype, reporter)
+        place_model(self.loaded.model, self.placement)
         corpus = load_corpus(arena.corpus)
         self.corpus_source = corpus.source
         self.eval_ids = tokenize(self.loaded.tokenizer, corpus.evaluation)
@@ -91,7 +94,7 @@ class Workbench:
         """Returns the base model's log-probabilities on a window set (computed once per worker)."""
         key = (stage.name, seed, window_set)
         if key not in self._references:
-            self._references[key] = reference_of(self.loaded.model, self.windows(stage, seed, window_set))
+            self._references[key] = reference_of(self.loaded.model, self.windows(stage, seed, window_set), sequential=self.placement.sequential)
         return self._references[key]
 
     def _calibration_tokens(self, windows: int) -> tuple[torch.Tensor, str]:
@@ -99,13 +102,14 @@ class Workbench:
         tokens = sample_windows(
             self.calibration_ids, self.arena.window_tokens, windows, self.arena.seed, bos=self.loaded.bos.window_token
         )
-        return tokens, calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens)
+        return tokens, calibration_key(self.loaded.facts.name, self.loaded.directory, self.corpus_source, tokens, self.placement.dtype)
 
     def calibration(self, windows: int) -> Calibration:
         """Returns calibration statistics from `windows` calibration windows (cached on disk per budget)."""
         if windows not in self._calibrations:
             tokens, key = self._calibration_tokens(windows)
-            self._calibrations[windows] = load_or_collect(self.loaded.model, key, tokens, self.reporter)
+            collected = load_or_collect(self.loaded.model, key, tokens, self.reporter, self.placement.sequential)
+            self._calibrations[windows] = calibration_on(collected, self.placement.weights)
         return self._calibrations[windows]
 
     def levels(self) -> LevelDatabase | None:
@@ -118,7 +122,7 @@ class Workbench:
             else:  # levels that read no statistics (llama.cpp's read its imatrix) are keyed by the windows alone
                 calibration = Calibration(self._calibration_tokens(self.arena.calibration_windows)[1], {})
             engine_weights = self._engine_level_weights if self.arena.engine is not None else None
-            self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter, engine_weights)
+            self._levels = open_database(self.loaded.model, self.loaded.facts.name, calibration, ladder, self.reporter, engine_weights, self.placement.weights)
         return self._levels
 
     def _engine_level_file(self, type_name: str):
@@ -266,7 +270,7 @@ class Workbench:
             self._check_time(started, "quantization")
             with _OverflowWatch(model, COMPUTE_DTYPES[resolved.compute_dtype]) as overflow:
                 evaluate_started = time.perf_counter()
-                comparison = compare(model, reference)
+                comparison = compare(model, reference, sequential=self.placement.sequential)
                 evaluate_seconds = time.perf_counter() - evaluate_started
             self._check_time(started, "evaluation")
             cloze = qa = None

@@ -9,21 +9,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from agentqat.layerwise import logit_batches
+
 
 @torch.inference_mode()
-def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
-    """Returns the mean next-token negative log-likelihood of each window, shape (windows,)."""
+def window_nll(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, sequential: bool = False) -> torch.Tensor:
+    """Returns the mean next-token negative log-likelihood of each window, shape (windows,), on the CPU (the model
+    runs on its device, whole or, `sequential`, layer by layer: agentqat.layerwise)."""
     losses = []
-    for batch in windows.split(batch_size):
-        logits = model(input_ids=batch).logits[:, :-1].float()
-        nll = F.cross_entropy(logits.transpose(1, 2), batch[:, 1:], reduction="none")
-        losses.append(nll.mean(dim=1))
+    for batch, logits in logit_batches(model, windows, batch_size, sequential):
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), batch[:, 1:], reduction="none")
+        losses.append(nll.mean(dim=1).cpu())
     return torch.cat(losses)
 
 
-def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> float:
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, sequential: bool = False) -> float:
     """Returns the perplexity over all predicted tokens of the windows (equal-length windows)."""
-    return math.exp(window_nll(model, windows, batch_size).mean().item())
+    return math.exp(window_nll(model, windows, batch_size, sequential).mean().item())
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class Reference:
     KL(p || q) = sum p log p - sum p log q, and log q = logits - logsumexp(logits), so per position
     KL = neg_entropy - (p . logits) + logsumexp(logits): one product with the stored probabilities and one
     logsumexp per comparison, instead of a full log-softmax and several passes over the vocabulary.
+    Its tensors live on the CPU (the host), whatever the model's device: a comparison moves one batch at a time.
     """
 
     windows: torch.Tensor
@@ -61,31 +64,35 @@ class Comparison:
 
 
 @torch.inference_mode()
-def reference_of(model: nn.Module, windows: torch.Tensor, batch_size: int = 4) -> Reference:
-    """Returns the base model's next-token distributions on `windows`, in the form `compare` needs."""
+def reference_of(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, sequential: bool = False) -> Reference:
+    """Returns the base model's next-token distributions on `windows`, in the form `compare` needs (computed on the
+    model's device, whole or `sequential`; kept on the CPU)."""
     probs, neg_entropy, argmax, nll = [], [], [], []
-    for batch in windows.split(batch_size):
-        log_probs = F.log_softmax(model(input_ids=batch).logits[:, :-1].float(), dim=-1)
+    for batch, logits in logit_batches(model, windows, batch_size, sequential):
+        log_probs = F.log_softmax(logits[:, :-1].float(), dim=-1)
         p = log_probs.exp()
-        probs.append(p.to(torch.float16))
-        neg_entropy.append((p * log_probs).sum(-1))
-        argmax.append(log_probs.argmax(-1))
-        nll.append(-log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1).mean(dim=1))
+        probs.append(p.to(torch.float16).cpu())
+        neg_entropy.append((p * log_probs).sum(-1).cpu())
+        argmax.append(log_probs.argmax(-1).cpu())
+        nll.append(-log_probs.gather(-1, batch[:, 1:, None]).squeeze(-1).mean(dim=1).cpu())
     return Reference(windows, torch.cat(probs), torch.cat(neg_entropy), torch.cat(argmax), torch.cat(nll))
 
 
 @torch.inference_mode()
-def compare(model: nn.Module, reference: Reference, batch_size: int = 4) -> Comparison:
-    """Returns NLL, KL(base || model) and top-1 agreement of `model` on the reference's windows."""
+def compare(model: nn.Module, reference: Reference, batch_size: int = 4, sequential: bool = False) -> Comparison:
+    """Returns NLL, KL(base || model) and top-1 agreement of `model` on the reference's windows (computed on the
+    model's device, whole or `sequential`; returned on the CPU)."""
     nll, kl, top1, finite = [], [], [], True
     batches = zip(
-        reference.windows.split(batch_size),
+        logit_batches(model, reference.windows, batch_size, sequential),
         reference.probs.split(batch_size),
         reference.neg_entropy.split(batch_size),
         reference.argmax.split(batch_size),
     )
-    for batch, probs, neg_entropy, base_argmax in batches:
-        logits = model(input_ids=batch).logits[:, :-1].float()
+    for (batch, logits), probs, neg_entropy, base_argmax in batches:
+        logits = logits[:, :-1].float()
+        device = logits.device
+        probs, neg_entropy, base_argmax = probs.to(device), neg_entropy.to(device), base_argmax.to(device)
         log_normalizer = torch.logsumexp(logits, dim=-1)
         expected_logit = torch.einsum("btv,btv->bt", probs.float(), logits)
         # KL is never negative; rounding can take a near-zero position a hair below zero.
@@ -93,8 +100,8 @@ def compare(model: nn.Module, reference: Reference, batch_size: int = 4) -> Comp
         # A NaN or +inf logit makes its row's logsumexp non-finite, a -inf one where the base has mass makes
         # the KL infinite: checking these reductions spares a pass over the whole logits tensor.
         finite = finite and bool(torch.isfinite(log_normalizer).all() and torch.isfinite(position_kl).all())
-        kl.append(position_kl.mean(dim=1))
+        kl.append(position_kl.mean(dim=1).cpu())
         target_logit = logits.gather(-1, batch[:, 1:, None]).squeeze(-1)
-        nll.append((log_normalizer - target_logit).mean(dim=1))
-        top1.append((logits.argmax(-1) == base_argmax).float().mean(dim=1))
+        nll.append((log_normalizer - target_logit).mean(dim=1).cpu())
+        top1.append((logits.argmax(-1) == base_argmax).float().mean(dim=1).cpu())
     return Comparison(torch.cat(nll), torch.cat(kl), torch.cat(top1), finite)

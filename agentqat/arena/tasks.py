@@ -126,8 +126,9 @@ def cloze_accuracy(model: nn.Module, cloze_set: ClozeSet, batch_size: int = 16) 
         cloze_set.targets.split(batch_size),
     ):
         logits = model(
-            input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=positions, use_cache=False
+            input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device), logits_to_keep=positions, use_cache=False
         ).logits
+        targets = targets.to(logits.device)
         hits = (logits.argmax(dim=-1) == targets) | (targets < 0)
         correct.extend(hits.all(dim=1).tolist())
     return sum(correct) / len(correct), correct
@@ -177,8 +178,8 @@ def generate_token_ids(
         batch = encoded[start : start + batch_size]
         width = max(len(ids) for ids in batch)
         output = model.generate(
-            input_ids=torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], dtype=torch.long),
-            attention_mask=torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], dtype=torch.long),
+            input_ids=torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in batch], dtype=torch.long, device=model.device),
+            attention_mask=torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in batch], dtype=torch.long, device=model.device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=pad_id,

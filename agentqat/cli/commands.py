@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from agentqat import defaults
+from agentqat.cli.device_options import load_placed, on_device
 from agentqat.errors import UserError
 from agentqat.rundir.paths import ABLATION_FILE, MANIFEST_FILE, RUNS_DIR
 
@@ -34,16 +35,15 @@ def cmd_info(args: argparse.Namespace) -> int:
     from agentqat import ui
     from agentqat.arena.quality import perplexity
     from agentqat.data import SPLITS, load_corpus, sample_windows, tokenize
-    from agentqat.models import load_model
 
     torch.set_num_threads(defaults.TORCH_THREADS)
     corpus = load_corpus(args.corpus)
-    loaded = load_model(args.model)
+    loaded, where = load_placed(args)
     split_tokens = {split: len(tokenize(loaded.tokenizer, corpus.split(split))) for split in SPLITS}
     eval_ids = tokenize(loaded.tokenizer, corpus.evaluation)
     windows = sample_windows(eval_ids, args.window_tokens, args.windows, args.seed, bos=loaded.bos.window_token)
     started = time.perf_counter()
-    base_ppl = perplexity(loaded.model, windows)
+    base_ppl = perplexity(loaded.model, windows, sequential=where.sequential)
     report = {
         "model": ui.facts_dict(loaded.facts, loaded.directory),
         "corpus": {"name": corpus.name, "source": corpus.source, "tokens": split_tokens},
@@ -112,7 +112,7 @@ def cmd_baseline(args: argparse.Namespace) -> int:
     from agentqat.arena.baselines import baseline_requests
     from agentqat.arena.config import load_arena
 
-    arena = load_arena(args.arena)
+    arena = on_device(load_arena(args.arena), args)
     stage = arena.stage(args.stage or arena.stages[-1].name)
     seed = arena.seed if args.seed is None else args.seed
     requests = baseline_requests(stage.name, seed, _int_list(args.bits, "--bits"), _int_list(args.calibration, "--calibration"), _names(args.methods))
@@ -191,7 +191,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
     else:
         from agentqat.arena.config import load_arena
 
-        arena, fields = load_arena(args.arena), _settings_fields(args)
+        arena, fields = on_device(load_arena(args.arena), args), _settings_fields(args)
         if args.deploy is not None:
             arena = arena.model_copy(update={"deploy": args.deploy})
         if args.population is None:  # the arena's offspring per generation where it declares a ladder
@@ -290,7 +290,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         raise UserError("--add-arms and --add-seeds extend a recorded comparison", "use them with --resume DIR")
     else:
         llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
-        arena = load_arena(args.arena)
+        arena = on_device(load_arena(args.arena), args)
         population = args.population or (arena.levels.offspring if arena.levels else defaults.POPULATION)
         settings = compare.CompareSettings(
             arena=arena, arms=tuple(compare.parse_arm(spec, llm) for spec in _names(args.generators)),
@@ -350,7 +350,7 @@ def cmd_polish(args: argparse.Namespace) -> int:
         raise UserError("polish needs --best (with RUN_DIR), --strategy STRATEGY.json or --ablate", "e.g. agentqat polish runs/NAME --best")
     if args.best and args.run_dir is None:
         raise UserError("--best needs the run directory", "e.g. agentqat polish runs/NAME --best")
-    arena = load_arena(args.arena) if args.arena else read_manifest(Path(args.run_dir)).arena if args.run_dir else load_arena(DEFAULT_ARENA)
+    arena = on_device(load_arena(args.arena) if args.arena else read_manifest(Path(args.run_dir)).arena if args.run_dir else load_arena(DEFAULT_ARENA), args)
     if args.threads is not None:
         arena = arena.model_copy(update={"compute_threads": args.threads})
     try:

@@ -11,6 +11,7 @@ from agentqat.arena.baselines import DEFAULT_CALIBRATION_BUDGETS as BASELINE_BUD
 from agentqat.arena.config import DEFAULT_ARENA
 from agentqat.cli import commands as handlers
 from agentqat.cli import deploy_commands, engine_commands, plan_commands
+from agentqat.cli.device_options import add_device
 
 
 def _add_model_corpus(parser: argparse.ArgumentParser) -> None:
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_corpus(info)
     _add_windows(info)
     info.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    add_device(info)
     info.set_defaults(handler=handlers.cmd_info)
 
     validate = commands.add_parser("validate", help="check strategy files against the schema and a model", description=handlers.cmd_validate.__doc__)
@@ -73,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     baseline.add_argument("--bits", default=",".join(map(str, BASELINE_BITS)), help="bit widths (default: %(default)s)")
     baseline.add_argument("--calibration", default=",".join(map(str, BASELINE_BUDGETS)), help="calibration budgets in windows (default: %(default)s)")
     baseline.add_argument("--methods", default="", help="comma-separated subset, e.g. rtn,gptq (default: all)")
+    add_device(baseline)
     baseline.set_defaults(handler=handlers.cmd_baseline)
 
     levels = commands.add_parser("levels", help="the level database of an arena's ladder", description="The level database of an arena's ladder.")
@@ -125,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     evolve.add_argument("--runs", type=Path, default=Path("runs"), help="directory of runs (default: %(default)s)")
     evolve.add_argument("--resume", default="", metavar="RUN_DIR", help="continue this run with its recorded settings; with stopping rules (--generations, "
         "--patience, --budget, --minutes, --no-clear-stop), extend it")
+    add_device(evolve)
     evolve.set_defaults(handler=handlers.cmd_evolve)
 
     show = commands.add_parser("show", help="print a recorded run: leaderboards and Pareto front", description=handlers.cmd_show.__doc__)
@@ -156,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--add-seeds", default="", metavar="SEEDS", help="with --add-arms: the comparison's seeds the new arms play (default: all)")
     compare.add_argument("--write-plan", default=None, type=Path, metavar="DIR", help="write DIR/PLAN.md, the pre-registration to fill in (hypotheses, arms, seeds, budget, quantity, test) for the "
         "comparison the other options describe, and stop; a new comparison under reports/ needs one")
+    add_device(compare)
     compare.set_defaults(handler=handlers.cmd_compare)
 
     sensitivity = commands.add_parser("sensitivity", help="per layer and role: Fisher, gradient norm, KL at 2-8 bits, rank correlations", description=handlers.cmd_sensitivity.__doc__)
@@ -185,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
         "on, once; 0: none (default: %(default)s)")
     polish.add_argument("--threads", type=int, default=None, help="torch threads (default: the arena's compute_threads)")
     polish.add_argument("--out", type=Path, default=None, help="polish directory (default: RUN_DIR/polish/<name>-<order>[-curriculum], else runs/polish-...; --ablate: runs/polish-ablation-<arena>)")
+    add_device(polish)
     polish.set_defaults(handler=handlers.cmd_polish)
     export = commands.add_parser("export", help="write a strategy's quantized model for an engine (compressed-tensors, gguf, fake-quant)", description=deploy_commands.cmd_export.__doc__)
     export.add_argument("run_dir", nargs="?", metavar="RUN_DIR", help="a recorded run to take the strategy from (with --best)")

@@ -12,7 +12,7 @@ What a level file holds (format 2):
 - packed, for the integer-grid methods (format "int": rtn, gptq, awq, hqq): each module's codes bit-packed at
   their width, its scales (float16, or int8 exponents for power-of-two scales), its zero points (packed like the
   codes; float16 for hqq's float zeros; none on symmetric grids) and AWQ's per-input-channel divisor (float32), in
-  the layout `agentqat.levels.packing` describes. A read unpacks and dequantizes them on the CPU into the float32
+  the layout `agentqat.levels.packing` describes. A read unpacks and dequantizes them on the reader's device into the float32
   weight the quantizer returns, bit for bit: `pack` checks every module as it is written, and a module that would
   not read back exactly is stored float32 instead.
 - float32, as the quantizer returns it, for everything else: the formats with no packed form yet (bitsandbytes'
@@ -38,6 +38,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from agentqat.defaults import cache_dir
+from agentqat.layerwise import HOST
 from agentqat.levels.ladder import level_name
 from agentqat.levels.packing import SUFFIXES, pack, packed_size, unpack
 from agentqat.models import quantizable_linears
@@ -99,9 +100,9 @@ class _LevelFile:
     """One level's file, mapped: float32 modules by name, packed modules by name and suffix (metadata "packed"
     names them with their shapes)."""
 
-    def __init__(self, path: Path, config: ModuleConfig):
+    def __init__(self, path: Path, config: ModuleConfig, device: torch.device):
         self.path = path
-        self.handle = safe_open(str(path), framework="pt")
+        self.handle = safe_open(str(path), framework="pt", device=str(device))
         packed = json.loads((self.handle.metadata() or {}).get("packed", "{}"))
         self.shapes = {name: (shape[0], shape[1]) for name, shape in packed.items()}
         self.bits = config.weight.bits
@@ -120,14 +121,15 @@ class _LevelFile:
 class LevelDatabase:
     """Read access to a built database: the quantized weight of a module at a level, mapped from disk."""
 
-    def __init__(self, directory: Path, levels: tuple[ModuleConfig, ...], calibration_key: str):
+    def __init__(self, directory: Path, levels: tuple[ModuleConfig, ...], calibration_key: str, device: torch.device = HOST):
         self.directory = directory
         self.levels = levels
         self.calibration_key = calibration_key
-        self._files = {config: _LevelFile(_built(directory, config), config) for config in levels}
+        self._files = {config: _LevelFile(_built(directory, config), config, device) for config in levels}
 
     def weight(self, name: str, config: ModuleConfig, calibration_key: str | None) -> torch.Tensor | None:
-        """Returns module `name`'s float32 weight at level `config` (what quantizing it computes, bit for bit), or
+        """Returns module `name`'s float32 weight at level `config` (what quantizing it computes, bit for bit; read
+        and dequantized on the database's device), or
         None when `config` is no level of the database or reads calibration other than the database's (a request
         with other calibration windows)."""
         level = self._files.get(config)
@@ -201,10 +203,10 @@ def build_database(
                     stats = calibration.stats.get(name)
                     stored = packed_module(linear, config, stats) if packs(config) else None
                     if stored is not None:
-                        weights.update((f"{name}.{suffix}", tensor) for suffix, tensor in stored.items())
+                        weights.update((f"{name}.{suffix}", tensor.cpu()) for suffix, tensor in stored.items())
                         packed[name] = tuple(linear.weight.shape)
                     else:
-                        weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous()
+                        weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous().cpu()
                     step()
                 metadata = {"level": json.dumps(asdict(config)), "format": str(DATABASE_FORMAT), "packed": json.dumps(packed)}
                 staging = directory / (level_file(config) + ".tmp")
@@ -215,8 +217,9 @@ def build_database(
 
 def open_database(
     model: nn.Module, model_name: str, calibration: Calibration, levels: tuple[ModuleConfig, ...],
-    reporter: Reporter | None = None, engine_weights: EngineWeights | None = None,
+    reporter: Reporter | None = None, engine_weights: EngineWeights | None = None, device: torch.device = HOST,
 ) -> LevelDatabase:  # fmt: skip
-    """Returns the database of `levels` for the model and calibration, building the levels it lacks first."""
+    """Returns the database of `levels` for the model and calibration, building the levels it lacks first (quantizing
+    where the model's weights are); its reads are dequantized on `device`."""
     directory = build_database(model, model_name, calibration, levels, reporter, engine_weights)
-    return LevelDatabase(directory, levels, calibration.key)
+    return LevelDatabase(directory, levels, calibration.key, device)

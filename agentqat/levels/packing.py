@@ -79,7 +79,7 @@ def unpack_codes(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
         if width == 8:
             field = run
         else:
-            field = torch.empty(per * size, dtype=torch.uint8)
+            field = torch.empty(per * size, dtype=torch.uint8, device=run.device)
             for index in range(per):  # contiguous slices: vectorised shifts and masks
                 torch.bitwise_and(run >> (index * width), (1 << width) - 1, out=field[index * size : (index + 1) * size])
             field = field[:count]

@@ -38,7 +38,7 @@ def render_plan(plan: Plan) -> str:
         "",
         "peak memory per worker, whole model on the device (estimated)",
         *_memory_lines(plan.memory),
-        "peak memory per worker, layer by layer (the sequential path, not built yet)",
+        "peak memory per worker, layer by layer (the sequential path, --sequential)",
         *_memory_lines(plan.sequential),
     ]  # fmt: skip
     if plan.workers > 1 and plan.device == "cpu":

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from agentqat.layerwise import capture_blocks, decoder_layers
 from agentqat.models import quantizable_linears
 from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels, GgmlQatLinear
 from agentqat.polish.ste import QatLinear
@@ -25,10 +26,6 @@ from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 _LAYERS = re.compile(r"^(.*\.layers)\.(\d+)\.(.+)$")
 
 
-class _Captured(Exception):
-    pass
-
-
 @dataclass(frozen=True)
 class BlockInputs:
     """The first decoder block's inputs: hidden states [windows, tokens, hidden] and the keyword arguments the
@@ -37,12 +34,6 @@ class BlockInputs:
     hidden: torch.Tensor
     kwargs: dict
     batch: int
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """Returns the model's decoder blocks (the module list holding the quantizable linears)."""
-    name = next(iter(quantizable_linears(model)))
-    return model.get_submodule(_LAYERS.match(name).group(1))
 
 
 def block_modules(model: nn.Module, layer: int) -> dict[str, str]:
@@ -57,25 +48,9 @@ def block_modules(model: nn.Module, layer: int) -> dict[str, str]:
 
 @torch.no_grad()
 def capture_inputs(model: nn.Module, windows: torch.Tensor, batch: int) -> BlockInputs:
-    """Returns the first block's inputs on `windows`, run through the model's embeddings in batches of `batch`."""
-    first = decoder_layers(model)[0]
-    hidden, kwargs = [], {}
-
-    def catch(_module, args, keywords):
-        hidden.append(args[0] if args else keywords["hidden_states"])
-        kwargs.update({k: v for k, v in keywords.items() if k not in ("hidden_states", "past_key_values", "use_cache")})
-        raise _Captured
-
-    handle = first.register_forward_pre_hook(catch, with_kwargs=True)
-    try:
-        for part in windows.split(batch):
-            try:
-                model(input_ids=part, use_cache=False)
-            except _Captured:
-                pass
-    finally:
-        handle.remove()
-    return BlockInputs(torch.cat(hidden).to(torch.float32), kwargs, batch)
+    """Returns the first block's inputs on `windows` (float32), run through the model's embeddings in batches of `batch`."""
+    hidden, inputs = capture_blocks(model, windows, batch)
+    return BlockInputs(hidden.to(torch.float32), inputs[0].kwargs, inputs[0].batch)
 
 
 def batch_kwargs(inputs: BlockInputs, size: int) -> dict:

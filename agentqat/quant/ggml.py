@@ -57,7 +57,7 @@ def ggml_blocks(weight: torch.Tensor, type_name: str) -> np.ndarray:
 
     if weight.shape[-1] % GGML_BLOCK:
         raise ValueError(f"{type_name} blocks are {GGML_BLOCK} wide; in_features {weight.shape[-1]} is not a multiple")
-    array = np.ascontiguousarray(weight.detach().to(torch.float32).numpy())
+    array = np.ascontiguousarray(weight.detach().to("cpu", torch.float32).numpy())
     return quants.quantize(array, GGMLQuantizationType[type_name])
 
 
@@ -76,7 +76,7 @@ def _quantizer(ggml_type: GgmlType) -> WeightQuantizer:
                 f"{ggml_type.format} stores {ggml_type.bits}-bit codes in blocks of {GGML_BLOCK}, got bits="
                 f"{config.bits}, group_size={config.group_size}"
             )
-        return ggml_values(ggml_blocks(weight, ggml_type.type_name), ggml_type.type_name).reshape(weight.shape)
+        return ggml_values(ggml_blocks(weight, ggml_type.type_name), ggml_type.type_name).reshape(weight.shape).to(weight.device)
 
     quantize.__name__ = ggml_type.format
     return quantize

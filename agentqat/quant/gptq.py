@@ -46,7 +46,7 @@ def gptq_codes(
     dead = h.diagonal() == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
-    order = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else torch.arange(columns)
+    order = torch.argsort(h.diagonal(), descending=True, stable=True) if act_order else torch.arange(columns, device=weight.device)
     # Each group's scale and zero [rows, groups]: with act-order computed up front from the weights ("static groups")
     # and read per column in processing order; in natural order filled in as the loop reaches each group.
     if act_order:
@@ -55,8 +55,8 @@ def gptq_codes(
         column_group = order // group_size
         static = Grid(scales[:, column_group], zeros[:, column_group], qmin, qmax)
     else:
-        scales = torch.empty(rows, columns // group_size)
-        zeros = torch.empty(rows, columns // group_size)
+        scales = torch.empty(rows, columns // group_size, device=weight.device)
+        zeros = torch.empty(rows, columns // group_size, device=weight.device)
         static = None
     w = w[:, order]
     factor = _inverse_hessian_factor(h[order][:, order], damp)

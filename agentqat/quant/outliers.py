@@ -32,7 +32,7 @@ def _top_entries(weight: torch.Tensor, policy: OutlierPolicy, stats: LayerStats 
     if policy.criterion == "saliency":
         score = score * _required(stats, policy).hessian.diagonal().clamp_min(0.0).sqrt()
     count = round(policy.fraction * weight.numel())
-    mask = torch.zeros(weight.numel(), dtype=torch.bool)
+    mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
     mask[torch.topk(score.flatten(), count).indices] = True
     return mask.reshape(weight.shape)
 

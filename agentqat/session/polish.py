@@ -118,6 +118,8 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
     from agentqat.strategy.document import parse_strategy
     from agentqat.strategy.resolve import needs_calibration, resolve_strategy
 
+    if bench.placement.sequential:
+        raise UserError("polish trains blocks of a model held whole on the device, not layer by layer", "drop --sequential (and the arena's sequential)")
     resolved = resolve_strategy(parse_strategy(document), bench.loaded.facts)  # StrategyError: one line per problem
     calibration = bench.calibration(bench.arena.calibration_windows) if needs_calibration(resolved) else None
     windows = sample_windows(

@@ -228,7 +228,7 @@ def embedding_applied(model: torch.nn.Module, weights: Mapping[str, torch.Tensor
     saved = {name: modules[name].weight.data for name in weights}
     try:
         for name, weight in weights.items():
-            modules[name].weight.data = weight.to(saved[name].dtype)
+            modules[name].weight.data = weight.to(saved[name].device, saved[name].dtype)
         yield
     finally:
         for name, data in saved.items():

@@ -15,6 +15,7 @@ from filelock import FileLock
 from torch import nn
 
 from agentqat.defaults import cache_dir
+from agentqat.layerwise import HOST, decoder_layers, model_device, run_layers
 from agentqat.models import quantizable_linears
 from agentqat.progress import Reporter, phase
 from agentqat.quant.base import LayerStats
@@ -31,85 +32,105 @@ class Calibration:
 
 
 class _Accumulator:
-    def __init__(self, width: int):
-        self.gram = torch.zeros(width, width, dtype=torch.float64)
-        self.abs_sum = torch.zeros(width, dtype=torch.float64)
-        self.abs_max = torch.zeros(width, dtype=torch.float32)
+    """Sums of one input's statistics, kept on `device` (the input's products are computed on the input's device)."""
+
+    def __init__(self, width: int, device: torch.device):
+        self.gram = torch.zeros(width, width, dtype=torch.float64, device=device)
+        self.abs_sum = torch.zeros(width, dtype=torch.float64, device=device)
+        self.abs_max = torch.zeros(width, dtype=torch.float32, device=device)
         self.tokens = 0
 
     def add(self, x: torch.Tensor) -> None:
         x = x.reshape(-1, x.shape[-1]).to(torch.float32)
-        self.gram += (x.T @ x).to(torch.float64)
+        device = self.gram.device
+        self.gram += (x.T @ x).to(device, torch.float64)
         magnitude = x.abs()
-        self.abs_sum += magnitude.sum(0).to(torch.float64)
-        self.abs_max = torch.maximum(self.abs_max, magnitude.amax(0))
+        self.abs_sum += magnitude.sum(0).to(device, torch.float64)
+        self.abs_max = torch.maximum(self.abs_max, magnitude.amax(0).to(device))
         self.tokens += x.shape[0]
 
     def stats(self) -> LayerStats:
+        """Returns the statistics, on the CPU."""
         return LayerStats(
-            hessian=(self.gram / self.tokens).to(torch.float32),
-            abs_mean=(self.abs_sum / self.tokens).to(torch.float32),
-            abs_max=self.abs_max,
+            hessian=(self.gram / self.tokens).to("cpu", torch.float32),
+            abs_mean=(self.abs_sum / self.tokens).to("cpu", torch.float32),
+            abs_max=self.abs_max.cpu(),
             tokens=self.tokens,
         )
 
 
 @torch.inference_mode()
 def collect_stats(
-    model: nn.Module, windows: torch.Tensor, batch_size: int = 2, reporter: Reporter | None = None
+    model: nn.Module, windows: torch.Tensor, batch_size: int = 2, reporter: Reporter | None = None, sequential: bool = False
 ) -> dict[str, LayerStats]:
-    """Returns LayerStats for every quantizable linear module, from the base model's forward on `windows`
-    (reported as the phase "collecting calibration statistics", one step per window)."""
+    """Returns LayerStats (on the CPU) for every quantizable linear module, from the base model's forward on `windows`
+    on the model's device (reported as the phase "collecting calibration statistics", one step per window), or
+    `sequential`ly, layer by layer (one step per decoder block; the sums are kept on the host, not the device)."""
     linears = quantizable_linears(model)
     accumulators: dict[str, _Accumulator] = {}
     owner: dict[str, str] = {}  # module -> the module whose accumulator it shares
-    batch_inputs: dict[int, tuple[torch.Tensor, str]] = {}  # id(input) -> (input kept alive, first reader)
+    # id(input) -> (input kept alive, first reader), emptied before every block call: modules reading one input
+    # (q/k/v, gate/up) read it within one call of their block.
+    block_inputs: dict[int, tuple[torch.Tensor, str]] = {}
+    store = HOST if sequential else None
 
     def hook(name: str):
         def record(_module: nn.Module, inputs: tuple) -> None:
             x = inputs[0]
-            seen = batch_inputs.get(id(x))
+            seen = block_inputs.get(id(x))
             if seen is not None:
                 owner.setdefault(name, seen[1])
                 return
-            batch_inputs[id(x)] = (x, name)
+            block_inputs[id(x)] = (x, name)
             owner.setdefault(name, name)
-            accumulators.setdefault(name, _Accumulator(x.shape[-1])).add(x)
+            accumulators.setdefault(name, _Accumulator(x.shape[-1], store or x.device)).add(x)
 
         return record
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in linears.items()]
+    handles += [block.register_forward_pre_hook(lambda *_: block_inputs.clear()) for block in decoder_layers(model)]
     count, tokens = windows.shape
-    detail = f"{count} windows of {tokens} tokens through {len(linears)} linear modules"
+    layers = len(decoder_layers(model))
+    detail = f"{count} windows of {tokens} tokens through {len(linears)} linear modules" + f", {layers} blocks in turn" * sequential
     try:
-        with phase(reporter, "collecting calibration statistics", total=count, detail=detail) as step:
-            for batch in windows.split(batch_size):
-                model(input_ids=batch)
-                batch_inputs.clear()
-                step(len(batch))
+        with phase(reporter, "collecting calibration statistics", total=layers if sequential else count, detail=detail) as step:
+            if sequential:
+                run_layers(model, windows, batch_size, after_layer=lambda _index: step())
+            else:
+                for batch in windows.split(batch_size):
+                    model(input_ids=batch.to(model_device(model)), use_cache=False)
+                    step(len(batch))
     finally:
+        block_inputs.clear()
         for handle in handles:
             handle.remove()
     shared = {name: acc.stats() for name, acc in accumulators.items()}
     return {name: shared[owner[name]] for name in linears}
 
 
-def calibration_key(model_name: str, model_directory: Path | None, corpus_source: str, windows: torch.Tensor) -> str:
-    """Returns a short hash identifying the model, the calibration tokens and the collection format."""
+def calibration_key(
+    model_name: str, model_directory: Path | None, corpus_source: str, windows: torch.Tensor, dtype: torch.dtype = torch.float32
+) -> str:
+    """Returns a short hash identifying the model, the calibration tokens, the collection format and (other than
+    float32, so that float32 keys are the ones they were before) the dtype the model computed in."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([CALIBRATION_FORMAT, model_name, str(model_directory), corpus_source]).encode())
+    dtype_name = [] if dtype == torch.float32 else [str(dtype)]
+    digest.update(json.dumps([CALIBRATION_FORMAT, model_name, str(model_directory), corpus_source, *dtype_name]).encode())
     digest.update(windows.numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
-def load_or_collect(model: nn.Module, key: str, windows: torch.Tensor, reporter: Reporter | None = None) -> Calibration:
-    """Returns the calibration for `key` from the disk cache, collecting and saving it on the first call."""
+def load_or_collect(
+    model: nn.Module, key: str, windows: torch.Tensor, reporter: Reporter | None = None, sequential: bool = False
+) -> Calibration:
+    """Returns the calibration for `key` from the disk cache (on the CPU), collecting (whole or `sequential`: the same
+    statistics) and saving it on the first call."""
     path = cache_dir() / "calibration" / f"{key}.pt"
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock"):
         if path.exists():
             return Calibration(key, _load(path))
-        stats = collect_stats(model, windows, reporter=reporter)
+        stats = collect_stats(model, windows, reporter=reporter, sequential=sequential)
         _save(stats, path)
     return Calibration(key, stats)
 

@@ -35,6 +35,7 @@ def gradient_measures(model: nn.Module, windows: torch.Tensor, reporter: Reporte
     try:
         with torch.enable_grad(), phase(reporter, "Fisher information", total=len(windows), detail=f"{len(windows)} windows, one backward pass each") as step:
             for window in windows:
+                window = window.to(model.device)
                 loss = model(input_ids=window[None], labels=window[None], use_cache=False).loss
                 grads = torch.autograd.grad(loss, [linear.weight for linear in linears.values()])
                 for name, grad in zip(linears, grads):
