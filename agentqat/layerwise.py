@@ -3,7 +3,7 @@
 The embeddings, the final norm and the head live on the device, the decoder blocks on the host. A pass captures
 every window's input to the first block and the keyword arguments the model gives each block (rotary embeddings,
 attention masks: a model such as Gemma 3 gives its sliding and full layers different ones), then moves each block
-to the device in turn, runs it on all windows' hidden states (`agentqat.polish.blocks.run_block`, in batches) and
+to the device in turn, runs it on all windows' hidden states (`run_block`, in batches; polish runs its blocks with it too) and
 moves it back; last, the model's own norm and head (and any final soft-capping) run on the final hidden states,
 batch by batch. The logits are those of the whole model's forward: the same operations on the same batches.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -27,6 +28,36 @@ _DROPPED = ("hidden_states", "past_key_values", "use_cache")  # keyword argument
 
 class _Captured(Exception):
     pass
+
+
+@dataclass(frozen=True)
+class BlockInputs:
+    """The first decoder block's inputs: hidden states [windows, tokens, hidden] and the keyword arguments the
+    model passes every block for one batch of `batch` windows (rotary embeddings, attention mask)."""
+
+    hidden: torch.Tensor
+    kwargs: dict
+    batch: int
+
+
+def batch_kwargs(inputs: BlockInputs, size: int) -> dict:
+    """Returns the block keyword arguments for a batch of `size` windows (tensors cut along the batch axis)."""
+
+    def cut(value):
+        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == inputs.batch:
+            return value[:size]
+        if isinstance(value, tuple):
+            return tuple(cut(v) for v in value)
+        return value
+
+    return {key: cut(value) for key, value in inputs.kwargs.items()}
+
+
+def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
+    """Returns `block`'s outputs on `hidden` [windows, tokens, hidden], in batches, without gradients."""
+    with torch.no_grad():
+        outputs = [block(part, **batch_kwargs(inputs, len(part))) for part in hidden.split(inputs.batch)]
+    return torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -55,8 +86,6 @@ def _forwards(layers: nn.ModuleList, make: Callable[[int], Callable]) -> Iterato
 def capture_blocks(model: nn.Module, windows: torch.Tensor, batch: int) -> tuple[torch.Tensor, list]:
     """Returns the first block's input on every window [windows, tokens, hidden] (in the model's dtype, on its device)
     and, per block, the `BlockInputs` it is run with (the keyword arguments the model gives it, of the first batch)."""
-    from agentqat.polish.blocks import BlockInputs
-
     layers, device = decoder_layers(model), model_device(model)
     hidden, kwargs = [], [None] * len(layers)
 
@@ -91,8 +120,6 @@ def run_layers(
 ) -> torch.Tensor:
     """Returns the last block's output on every window [windows, tokens, hidden], each block moved from the host to
     the device, run on all windows in batches of `batch`, and moved back (`after_layer(i)` after block i)."""
-    from agentqat.polish.blocks import run_block
-
     hidden, inputs = capture_blocks(model, windows, batch)
     device = model_device(model)
     for index, layer in enumerate(decoder_layers(model)):

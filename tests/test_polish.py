@@ -216,7 +216,7 @@ def test_the_ablation_polishes_every_combination_against_its_unpolished_strategy
 
 
 def test_a_chain_computes_a_blocks_input_from_the_nearest_kept_state():
-    from agentqat.polish.blocks import BlockInputs
+    from agentqat.layerwise import BlockInputs
     from agentqat.polish.chain import Chain
 
     class Add(torch.nn.Module):

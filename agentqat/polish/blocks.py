@@ -9,12 +9,11 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from agentqat.layerwise import capture_blocks, decoder_layers
+from agentqat.layerwise import BlockInputs, capture_blocks, decoder_layers
 from agentqat.models import quantizable_linears
 from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels, GgmlQatLinear
 from agentqat.polish.ste import QatLinear
@@ -24,16 +23,6 @@ from agentqat.strategy.apply import COMPUTE_DTYPES, QuantizedLinear, quantize_mo
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 _LAYERS = re.compile(r"^(.*\.layers)\.(\d+)\.(.+)$")
-
-
-@dataclass(frozen=True)
-class BlockInputs:
-    """The first decoder block's inputs: hidden states [windows, tokens, hidden] and the keyword arguments the
-    model passes every block for one batch of `batch` windows (rotary embeddings, attention mask)."""
-
-    hidden: torch.Tensor
-    kwargs: dict
-    batch: int
 
 
 def block_modules(model: nn.Module, layer: int) -> dict[str, str]:
@@ -51,26 +40,6 @@ def capture_inputs(model: nn.Module, windows: torch.Tensor, batch: int) -> Block
     """Returns the first block's inputs on `windows` (float32), run through the model's embeddings in batches of `batch`."""
     hidden, inputs = capture_blocks(model, windows, batch)
     return BlockInputs(hidden.to(torch.float32), inputs[0].kwargs, inputs[0].batch)
-
-
-def batch_kwargs(inputs: BlockInputs, size: int) -> dict:
-    """Returns the block keyword arguments for a batch of `size` windows (tensors cut along the batch axis)."""
-
-    def cut(value):
-        if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == inputs.batch:
-            return value[:size]
-        if isinstance(value, tuple):
-            return tuple(cut(v) for v in value)
-        return value
-
-    return {key: cut(value) for key, value in inputs.kwargs.items()}
-
-
-def run_block(block: nn.Module, hidden: torch.Tensor, inputs: BlockInputs) -> torch.Tensor:
-    """Returns `block`'s outputs on `hidden` [windows, tokens, hidden], in batches, without gradients."""
-    with torch.no_grad():
-        outputs = [block(part, **batch_kwargs(inputs, len(part))) for part in hidden.split(inputs.batch)]
-    return torch.cat([out[0] if isinstance(out, tuple) else out for out in outputs])
 
 
 def trainable(config: ModuleConfig) -> bool:

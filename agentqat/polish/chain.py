@@ -8,7 +8,7 @@ from collections.abc import Callable, Collection
 import torch
 from torch import nn
 
-from agentqat.polish.blocks import BlockInputs, run_block
+from agentqat.layerwise import BlockInputs, run_block
 
 
 class Chain:

@@ -33,16 +33,8 @@ import torch
 from torch import nn
 
 from agentqat import defaults
-from agentqat.polish.blocks import (
-    BlockInputs,
-    batch_kwargs,
-    capture_inputs,
-    decoder_layers,
-    quantized_block,
-    run_block,
-    trained_modules,
-    training_block,
-)  # fmt: skip
+from agentqat.layerwise import BlockInputs, batch_kwargs, decoder_layers, run_block
+from agentqat.polish.blocks import capture_inputs, quantized_block, trained_modules, training_block
 from agentqat.polish.chain import Chain
 from agentqat.polish.curriculum import bits_at, converged, stages
 from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels
