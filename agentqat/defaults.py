@@ -71,3 +71,9 @@ FISHER_WINDOWS = 4
 # The plan before a run (agentqat plan) and workers on GPUs (issue 25).
 PLAN_MATCHES = 1000  # matches of the search the plan times, counted as `evolve --budget` counts them
 GPUS_PER_WORKER = 0.0  # GPUs (whole or a fraction) each Ray evaluator actor asks for; 0: CPU actors
+
+# GPTQ's own settings (agentqat.quant.gptq.GptqSettings, the registered method's `settings`): damping as a share of
+# the mean Hessian diagonal, act-order with static groups (natural order loses to RTN on SmolLM2), lazy block width.
+GPTQ_DAMP = 0.01
+GPTQ_ACT_ORDER = True
+GPTQ_BLOCK_SIZE = 128

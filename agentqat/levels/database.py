@@ -46,6 +46,7 @@ from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.quant.grid import code_range
 from agentqat.quant.registry import method_of, quantize_codes
+from agentqat.quant.schemes import keeps_outliers
 from agentqat.quant.storage import Shape
 from agentqat.strategy.apply import quantize_module
 from agentqat.strategy.calibration import Calibration
@@ -75,7 +76,7 @@ def stored_level(directory: Path, config: ModuleConfig) -> Path | None:
 def packs(config: ModuleConfig) -> bool:
     """Returns whether the database stores a level packed rather than float32: a plain weight quantization (no
     smoothing, no outliers) below 16 bits whose method has codes (the integer grid's)."""
-    plain = config.outliers.method == "none" and config.activation == ActivationQuant()
+    plain = not keeps_outliers(config.outliers) and config.activation == ActivationQuant()
     return plain and config.weight.bits < 16 and method_of(config.weight).codes is not None
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from agentqat.models import quantizable_linears
 from agentqat.quant import fake_quantize_activation, quantize_with_outliers, smoothing_scales
 from agentqat.quant.base import ActivationQuant, LayerStats
+from agentqat.quant.schemes import keeps_outliers
 from agentqat.strategy.calibration import Calibration
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
@@ -157,7 +158,7 @@ def _is_identity(config: ModuleConfig, compute_dtype: torch.dtype) -> bool:
         config.weight.bits == 16
         and config.activation.bits == 16
         and config.activation.smooth_alpha is None
-        and config.outliers.method == "none"
+        and not keeps_outliers(config.outliers)
         and compute_dtype == torch.float32
     )
 
