@@ -24,7 +24,7 @@ import torch
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.ggml import GGML_BLOCK, GGML_TYPE_OF_FORMAT
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
-from agentqat.quant.schemes import outlier_scheme
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.resolve import ModuleConfig
 
 GGUF = "gguf"  # the export format (`export.gguf.FORMAT`), as outlier schemes name it
@@ -41,8 +41,9 @@ def gguf_problem(config: ModuleConfig) -> str | None:
     weight, activation = config.weight, config.activation
     if activation.bits != 16:
         return f"{activation.bits}-bit activations: a GGUF file holds weights only (llama.cpp quantizes inputs itself)"
-    if activation.smooth_alpha is not None:
-        return "SmoothQuant divides the inputs by per-channel scales that no GGUF tensor holds"
+    for transform in transforms_of(activation):
+        if not transform.carried_by(GGUF):
+            return f"{transform.label} divides the inputs by per-channel scales that no GGUF tensor holds"
     if not (outliers := outlier_scheme(config.outliers)).carried_by(GGUF):
         return f"{outliers.name} outliers: GGUF blocks keep no {outliers.kept} beside their codes"
     if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT or is_engine_made(weight):

@@ -48,7 +48,7 @@ class ActivationQuant:
     """
 
     bits: int = 16
-    format: Literal["int", "fp8_e4m3"] = "int"
+    format: str = "int"  # a registered `agentqat.quant.schemes.ActivationScheme`
     granularity: Literal["per_token", "per_tensor"] = "per_token"
     smooth_alpha: float | None = None
 

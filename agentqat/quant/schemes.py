@@ -1,4 +1,5 @@
-"""Outlier policies as registered objects, the way `registry` holds weight methods.
+"""Outlier policies, activation formats and input transforms (SmoothQuant) as registered objects, the way
+`registry` holds weight methods. Each kind is a `SchemeRegistry`; the strategy schema reads its names when built.
 
 An `OutlierScheme` declares everything the rest of agentqat asks about a policy named by `outliers.method`: its
 validation (`problems`), its application (`select`, the mask of entries kept in fp16 beside the codes), what it
@@ -9,23 +10,29 @@ reads `outlier_methods()` when it is built, so a registered policy is a value do
 
 The built-in policies (none, keep_fp16, llm_int8) register in `agentqat.quant.outliers`. `register_outliers(scheme)`
 adds one for good, `registered_outliers(scheme)` for a `with` block (tests).
+
+An `ActivationScheme` per `activation.format` (int, fp8_e4m3; `agentqat.quant.activation`) declares its fake
+quantization and the widths it takes. An `InputTransform` (SmoothQuant, `agentqat.quant.activation`) declares the
+ActivationQuant field that turns it on, its divisor, its storage bits, its deploy targets and export formats.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 import torch
 
-from agentqat.quant.base import LayerStats, OutlierPolicy
+from agentqat.quant.base import ActivationQuant, LayerStats, OutlierPolicy
 from agentqat.quant.registry import DEPLOY_TARGETS, while_registered
 
 OutlierSelector = Callable[[torch.Tensor, OutlierPolicy, "LayerStats | None"], torch.Tensor]
 NO_OUTLIERS = "none"
 OUTLIER_VALUE_BITS = 16  # each kept entry's fp16 value
+S = TypeVar("S")
 
 
 def _never(policy: OutlierPolicy) -> bool:
@@ -82,43 +89,117 @@ class OutlierScheme:
         return OUTLIER_VALUE_BITS * count + self.position_bits(count, out_features)
 
 
-_SCHEMES: dict[str, OutlierScheme] = {}
-OUTLIER_SCHEMES = MappingProxyType(_SCHEMES)  # name -> OutlierScheme, in registration order
+class SchemeRegistry(Generic[S]):
+    """Named schemes of one kind, in registration order; `protected` names a scheme that cannot be removed."""
+
+    def __init__(self, kind: str, protected: str | None = None) -> None:
+        self.kind, self.protected = kind, protected
+        self._schemes: dict[str, S] = {}
+        self.view = MappingProxyType(self._schemes)  # name -> scheme (read-only)
+
+    def register(self, scheme: S) -> S:
+        """Returns `scheme` after adding it; raises ValueError when its name is taken."""
+        if scheme.name in self._schemes:
+            raise ValueError(f"{self.kind} {scheme.name!r} registered twice")
+        self._schemes[scheme.name] = scheme
+        return scheme
+
+    def unregister(self, name: str) -> S:
+        """Returns the scheme removed from the registry."""
+        if name == self.protected:
+            raise ValueError(f"{self.kind} {name!r} is the default; it cannot be removed")
+        return self._schemes.pop(name)
+
+    def registered(self, scheme: S) -> AbstractContextManager[S]:
+        """Registers `scheme` for the `with` block and removes it after."""
+        return while_registered(scheme, self.register, self.unregister)
+
+    def names(self) -> tuple[str, ...]:
+        """Returns the registered names, in registration order (the strategy schema's enum)."""
+        return tuple(self._schemes)
+
+    def get(self, name: str) -> S:
+        """Returns the scheme registered under `name`; raises ValueError for an unknown one."""
+        if name not in self._schemes:
+            raise ValueError(f"no registered {self.kind} {name!r}; known: {', '.join(self._schemes)}")
+        return self._schemes[name]
 
 
-def register_outliers(scheme: OutlierScheme) -> OutlierScheme:
-    """Returns `scheme` after adding it; raises ValueError when its name is taken."""
-    if scheme.name in _SCHEMES:
-        raise ValueError(f"outlier policy {scheme.name!r} registered twice")
-    _SCHEMES[scheme.name] = scheme
-    return scheme
-
-
-def unregister_outliers(name: str) -> OutlierScheme:
-    """Returns the outlier policy removed from the registry (never "none", what every default selects)."""
-    if name == NO_OUTLIERS:
-        raise ValueError(f"outlier policy {NO_OUTLIERS!r} is the default; it cannot be removed")
-    return _SCHEMES.pop(name)
-
-
-def registered_outliers(scheme: OutlierScheme) -> AbstractContextManager[OutlierScheme]:
-    """Registers `scheme` for the `with` block and removes it after."""
-    return while_registered(scheme, register_outliers, unregister_outliers)
-
-
-def outlier_methods() -> tuple[str, ...]:
-    """Returns the registered outlier policy names, in registration order (the schema's enum)."""
-    return tuple(_SCHEMES)
+OUTLIERS: SchemeRegistry[OutlierScheme] = SchemeRegistry("outlier policy", NO_OUTLIERS)
+OUTLIER_SCHEMES = OUTLIERS.view  # name -> OutlierScheme, in registration order
+register_outliers, unregister_outliers, registered_outliers = OUTLIERS.register, OUTLIERS.unregister, OUTLIERS.registered
+outlier_methods = OUTLIERS.names
 
 
 def outlier_scheme(policy: OutlierPolicy | str) -> OutlierScheme:
     """Returns the registered scheme of a policy (or of a policy name); raises ValueError for an unknown one."""
-    name = policy if isinstance(policy, str) else policy.method
-    if name not in _SCHEMES:
-        raise ValueError(f"no registered outlier policy {name!r}; known: {', '.join(_SCHEMES)}")
-    return _SCHEMES[name]
+    return OUTLIERS.get(policy if isinstance(policy, str) else policy.method)
 
 
 def keeps_outliers(policy: OutlierPolicy) -> bool:
     """Returns whether the policy keeps any weights beside the codes (any method but "none")."""
     return policy.method != NO_OUTLIERS
+
+
+@dataclass(frozen=True)
+class ActivationScheme:
+    """An activation format (`activation.format`): how a module's input is fake-quantized per forward.
+
+    quantize(x, config): x [..., in] in float32, fake-quantized (the application; never called for bits 16).
+    bits: the widths it takes (16, activations left alone, is always allowed). Activations are quantized on the
+    fly, so they store nothing; the engines that run a format say so in their own tables (`strategy.deploy`).
+    """
+
+    name: str
+    quantize: Callable[[torch.Tensor, ActivationQuant], torch.Tensor]
+    bits: tuple[int, ...]
+
+    def problems(self, config: ActivationQuant) -> list[str]:
+        """Returns what an activation config of this format must change, one line each."""
+        if config.bits == 16 or config.bits in self.bits:
+            return []
+        return [f"{self.name} activations are {'/'.join(map(str, self.bits))}-bit, not {config.bits}; set bits to {self.bits[-1]}"]
+
+
+ACTIVATIONS: SchemeRegistry[ActivationScheme] = SchemeRegistry("activation format", "int")
+activation_formats = ACTIVATIONS.names
+
+
+@dataclass(frozen=True)
+class InputTransform:
+    """A transform of a module's input folded into its weight (SmoothQuant): X' = X / s, W' = W diag(s).
+
+    field: the ActivationQuant field that turns it on (set: on, None: off). divisor(abs_max, weight, value): the
+    per-input-channel divisor s from the input's calibration max |X| (so it reads calibration statistics).
+    stored_bits(in_features): what storing s costs. deploy_targets / exports: the engines that serve it and the
+    export formats that carry it (None: every one). label names it in refusals ("SmoothQuant").
+    """
+
+    name: str
+    field: str
+    divisor: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    stored_bits: Callable[[int], int]
+    deploy_targets: frozenset[str]
+    exports: frozenset[str] | None
+    label: str
+
+    def __post_init__(self) -> None:
+        if self.field not in ActivationQuant.__dataclass_fields__:
+            raise ValueError(f"input transform {self.name!r}: no ActivationQuant field {self.field!r}")
+
+    def carried_by(self, export_format: str) -> bool:
+        """Returns whether an export format holds the transform's divisors."""
+        return self.exports is None or export_format in self.exports
+
+
+TRANSFORMS: SchemeRegistry[InputTransform] = SchemeRegistry("input transform")
+
+
+def transforms_of(config: ActivationQuant) -> tuple[InputTransform, ...]:
+    """Returns the registered input transforms an activation config turns on."""
+    return tuple(t for t in TRANSFORMS.view.values() if getattr(config, t.field) is not None)
+
+
+def without_transforms(config: ActivationQuant) -> ActivationQuant:
+    """Returns the activation config with every input transform turned off."""
+    return replace(config, **{t.field: None for t in transforms_of(config)})

@@ -9,7 +9,7 @@ Per linear module with n = out x in weights and G groups (G = out x in / group_s
                    G x bits (rtn, gptq, awq), G x 16 (hqq keeps a float zero)
     outlier bits   the policy's `OutlierScheme.stored_bits` (agentqat.quant.schemes): per kept entry 16 (its fp16
                    value) plus its positions: keep_fp16 32 per entry (an int32 position), llm_int8 32 per column
-    smoothing bits 16 x in when SmoothQuant scales are applied (an fp16 divisor per input channel)
+    smoothing bits each input transform's `stored_bits`: SmoothQuant 16 x in (an fp16 divisor per input channel)
 
 Quantized codes are counted for every weight, outliers included (dense codes plus sparse corrections).
 Effective bits per weight = the sum over quantizable linears / their weight count. Model bytes add every
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import LayerStats, OutlierPolicy
 from agentqat.quant.registry import storing_method
-from agentqat.quant.schemes import outlier_scheme
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
 UNQUANTIZED_BITS = 16
@@ -84,7 +84,7 @@ def module_bits(config: ModuleConfig, info: LinearInfo, outlier_count: int) -> M
         return ModuleBits(info.name, n, UNQUANTIZED_BITS * n, 0, 0, 0, 0)
     storage = storing_method(weight).storage(weight, info)
     outlier_bits = outlier_scheme(config.outliers).stored_bits(outlier_count, info.out_features)
-    smoothing_bits = 16 * info.in_features if config.activation.smooth_alpha is not None else 0
+    smoothing_bits = sum(t.stored_bits(info.in_features) for t in transforms_of(config.activation))
     return ModuleBits(
         info.name, n, weight.bits * n, storage.scale_bits, storage.zero_bits, outlier_bits, smoothing_bits
     )

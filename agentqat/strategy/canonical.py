@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from agentqat.models import ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
-from agentqat.quant.schemes import outlier_scheme
+from agentqat.quant.schemes import outlier_scheme, without_transforms
 from agentqat.strategy.document import StrategyError, parse_strategy, strategy_id
 from agentqat.strategy.layout import Layout, document_of, layout_of
 from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
@@ -38,7 +38,7 @@ def canonical_config(config: ModuleConfig) -> ModuleConfig:
     if weight.bits == UNQUANTIZED:
         weight, outliers = WeightQuant(bits=UNQUANTIZED), _NO_OUTLIERS
         if activation.bits == UNQUANTIZED:
-            activation = replace(activation, smooth_alpha=None)
+            activation = without_transforms(activation)
     if activation.bits == UNQUANTIZED:
         activation = replace(activation, format=_ACTIVATION.format, granularity=_ACTIVATION.granularity)
     unused = outlier_scheme(outliers).unused_fields

@@ -70,6 +70,7 @@ class OneOf:
 WeightFormat = Annotated[str, OneOf(registry.formats)]
 Rounding = Annotated[str, OneOf(registry.roundings)]
 OutlierMethod = Annotated[str, OneOf(schemes.outlier_methods)]
+ActivationFormat = Annotated[str, OneOf(schemes.activation_formats)]
 
 
 class _Frozen(BaseModel):
@@ -92,7 +93,7 @@ class ActivationGene(_Frozen):
     """Fake quantization of a module's input, optionally after SmoothQuant migration."""
 
     bits: Literal[4, 8, 16] | None = Field(None, description="16 keeps activations in the compute dtype")
-    format: Literal["int", "fp8_e4m3"] | None = None
+    format: ActivationFormat | None = None
     granularity: Literal["per_token", "per_tensor"] | None = None
     smooth_alpha: SmoothAlpha | None = Field(None, description="SmoothQuant migration strength; absent = none")
 

@@ -1,10 +1,13 @@
-"""The outlier registry: a policy registered in this test alone (keep each output row's largest entry) reaches the
-schema, resolve, quantization, effective bits, the deploy check, the exporters' checks and canonical ids with no
-other change, and leaves no trace when it is removed. Then the contract the built-in policies keep, and GPTQ's settings on its registered method."""
+"""The scheme registries (agentqat.quant.schemes). An outlier policy registered in this test alone (keep each output
+row's largest entry) reaches the schema, resolve, quantization, effective bits, the deploy check, the exporters'
+checks and canonical ids with no other change, and leaves no trace when it is removed. Then the contract the
+built-in policies keep, a toy activation format, SmoothQuant as the registered input transform, and GPTQ's settings
+on its registered method."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -16,10 +19,21 @@ from agentqat.export.compressed_tensors import scheme_problem
 from agentqat.export.gguf_types import gguf_problem
 from agentqat.models import model_facts
 from agentqat.quant import METHODS, OutlierPolicy, WeightQuant, quantize_weight, quantize_with_outliers
+from agentqat.quant.activation import SMOOTHQUANT, fake_quantize_activation
 from agentqat.quant.base import LayerStats
 from agentqat.quant.gptq import GptqSettings, gptq_quantize
 from agentqat.quant.registry import configure, configured
-from agentqat.quant.schemes import OUTLIER_SCHEMES, OutlierScheme, outlier_scheme, registered_outliers, unregister_outliers
+from agentqat.quant.schemes import (
+    ACTIVATIONS,
+    OUTLIER_SCHEMES,
+    ActivationScheme,
+    OutlierScheme,
+    outlier_scheme,
+    registered_outliers,
+    transforms_of,
+    unregister_outliers,
+    without_transforms,
+)
 from agentqat.strategy.apply import apply_strategy, restore
 from agentqat.strategy.bits import strategy_bits
 from agentqat.strategy.canonical import canonical_config
@@ -56,6 +70,11 @@ def outlier_enum(schema: dict) -> list[str]:
 @pytest.fixture(scope="module")
 def model(tiny_llama_dir):
     return AutoModelForCausalLM.from_pretrained(tiny_llama_dir, torch_dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def facts_tiny(model):
+    return model_facts(model, "tiny")
 
 
 def test_a_registered_policy_runs_end_to_end_and_leaves_no_trace(model):
@@ -144,3 +163,41 @@ def test_gptq_settings_live_on_its_method_and_configure_changes_them():
         configure("gptq", damping=0.1)
     with pytest.raises(ValueError, match="damp in"):
         GptqSettings(damp=0.0)
+
+
+def _ternary_activations(x: torch.Tensor, config) -> torch.Tensor:
+    """Returns each token's entries as {-m, 0, m}, m its mean |x|."""
+    magnitude = x.abs().mean(-1, keepdim=True)
+    return torch.sign(x) * (x.abs() > 0.5 * magnitude) * magnitude
+
+
+def test_a_registered_activation_format_is_validated_and_applied(facts_tiny):
+    toy = ActivationScheme("ternary_act", _ternary_activations, bits=(4,))
+    document = {"default": {"activation": {"bits": 8, "format": "ternary_act"}}}
+    with ACTIVATIONS.registered(toy):
+        schema = strategy_json_schema()["$defs"]["ActivationGene"]["properties"]["format"]
+        assert schema.get("anyOf", [schema])[0]["enum"][-1] == "ternary_act"
+        with pytest.raises(StrategyError, match="ternary_act activations are 4-bit, not 8; set bits to 4"):
+            resolve_strategy(parse_strategy(document), facts_tiny)
+        document["default"]["activation"]["bits"] = 4
+        config = next(iter(resolve_strategy(parse_strategy(document), facts_tiny).modules.values()))
+        x = torch.randn(3, 64, generator=torch.Generator().manual_seed(5))
+        assert len(torch.unique(fake_quantize_activation(x, config.activation)[0].abs())) <= 2
+    with pytest.raises(StrategyError, match="activation.format"):
+        parse_strategy(document)
+
+
+def test_smoothquant_is_the_registered_input_transform(facts_tiny):
+    document = {"default": {"weight": {"bits": 8, "group_size": 0, "symmetric": True},
+                            "activation": {"bits": 8, "smooth_alpha": 0.5}}}  # fmt: skip
+    resolved = resolve_strategy(parse_strategy(document), facts_tiny)
+    config = next(iter(resolved.modules.values()))
+    assert transforms_of(config.activation) == (SMOOTHQUANT,) and module_needs_calibration(config)
+    smoothed = strategy_bits(resolved, facts_tiny)
+    unsmoothed = parse_strategy({"default": {**document["default"], "activation": {"bits": 8}}})
+    plain = strategy_bits(resolve_strategy(unsmoothed, facts_tiny), facts_tiny)
+    extra = sum(m.smoothing_bits for m in smoothed.modules) - sum(m.smoothing_bits for m in plain.modules)
+    assert extra == sum(16 * i.in_features for i in facts_tiny.linears)
+    assert any("SmoothQuant scales are not exported" in line for line in unservable(resolved, facts_tiny, "vllm-cpu"))
+    assert "SmoothQuant" in gguf_problem(replace(config, activation=replace(config.activation, bits=16)))
+    assert without_transforms(config.activation).smooth_alpha is None
