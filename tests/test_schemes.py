@@ -17,12 +17,13 @@ from agentqat import defaults
 from agentqat.export.base import ExportModule
 from agentqat.export.compressed_tensors import scheme_problem
 from agentqat.export.gguf_types import gguf_problem
+from agentqat.levels.database import level_file
 from agentqat.models import model_facts
-from agentqat.quant import METHODS, OutlierPolicy, WeightQuant, quantize_weight, quantize_with_outliers
+from agentqat.quant import METHODS, ActivationQuant, OutlierPolicy, WeightQuant, quantize_weight, quantize_with_outliers
 from agentqat.quant.activation import SMOOTHQUANT, fake_quantize_activation
 from agentqat.quant.base import LayerStats
 from agentqat.quant.gptq import GptqSettings, gptq_quantize
-from agentqat.quant.registry import configure, configured
+from agentqat.quant.registry import changed_settings, configure, configured
 from agentqat.quant.schemes import (
     ACTIVATIONS,
     OUTLIER_SCHEMES,
@@ -39,7 +40,7 @@ from agentqat.strategy.bits import strategy_bits
 from agentqat.strategy.canonical import canonical_config
 from agentqat.strategy.deploy import unservable
 from agentqat.strategy.document import StrategyError, parse_strategy, strategy_json_schema
-from agentqat.strategy.resolve import module_needs_calibration, resolve_strategy
+from agentqat.strategy.resolve import ModuleConfig, module_needs_calibration, resolve_strategy
 from agentqat.strategy.space import GeneChoices
 
 
@@ -201,3 +202,12 @@ def test_smoothquant_is_the_registered_input_transform(facts_tiny):
     assert any("SmoothQuant scales are not exported" in line for line in unservable(resolved, facts_tiny, "vllm-cpu"))
     assert "SmoothQuant" in gguf_problem(replace(config, activation=replace(config.activation, bits=16)))
     assert without_transforms(config.activation).smooth_alpha is None
+
+
+def test_changed_gptq_settings_key_the_level_files():
+    config = ModuleConfig(WeightQuant(bits=4, rounding="gptq"), ActivationQuant(), OutlierPolicy())
+    before = level_file(config)
+    assert changed_settings(config.weight) == {}
+    with configured("gptq", damp=0.05):
+        assert changed_settings(config.weight) == {"damp": 0.05} and level_file(config) != before
+    assert level_file(config) == before

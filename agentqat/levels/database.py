@@ -45,7 +45,7 @@ from agentqat.progress import Reporter, phase
 from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.quant.grid import code_range
-from agentqat.quant.registry import method_of, quantize_codes
+from agentqat.quant.registry import changed_settings, method_of, quantize_codes
 from agentqat.quant.schemes import keeps_outliers
 from agentqat.quant.storage import Shape
 from agentqat.strategy.apply import quantize_module
@@ -59,8 +59,11 @@ FLOAT32_BYTES = 4
 
 
 def level_file(config: ModuleConfig, database_format: int = DATABASE_FORMAT) -> str:
-    """Returns the file name of a level: its readable name and a hash of its whole config and the format."""
-    digest = hashlib.sha256(json.dumps([database_format, asdict(config)], sort_keys=True).encode()).hexdigest()
+    """Returns the file name of a level: its readable name and a hash of its whole config and the format (and of
+    its method's settings where `registry.configure` changed them from their defaults)."""
+    changed = changed_settings(config.weight)
+    keyed = [database_format, asdict(config)] + ([changed] if changed else [])
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     return f"{level_name(config)}-{digest[:12]}.safetensors"
 
 

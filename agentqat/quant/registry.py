@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 import torch
@@ -158,7 +158,8 @@ def unregister(name: str) -> Method:
 
 def configure(name: str, **changes) -> Method:
     """Returns the registered method `name` after replacing fields of its settings (ValueError for a method without
-    settings or an unknown field); it holds for this process, so a caller sets it before the arena starts workers."""
+    settings or an unknown field). It holds for this process only: Ray's evaluator processes keep the defaults, and
+    the level database and the layer cache key on changed settings (`changed_settings`); `configured` undoes it."""
     method = _METHODS[name]
     if method.settings is None:
         raise ValueError(f"method {name!r} has no settings")
@@ -168,6 +169,17 @@ def configure(name: str, **changes) -> Method:
         raise ValueError(f"method {name!r}: {error}") from error
     _METHODS[name] = replace(method, settings=settings)
     return _METHODS[name]
+
+
+def changed_settings(config: WeightQuant) -> dict:
+    """Returns the settings of the config's method that differ from their dataclass defaults (empty when none do, or
+    for bits 16): what a cache of quantized weights must key on besides the config."""
+    method = find(config.format, config.rounding) if config.bits != 16 else None
+    if method is None or method.settings is None:
+        return {}
+    default = type(method.settings)()
+    return {f.name: getattr(method.settings, f.name) for f in fields(method.settings)
+            if getattr(method.settings, f.name) != getattr(default, f.name)}  # fmt: skip
 
 
 @contextmanager

@@ -25,6 +25,7 @@ from torch import nn
 from agentqat.models import quantizable_linears
 from agentqat.quant import fake_quantize_activation, quantize_with_outliers
 from agentqat.quant.base import ActivationQuant, LayerStats
+from agentqat.quant.registry import changed_settings
 from agentqat.quant.schemes import keeps_outliers, transforms_of
 from agentqat.strategy.calibration import Calibration
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
@@ -195,7 +196,8 @@ def apply_strategy(
             module = QuantizedLinear(overrides[name], linear.bias, config.activation, None, compute_dtype, 0)
         else:
             make = _module_maker(name, linear, config, calibration, compute_dtype, levels)
-            module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
+            settings = tuple(sorted(changed_settings(config.weight).items()))  # registry.configure's changes
+            module = cache.get_or_make((name, config, compute_dtype, calibration_key, settings), make) if cache else make()
         originals[name] = linear
         outlier_counts[name] = module.outlier_count
         model.set_submodule(name, module)
