@@ -74,3 +74,9 @@ GPUS_PER_WORKER = 0.0  # GPUs (whole or a fraction) each Ray evaluator actor ask
 DEVICE_PATTERN = r"^(cpu|auto|cuda(:\d+)?)$"  # the device settings agentqat.device reads
 DEVICE = "cpu"  # where a worker computes: cpu, cuda, cuda:N or auto (agentqat.device; cuda when there is one, else cpu)
 SEQUENTIAL = False  # run the model layer by layer (agentqat.layerwise), for models bigger than the device
+
+# GPTQ's own settings (agentqat.quant.gptq.GptqSettings, the registered method's `settings`): damping as a share of
+# the mean Hessian diagonal, act-order with static groups (natural order loses to RTN on SmolLM2), lazy block width.
+GPTQ_DAMP = 0.01
+GPTQ_ACT_ORDER = True
+GPTQ_BLOCK_SIZE = 128

@@ -40,7 +40,7 @@ def problems(document, facts, target):
         (MIXED, "vllm-cuda", []),
         (GPTQ3, "vllm-cpu", ["layers 0-29: self_attn.q_proj", "3-bit int g64 asymmetric (gptq) weights", "W4A16", "for example 4-bit int g64 symmetric"]),
         (SPLIT_QKV, "vllm-cpu", ["layer 3: self_attn.k_proj: 8-bit int g64", "fuses q/k/v and gate/up into one weight"]),
-        (OUTLIERS, "vllm-cuda", ["layer 0: ", "kept fp16 outliers (keep_fp16) are not exported", "set outliers.method none"]),
+        (OUTLIERS, "vllm-cuda", ["layer 0: ", "outlier weights in fp16 (keep_fp16) are not exported", "set outliers.method none"]),
         (W4A16, "gguf", ["is none of llama.cpp (GGUF)'s schemes", "for example 4-bit int g32 symmetric"]),  # Q4_0
         ({**W4A16, "default": {"weight": {"bits": 4, "group_size": 32, "symmetric": True}}}, "gguf", []),
     ],

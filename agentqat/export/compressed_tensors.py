@@ -30,6 +30,7 @@ from agentqat.export.base import ExportError, ExportModule, ExportSource, regist
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.fp8 import fp8_round, fp8_scale
 from agentqat.quant.grid import int_grid, to_groups
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 
 FORMAT = "compressed-tensors"
 FP8 = "fp8_e4m3"
@@ -79,10 +80,11 @@ class StoredGrid:
 def scheme_problem(module: ExportModule) -> str | None:
     """Returns why the format cannot hold the module's config (None when it can; values are checked later)."""
     config = module.config
-    if config.outliers.method != "none":
-        return "they keep outlier weights in fp16 beside the codes, which the format has no place for"
-    if config.activation.smooth_alpha is not None:
-        return "their SmoothQuant divisors differ per module and cannot be folded into the norm the modules share"
+    if not (outliers := outlier_scheme(config.outliers)).carried_by(FORMAT):
+        return f"they keep {outliers.kept} beside the codes ({outliers.name}), which the format has no place for"
+    for transform in transforms_of(config.activation):
+        if not transform.carried_by(FORMAT):
+            return f"their {transform.label} divisors differ per module and cannot be folded into the norm the modules share"
     if config.activation.bits not in (16, ACTIVATION_BITS):
         return f"engines quantize activations dynamically to {ACTIVATION_BITS} bits, not {config.activation.bits}"
     if config.weight.bits == 16:

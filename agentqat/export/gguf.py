@@ -26,10 +26,10 @@ import torch
 from agentqat.engines.gguf_tensors import GgufNameError, arch_name_map, field_value, row_permutation, stored_values
 from agentqat.export.base import ExportError, ExportModule, ExportSource, register_exporter
 from agentqat.export.gguf_engine import export_engine_gguf
-from agentqat.export.gguf_types import ENGINE_MADE, PACKED, ggml_type, gguf_problem, packed_blocks
+from agentqat.export.gguf_types import ENGINE_MADE, GGUF, PACKED, ggml_type, gguf_problem, packed_blocks
 from agentqat.quant.ggml import ggml_blocks, ggml_values
 
-FORMAT = "gguf"
+FORMAT = GGUF
 GGUF_FILE = "model.gguf"
 SHOWN_MODULES = 6  # module names an error lists per reason
 

@@ -24,8 +24,10 @@ import torch
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.ggml import GGML_BLOCK, GGML_TYPE_OF_FORMAT
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.resolve import ModuleConfig
 
+GGUF = "gguf"  # the export format (`export.gguf.FORMAT`), as outlier schemes name it
 INT_GRID_TYPES = {4: "Q4_0", 5: "Q5_0", 8: "Q8_0"}  # symmetric int grid at these widths -> GGML type
 CODE_RANGES = {"Q4_0": (-8, 7), "Q5_0": (-16, 15), "Q8_0": (-128, 127)}  # codes a `_0` block stores
 GRID_ROUNDINGS = ("rtn", "gptq", "hqq")  # roundings whose values lie on their groups' grid (symmetric hqq is rtn)
@@ -39,10 +41,11 @@ def gguf_problem(config: ModuleConfig) -> str | None:
     weight, activation = config.weight, config.activation
     if activation.bits != 16:
         return f"{activation.bits}-bit activations: a GGUF file holds weights only (llama.cpp quantizes inputs itself)"
-    if activation.smooth_alpha is not None:
-        return "SmoothQuant divides the inputs by per-channel scales that no GGUF tensor holds"
-    if config.outliers.method != "none":
-        return f"{config.outliers.method} outliers: GGUF blocks keep no fp16 entries beside their codes"
+    for transform in transforms_of(activation):
+        if not transform.carried_by(GGUF):
+            return f"{transform.label} divides the inputs by per-channel scales that no GGUF tensor holds"
+    if not (outliers := outlier_scheme(config.outliers)).carried_by(GGUF):
+        return f"{outliers.name} outliers: GGUF blocks keep no {outliers.kept} beside their codes"
     if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT or is_engine_made(weight):
         return None
     if weight.format != INT_GRID:

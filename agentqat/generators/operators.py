@@ -35,6 +35,7 @@ import numpy as np
 
 from agentqat.models import ModelFacts
 from agentqat.quant.registry import find, format_method
+from agentqat.quant.schemes import outlier_scheme
 from agentqat.strategy.document import strategy_id
 from agentqat.strategy.layout import Layout, document_of, layout_of, module_cost
 from agentqat.strategy.repair import fix_layout, repair, repair_layout, valid_group_sizes
@@ -192,7 +193,7 @@ def scale_swap(layout: Layout, space: SearchSpace, rng: np.random.Generator) -> 
 
 def _outlier_methods(config: ModuleConfig, space: SearchSpace) -> list[str]:
     """Returns the outlier methods a config can switch to."""
-    reachable = [m for m in space.choices.outlier_methods if m != "keep_fp16" or space.choices.kept_fractions]
+    reachable = [m for m in space.choices.outlier_methods if "fraction" not in outlier_scheme(m).fields or space.choices.kept_fractions]
     return [m for m in reachable if m != config.outliers.method]
 
 
@@ -204,10 +205,11 @@ def outlier_toggle(layout: Layout, space: SearchSpace, rng: np.random.Generator)
     def toggle(config: ModuleConfig, region: list[int]) -> ModuleConfig:
         method = pick(rng, _outlier_methods(config, space))
         outliers = replace(config.outliers, method=method, fraction=0.0)
-        if method == "keep_fp16":
+        fields = outlier_scheme(method).fields
+        if "fraction" in fields:  # keep_fp16's
             criterion = pick(rng, choices.outlier_criteria)
             outliers = replace(outliers, fraction=pick(rng, choices.kept_fractions), criterion=criterion)
-        if method == "llm_int8":
+        if "threshold" in fields:  # llm_int8's
             outliers = replace(outliers, threshold=pick(rng, choices.outlier_thresholds))
         return replace(config, outliers=outliers)
 

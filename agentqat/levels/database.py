@@ -46,7 +46,8 @@ from agentqat.progress import Reporter, phase
 from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.quant.grid import code_range
-from agentqat.quant.registry import method_of, quantize_codes
+from agentqat.quant.registry import changed_settings, method_of, quantize_codes
+from agentqat.quant.schemes import keeps_outliers
 from agentqat.quant.storage import Shape
 from agentqat.strategy.apply import quantize_module
 from agentqat.strategy.calibration import Calibration
@@ -59,8 +60,11 @@ FLOAT32_BYTES = 4
 
 
 def level_file(config: ModuleConfig, database_format: int = DATABASE_FORMAT) -> str:
-    """Returns the file name of a level: its readable name and a hash of its whole config and the format."""
-    digest = hashlib.sha256(json.dumps([database_format, asdict(config)], sort_keys=True).encode()).hexdigest()
+    """Returns the file name of a level: its readable name and a hash of its whole config and the format (and of
+    its method's settings where `registry.configure` changed them from their defaults)."""
+    changed = changed_settings(config.weight)
+    keyed = [database_format, asdict(config)] + ([changed] if changed else [])
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()
     return f"{level_name(config)}-{digest[:12]}.safetensors"
 
 
@@ -76,7 +80,7 @@ def stored_level(directory: Path, config: ModuleConfig) -> Path | None:
 def packs(config: ModuleConfig) -> bool:
     """Returns whether the database stores a level packed rather than float32: a plain weight quantization (no
     smoothing, no outliers) below 16 bits whose method has codes (the integer grid's)."""
-    plain = config.outliers.method == "none" and config.activation == ActivationQuant()
+    plain = not keeps_outliers(config.outliers) and config.activation == ActivationQuant()
     return plain and config.weight.bits < 16 and method_of(config.weight).codes is not None
 
 

@@ -19,6 +19,7 @@ from agentqat.polish.ggml_grid import NO_ENGINE, EngineLevels, GgmlQatLinear
 from agentqat.polish.ste import QatLinear
 from agentqat.quant.base import INT_GRID, LayerStats
 from agentqat.quant.registry import method_of
+from agentqat.quant.schemes import keeps_outliers, transforms_of
 from agentqat.strategy.apply import COMPUTE_DTYPES, QuantizedLinear, quantize_module
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
@@ -48,7 +49,7 @@ def trainable(config: ModuleConfig) -> bool:
     activations would stop the gradient of the modules before)."""
     return (
         config.weight.bits != 16 and method_of(config.weight).format == INT_GRID
-        and config.outliers.method == "none" and config.activation.smooth_alpha is None and config.activation.bits == 16
+        and not keeps_outliers(config.outliers) and not transforms_of(config.activation) and config.activation.bits == 16
     )  # fmt: skip
 
 

@@ -1,12 +1,12 @@
-"""Activation fake quantization (dynamic, computed per forward) and SmoothQuant's migration scales."""
+"""Activation fake quantization (dynamic, computed per forward) and SmoothQuant's migration scales: the built-in
+activation formats (int, fp8_e4m3) and SmoothQuant, registered as `agentqat.quant.schemes` objects."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
 from agentqat.quant.base import ActivationQuant
+from agentqat.quant.schemes import ACTIVATIONS, TRANSFORMS, ActivationScheme, InputTransform
 
 FP8_E4M3_MAX = 448.0
 _TINY = 1e-12  # absmax floor: an all-zero token stays zero instead of dividing by zero
@@ -47,11 +47,18 @@ def _fp8(x: torch.Tensor, config: ActivationQuant) -> torch.Tensor:
     return scaled.to(torch.float8_e4m3fn).to(torch.float32) * scale
 
 
-_FORMATS: dict[str, Callable[[torch.Tensor, ActivationQuant], torch.Tensor]] = {"int": _int, "fp8_e4m3": _fp8}
+ACTIVATIONS.register(ActivationScheme("int", _int, bits=(2, 3, 4, 5, 6, 7, 8)))
+ACTIVATIONS.register(ActivationScheme("fp8_e4m3", _fp8, bits=(8,)))
+SMOOTHQUANT = TRANSFORMS.register(InputTransform(
+    name="smoothquant", field="smooth_alpha", divisor=smoothing_scales,
+    stored_bits=lambda in_features: 16 * in_features,  # an fp16 divisor per input channel
+    deploy_targets=frozenset({"fake-quant"}), exports=frozenset({"fake-quant"}), label="SmoothQuant",
+))  # fmt: skip
 
 
 def fake_quantize_activation(x: torch.Tensor, config: ActivationQuant) -> torch.Tensor:
-    """Returns `x` [..., in] fake-quantized as the config says, in x's dtype (`x` itself for bits 16)."""
+    """Returns `x` [..., in] fake-quantized as the config's registered format says, in x's dtype (`x` itself for
+    bits 16)."""
     if config.bits == 16:
         return x
-    return _FORMATS[config.format](x.to(torch.float32), config).to(x.dtype)
+    return ACTIVATIONS.get(config.format).quantize(x.to(torch.float32), config).to(x.dtype)

@@ -48,7 +48,7 @@ class ActivationQuant:
     """
 
     bits: int = 16
-    format: Literal["int", "fp8_e4m3"] = "int"
+    format: str = "int"  # a registered `agentqat.quant.schemes.ActivationScheme`
     granularity: Literal["per_token", "per_tensor"] = "per_token"
     smooth_alpha: float | None = None
 
@@ -57,11 +57,12 @@ class ActivationQuant:
 class OutlierPolicy:
     """Weights kept in fp16 beside the quantized ones.
 
+    method names a registered `agentqat.quant.schemes.OutlierScheme`; the built-in ones:
     keep_fp16: the `fraction` of entries with the largest magnitude (|W|) or saliency (|W| * input norm).
     llm_int8: every input column whose calibration activations exceed `threshold` in magnitude (LLM.int8).
     """
 
-    method: Literal["none", "keep_fp16", "llm_int8"] = "none"
+    method: str = "none"
     fraction: float = 0.0
     criterion: Literal["magnitude", "saliency"] = "magnitude"
     threshold: float = 6.0

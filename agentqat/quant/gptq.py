@@ -10,8 +10,11 @@ weights when the loop reaches the group's first column.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from agentqat import defaults
 from agentqat.quant.base import IntCodes, LayerStats, WeightQuant
 from agentqat.quant.grid import Grid, code_range, dequantize, int_grid, int_grid_method, round_to_codes, to_groups
 from agentqat.quant.registry import register
@@ -30,9 +33,9 @@ def gptq_codes(
     weight: torch.Tensor,
     config: WeightQuant,
     hessian: torch.Tensor,
-    act_order: bool = True,
-    damp: float = 0.01,
-    block_size: int = 128,
+    act_order: bool = defaults.GPTQ_ACT_ORDER,
+    damp: float = defaults.GPTQ_DAMP,
+    block_size: int = defaults.GPTQ_BLOCK_SIZE,
 ) -> IntCodes:
     """Returns the codes and grids of `weight` quantized by GPTQ against `hessian` (X^T X / tokens of the layer's
     input); `gptq_quantize` is their dequantization."""
@@ -89,21 +92,39 @@ def gptq_quantize(
     weight: torch.Tensor,
     config: WeightQuant,
     hessian: torch.Tensor,
-    act_order: bool = True,
-    damp: float = 0.01,
-    block_size: int = 128,
+    act_order: bool = defaults.GPTQ_ACT_ORDER,
+    damp: float = defaults.GPTQ_DAMP,
+    block_size: int = defaults.GPTQ_BLOCK_SIZE,
 ) -> torch.Tensor:
     """Returns `weight` quantized by GPTQ against `hessian` (X^T X / tokens of the layer's input)."""
     return dequantize(gptq_codes(weight, config, hessian, act_order, damp, block_size))
 
 
-def _gptq_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> IntCodes:
-    return gptq_codes(weight, config, stats.hessian)
+@dataclass(frozen=True)
+class GptqSettings:
+    """GPTQ's own knobs, the registered method's `settings` (`agentqat.quant.registry.configure("gptq", damp=0.02)`
+    changes them for the process): damping as a share of the mean Hessian diagonal, act-order (with static
+    groups) or natural order, and the lazy-update block width in columns."""
+
+    damp: float = defaults.GPTQ_DAMP
+    act_order: bool = defaults.GPTQ_ACT_ORDER
+    block_size: int = defaults.GPTQ_BLOCK_SIZE
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.damp < 1.0 or self.block_size < 1:
+            raise ValueError(f"GPTQ takes damp in (0, 1) and a block size of 1 or more, not {self.damp}, {self.block_size}")
 
 
-def gptq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None) -> torch.Tensor:
-    """Returns `weight` quantized by GPTQ with act-order and static groups against the layer's Hessian."""
-    return gptq_quantize(weight, config, stats.hessian)
+def _gptq_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None, settings: GptqSettings) -> IntCodes:
+    return gptq_codes(weight, config, stats.hessian, settings.act_order, settings.damp, settings.block_size)
 
 
-register(int_grid_method("gptq", gptq, SERVED_INT_GRID, needs_calibration=True, codes=_gptq_codes))  # its codes are an int grid's
+def gptq(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None, settings: GptqSettings) -> torch.Tensor:
+    """Returns `weight` quantized by GPTQ against the layer's Hessian as `settings` say (by default act-order with
+    static groups)."""
+    return dequantize(_gptq_codes(weight, config, stats, settings))
+
+
+register(int_grid_method(
+    "gptq", gptq, SERVED_INT_GRID, needs_calibration=True, codes=_gptq_codes, settings=GptqSettings(),
+))  # its codes are an int grid's

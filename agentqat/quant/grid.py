@@ -155,10 +155,12 @@ def int_grid_method(
     storage: StorageRule = integer_zeros,
     needs_calibration: bool = False,
     codes: IntCoder | None = None,
+    settings: object | None = None,
 ) -> Method:
     """Returns the Method of a rounding on the integer grid (format int; any width 2-8, group, scale and clip);
     `codes`, when given, returns what `quantize` does before dequantization (the level database packs it)."""
     return Method(
         name=rounding, format=INT_GRID, rounding=rounding, quantize=quantize, storage=storage, label="integer grids",
         deploy_targets=deploy_targets, needs_calibration=needs_calibration, baseline=INT_GRID_BASELINE, codes=codes,
+        settings=settings,
     )  # fmt: skip

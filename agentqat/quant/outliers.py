@@ -1,13 +1,13 @@
-"""Outlier weights kept in fp16 beside the quantized ones: which entries, and quantizing around them."""
+"""Outlier weights kept in fp16 beside the quantized ones: the built-in policies (none, keep_fp16, llm_int8),
+registered as `agentqat.quant.schemes.OutlierScheme`s, and quantizing around the entries a policy keeps."""
 
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
 from agentqat.quant.base import LayerStats, OutlierPolicy, WeightQuant
-from agentqat.quant.registry import quantize_weight
+from agentqat.quant.registry import DEPLOY_TARGETS, quantize_weight
+from agentqat.quant.schemes import NO_OUTLIERS, OutlierScheme, outlier_scheme, register_outliers
 
 
 def _required(stats: LayerStats | None, policy: OutlierPolicy) -> LayerStats:
@@ -43,16 +43,43 @@ def _hot_columns(weight: torch.Tensor, policy: OutlierPolicy, stats: LayerStats 
     return hot.unsqueeze(0).expand_as(weight).clone()
 
 
-_MASKS: dict[str, Callable[[torch.Tensor, OutlierPolicy, LayerStats | None], torch.Tensor]] = {
-    "none": _no_mask,
-    "keep_fp16": _top_entries,
-    "llm_int8": _hot_columns,
-}
+def _top_count(policy: OutlierPolicy, in_features: int, out_features: int, stats: LayerStats | None) -> int:
+    return round(policy.fraction * in_features * out_features)
+
+
+def _hot_count(policy: OutlierPolicy, in_features: int, out_features: int, stats: LayerStats | None) -> int:
+    return int((stats.abs_max > policy.threshold).sum()) * out_features if stats is not None else 0
+
+
+def _saliency(policy: OutlierPolicy) -> bool:
+    return policy.criterion == "saliency"
+
+
+def _fraction_problems(policy: OutlierPolicy) -> list[str]:
+    return [] if 0.0 <= policy.fraction <= 1.0 else [f"outlier fraction must be in [0, 1], got {policy.fraction}"]
+
+
+KEPT_ENTRIES = "outlier weights in fp16"
+INDEX_BITS = 32  # an int32 position: a kept entry's (keep_fp16) or a kept column's (llm_int8)
+register_outliers(OutlierScheme(
+    name=NO_OUTLIERS, select=_no_mask, count=lambda policy, i, o, stats: 0, position_bits=lambda count, out: 0,
+    fields=(), deploy_targets=DEPLOY_TARGETS, exports=None, kept="nothing",
+))
+register_outliers(OutlierScheme(
+    name="keep_fp16", select=_top_entries, count=_top_count, position_bits=lambda count, out: INDEX_BITS * count,
+    fields=("fraction", "criterion"), deploy_targets=frozenset({"fake-quant"}), exports=frozenset({"fake-quant"}),
+    kept=KEPT_ENTRIES, needs_calibration=_saliency, problems=_fraction_problems,
+))
+register_outliers(OutlierScheme(
+    name="llm_int8", select=_hot_columns, count=_hot_count, position_bits=lambda count, out: INDEX_BITS * (count // out),
+    fields=("threshold",), deploy_targets=frozenset({"fake-quant"}), exports=frozenset({"fake-quant"}),
+    kept=KEPT_ENTRIES, needs_calibration=lambda policy: True,
+))  # fmt: skip
 
 
 def outlier_mask(weight: torch.Tensor, policy: OutlierPolicy, stats: LayerStats | None = None) -> torch.Tensor:
-    """Returns the bool mask [out, in] of the weights the policy keeps in fp16."""
-    return _MASKS[policy.method](weight, policy, stats)
+    """Returns the bool mask [out, in] of the weights the policy keeps in fp16 (its registered scheme's `select`)."""
+    return outlier_scheme(policy).select(weight, policy, stats)
 
 
 def quantize_with_outliers(

@@ -13,9 +13,9 @@ and `roundings()` when it is built, resolve asks `check_weight`, bits asks `Meth
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 import torch
@@ -48,6 +48,8 @@ class Method:
     its baseline-matrix entry besides format, rounding and bits (None: no entry). searched: whether generators draw
     its format unless a deployment target asks for it (False for export formats such as GGUF's block types).
     codes: what `quantize` computes before dequantization (`IntCodes`; integer-grid methods), or None.
+    settings: the method's own knobs (a frozen dataclass, e.g. GPTQ's damping, act-order and block size), passed to
+    `quantize` and `codes` as the keyword `settings`; None for a method without any. `configure` changes them.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Method:
     baseline: dict | None = field(default=None, compare=False)
     searched: bool = True
     codes: IntCoder | None = field(default=None, compare=False)
+    settings: object | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(self.deploy_targets - DEPLOY_TARGETS)
@@ -73,6 +76,11 @@ class Method:
             raise ValueError(f"method {self.name!r}: unknown deploy targets {unknown}; known: {sorted(DEPLOY_TARGETS)}")
         if not self.bits or not self.scales or self.clips == () or self.group_sizes == ():
             raise ValueError(f"method {self.name!r}: bits, scales, clips and group sizes must allow some value")
+
+    @property
+    def options(self) -> dict:
+        """Returns the keyword arguments `quantize` and `codes` take beside (weight, config, stats)."""
+        return {} if self.settings is None else {"settings": self.settings}
 
     @property
     def capabilities(self) -> tuple:
@@ -148,14 +156,55 @@ def unregister(name: str) -> Method:
     return _METHODS.pop(name)
 
 
-@contextmanager
-def registered(method: Method) -> Iterator[Method]:
-    """Registers `method` for the `with` block and removes it after."""
-    register(method)
+def configure(name: str, **changes) -> Method:
+    """Returns the registered method `name` after replacing fields of its settings (ValueError for a method without
+    settings or an unknown field). It holds for this process only: Ray's evaluator processes keep the defaults, and
+    the level database and the layer cache key on changed settings (`changed_settings`); `configured` undoes it."""
+    method = _METHODS[name]
+    if method.settings is None:
+        raise ValueError(f"method {name!r} has no settings")
     try:
-        yield method
+        settings = replace(method.settings, **changes)
+    except TypeError as error:
+        raise ValueError(f"method {name!r}: {error}") from error
+    _METHODS[name] = replace(method, settings=settings)
+    return _METHODS[name]
+
+
+def changed_settings(config: WeightQuant) -> dict:
+    """Returns the settings of the config's method that differ from their dataclass defaults (empty when none do, or
+    for bits 16): what a cache of quantized weights must key on besides the config."""
+    method = find(config.format, config.rounding) if config.bits != 16 else None
+    if method is None or method.settings is None:
+        return {}
+    default = type(method.settings)()
+    return {f.name: getattr(method.settings, f.name) for f in fields(method.settings)
+            if getattr(method.settings, f.name) != getattr(default, f.name)}  # fmt: skip
+
+
+@contextmanager
+def configured(name: str, **changes) -> Iterator[Method]:
+    """Configures method `name` for the `with` block and restores its settings after."""
+    previous = _METHODS[name]
+    try:
+        yield configure(name, **changes)
     finally:
-        unregister(method.name)
+        _METHODS[name] = previous
+
+
+@contextmanager
+def while_registered(item, add: Callable, remove: Callable) -> Iterator:
+    """Adds a named `item` by `add` for the `with` block and removes it by `remove(item.name)` after."""
+    add(item)
+    try:
+        yield item
+    finally:
+        remove(item.name)
+
+
+def registered(method: Method) -> AbstractContextManager[Method]:
+    """Registers `method` for the `with` block and removes it after."""
+    return while_registered(method, register, unregister)
 
 
 def find(weight_format: str, rounding: str) -> Method | None:
@@ -255,7 +304,7 @@ def quantize_weight(weight: torch.Tensor, config: WeightQuant, stats: LayerStats
     method = method_of(config)
     if method.needs_calibration and stats is None:
         raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
-    return method.quantize(weight.detach().to(torch.float32), config, stats)
+    return method.quantize(weight.detach().to(torch.float32), config, stats, **method.options)
 
 
 def quantize_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None) -> IntCodes | None:
@@ -268,4 +317,4 @@ def quantize_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats 
         return None
     if method.needs_calibration and stats is None:
         raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
-    return method.codes(weight.detach().to(torch.float32), config, stats)
+    return method.codes(weight.detach().to(torch.float32), config, stats, **method.options)

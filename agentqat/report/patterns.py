@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from agentqat.models import ModelFacts
+from agentqat.quant.schemes import keeps_outliers
 from agentqat.strategy.document import StrategyError, parse_strategy
 from agentqat.strategy.resolve import ModuleConfig, layered_configs
 
@@ -53,7 +54,7 @@ FEATURES: dict[str, Callable[[Modules, ModelFacts], bool]] = {
     "per-channel scales on most weights": lambda c, f: _weighted(c, f, lambda n, l, m: m.weight.group_size == 0) > 0.5,
     "any weight at 3 bits or fewer": lambda c, f: _weighted(c, f, lambda n, l, m: m.weight.bits <= 3) > 0,
     "activations quantized somewhere": lambda c, f: _weighted(c, f, lambda n, l, m: m.activation.bits < 16) > 0,
-    "outliers kept somewhere": lambda c, f: _weighted(c, f, lambda n, l, m: m.outliers.method != "none") > 0,
+    "outliers kept somewhere": lambda c, f: _weighted(c, f, lambda n, l, m: keeps_outliers(m.outliers)) > 0,
     "first third of layers at more bits": lambda c, f: _mean_bits(c, f, _third(f, 0)) > _mean_bits(c, f, lambda i: True) + 0.25,
     "last third of layers at more bits": lambda c, f: _mean_bits(c, f, _third(f, 2)) > _mean_bits(c, f, lambda i: True) + 0.25,
     "MLPs at more bits than attention": lambda c, f: _mean_bits(c, f, lambda i: ".mlp." in i.name) > _mean_bits(c, f, lambda i: ".self_attn." in i.name) + 0.25,

@@ -23,8 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentqat.models import quantizable_linears
-from agentqat.quant import fake_quantize_activation, quantize_with_outliers, smoothing_scales
+from agentqat.quant import fake_quantize_activation, quantize_with_outliers
 from agentqat.quant.base import ActivationQuant, LayerStats
+from agentqat.quant.registry import changed_settings
+from agentqat.quant.schemes import keeps_outliers, transforms_of
 from agentqat.strategy.calibration import Calibration
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
@@ -91,10 +93,11 @@ def quantize_module(
     """Returns a QuantizedLinear computing what `linear` computes under `config` (linear is not modified)."""
     weight = linear.weight.detach().to(torch.float32)
     input_divisor = None
-    if config.activation.smooth_alpha is not None and stats is not None:
-        input_divisor = smoothing_scales(stats.abs_max, weight, config.activation.smooth_alpha)
-        weight = weight * input_divisor[None, :]
-        stats = _smoothed_stats(stats, input_divisor)
+    for transform in transforms_of(config.activation) if stats is not None else ():
+        divisor = transform.divisor(stats.abs_max, weight, getattr(config.activation, transform.field))
+        input_divisor = divisor if input_divisor is None else input_divisor * divisor
+        weight = weight * divisor[None, :]
+        stats = _smoothed_stats(stats, divisor)
     quantized, mask = quantize_with_outliers(weight, config.weight, config.outliers, stats)
     return QuantizedLinear(quantized, linear.bias, config.activation, input_divisor, compute_dtype, int(mask.sum()))
 
@@ -156,8 +159,8 @@ def _is_identity(config: ModuleConfig, compute_dtype: torch.dtype) -> bool:
     return (
         config.weight.bits == 16
         and config.activation.bits == 16
-        and config.activation.smooth_alpha is None
-        and config.outliers.method == "none"
+        and not transforms_of(config.activation)
+        and not keeps_outliers(config.outliers)
         and compute_dtype == torch.float32
     )
 
@@ -193,7 +196,8 @@ def apply_strategy(
             module = QuantizedLinear(overrides[name], linear.bias, config.activation, None, compute_dtype, 0)
         else:
             make = _module_maker(name, linear, config, calibration, compute_dtype, levels)
-            module = cache.get_or_make((name, config, compute_dtype, calibration_key), make) if cache else make()
+            settings = tuple(sorted(changed_settings(config.weight).items()))  # registry.configure's changes
+            module = cache.get_or_make((name, config, compute_dtype, calibration_key, settings), make) if cache else make()
         originals[name] = linear
         outlier_counts[name] = module.outlier_count
         model.set_submodule(name, module)

@@ -7,9 +7,9 @@ Per linear module with n = out x in weights and G groups (G = out x in / group_s
     zero bits      power-of-two scales (an exponent byte); nf4 / fp4 store an fp32 absmax per block (G x 32),
                    llm_int8 an fp32 scale per row (out x 32); zero points on asymmetric int grids only:
                    G x bits (rtn, gptq, awq), G x 16 (hqq keeps a float zero)
-    outlier bits   keep_fp16: per kept entry 16 (its fp16 value) + 32 (its int32 position);
-                   llm_int8: per kept entry 16 + per kept column 32 (its index)
-    smoothing bits 16 x in when SmoothQuant scales are applied (an fp16 divisor per input channel)
+    outlier bits   the policy's `OutlierScheme.stored_bits` (agentqat.quant.schemes): per kept entry 16 (its fp16
+                   value) plus its positions: keep_fp16 32 per entry (an int32 position), llm_int8 32 per column
+    smoothing bits each input transform's `stored_bits`: SmoothQuant 16 x in (an fp16 divisor per input channel)
 
 Quantized codes are counted for every weight, outliers included (dense codes plus sparse corrections).
 Effective bits per weight = the sum over quantizable linears / their weight count. Model bytes add every
@@ -23,10 +23,9 @@ from dataclasses import dataclass
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import LayerStats, OutlierPolicy
 from agentqat.quant.registry import storing_method
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy
 
-OUTLIER_VALUE_BITS = 16
-OUTLIER_INDEX_BITS = 32
 UNQUANTIZED_BITS = 16
 
 
@@ -73,12 +72,8 @@ class StrategyBits:
 
 
 def expected_outlier_count(policy: OutlierPolicy, info: LinearInfo, stats: LayerStats | None) -> int:
-    """Returns how many weights the outlier policy keeps in fp16 (llm_int8 needs calibration stats)."""
-    if policy.method == "keep_fp16":
-        return round(policy.fraction * info.in_features * info.out_features)
-    if policy.method == "llm_int8" and stats is not None:
-        return int((stats.abs_max > policy.threshold).sum()) * info.out_features
-    return 0
+    """Returns how many weights the outlier policy is expected to keep in fp16 (stats None: before calibration)."""
+    return outlier_scheme(policy).count(policy, info.in_features, info.out_features, stats)
 
 
 def module_bits(config: ModuleConfig, info: LinearInfo, outlier_count: int) -> ModuleBits:
@@ -88,12 +83,8 @@ def module_bits(config: ModuleConfig, info: LinearInfo, outlier_count: int) -> M
     if weight.bits == 16:
         return ModuleBits(info.name, n, UNQUANTIZED_BITS * n, 0, 0, 0, 0)
     storage = storing_method(weight).storage(weight, info)
-    outlier_bits = OUTLIER_VALUE_BITS * outlier_count
-    if config.outliers.method == "llm_int8":
-        outlier_bits += OUTLIER_INDEX_BITS * (outlier_count // info.out_features)
-    else:
-        outlier_bits += OUTLIER_INDEX_BITS * outlier_count
-    smoothing_bits = 16 * info.in_features if config.activation.smooth_alpha is not None else 0
+    outlier_bits = outlier_scheme(config.outliers).stored_bits(outlier_count, info.out_features)
+    smoothing_bits = sum(t.stored_bits(info.in_features) for t in transforms_of(config.activation))
     return ModuleBits(
         info.name, n, weight.bits * n, storage.scale_bits, storage.zero_bits, outlier_bits, smoothing_bits
     )

@@ -8,8 +8,8 @@ storage. Dropped (set to the defaults), per module:
                                     outliers cost nothing); SmoothQuant too when activations stay at 16 bits
                                     (W·diag(s) and X/s cancel)
     activations at 16 bits          activation format and granularity
-    outlier method none             fraction, criterion, threshold
-    outlier method keep_fp16        threshold;  llm_int8: fraction and criterion
+    outlier policy fields           those its `OutlierScheme` does not read (`unused_fields`): none reads none,
+                                    keep_fp16 fraction and criterion, llm_int8 threshold
     arithmetic.shift_scales         compiled into the configs' power-of-two scales (as every layout is)
 
 `canonical_id` hashes the canonical layout; the evolution loop uses it to find duplicate proposals, so that twins
@@ -23,14 +23,13 @@ from dataclasses import replace
 
 from agentqat.models import ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
+from agentqat.quant.schemes import outlier_scheme, without_transforms
 from agentqat.strategy.document import StrategyError, parse_strategy, strategy_id
 from agentqat.strategy.layout import Layout, document_of, layout_of
 from agentqat.strategy.resolve import ModuleConfig, resolve_strategy
 
 UNQUANTIZED = 16
 _NO_OUTLIERS, _ACTIVATION = OutlierPolicy(), ActivationQuant()
-UNUSED_OUTLIER_FIELDS = {"none": ("fraction", "criterion", "threshold"), "keep_fp16": ("threshold",),
-                         "llm_int8": ("fraction", "criterion")}  # fmt: skip
 
 
 def canonical_config(config: ModuleConfig) -> ModuleConfig:
@@ -39,10 +38,10 @@ def canonical_config(config: ModuleConfig) -> ModuleConfig:
     if weight.bits == UNQUANTIZED:
         weight, outliers = WeightQuant(bits=UNQUANTIZED), _NO_OUTLIERS
         if activation.bits == UNQUANTIZED:
-            activation = replace(activation, smooth_alpha=None)
+            activation = without_transforms(activation)
     if activation.bits == UNQUANTIZED:
         activation = replace(activation, format=_ACTIVATION.format, granularity=_ACTIVATION.granularity)
-    unused = UNUSED_OUTLIER_FIELDS.get(outliers.method, ())
+    unused = outlier_scheme(outliers).unused_fields
     outliers = replace(outliers, **{name: getattr(_NO_OUTLIERS, name) for name in unused})
     return ModuleConfig(weight, activation, outliers)
 

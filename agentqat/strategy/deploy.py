@@ -32,6 +32,7 @@ from agentqat.errors import UserError
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID, ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import METHODS, find
+from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.layout import FUSED_SETS, Layout, document_of, layer_spec, layout_bits, layout_of, module_cost
 from agentqat.strategy.repair import repair_layout
 from agentqat.strategy.resolve import ModuleConfig, ResolvedStrategy, module_role_name
@@ -102,7 +103,9 @@ class Target:
             method = find(config.weight.format, config.weight.rounding)
             if method is None or self.name not in method.deploy_targets:
                 return None
-        if config.outliers.method != "none" or config.activation.smooth_alpha is not None:
+        if self.name not in outlier_scheme(config.outliers).deploy_targets:
+            return None
+        if any(self.name not in t.deploy_targets for t in transforms_of(config.activation)):
             return None
         return next((scheme for scheme in self.schemes if scheme.admits(config)), None)
 
@@ -221,10 +224,11 @@ def _module_problem(config: ModuleConfig, info: LinearInfo, target: Target) -> s
     if target.fits(config, info.in_features, info.out_features):
         return None
     engine = target.engine
-    if config.outliers.method != "none":
-        return f"kept fp16 outliers ({config.outliers.method}) are not exported to {engine}; set outliers.method none"
-    if config.activation.smooth_alpha is not None:
-        return f"SmoothQuant scales are not exported to {engine}; remove activation.smooth_alpha"
+    if target.name not in (outliers := outlier_scheme(config.outliers)).deploy_targets:
+        return f"{outliers.kept} ({outliers.name}) are not exported to {engine}; set outliers.method none"
+    for transform in transforms_of(config.activation):
+        if target.name not in transform.deploy_targets:
+            return f"{transform.label} scales are not exported to {engine}; remove activation.{transform.field}"
     if config.weight.bits != 16:
         method = find(config.weight.format, config.weight.rounding)
         if method is not None and target.name not in method.deploy_targets:

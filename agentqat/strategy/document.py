@@ -4,8 +4,9 @@ A strategy holds a complete `default` and ordered `rules`; a rule selects layers
 some fields for them, later rules winning. `schemas/strategy.schema.json` is generated from these classes
 (`python -m agentqat.strategy.document > schemas/strategy.schema.json`) and a test keeps the two identical. Integers
 and numbers are bounded by `enum`, which outlines-core and xgrammar both honour when constraining an LLM. The
-weight formats and roundings are the method registry's (`agentqat.quant.registry`), read when a document is
-validated or the schema is built: a registered method is a value documents may name.
+weight formats and roundings are the method registry's (`agentqat.quant.registry`) and the outlier methods the
+outlier registry's (`agentqat.quant.schemes`), read when a document is validated or the schema is built: a
+registered method or policy is a value documents may name.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, GetJson
 from pydantic_core import PydanticCustomError, core_schema
 
 from agentqat.errors import UserError
-from agentqat.quant import registry
+from agentqat.quant import registry, schemes
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 
 SCHEMA_VERSION = 1
@@ -68,6 +69,8 @@ class OneOf:
 
 WeightFormat = Annotated[str, OneOf(registry.formats)]
 Rounding = Annotated[str, OneOf(registry.roundings)]
+OutlierMethod = Annotated[str, OneOf(schemes.outlier_methods)]
+ActivationFormat = Annotated[str, OneOf(schemes.activation_formats)]
 
 
 class _Frozen(BaseModel):
@@ -90,7 +93,7 @@ class ActivationGene(_Frozen):
     """Fake quantization of a module's input, optionally after SmoothQuant migration."""
 
     bits: Literal[4, 8, 16] | None = Field(None, description="16 keeps activations in the compute dtype")
-    format: Literal["int", "fp8_e4m3"] | None = None
+    format: ActivationFormat | None = None
     granularity: Literal["per_token", "per_tensor"] | None = None
     smooth_alpha: SmoothAlpha | None = Field(None, description="SmoothQuant migration strength; absent = none")
 
@@ -98,7 +101,7 @@ class ActivationGene(_Frozen):
 class OutlierGene(_Frozen):
     """Weights kept in fp16 beside the quantized ones."""
 
-    method: Literal["none", "keep_fp16", "llm_int8"] | None = None
+    method: OutlierMethod | None = None
     fraction: OutlierFraction | None = Field(None, description="keep_fp16: share of entries kept")
     criterion: Literal["magnitude", "saliency"] | None = None
     threshold: OutlierThreshold | None = Field(None, description="llm_int8: activation magnitude of outlier columns")

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 from agentqat.models import LinearInfo, ModelFacts
+from agentqat.quant.schemes import transforms_of
 from agentqat.strategy.bits import expected_outlier_count, module_bits
 from agentqat.strategy.document import SCHEMA_VERSION, StrategyError, parse_strategy, strategy_id
 from agentqat.strategy.resolve import ROLE_PATTERNS, ModuleConfig, layered_configs, module_role_name, pattern_matches
@@ -147,7 +148,7 @@ def _rules_for(config: ModuleConfig, default: ModuleConfig, indices: list[int], 
 def _default_config(layout: Layout) -> ModuleConfig:
     """Returns the config the default should hold: the most common one a rule can override everywhere."""
     counts = Counter(layout.configs)
-    unsmoothed = [c for c in counts if c.activation.smooth_alpha is None]
+    unsmoothed = [c for c in counts if not transforms_of(c.activation)]
     return max(unsmoothed or counts, key=counts.__getitem__)  # max keeps the first of equals: first use
 
 

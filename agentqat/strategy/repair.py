@@ -31,6 +31,7 @@ import numpy as np
 from agentqat.models import ModelFacts
 from agentqat.quant.base import DEFAULT_ROUNDING, INT_GRID
 from agentqat.quant.registry import format_method, repair_weight, storing_method
+from agentqat.quant.schemes import NO_OUTLIERS, keeps_outliers, transforms_of, without_transforms
 from agentqat.strategy.bits import strategy_bits
 from agentqat.strategy.document import MAX_RULES, StrategyError, parse_strategy
 from agentqat.strategy.layout import Layout, compile_rules, document_of, layout_bits, layout_of, module_cost
@@ -89,16 +90,15 @@ def _int_format(config: ModuleConfig, in_features: int, choices: GeneChoices) ->
 
 
 def _no_outliers(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
-    if config.outliers.method == "none":
+    if not keeps_outliers(config.outliers):
         return None
-    return replace(config, outliers=replace(config.outliers, method="none", fraction=0.0))
+    return replace(config, outliers=replace(config.outliers, method=NO_OUTLIERS, fraction=0.0))
 
 
 def _no_smoothing(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:
-    activation = config.activation
-    if activation.smooth_alpha is None:
+    if not transforms_of(config.activation):
         return None
-    return replace(config, activation=replace(activation, smooth_alpha=None))
+    return replace(config, activation=without_transforms(config.activation))
 
 
 def _coarser_group(config: ModuleConfig, in_features: int, choices: GeneChoices) -> ModuleConfig | None:

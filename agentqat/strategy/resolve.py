@@ -13,6 +13,7 @@ from typing import get_args
 from agentqat.models import LinearInfo, ModelFacts
 from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
 from agentqat.quant.registry import check_weight, format_method, method_of
+from agentqat.quant.schemes import ACTIVATIONS, outlier_scheme, transforms_of
 from agentqat.strategy.document import BASE_DEFAULT, Genes, GroupSize, Strategy, StrategyError
 
 ROLE_PATTERNS = {"all": "*", "attn": "self_attn.*", "mlp": "mlp.*"}
@@ -89,10 +90,8 @@ def _check_module(config: ModuleConfig, info: LinearInfo, origins: dict) -> list
             )
         problems.extend(f"{where('weight', p.field)}: {p.message}" for p in check_weight(weight, info))
     activation = config.activation
-    if activation.format == "fp8_e4m3" and activation.bits not in (8, 16):
-        problems.append(
-            f"{where('activation', 'bits')}: fp8_e4m3 activations are 8-bit, not {activation.bits}; set bits to 8"
-        )
+    problems.extend(f"{where('activation', 'bits')}: {p}" for p in ACTIVATIONS.get(activation.format).problems(activation))
+    problems.extend(f"{where('outliers', 'method')}: {p}" for p in outlier_scheme(config.outliers).problems(config.outliers))
     return problems
 
 
@@ -167,9 +166,8 @@ def module_needs_calibration(config: ModuleConfig) -> bool:
     """Returns whether a (valid) module config reads calibration statistics."""
     return (
         config.weight.bits != 16 and method_of(config.weight).needs_calibration
-        or config.activation.smooth_alpha is not None
-        or config.outliers.method == "llm_int8"
-        or (config.outliers.method == "keep_fp16" and config.outliers.criterion == "saliency")
+        or bool(transforms_of(config.activation))
+        or outlier_scheme(config.outliers).needs_calibration(config.outliers)
     )
 
 

@@ -50,7 +50,8 @@ from agentqat.levels.ladder import level_name
 from agentqat.models import ModelFacts
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.registry import format_method, formats_taking_scale, formats_with_rounding
-from agentqat.strategy.document import MODULE_PATTERN, Bits, GroupSize, Rounding, WeightFormat, strategy_json_schema
+from agentqat.quant.schemes import outlier_scheme
+from agentqat.strategy.document import MODULE_PATTERN, Bits, GroupSize, OutlierMethod, Rounding, WeightFormat, strategy_json_schema
 from agentqat.strategy.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.strategy.repair import fix_config, repair_layout, valid_group_sizes
 from agentqat.strategy.resolve import ROLE_PATTERNS, ModuleConfig, module_role_name, parse_layers, pattern_matches
@@ -81,7 +82,7 @@ OPERATORS: dict[str, tuple[Any, str | None]] = {
     "set_rounding": (Rounding, "roundings"),
     "set_scale": (Literal["fp16", "pow2"], "scales"),
     "set_symmetric": (bool, "symmetric"),
-    "set_outliers": (Literal["none", "keep_fp16", "llm_int8"], "outlier_methods"),
+    "set_outliers": (OutlierMethod, "outlier_methods"),
     "set_level": (Annotated[str, Field(pattern=LEVEL_NAME)], None),
 }
 EDIT_MODELS = {
@@ -222,7 +223,7 @@ def _format(config: ModuleConfig, weight_format: str, space: SearchSpace) -> Mod
 
 def _outliers(config: ModuleConfig, method: str, space: SearchSpace) -> ModuleConfig:
     kept = space.choices.kept_fractions
-    fraction = (config.outliers.fraction or kept[len(kept) // 2]) if method == "keep_fp16" and kept else 0.0
+    fraction = (config.outliers.fraction or kept[len(kept) // 2]) if "fraction" in outlier_scheme(method).fields and kept else 0.0
     return replace(config, outliers=replace(config.outliers, method=method, fraction=fraction))
 
 

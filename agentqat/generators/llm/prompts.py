@@ -23,6 +23,7 @@ from agentqat import edited_files
 from agentqat.generators.base import Evaluated
 from agentqat.generators.llm.schema_sampler import sample_instance
 from agentqat.models import ModelFacts
+from agentqat.quant.schemes import OUTLIER_SCHEMES, outlier_scheme
 from agentqat.strategy.document import BASE_DEFAULT, MAX_RULES, StrategyError, parse_strategy, strategy_id
 from agentqat.strategy.resolve import module_role_name, pattern_matches
 
@@ -35,8 +36,6 @@ KINDS = ("propose", "mutate", "recombine")
 MOST_SENSITIVE = 3
 ELITE_RULES_SHOWN = 2  # rules shown per elite strategy
 PARENT_RULES_SHOWN = 5  # rules shown per parent
-IGNORED_BY_METHOD = {"none": ("fraction", "criterion", "threshold"), "keep_fp16": ("threshold",),
-                     "llm_int8": ("fraction", "criterion")}  # fmt: skip
 ALWAYS_SHOWN = ("bits", "group_size", "symmetric", "rounding")  # of the default's weight gene
 
 
@@ -141,7 +140,8 @@ def _fields(group: str, values: dict) -> list[str]:
 
     Outlier fields the method does not use are left out."""
     if group == "outliers":
-        unused = IGNORED_BY_METHOD.get(values.get("method"), ())
+        method = values.get("method")
+        unused = outlier_scheme(method).unused_fields if method in OUTLIER_SCHEMES else ()
         values = {key: value for key, value in values.items() if key not in unused}
     words = {
         "method": lambda v: "no outliers" if v == "none" else v,

@@ -27,6 +27,7 @@ import numpy as np
 
 from agentqat.generators.base import Evaluated
 from agentqat.models import ModelFacts
+from agentqat.quant.schemes import keeps_outliers, transforms_of
 from agentqat.strategy.document import StrategyError, strategy_id
 from agentqat.strategy.layout import layout_of
 from agentqat.strategy.resolve import pattern_matches
@@ -71,9 +72,9 @@ def features(document: dict, facts: ModelFacts) -> frozenset[str]:
         if weight.bits != 16:
             found.add(f"{weight.format} weights" if weight.format != "int" else f"{weight.rounding} rounding")
             found.update(["pow2 scales"] if weight.scale == "pow2" else [])
-        found.update([f"{config.outliers.method} outliers"] if config.outliers.method != "none" else [])
+        found.update([f"{config.outliers.method} outliers"] if keeps_outliers(config.outliers) else [])
         found.update([f"{config.activation.bits}-bit activations"] if config.activation.bits != 16 else [])
-        found.update(["SmoothQuant"] if config.activation.smooth_alpha is not None else [])
+        found.update(t.label for t in transforms_of(config.activation))
     found.update([f"{layout.compute_dtype} compute"] if layout.compute_dtype != "fp32" else [])
     return frozenset(found)
 
