@@ -272,3 +272,25 @@ def test_the_sensitivity_probes_are_not_said_to_be_charged_to_the_budget():
     assert "not charged to the run" in evolve.__doc__
     assert _nowhere("counted against `--budget`")
     _claim("recorded as preparation in the run's `sensitivities.json`, not charged to `--budget`", GENERATORS)
+
+
+def test_the_gguf_polish_figures_are_llama_cpps_records():
+    """The polish-in-IQ4_NL figures (reports/gguf-polish) in its README, reports/README.md, docs and the README are
+    llama.cpp's records in engine.jsonl: KL per file and text, and the change against the stock file."""
+    import json
+
+    records = [json.loads(line) for line in (ROOT / "reports" / "gguf-polish" / "engine.jsonl").read_text().splitlines()]
+    kl = {(r["polish"], r["file"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
+    stock, polished = kl[("stock-iq4nl", "unpolished", "test")], kl[("stock-iq4nl", "polished", "test")]
+    gpl_stock, gpl_polished = kl[("stock-iq4nl", "unpolished", "gpl-3")], kl[("stock-iq4nl", "polished", "gpl-3")]
+    change, gpl_change = 100 * (polished / stock - 1), 100 * (gpl_polished / gpl_stock - 1)
+    assert {r["file_bytes"] for r in records if r["polish"] == "stock-iq4nl"} == {91727104}
+    report = ROOT / "reports" / "gguf-polish" / "README.md"
+    _claim(f"| the same, polished inside IQ4_NL | **{polished:.4f} ({change:+.1f}%)**", report)
+    _claim(f"| {gpl_polished:.4f} ({gpl_change:+.1f}%) |", report)
+    _claim(f"llama.cpp's KL {polished:.4f} against {stock:.4f} for the stock IQ4_NL + imatrix file ({change:+.1f}%")
+    _claim(f"| the same, polished inside IQ4_NL | {polished:.4f} ({change:+.1f}%) | {gpl_polished:.4f} ({gpl_change:+.1f}%) |", ROOT / "docs" / "polish.md")
+    _claim(f"with llama.cpp's KL {polished:.4f} on the test split ({change:+.1f}%), though {gpl_change:.1f}% worse", ROOT / "README.md")
+    for (polish, file, text), value in kl.items():
+        if polish == "tight-iq4nl":
+            assert f"{value:.4f}" in report.read_text(), (polish, file, text)
