@@ -419,6 +419,31 @@ def test_llm_generator_with_a_given_vllm_server(arena_file, smollm2_server, tmp_
     assert smollm2_server.running()
 
 
+@pytest.mark.slow
+def test_llm_generator_with_any_openai_compatible_server(arena_file, smollm2_server, tmp_path, capsys):
+    """`--llm-backend openai`: the project's own vLLM server reached as any OpenAI-compatible endpoint would be
+    (structured outputs through `response_format`, the model as the server names it), its constraint checked."""
+    from agentqat.cli import main
+    from agentqat.serving.backends import check_constrained, make_backend
+
+    backend = make_backend("openai", smollm2_server.model_name, smollm2_server.base_url)
+    assert backend.protocol == "openai" and backend.name.startswith("openai ")
+    check_constrained(backend)  # raises when the server ignored the schema
+    args = ["evolve", "--arena", str(arena_file), "--generator", "llm", "--llm-backend", "openai", "--llm-url", smollm2_server.base_url,
+            "--llm-model", smollm2_server.model_name, "--workers", "0", "--generations", "1", "--population", "3", "--runs", str(tmp_path), "--run", "openai"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err
+    store = RunStore.open(tmp_path / "openai")
+    assert store.read("strategies") and store.manifest["llm"]["backend"] == "openai"
+
+
+def test_the_openai_backend_needs_a_url():
+    from agentqat.errors import UserError
+    from agentqat.serving.backends import make_backend
+
+    with pytest.raises(UserError, match="needs the server's URL"):
+        make_backend("openai", "some-model")
+
+
 def test_the_time_budget_stops_the_run_before_a_generation(arena, pool, tmp_path):
     ticks = iter(range(0, 10_000, 100))  # every reading of the clock is 100 s later
     store = RunStore.create(tmp_path / "run", {"kind": "evolve"})

@@ -30,12 +30,13 @@ class _Frozen(BaseModel):
 
 
 class LlmSettings(_Frozen):
-    """How the LLM generator reaches its model: a vLLM server (managed, or the one at `url`) or Outlines over
+    """How the LLM generator reaches its model: a vLLM server (managed, or the one at `url`), any OpenAI-compatible
+    server at `url` with structured outputs ("openai", `model` as that server names it), or Outlines over
     transformers in process; `fallback` goes on with the random generator when the server fails. Ablations:
     `reflection` false leaves the lessons out of the prompts, `sensitivities` false leaves the per-layer
     sensitivities out ("not measured")."""
 
-    backend: Literal["vllm", "transformers"] = "vllm"
+    backend: Literal["vllm", "openai", "transformers"] = "vllm"
     model: str = defaults.DEFAULT_MODEL
     url: str | None = None
     fallback: bool = False

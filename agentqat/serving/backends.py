@@ -1,7 +1,9 @@
 """Backends that answer a chat prompt with JSON whose decoding is constrained to a JSON schema.
 
-- `VllmBackend`: a vLLM OpenAI-compatible server through Outlines; the server constrains decoding
-  (its structured outputs, xgrammar), so the client compiles nothing.
+- `VllmBackend`: a server through Outlines; the server constrains decoding, so the client compiles nothing. With
+  protocol "vllm" (backend `vllm`): vLLM's own `structured_outputs` request field (xgrammar). With protocol
+  "openai" (backend `openai`): the OpenAI API's `response_format` json_schema, which any OpenAI-compatible server
+  with structured outputs reads (vLLM, SGLang, llama.cpp's server, a hosted API): a user's own larger model.
 - `TransformersBackend`: Outlines over transformers in this process, for where vLLM cannot run.
 
 The constraint is checked, not assumed: `check_constrained` sends one request whose schema an unconstrained
@@ -29,7 +31,8 @@ from agentqat import defaults
 from agentqat.errors import UserError
 from agentqat.models import BUILTIN_MODELS, load_model
 
-BACKENDS = ("vllm", "transformers")
+BACKENDS = ("vllm", "openai", "transformers")
+PROTOCOLS = ("vllm", "openai")  # how a server is asked for JSON: vLLM's structured_outputs, or response_format
 # The canary: one exact object that no model writes when asked for a sentence, unless its decoding is constrained.
 CANARY_REPLY = {"agentqat_canary": "zebra-quartz-17"}
 CANARY_SCHEMA = {
@@ -75,13 +78,17 @@ class VllmBackend:
         temperature: float = defaults.LLM_TEMPERATURE,
         server: ManagedServer | None = None,
         concurrency: int = defaults.LLM_CONCURRENCY,
+        protocol: str = "vllm",
     ):
         import openai
         import outlines
 
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.base_url = base_url
         self.model_name = model_name
-        self.name = f"vllm {base_url} {model_name}"
+        self.protocol = protocol
+        self.name = f"{protocol} {base_url} {model_name}"
         self.retries = retries
         self.backoff_s = backoff_s
         self.temperature = temperature
@@ -89,7 +96,7 @@ class VllmBackend:
         self.concurrency = concurrency
         # Retries are ours (bounded, with backoff, then a UserError), not the OpenAI client's.
         client = openai.OpenAI(base_url=base_url, api_key="EMPTY", timeout=timeout_s, max_retries=0)
-        self._model = outlines.from_vllm(client, model_name)
+        self._model = (outlines.from_vllm if protocol == "vllm" else outlines.from_openai)(client, model_name)
 
     @classmethod
     def for_server(cls, server: ManagedServer, **options: Any) -> VllmBackend:
@@ -176,10 +183,15 @@ def make_backend(
     server: ManagedServer | None = None,
     threads: int = defaults.LLM_THREADS,
 ) -> JsonBackend:
-    """Returns a backend: "vllm" for the server at `url` (serving `model`) or for a managed `server`;
-    "transformers" for `model` loaded in this process."""
+    """Returns a backend: "vllm" for the server at `url` (serving `model`) or for a managed `server`; "openai" for
+    any OpenAI-compatible server at `url` serving the model named `model` there; "transformers" for `model`
+    loaded in this process."""
     if kind == "transformers":
         return TransformersBackend(model, threads=threads)
+    if kind == "openai" and url:
+        return VllmBackend(url, model, protocol="openai")
+    if kind == "openai":
+        raise UserError("the openai backend needs the server's URL", "pass --llm-url http://HOST:PORT/v1 and --llm-model NAME as the server lists it")
     if kind == "vllm" and server is not None:
         return VllmBackend.for_server(server)
     if kind == "vllm" and url:
@@ -223,10 +235,10 @@ def served_models(url: str, timeout_s: float = HEALTH_TIMEOUT_S) -> list[str]:
         raise UserError(f"the server at {url} did not answer GET {url.rstrip('/')}/models with a model list", fix) from None
 
 
-def check_server(url: str, model: str | None = None) -> None:
-    """Returns None when the vLLM server at base URL `url` answers, serves `model` (when given; else its first
-    model) and constrains decoding to a JSON schema; raises UserError with one line otherwise. Quick: call it
-    before any match."""
+def check_server(url: str, model: str | None = None, protocol: str = "vllm") -> None:
+    """Returns None when the server at base URL `url` answers, serves `model` (when given; else its first model) and
+    constrains decoding to a JSON schema asked for by `protocol`; raises UserError with one line otherwise. Quick:
+    call it before any match."""
     if not url.startswith(("http://", "https://")):
         raise UserError(f"the LLM server URL {url!r} is not an http(s) URL", "write it like http://127.0.0.1:8000/v1")
     models = served_models(url)
@@ -234,4 +246,4 @@ def check_server(url: str, model: str | None = None) -> None:
         raise UserError(f"the LLM server at {url} serves {models}, not {model!r}", "set the LLM model to one it serves")
     if not models:
         raise UserError(f"the LLM server at {url} serves no model", "start it with a model")
-    check_constrained(VllmBackend(url, model or models[0], timeout_s=defaults.LLM_REQUEST_TIMEOUT_S, retries=0))
+    check_constrained(VllmBackend(url, model or models[0], timeout_s=defaults.LLM_REQUEST_TIMEOUT_S, retries=0, protocol=protocol))

@@ -47,11 +47,11 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
     """Yields the managed vLLM server the LLM settings ask for (None when they name a URL or another backend),
     stopped on exit. A server given by URL is checked first (it answers, serves the model, constrains JSON)."""
     if not llm.managed_server:
-        if llm.backend == "vllm":
+        if llm.backend in ("vllm", "openai"):
             from agentqat.serving.backends import check_server, served_name
 
-            with phase(reporter, f"checking the vLLM server at {llm.url}"):
-                check_server(llm.url, served_name(llm.model))
+            with phase(reporter, f"checking the LLM server at {llm.url}"):
+                check_server(llm.url, served_name(llm.model) if llm.backend == "vllm" else llm.model, llm.backend)
         yield None
         return
     from agentqat.serving.server import VllmServer
