@@ -371,7 +371,7 @@ def test_llm_generator_end_to_end_in_process(arena_file, tiny_llama_dir, tmp_pat
     assert main(args) == 0, capsys.readouterr().err
     store = RunStore.open(tmp_path / "llm")
     assert store.manifest["llm"] == {"backend": "transformers", "model": str(tiny_llama_dir), "url": None,
-                                     "fallback": False, "reflection": True, "sensitivities": True}  # fmt: skip
+                                     "fallback": False, "reflection": True, "sensitivities": True, "gpu_fraction": None}  # fmt: skip
     results = store.read("results")
     assert not [r for r in results if r["strategy_name"].startswith("probe-layer")]
     sensitivities = json.loads((tmp_path / "llm" / "sensitivities.json").read_text())
