@@ -25,22 +25,21 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+
+import torch
 
 from agentqat import defaults
 from agentqat.arena.config import Arena
 from agentqat.arena.match import Workbench
 from agentqat.arena.request import MatchRequest
 from agentqat.arena.result import MatchResult
+from agentqat.engines.ggml_blocks import encode
 from agentqat.errors import UserError
+from agentqat.polish.ggml_grid import GGML_SUFFIX, GGML_TYPES_KEY, NO_ENGINE, engine_levels
+from agentqat.polish.ste import PolishedWeight
 from agentqat.progress import Reporter
 from agentqat.rundir.paths import ABLATION_FILE, HELDOUT_FILE, RESULTS_FILE
 from agentqat.rundir.store import write_json_atomic
-
-if TYPE_CHECKING:
-    import torch
-
-    from agentqat.polish import PolishedWeight
 
 POLISHED = "polished"
 
@@ -114,7 +113,6 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
     """Returns the polish of `document` on the bench's model and calibration windows."""
     from agentqat.data import sample_windows
     from agentqat.polish import polish_model
-    from agentqat.polish.ggml_grid import NO_ENGINE, engine_levels
     from agentqat.strategy.document import parse_strategy
     from agentqat.strategy.resolve import needs_calibration, resolve_strategy
 
@@ -133,11 +131,6 @@ def _polished(bench: Workbench, document: dict, settings, sensitivities, reporte
 def polished_tensors(weights: Mapping[str, PolishedWeight]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Returns what weights.safetensors holds (see the module docstring): tensors, and the metadata naming the GGML
     type of each module trained inside one."""
-    import torch
-
-    from agentqat.engines.ggml_blocks import encode
-    from agentqat.polish.ggml_grid import GGML_SUFFIX, GGML_TYPES_KEY
-
     tensors, types = {}, {}
     for name, polished in weights.items():
         tensors[name] = polished.weight.contiguous()
