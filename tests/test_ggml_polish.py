@@ -108,7 +108,7 @@ def test_a_polished_engine_strategy_exports_its_trained_blocks_and_llama_cpp_mea
     assert (out / "model.gguf").stat().st_size == (unpolished / "model.gguf").stat().st_size
     written = module_values(GGUFReader(str(out / "model.gguf")), list(trained))
     assert all(torch.equal(written[name], weight.weight) for name, weight in trained.items())  # llama.cpp's file = the scored weights
-    assert "replaced the blocks of" in (out / "llama-quantize.sh").read_text()
+    assert "wrote blocks of its own" in (out / "llama-quantize.sh").read_text()
     assert main(["engine-eval", str(out / "model.gguf"), "--model", arena.model, "--corpus", arena.corpus,
                  "--text", "evaluation", "--chunks", "4", "--context", "64", "--json"]) == 0  # fmt: skip
     assert json.loads(capsys.readouterr().out)["kl"]["mean_kl"] > 0

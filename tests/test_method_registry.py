@@ -99,8 +99,9 @@ def test_resolve_checks_a_registered_method_by_its_declared_capabilities(ternary
                       "to int"),
         ({"bits": 2, "scale": "pow2"}, "default.weight.scale: ternary keeps its own absmean scales"),
         ({"bits": 2, "clip": "mse"}, "default.weight.clip: ternary scales by the block's absmean; set clip 1.0"),
-        ({"bits": 2, "rounding": "gptq"}, "default.weight.rounding: rounding gptq works on integer grids only, not on "
-                                          "format ternary; use rounding rtn or format int"),
+        ({"bits": 2, "rounding": "gptq"}, "default.weight.rounding: rounding gptq works on integer grids, GGUF's Q4_0, "
+                                          "GGUF's Q5_0, GGUF's Q8_0 and GGUF's IQ4_NL only, not on format ternary; use "
+                                          "rounding rtn or format int, gguf_q4_0, gguf_q5_0, gguf_q8_0 or gguf_iq4_nl"),
     ]  # fmt: skip
     for weight, expected in cases:
         with pytest.raises(StrategyError) as caught:

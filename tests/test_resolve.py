@@ -90,7 +90,7 @@ def test_layer_selections(spec, expected):
         ({"rules": [{"modules": ["q_proj"], "weight": {"group_size": 384}}]}, "rules[0].weight.group_size: group_size 384"),
         ({"default": {"weight": {"format": "nf4", "bits": 3}}}, "default.weight.bits: format nf4 stores 4-bit codes but bits is 3"),
         ({"default": {"weight": {"format": "fp8_e4m3"}}}, "format fp8_e4m3 stores 8-bit codes but bits is 4"),
-        ({"default": {"weight": {"format": "nf4", "rounding": "gptq"}}}, "default.weight.rounding: rounding gptq works on integer grids only"),
+        ({"default": {"weight": {"format": "nf4", "rounding": "gptq"}}}, "default.weight.rounding: rounding gptq works on integer grids, GGUF's Q4_0"),
         ({"default": {"weight": {"format": "llm_int8", "bits": 8}}}, "llm_int8 scales each output row; set group_size 0"),
         ({"default": {"weight": {"format": "nf4", "scale": "pow2"}}}, "default.weight.scale: bitsandbytes' nf4 keeps its own absmax scales"),
         ({"default": {"activation": {"format": "fp8_e4m3", "bits": 4}}}, "default.activation.bits: fp8_e4m3 activations are 8-bit"),

@@ -78,16 +78,35 @@ class Levels(_Frozen):
 
 
 EMBEDDING_TYPES = ("F32", "F16", "Q8_0", "Q5_1", "Q5_0", "Q4_1", "Q4_0", "IQ4_NL")  # block-32 types fit any width
+HEAD_GPTQ_TYPES = ("Q8_0", "Q5_0", "Q4_0", "IQ4_NL")  # the embedding types GPTQ works inside (agentqat.quant.ggml_gptq)
 
 
 class Engine(_Frozen):
     """llama.cpp as the arena's engine: its ladder's GGUF levels (rounding imatrix) are made by llama-quantize with an
     importance matrix from the calibration split, and every match plays the token embedding (and an untied output
-    head) at `embedding`, as the GGUF file holds them. `file_bytes` is the budget as users compare it: the whole
-    file's size, which `bits_budget` (the linear weights' share) must keep within (checked when the arena runs)."""
+    head) at `embedding`, as the GGUF file holds them: rounded by llama-quantize with the importance matrix, or
+    (`embedding_rounding = "gptq"`) the output head, tied or not, by GPTQ inside the type against the head's input
+    (`agentqat.levels.head`). `file_bytes` is the budget as users compare it: the whole file's size, which
+    `bits_budget` (the linear weights' share) must keep within (checked when the arena runs)."""
 
     embedding: Literal[EMBEDDING_TYPES] = Field("Q8_0", description="GGML type of token_embd (and an untied output)")
+    embedding_rounding: Literal["imatrix", "gptq"] = Field("imatrix", description="who rounds the output head in its type")
     file_bytes: int | None = Field(None, gt=0, description="the GGUF file size survivors stay within")
+
+    @model_serializer(mode="wrap")
+    def _default_unrecorded(self, handler) -> dict:
+        """Leaves embedding_rounding out of dumps while it is imatrix: the dumps and hashes of engine arenas (run
+        manifests, cache keys) are the ones they were before the field existed."""
+        data = handler(self)
+        if self.embedding_rounding == "imatrix":
+            data.pop("embedding_rounding", None)
+        return data
+
+    @model_validator(mode="after")
+    def _gptq_type(self) -> Engine:
+        if self.embedding_rounding == "gptq" and self.embedding not in HEAD_GPTQ_TYPES:
+            raise ValueError(f"embedding_rounding gptq works inside {', '.join(HEAD_GPTQ_TYPES)}, not {self.embedding}; set embedding to one of them")
+        return self
 
 
 class Arena(_Frozen):

@@ -34,6 +34,7 @@ from agentqat.engines.levels import EngineFiles, embedding_values, engine_level,
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.errors import UserError
 from agentqat.levels import LevelDatabase, ladder_configs, open_database
+from agentqat.levels.head import head_blocks
 from agentqat.models import load_model
 from agentqat.progress import Reporter, phase
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
@@ -140,7 +141,15 @@ class Workbench:
         paths = {type_name: self._engine_level_file(type_name) for type_name in [*types, self.arena.engine.embedding]}
         workspace = self._engine
         chunks, context = self.arena.calibration_windows, self.arena.window_tokens
-        return EngineFiles(workspace.engine, workspace.base(), workspace.imatrix(chunks, context), self.arena.engine.embedding, paths)
+        return EngineFiles(workspace.engine, workspace.base(), workspace.imatrix(chunks, context), self.arena.engine.embedding, paths,
+                           self._head_blocks())  # fmt: skip
+
+    def _head_blocks(self) -> dict:
+        """Returns {head module: its GGML blocks by GPTQ} for an [engine] with embedding_rounding gptq, else {}."""
+        if self.arena.engine is None or self.arena.engine.embedding_rounding != "gptq":
+            return {}
+        tokens, key = self._calibration_tokens(self.arena.calibration_windows)
+        return head_blocks(self.loaded.model, self.loaded.facts.name, key, tokens, self.arena.engine.embedding, self.reporter)
 
     def _engine_level_weights(self, config) -> dict[str, torch.Tensor]:
         """Returns every linear module's weight at an engine-made level, as llama.cpp's file holds it."""
@@ -165,9 +174,11 @@ class Workbench:
 
     def engine_embedding(self) -> dict[str, torch.Tensor]:
         """Returns the token embedding (and an untied output head) at the [engine]'s type, as its GGUF holds them
-        ({} without an [engine]): every match of the arena plays with them."""
+        (the head's by GPTQ where the [engine] says so; {} without an [engine]): every match of the arena plays
+        with them."""
         if self.arena.engine is not None and self._embedding is None:
-            self._embedding = embedding_values(self._engine_level_file(self.arena.engine.embedding))
+            made = embedding_values(self._engine_level_file(self.arena.engine.embedding))
+            self._embedding = made | {name: blocks.values() for name, blocks in self._head_blocks().items()}
         return self._embedding or {}
 
     def cloze(self, seed: int) -> tuple[ClozeSet, float]:

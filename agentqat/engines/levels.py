@@ -12,7 +12,7 @@ llama.cpp computes with), in the model's row order; `level_bytes` their exact by
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -25,13 +25,16 @@ from agentqat.engines.measure import EngineWorkspace
 @dataclass(frozen=True)
 class EngineFiles:
     """An [engine] arena's llama.cpp files: the tools, the unquantized base GGUF, the importance matrix, the
-    embedding's type, and the level file of each GGML type (what its matches played, byte for byte)."""
+    embedding's type, and the level file of each GGML type (what its matches played, byte for byte); with
+    `embedding_rounding = "gptq"` also the output head's blocks (module name -> GgmlBlocks), which replace
+    llama-quantize's in the file."""
 
     engine: LlamaCpp
     base: Path
     imatrix: Path
     embedding: str
     levels: Mapping[str, Path]
+    head: Mapping[str, object] = field(default_factory=dict)
 
 
 def level_path(workspace: EngineWorkspace, type_name: str, embedding_type: str, imatrix: Path) -> Path:

@@ -23,9 +23,11 @@ from agentqat.arena.match import Workbench
 from agentqat.engines.ggml_blocks import GgmlBlocks, decode
 from agentqat.engines.levels import EngineFiles
 from agentqat.errors import UserError
+from agentqat.export.gguf_types import in_own_blocks
 from agentqat.models import BUILTIN_MODELS, builtin_gguf_path, load_facts
 from agentqat.polish.ggml_grid import GGML_SUFFIX, GGML_TYPES_KEY
 from agentqat.progress import Reporter, phase
+from agentqat.quant.registry import quantize_blocks
 from agentqat.strategy.apply import apply_strategy, restore
 from agentqat.strategy.bits import strategy_bits
 from agentqat.strategy.deploy import unservable
@@ -183,6 +185,15 @@ def polished_weights(directory: Path) -> PolishedFile:
     return PolishedFile(weights, grids, blocks)
 
 
+def _own_blocks(name: str, config: ModuleConfig, original: torch.Tensor, levels, calibration) -> GgmlBlocks | None:
+    """Returns the GGML blocks a module's method found inside its type (read from the level database where the level
+    is one, else found again from the base weight), or None for other methods."""
+    if not in_own_blocks(config):
+        return None
+    held = levels.blocks(name, config) if levels is not None else None
+    return held or quantize_blocks(original, config.weight, calibration.stats.get(name) if calibration else None)
+
+
 def prepare_source(
     document: dict, arena: Arena, reporter: Reporter | None = None, figures: dict | None = None, polished: Path | None = None,
 ) -> ExportSource:  # fmt: skip
@@ -212,7 +223,7 @@ def prepare_source(
                     quantized=current.weight.detach().to(torch.float32),
                     input_divisor=getattr(current, "input_divisor", None),
                     grid=trained.grids.get(info.name),
-                    blocks=trained.blocks.get(info.name),
+                    blocks=trained.blocks.get(info.name) or _own_blocks(info.name, resolved.modules[info.name], original, levels, calibration),
                 )
         finally:
             restore(model, applied)

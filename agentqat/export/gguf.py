@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from agentqat.engines.ggml_blocks import encode
 from agentqat.engines.gguf_tensors import GgufNameError, arch_name_map, field_value, row_permutation, stored_values
 from agentqat.export.base import ExportError, ExportModule, ExportSource, register_exporter
 from agentqat.export.gguf_engine import export_engine_gguf
-from agentqat.export.gguf_types import ENGINE_MADE, GGUF, PACKED, ggml_type, gguf_problem, packed_blocks
+from agentqat.export.gguf_types import ENGINE_MADE, GGUF, OWN_BLOCKS, PACKED, ggml_type, gguf_problem, packed_blocks
 from agentqat.quant.ggml import ggml_blocks, ggml_values
 
 FORMAT = GGUF
@@ -81,7 +82,13 @@ def _linear_tensor(module: ExportModule, source, order: torch.Tensor | None):
         raise ExportError(FORMAT, f"{type_name} with an importance matrix is made by llama-quantize", [module.name],
                           "export it on its [engine] arena (--arena), whose files hold those bytes")  # fmt: skip
     try:
-        blocks = packed_blocks(quantized, type_name) if how == PACKED else ggml_blocks(original, type_name)
+        if how == OWN_BLOCKS:
+            if module.blocks is None:
+                raise ValueError("the export source carries none")
+            own = encode(module.blocks)
+            blocks = own[order.numpy()] if order is not None else own
+        else:
+            blocks = packed_blocks(quantized, type_name) if how == PACKED else ggml_blocks(original, type_name)
     except ValueError as error:
         raise ExportError(FORMAT, f"its weight is not {type_name} blocks ({error})", [module.name], "export --format fake-quant")
     stored = ggml_values(blocks, type_name).reshape(quantized.shape)

@@ -1,14 +1,15 @@
 """GGUF export of an [engine] arena's strategy: llama.cpp's own llama-quantize writes the mix, and every tensor is
 checked to be byte for byte the one the arena scored.
 
-- Each linear module's GGML type comes from its config (a GGUF format with rounding imatrix, or F16 for 16 bits);
+- Each linear module's GGML type comes from its config (a GGUF format with rounding imatrix or gptq, or F16 for 16 bits);
   the most common type is llama-quantize's type argument, the others are `--tensor-type` overrides, the embedding
   takes the arena's type, all from the unquantized base GGUF with the arena's importance matrix (`--pure`: no
   recipe of llama.cpp's own changes a type).
 - llama-quantize is deterministic: each tensor's bytes must equal those in the level file the arena read (the
   same tool, imatrix and type made both). A difference is an error, never a silently different file.
-- A polish (agentqat polish on an [engine] arena) trained some modules inside their GGML type's blocks: those
-  tensors are overwritten in place with the trained blocks (same type, same bytes) and read back.
+- Some modules have blocks of their own, found inside their GGML type by agentqat: a polish trained them (agentqat
+  polish on an [engine] arena) or GPTQ rounded them (rounding gptq, `agentqat.quant.ggml_gptq`). Those tensors are
+  overwritten in place with their blocks (same type, same bytes) and read back.
 - Beside model.gguf: `llama-quantize.sh`, the same command with the file names a user has (base GGUF, the
   imatrix copied as imatrix.gguf), to rebuild the file with their own llama.cpp.
 """
@@ -22,12 +23,14 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from agentqat.engines.ggml_blocks import GgmlBlocks, encode
 from agentqat.engines.gguf_tensors import file_rows, module_tensor_names
 from agentqat.engines.levels import EngineFiles
 from agentqat.engines.llama_cpp import quantize, quantize_command
 from agentqat.export.base import ExportError, ExportSource
+from agentqat.export.gguf_types import in_own_blocks
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
 
 FORMAT = "gguf"
@@ -44,12 +47,12 @@ def module_types(source: ExportSource) -> dict[str, str]:
         weight = module.config.weight
         if weight.bits == 16:
             types[name] = "F16"
-        elif is_engine_made(weight):
+        elif is_engine_made(weight) or in_own_blocks(module.config):
             types[name] = ENGINE_TYPE_OF_FORMAT[weight.format].type_name
         else:
             problems.append(name)
     if problems:
-        raise ExportError(FORMAT, "an [engine] arena's GGUF holds the levels llama-quantize made (rounding imatrix) or F16 only",
+        raise ExportError(FORMAT, "an [engine] arena's GGUF holds GGML types (rounding imatrix or gptq) or F16 only",
                           problems, "use the arena's ladder levels (agentqat validate --deploy gguf)")  # fmt: skip
     return types
 
@@ -79,8 +82,12 @@ def _check_bytes(written: Path, expected: dict[str, Path]) -> None:
 
 def export_engine_gguf(source: ExportSource, out: Path) -> None:
     """Writes `out`/model.gguf with llama-quantize and the command that rebuilds it (see the module docstring); the
-    modules of a polish take their trained blocks."""
+    modules with blocks of their own (a polish's, GPTQ's) take them."""
     polished = {name: module.blocks for name, module in source.modules.items() if module.blocks is not None}
+    polished |= source.engine.head
+    differing = [name for name, module in source.modules.items() if name in polished and not torch.equal(polished[name].values(), module.quantized)]
+    if differing:
+        raise ExportError(FORMAT, "their blocks do not hold the weights the arena scored", differing, "rebuild the level database")
     write_mix(source.engine, module_types(source), out, polished)
 
 
@@ -94,7 +101,7 @@ def _write_polished(target: Path, tensor_names: Mapping[str, str], polished: Map
     rows = {name: file_rows(reader, tensor_names[name], encode(blocks)) for name, blocks in polished.items()}
     other = [name for name, blocks in polished.items() if tensors[tensor_names[name]].tensor_type.name != blocks.type_name]
     if other:
-        raise ExportError(FORMAT, "the polish trained other GGML types than llama-quantize stored", other, "polish the strategy again")
+        raise ExportError(FORMAT, "these blocks are of other GGML types than llama-quantize stored", other, "polish or export the strategy again")
     offsets = {name: int(tensors[tensor_names[name]].data_offset) for name in polished}
     del reader, tensors
     with open(target, "r+b") as handle:
@@ -104,7 +111,7 @@ def _write_polished(target: Path, tensor_names: Mapping[str, str], polished: Map
     written = {tensor.name: tensor for tensor in GGUFReader(str(target)).tensors}
     differing = [name for name in polished if not np.array_equal(_raw(written[tensor_names[name]]), rows[name].reshape(-1))]
     if differing:
-        raise ExportError(FORMAT, "the polished blocks did not read back from the file", differing, "check the disk and export again")
+        raise ExportError(FORMAT, "these blocks did not read back from the file", differing, "check the disk and export again")
 
 
 def write_mix(files: EngineFiles, types: dict[str, str], out: Path, polished: Mapping[str, GgmlBlocks] | None = None) -> Path:
@@ -114,17 +121,18 @@ def write_mix(files: EngineFiles, types: dict[str, str], out: Path, polished: Ma
     from gguf import GGUFReader
 
     polished = polished or {}
-    tensor_names = module_tensor_names(GGUFReader(str(files.base)), types)
+    tensor_names = module_tensor_names(GGUFReader(str(files.base)), [*types, *polished])
     by_tensor = {tensor_names[name]: type_name for name, type_name in types.items()}
+    trained = {tensor_names[name] for name in polished}
     main_type = Counter(by_tensor.values()).most_common(1)[0][0]
     overrides = {name: kind for name, kind in by_tensor.items() if kind != main_type}
     out.mkdir(parents=True, exist_ok=True)
     target = out / GGUF_FILE
     quantize(files.engine, files.base, target, main_type, files.imatrix, overrides, pure=True, embedding_type=files.embedding)
-    trained = {tensor_names[name] for name in polished}
     expected = {name: files.levels[kind] for name, kind in by_tensor.items() if kind in files.levels and name not in trained}
     base_tensors = {t.name for t in GGUFReader(str(files.base)).tensors}
-    expected |= {name: files.levels[files.embedding] for name in EMBEDDING_TENSORS if name in base_tensors and files.embedding in files.levels}
+    expected |= {name: files.levels[files.embedding] for name in EMBEDDING_TENSORS
+                 if name in base_tensors and files.embedding in files.levels and name not in trained}  # fmt: skip
     try:
         _check_bytes(target, expected)
         _write_polished(target, tensor_names, polished)
@@ -137,8 +145,8 @@ def write_mix(files: EngineFiles, types: dict[str, str], out: Path, polished: Ma
     (out / COMMAND_FILE).write_text(
         "#!/bin/sh\n# Rebuilds model.gguf with llama.cpp's own llama-quantize from the unquantized model "
         f"({files.base.name}, llama.cpp's convert_hf_to_gguf.py --outtype f32) and imatrix.gguf (the arena's calibration split).\n"
-        + (f"# The polish then replaced the blocks of {len(polished)} tensors with its trained ones: this command rebuilds the "
-           "mix before polishing, not model.gguf.\n" if polished else "")
+        + (f"# agentqat then wrote blocks of its own (a polish's or GPTQ's) into {len(polished)} tensors: this command rebuilds "
+           "the mix with llama.cpp's rounding there, not model.gguf.\n" if polished else "")
         + shlex.join(command) + "\n"
     )
     return target

@@ -5,6 +5,8 @@
                                                                        gguf.quants (the arena ran the same call)
     a GGUF format with rounding imatrix (gguf_iq4_nl too)              its own type as llama-quantize made it: an
                                                                        [engine] arena's export (agentqat.export.gguf_engine)
+    a GGUF format with rounding gptq (gguf_iq4_nl too)                 its own type, the blocks GPTQ found (the level
+                                                                       database holds them; agentqat.quant.ggml_gptq)
     format int, symmetric, group 32, 4 / 5 / 8 bits, rounding rtn,      Q4_0 / Q5_0 / Q8_0: the arena's values packed as
     gptq or hqq, any clip, fp16 or pow2 scales                         they are (codes -7..7 / -15..15 / -127..127 and
                                                                        an fp16 scale per block: d * q bit for bit)
@@ -24,6 +26,7 @@ import torch
 from agentqat.quant.base import INT_GRID
 from agentqat.quant.ggml import GGML_BLOCK, GGML_TYPE_OF_FORMAT
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT, is_engine_made
+from agentqat.quant.registry import method_of
 from agentqat.quant.schemes import outlier_scheme, transforms_of
 from agentqat.strategy.resolve import ModuleConfig
 
@@ -34,6 +37,12 @@ GRID_ROUNDINGS = ("rtn", "gptq", "hqq")  # roundings whose values lie on their g
 PACKED = "packed"  # how a type's blocks are made: from the arena's values
 REQUANTIZED = "requantized"  # ... or from the base weight by gguf.quants
 ENGINE_MADE = "engine"  # ... or by llama-quantize with the arena's imatrix (an [engine] arena exports those)
+OWN_BLOCKS = "blocks"  # ... or by the method itself, inside the type (the export source carries them)
+
+
+def in_own_blocks(config: ModuleConfig) -> bool:
+    """Returns whether the config's method works inside a GGML type's blocks (rounding gptq on a GGUF format)."""
+    return config.weight.bits != 16 and method_of(config.weight).blocks is not None
 
 
 def gguf_problem(config: ModuleConfig) -> str | None:
@@ -46,7 +55,7 @@ def gguf_problem(config: ModuleConfig) -> str | None:
             return f"{transform.label} divides the inputs by per-channel scales that no GGUF tensor holds"
     if not (outliers := outlier_scheme(config.outliers)).carried_by(GGUF):
         return f"{outliers.name} outliers: GGUF blocks keep no {outliers.kept} beside their codes"
-    if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT or is_engine_made(weight):
+    if weight.bits == 16 or weight.format in GGML_TYPE_OF_FORMAT or is_engine_made(weight) or in_own_blocks(config):
         return None
     if weight.format != INT_GRID:
         return f"format {weight.format} has no GGUF type; use gguf_q4_0, gguf_q4_1 or gguf_q8_0"
@@ -65,10 +74,12 @@ def gguf_problem(config: ModuleConfig) -> str | None:
 
 
 def ggml_type(config: ModuleConfig) -> tuple[str, str] | None:
-    """Returns (GGML type name, PACKED or REQUANTIZED) for a config `gguf_problem` accepts; None for bits 16."""
+    """Returns (GGML type name, how its blocks are made) for a config `gguf_problem` accepts; None for bits 16."""
     weight = config.weight
     if weight.bits == 16:
         return None
+    if in_own_blocks(config):
+        return ENGINE_TYPE_OF_FORMAT[weight.format].type_name, OWN_BLOCKS
     if is_engine_made(weight):
         return ENGINE_TYPE_OF_FORMAT[weight.format].type_name, ENGINE_MADE
     if weight.format in GGML_TYPE_OF_FORMAT:

@@ -15,6 +15,9 @@ What a level file holds (format 2):
   the layout `agentqat.levels.packing` describes. A read unpacks and dequantizes them on the reader's device into the float32
   weight the quantizer returns, bit for bit: `pack` checks every module as it is written, and a module that would
   not read back exactly is stored float32 instead.
+- GGML blocks, for the methods that work inside a GGML type (`agentqat.quant.ggml_gptq`): each module's blocks as a
+  GGUF file stores them (uint8 rows, `NAME.ggml`; metadata "ggml" names the type and shape), decoded on read into
+  the float32 weight ggml computes; a GGUF export writes those bytes.
 - float32, as the quantizer returns it, for everything else: the formats with no packed form yet (bitsandbytes'
   nf4 / fp4, fp8_e4m3, llm_int8, the GGUF block types quantized in Python), bits 16, and the levels llama.cpp
   makes (`is_engine_made`: read dequantized from the engine's own GGUF file through `engine_weights`, unchanged).
@@ -38,6 +41,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from agentqat.defaults import cache_dir
+from agentqat.engines.ggml_blocks import GgmlBlocks, decode, encode
 from agentqat.layerwise import HOST
 from agentqat.levels.ladder import level_name
 from agentqat.levels.packing import SUFFIXES, pack, packed_size, unpack
@@ -46,7 +50,7 @@ from agentqat.progress import Reporter, phase
 from agentqat.quant.base import ActivationQuant, LayerStats
 from agentqat.quant.ggml_engine import is_engine_made
 from agentqat.quant.grid import code_range
-from agentqat.quant.registry import changed_settings, method_of, quantize_codes
+from agentqat.quant.registry import changed_settings, method_of, quantize_blocks, quantize_codes
 from agentqat.quant.schemes import keeps_outliers
 from agentqat.quant.storage import Shape
 from agentqat.strategy.apply import quantize_module
@@ -57,6 +61,7 @@ EngineWeights = Callable[[ModuleConfig], Mapping[str, torch.Tensor]]  # a level 
 DATABASE_FORMAT = 2  # bump when what a level file holds changes, so old files are not read
 READABLE_FORMATS = (DATABASE_FORMAT, 1)  # where a level is looked for, newest first (1: every module float32)
 FLOAT32_BYTES = 4
+GGML_SUFFIX = "ggml"  # a module's GGML blocks: NAME.ggml
 
 
 def level_file(config: ModuleConfig, database_format: int = DATABASE_FORMAT) -> str:
@@ -84,11 +89,21 @@ def packs(config: ModuleConfig) -> bool:
     return plain and config.weight.bits < 16 and method_of(config.weight).codes is not None
 
 
+def holds_blocks(config: ModuleConfig) -> bool:
+    """Returns whether the database stores a level as GGML blocks: a plain weight quantization whose method works
+    inside a GGML type."""
+    plain = not keeps_outliers(config.outliers) and config.activation == ActivationQuant()
+    return plain and config.weight.bits < 16 and method_of(config.weight).blocks is not None
+
+
 def module_bytes(config: ModuleConfig, shape: Shape) -> int:
     """Returns the bytes a level stores of one module of this shape (tensor data; the file's header of about 200
     bytes a module aside): float32 weights, or the packed codes and the scales and zeros the method's storage rule
     counts (`agentqat.quant.storage`; AWQ adds its float32 divisor, 4 bytes an input channel, not counted here)."""
     weights = shape.out_features * shape.in_features
+    if holds_blocks(config):
+        storage = method_of(config.weight).storage(config.weight, shape)
+        return (config.weight.bits * weights + storage.scale_bits) // 8
     if not packs(config):
         return FLOAT32_BYTES * weights
     storage = method_of(config.weight).storage(config.weight, shape)
@@ -107,14 +122,25 @@ class _LevelFile:
     def __init__(self, path: Path, config: ModuleConfig, device: torch.device):
         self.path = path
         self.handle = safe_open(str(path), framework="pt", device=str(device))
-        packed = json.loads((self.handle.metadata() or {}).get("packed", "{}"))
+        self.device = device
+        metadata = self.handle.metadata() or {}
+        packed = json.loads(metadata.get("packed", "{}"))
+        self.blocks_of = {name: (kind, columns) for name, (kind, columns) in json.loads(metadata.get(GGML_SUFFIX, "{}")).items()}
         self.shapes = {name: (shape[0], shape[1]) for name, shape in packed.items()}
         self.bits = config.weight.bits
         self.qmin = code_range(self.bits, config.weight.symmetric)[0] if self.shapes else 0
         keys = set(self.handle.keys())
         self.suffixes = {name: {s for s in SUFFIXES if f"{name}.{s}" in keys} for name in self.shapes}
 
+    def blocks(self, name: str) -> GgmlBlocks | None:
+        if name not in self.blocks_of:
+            return None
+        kind, columns = self.blocks_of[name]
+        return decode(self.handle.get_tensor(f"{name}.{GGML_SUFFIX}").cpu().numpy(), kind, columns)
+
     def weight(self, name: str) -> torch.Tensor:
+        if name in self.blocks_of:
+            return self.blocks(name).values().to(self.device)
         shape = self.shapes.get(name)
         if shape is None:
             return self.handle.get_tensor(name)
@@ -140,6 +166,11 @@ class LevelDatabase:
         if level is None or (module_needs_calibration(config) and calibration_key != self.calibration_key):
             return None
         return level.weight(name)
+
+    def blocks(self, name: str, config: ModuleConfig) -> GgmlBlocks | None:
+        """Returns module `name`'s GGML blocks at level `config` where the level holds blocks, else None."""
+        level = self._files.get(config)
+        return level.blocks(name) if level is not None else None
 
     def path(self, config: ModuleConfig) -> Path:
         """Returns the file a level is read from."""
@@ -194,7 +225,7 @@ def build_database(
         detail = f"{len(missing)} levels x {len(linears)} modules into {directory}"
         with phase(reporter, "building the level database", total=len(missing) * len(linears), detail=detail) as step:
             for config in missing:
-                weights, packed = {}, {}
+                weights, packed, blocks = {}, {}, {}
                 if is_engine_made(config.weight):
                     if engine_weights is None:
                         raise ValueError(f"level {level_name(config)} is made by llama.cpp; the database needs its engine")
@@ -206,13 +237,18 @@ def build_database(
                         continue
                     stats = calibration.stats.get(name)
                     stored = packed_module(linear, config, stats) if packs(config) else None
-                    if stored is not None:
+                    if holds_blocks(config):
+                        held = quantize_blocks(linear.weight.detach().cpu(), config.weight, stats)
+                        weights[f"{name}.{GGML_SUFFIX}"] = torch.from_numpy(encode(held))
+                        blocks[name] = (held.type_name, held.shape[1])
+                    elif stored is not None:
                         weights.update((f"{name}.{suffix}", tensor.cpu()) for suffix, tensor in stored.items())
                         packed[name] = tuple(linear.weight.shape)
                     else:
                         weights[name] = quantize_module(linear, config, stats, torch.float32).weight.contiguous().cpu()
                     step()
-                metadata = {"level": json.dumps(asdict(config)), "format": str(DATABASE_FORMAT), "packed": json.dumps(packed)}
+                metadata = {"level": json.dumps(asdict(config)), "format": str(DATABASE_FORMAT), "packed": json.dumps(packed),
+                            GGML_SUFFIX: json.dumps(blocks)}  # fmt: skip
                 staging = directory / (level_file(config) + ".tmp")
                 save_file(weights, str(staging), metadata=metadata)
                 os.replace(staging, directory / level_file(config))

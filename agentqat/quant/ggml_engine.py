@@ -57,7 +57,7 @@ def stored_type(type_name: str, in_features: int) -> str:
     return FALLBACK[type_name] if in_features % block else type_name
 
 
-def _exact_storage(ggml_type: GgmlType):
+def exact_storage(ggml_type: GgmlType):
     def storage(config: WeightQuant, shape: Shape) -> Storage:
         """Returns the bits of the stored type's blocks beside `bits` per weight (scales, minimums, super-blocks)."""
         block, size = block_and_bytes(stored_type(ggml_type.type_name, shape.in_features))
@@ -83,7 +83,7 @@ def engine_method(ggml_type: GgmlType) -> Method:
     """Returns the Method of a GGML type made by llama-quantize with an importance matrix."""
     return Method(
         name=f"{ggml_type.format}-{ENGINE_ROUNDING}", format=ggml_type.format, rounding=ENGINE_ROUNDING,
-        quantize=_made_by_engine(ggml_type), storage=_exact_storage(ggml_type),
+        quantize=_made_by_engine(ggml_type), storage=exact_storage(ggml_type),
         label=f"GGUF's {ggml_type.type_name}", deploy_targets=frozenset({"fake-quant", "gguf"}), bits=(ggml_type.bits,),
         group_sizes=(GGML_BLOCK,), scales=("fp16",), clips=(1.0,), scaling="min/max" if ggml_type.has_min else "absmax",
         searched=False,

@@ -21,7 +21,7 @@ from agentqat.quant.registry import register
 from agentqat.quant.rtn import SERVED_INT_GRID
 
 
-def _inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
+def inverse_hessian_factor(hessian: torch.Tensor, damp: float) -> torch.Tensor:
     """Returns the upper Cholesky factor of (H + damp * mean(diag H) * I)^-1, computed in float64."""
     h = hessian.to(torch.float64)
     h = h + damp * h.diagonal().mean() * torch.eye(h.shape[0], dtype=h.dtype)
@@ -62,7 +62,7 @@ def gptq_codes(
         zeros = torch.empty(rows, columns // group_size, device=weight.device)
         static = None
     w = w[:, order]
-    factor = _inverse_hessian_factor(h[order][:, order], damp)
+    factor = inverse_hessian_factor(h[order][:, order], damp)
     # In natural order, blocks hold whole groups so that a group's grid sees all earlier updates.
     block_size = block_size if act_order else group_size * max(1, block_size // group_size)
     codes = torch.empty_like(w)

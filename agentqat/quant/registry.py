@@ -48,6 +48,7 @@ class Method:
     its baseline-matrix entry besides format, rounding and bits (None: no entry). searched: whether generators draw
     its format unless a deployment target asks for it (False for export formats such as GGUF's block types).
     codes: what `quantize` computes before dequantization (`IntCodes`; integer-grid methods), or None.
+    blocks: the same for a method inside a GGML type (`GgmlBlocks`, which a GGUF file stores as they are), or None.
     settings: the method's own knobs (a frozen dataclass, e.g. GPTQ's damping, act-order and block size), passed to
     `quantize` and `codes` as the keyword `settings`; None for a method without any. `configure` changes them.
     """
@@ -68,6 +69,7 @@ class Method:
     baseline: dict | None = field(default=None, compare=False)
     searched: bool = True
     codes: IntCoder | None = field(default=None, compare=False)
+    blocks: Callable | None = field(default=None, compare=False)
     settings: object | None = None
 
     def __post_init__(self) -> None:
@@ -79,7 +81,7 @@ class Method:
 
     @property
     def options(self) -> dict:
-        """Returns the keyword arguments `quantize` and `codes` take beside (weight, config, stats)."""
+        """Returns the keyword arguments `quantize`, `codes` and `blocks` take beside (weight, config, stats)."""
         return {} if self.settings is None else {"settings": self.settings}
 
     @property
@@ -272,6 +274,11 @@ def nearest_size(size: int, sizes: Sequence[int]) -> int:
     return max(below) if below else min(above) if above else 0
 
 
+def _listed(items: Sequence[str], last: str) -> str:
+    """Returns "a, b and c" (or "a, b or c")."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {last} {items[-1]}"
+
+
 def check_weight(config: WeightQuant, shape: Shape) -> list[Problem]:
     """Returns one Problem per field of a quantized config that its method cannot store on this module."""
     method = find(config.format, config.rounding)
@@ -280,9 +287,9 @@ def check_weight(config: WeightQuant, shape: Shape) -> list[Problem]:
     owner = format_method(config.format)
     grids = formats_with_rounding(config.rounding)
     mismatch = Problem("rounding", (
-        f"rounding {config.rounding} works on {' and '.join(format_method(f).label for f in grids)} only, not on "
+        f"rounding {config.rounding} works on {_listed([format_method(f).label for f in grids], 'and')} only, not on "
         f"format {config.format}; use rounding {' or '.join(m.rounding for m in methods_on(config.format))} or "
-        f"format {' or '.join(grids)}"
+        f"format {_listed(grids, 'or')}"
     ))  # fmt: skip
     return [mismatch, *owner.check(config, shape)]
 
@@ -318,3 +325,14 @@ def quantize_codes(weight: torch.Tensor, config: WeightQuant, stats: LayerStats 
     if method.needs_calibration and stats is None:
         raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
     return method.codes(weight.detach().to(torch.float32), config, stats, **method.options)
+
+
+def quantize_blocks(weight: torch.Tensor, config: WeightQuant, stats: LayerStats | None = None):
+    """Returns the GGML blocks (`agentqat.engines.ggml_blocks.GgmlBlocks`) whose values `quantize_weight` returns, bit
+    for bit, or None when the config's method works in no GGML type's blocks (or bits is 16)."""
+    method = method_of(config) if config.bits != 16 else None
+    if method is None or method.blocks is None:
+        return None
+    if method.needs_calibration and stats is None:
+        raise ValueError(f"quantizer {method.name!r} needs calibration statistics")
+    return method.blocks(weight.detach().to(torch.float32), config, stats, **method.options)
