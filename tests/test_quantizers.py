@@ -70,6 +70,10 @@ CONTRACT = {
         name: ((bits,), lambda bits, name=name: WeightQuant(bits=bits, group_size=32, format=name))
         for name, bits in (("gguf_q4_0", 4), ("gguf_q4_1", 4), ("gguf_q5_0", 5), ("gguf_q5_1", 5), ("gguf_q8_0", 8))
     },
+    **{  # GPTQ inside the type (agentqat.quant.ggml_gptq)
+        f"{fmt}-gptq": ((bits,), lambda bits, fmt=fmt: WeightQuant(bits=bits, group_size=32, format=fmt, rounding="gptq"))
+        for fmt, bits in (("gguf_q4_0", 4), ("gguf_q5_0", 5), ("gguf_q8_0", 8), ("gguf_iq4_nl", 4))
+    },
 }
 # Relative RMS output error sqrt(tr(dW H dW^T) / tr(W H W^T)) each method must stay under (measured: integer
 # methods 0.004-0.006 at 8 bits, 0.07-0.09 at 4, 0.13-0.2 at 3; nf4 0.09, fp4 0.12, llm_int8 0.007, fp8 0.024;
