@@ -294,3 +294,30 @@ def test_the_gguf_polish_figures_are_llama_cpps_records():
     for (polish, file, text), value in kl.items():
         if polish == "tight-iq4nl":
             assert f"{value:.4f}" in report.read_text(), (polish, file, text)
+
+
+def test_the_gguf_gptq_figures_are_llama_cpps_records():
+    """The GPTQ-inside-IQ4_NL figures (reports/gguf-gptq) in its README, reports/README.md, docs and the README are
+    llama.cpp's records in engine.jsonl: KL per arena, strategy and text, bytes, and the changes against the stock
+    IQ4_NL + imatrix file."""
+    import json
+
+    records = [json.loads(line) for line in (ROOT / "reports" / "gguf-gptq" / "engine.jsonl").read_text().splitlines()]
+    kl = {(r["arena"], r["name"], "gpl-3" if r["text"].endswith("gpl-3.txt") else r["text"]): r["kl"]["mean_kl"] for r in records}
+    size = {(r["arena"], r["name"]): r["file_bytes"] for r in records}
+    stock, gptq = ("smollm2-gguf", "llama.cpp stock IQ4_NL + imatrix"), ("smollm2-gguf-gptq", "uniform IQ4_NL by GPTQ")
+    tight = ("smollm2-gguf-gptq-tight", "uniform IQ4_NL by GPTQ")
+    assert size[stock] == size[gptq] == 91727104 and size[tight] == 77571328
+    change = {text: 100 * (kl[(*gptq, text)] / kl[(*stock, text)] - 1) for text in ("test", "gpl-3")}
+    smaller = 100 * (1 - size[tight] / size[stock])
+    report = ROOT / "reports" / "gguf-gptq" / "README.md"
+    _claim(f"| {kl[(*gptq, 'heldout')]:.4f} | **{kl[(*gptq, 'test')]:.4f} ({change['test']:+.1f}%)** |", report)
+    _claim(f"| **{kl[(*gptq, 'gpl-3')]:.4f} ({change['gpl-3']:+.1f}%)** |", report)
+    _claim(f"| {kl[(*tight, 'heldout')]:.4f} | **{kl[(*tight, 'test')]:.4f} ({100 * (kl[(*tight, 'test')] / kl[(*stock, 'test')] - 1):+.1f}%)** |", report)
+    _claim(f"KL {kl[(*tight, 'test')]:.4f} against {kl[(*stock, 'test')]:.4f}", report)
+    for key, value in kl.items():
+        assert f"{value:.4f}" in report.read_text(), key
+    _claim(f"with llama.cpp's KL {kl[(*gptq, 'test')]:.4f} on the test split ({change['test']:+.1f}%) and {kl[(*gptq, 'gpl-3')]:.4f} on a licence "
+           f"text unlike the calibration news ({change['gpl-3']:+.1f}%)", ROOT / "README.md")  # fmt: skip
+    _claim(f"IQ4_NL head is {smaller:.1f}% smaller and matches the stock file on the test split ({kl[(*tight, 'test')]:.4f} against "
+           f"{kl[(*stock, 'test')]:.4f})", ROOT / "README.md")  # fmt: skip

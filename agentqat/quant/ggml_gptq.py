@@ -29,6 +29,7 @@ from agentqat.quant.registry import Method, register
 GPTQ_ROUNDING = "gptq"
 SCALE_TRIES = 7  # llama.cpp's ntry for IQ4_NL
 TINY_BLOCK = 1e-15  # llama.cpp's GROUP_MAX_EPS: a block this small keeps d = 0
+SCALE_ROWS = 2048  # rows searched at once (about 0.5 GB at 640 columns)
 GPTQ_TYPES = tuple(t for t in (*GGML_TYPES, IQ4_NL) if t.type_name in LAYOUTS and not t.has_min)
 
 
@@ -47,8 +48,13 @@ class _Table:
 
 def block_scales(weight: torch.Tensor, type_name: str, importance: torch.Tensor, tries: int = SCALE_TRIES) -> torch.Tensor:
     """Returns each 32-weight block's scale d, [rows, columns / 32] float32 holding fp16 values, found by llama.cpp's
-    IQ4_NL search over the type's table (step 1 of the module docstring); `importance` [columns] weighs the inputs."""
+    IQ4_NL search over the type's table (step 1 of the module docstring); `importance` [columns] weighs the inputs.
+    Rows are searched in chunks, so that a 262k-row embedding needs no more memory than a linear layer."""
     table = _Table(type_name)
+    return torch.cat([_chunk_scales(chunk, table, importance, tries) for chunk in weight.split(SCALE_ROWS)])
+
+
+def _chunk_scales(weight: torch.Tensor, table: _Table, importance: torch.Tensor, tries: int) -> torch.Tensor:
     rows, columns = weight.shape
     x = weight.reshape(rows, columns // BLOCK, BLOCK)
     sigma2 = 2.0 * (x * x).mean(-1, keepdim=True)
