@@ -141,7 +141,8 @@ def test_an_edit_over_budget_is_repaired_and_others_pay(facts):
          "edits[0]: set_group_size 128 on q_proj in layers all: format int on input width 576 takes group sizes "
          "[0, 16, 32, 64, 96, 192, 576]"),
         ([("set_format", "all", "all", "nf4"), ("set_rounding", "0-3", "mlp", "gptq")],
-         'edits[1]: set_rounding "gptq" on mlp in layers 0-3: rounding gptq needs format int, these modules use nf4'),
+         'edits[1]: set_rounding "gptq" on mlp in layers 0-3: rounding gptq needs format int or gguf_q4_0 or gguf_q5_0 '
+             "or gguf_q8_0 or gguf_iq4_nl, these modules use nf4"),
         ([("set_format", "all", "all", "fp4"), ("set_scale", "all", "all", "pow2")],
          'edits[1]: set_scale "pow2" on all in layers all: scale pow2 needs format int or fp8_e4m3, these modules '
          "use fp4"),

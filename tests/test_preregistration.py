@@ -1,6 +1,7 @@
 """Pre-registration (agentqat.study.plan): PLAN.md's hypotheses block, the template `agentqat compare --write-plan`
 writes, a new comparison under reports/ refused without a plan, and the committed plan of the GGUF study."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,7 @@ from agentqat.cli import main
 from agentqat.rundir.manifest import LlmSettings
 from agentqat.rundir.paths import PLAN_FILE
 from agentqat.session.compare import parse_arm
-from agentqat.study.plan import Hypothesis, PlanError, parse_plan, plan_template, quantity_key
+from agentqat.study.plan import Hypothesis, PlanError, parse_plan, plan_template, quantity_key, registered_hash, sha256
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -55,5 +56,10 @@ def test_the_gguf_study_plan_names_its_arms_and_one_primary_quantity():
     assert plan.alpha == 0.05 and len(plan.hypotheses) == 4
     assert {h.a for h in plan.hypotheses} == {"llm"} and {h.b for h in plan.hypotheses} | {"llm", "knapsack"} == arms
     assert {(h.direction, h.quantity) for h in plan.hypotheses} == {("<", "final_kl")}
-    assert "--seeds 0-4" in text and "smollm2-gguf" in text and "Holm" in text and not (ROOT / "reports" / "compare-gguf" / "compare.json").exists()
+    assert "--seeds 0-4" in text and "smollm2-gguf" in text and "Holm" in text
+    directory = ROOT / "reports" / "compare-gguf"  # started under this plan, its amendment made before any run
+    settings = json.loads((directory / "compare.json").read_text())
+    assert registered_hash(directory) == sha256(text) and "`--tokens 48128`" in text
+    assert settings["token_budget"] == 48128 and settings["seeds"] == [0, 1, 2, 3, 4] and settings["population"] == 16
+    assert [arm["name"] for arm in settings["arms"]] == ["llm", "llm-random-edits", "llm-no-reflection", "evo", "random", "knapsack"]
     assert plan_template("a", ["x", "y"], "0-4", "9 matches").count("H1: arm x < arm y on final_kl") == 1
