@@ -321,3 +321,29 @@ def test_the_gguf_gptq_figures_are_llama_cpps_records():
            f"text unlike the calibration news ({change['gpl-3']:+.1f}%)", ROOT / "README.md")  # fmt: skip
     _claim(f"IQ4_NL head is {smaller:.1f}% smaller and matches the stock file on the test split ({kl[(*tight, 'test')]:.4f} against "
            f"{kl[(*stock, 'test')]:.4f})", ROOT / "README.md")  # fmt: skip
+
+
+def test_the_gguf_gptq_calibration_seeds_are_their_records():
+    """The calibration-seed comparison (reports/gguf-gptq/seeds.jsonl) as its README and the README say it: each
+    arm's mean and range of llama.cpp's KL per text, and the exact Mann-Whitney p of GPTQ against the stock file."""
+    import json
+
+    import numpy as np
+
+    from agentqat.study.stats import compare_arms
+
+    records = [json.loads(line) for line in (ROOT / "reports" / "gguf-gptq" / "seeds.jsonl").read_text().splitlines()]
+    report = ROOT / "reports" / "gguf-gptq" / "README.md"
+    changes = {}
+    for text, label in (("test", "test split"), ("reports/unseen/gpl-3.txt", "GPL-3")):
+        kl = {arm: np.array([r["kl"]["mean_kl"] for r in records if r["arm"] == arm and r["text"] == text]) for arm in ("IQ4_NL by GPTQ", "stock IQ4_NL + imatrix")}
+        gptq, stock = kl["IQ4_NL by GPTQ"], kl["stock IQ4_NL + imatrix"]
+        assert len(gptq) == len(stock) == 5
+        test = compare_arms("IQ4_NL by GPTQ", gptq, "stock IQ4_NL + imatrix", stock, "engine KL")
+        change = 100 * (gptq.mean() / stock.mean() - 1)
+        _claim(f"| {label} | {gptq.mean():.4f} ({gptq.min():.4f}-{gptq.max():.4f}) | {stock.mean():.4f} ({stock.min():.4f}-{stock.max():.4f}) "
+               f"| {change:+.1f}% | {test.p_two_sided:.4f} |", report)  # fmt: skip
+        assert gptq.max() < stock.min() and test.p_two_sided == pytest.approx(2 / 252)
+        changes[label] = change
+    _claim(f"every GPTQ file is under every stock file on both texts (exact Mann-Whitney p = 0.0079; mean {changes['test split']:+.1f}% on the "
+           f"test split, {changes['GPL-3']:+.1f}% on the licence text)", ROOT / "README.md")  # fmt: skip
