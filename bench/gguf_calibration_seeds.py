@@ -9,6 +9,11 @@ and the GPL-3 text. Appends one JSON record per (seed, arm, text) to `--out`, sk
 the exact Mann-Whitney test of the arms per text (agentqat.study.stats). No model file is kept.
 
     .venv/bin/python bench/gguf_calibration_seeds.py --seeds 0-4 --out reports/gguf-gptq/seeds.jsonl
+
+`--model` plays both arms on another model (`smollm2-gguf-gptq` with its model replaced and no file budget), e.g.
+the built-in Gemma 3 270M, whose rows are 640 wide:
+
+    .venv/bin/python bench/gguf_calibration_seeds.py --model gemma3-270m --seeds 0 --out reports/gguf-gptq/gemma3-270m.jsonl
 """
 
 from __future__ import annotations
@@ -37,10 +42,13 @@ def _seeds(spec: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--model", help="another model for both arms (default: the arena's, SmolLM2-135M)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     done = {(r["seed"], r["arm"], r["text"]) for r in map(json.loads, args.out.read_text().splitlines())} if args.out.exists() else set()
     base = load_arena("smollm2-gguf-gptq").model_copy(update={"levels": None})  # GPTQ on the fly: the same values as the level
+    if args.model:  # the file budget is SmolLM2's
+        base = base.model_copy(update={"model": args.model, "engine": base.engine.model_copy(update={"file_bytes": None})})
     document = json.loads(STRATEGY.read_text())
     for seed in _seeds(args.seeds):
         arena = base.model_copy(update={"seed": seed})
@@ -67,7 +75,7 @@ def main() -> None:
                         handle.write(json.dumps(line, sort_keys=True) + "\n")
                     print(f"seed {seed} {arm:24} {text[-20:]:20} {engine.file_bytes:>11,} B  KL {engine.kl.mean_kl:.4f}  ppl {engine.kl.perplexity:.3f}", flush=True)
     records = [json.loads(line) for line in args.out.read_text().splitlines()]
-    for text in TEXTS:
+    for text in TEXTS if len({r["seed"] for r in records}) > 1 else ():
         kl = {arm: [r["kl"]["mean_kl"] for r in records if r["arm"] == arm and r["text"] == text] for arm in ("IQ4_NL by GPTQ", "stock IQ4_NL + imatrix")}
         test = compare_arms("IQ4_NL by GPTQ", kl["IQ4_NL by GPTQ"], "stock IQ4_NL + imatrix", kl["stock IQ4_NL + imatrix"], f"engine KL, {text}")
         print(f"{text}: {test.sentence} (p = {test.p_two_sided:.4f}, delta {test.cliffs_delta:+.2f})")

@@ -292,3 +292,20 @@ def test_sixteen_bit_modules_are_f16_where_f16_holds_them_else_the_source_tensor
     exported = load_back(tmp_path)
     for name, module in quantizable_linears(exported).items():
         assert torch.equal(module.weight, source.modules[name].quantized), name
+
+
+def test_a_quantized_gguf_dequantizes_to_an_f32_copy_with_its_tokenizer(make_tiny_gguf, tmp_path):
+    from gguf import GGUFReader
+
+    from agentqat.engines.gguf_tensors import dequantized_copy, field_value, stored_values
+
+    source = make_tiny_gguf(tensor_type="Q8_0")
+    copy = dequantized_copy(source, tmp_path / "base-f32.gguf")
+    before, after = GGUFReader(str(source)), GGUFReader(str(copy))
+    assert {t.tensor_type.name for t in before.tensors} > {"F32"} and {t.tensor_type.name for t in after.tensors} == {"F32"}
+    kept = {t.name: t for t in after.tensors}
+    for tensor in before.tensors:
+        assert torch.equal(stored_values(kept[tensor.name]), stored_values(tensor)), tensor.name
+    for key in ("general.architecture", "tokenizer.ggml.tokens", "tokenizer.ggml.model"):
+        assert field_value(after, key) == field_value(before, key)
+    assert field_value(after, "general.file_type") == 0  # ALL_F32

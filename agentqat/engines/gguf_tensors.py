@@ -3,6 +3,8 @@ order llama.cpp stores llama q/k weights in, and exact values through gguf.quant
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -103,3 +105,36 @@ def module_values(reader, module_names) -> dict[str, torch.Tensor]:
     for module, tensor_name in module_tensor_names(reader, module_names).items():
         values[module] = _model_order(reader, arch, tensor_name, stored_values(tensors[tensor_name])).contiguous()
     return values
+
+
+def copy_fields(reader, writer, skipped: tuple[str, ...] = ()) -> None:
+    """Copies `reader`'s key-values (the tokenizer included) to `writer`, but for the reader's own GGUF.* keys, the
+    architecture (the writer adds it) and the keys in `skipped`."""
+    import gguf
+
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE, *skipped):
+            continue
+        value_type = field.types[0]
+        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+
+
+def dequantized_copy(source: Path, target: Path) -> Path:
+    """Returns `target`: the GGUF `source` with every tensor dequantized to F32 by gguf.quants (the values
+    transformers loads from it) and its key-values, tokenizer included, as they are."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    staging = target.with_name(target.name + ".tmp")
+    writer = gguf.GGUFWriter(str(staging), field_value(reader, gguf.Keys.General.ARCHITECTURE))
+    copy_fields(reader, writer, (gguf.Keys.General.FILE_TYPE,))
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    staging.replace(target)
+    return target

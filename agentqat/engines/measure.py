@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from agentqat.data import SPLITS, load_corpus
 from agentqat.defaults import CALIBRATION_WINDOWS, WINDOW_TOKENS, cache_dir
+from agentqat.engines.gguf_tensors import dequantized_copy
 from agentqat.engines.llama_cpp import (
     KlFigures,
     LlamaCpp,
@@ -31,7 +32,7 @@ from agentqat.engines.llama_cpp import (
     quantize,
 )
 from agentqat.errors import UserError
-from agentqat.models import BUILTIN_MODELS, resolve_model_directory
+from agentqat.models import BUILTIN_MODELS, builtin_gguf_path, resolve_model_directory
 from agentqat.progress import Reporter, phase
 
 ENGINE_CHUNKS = 16  # chunks llama-perplexity scores (fewer where the text holds fewer)
@@ -98,8 +99,19 @@ class EngineWorkspace:
         directory = resolve_model_directory(self.model, self.reporter)
         if directory is None:
             raise UserError(f"engine measurements need a local model; '{self.model}' is a hub id", "pass a directory or a .gguf file")
-        return self.made(self.directory / "base-f32.gguf", "converting the base model to GGUF", self.model,
-                          lambda target: convert_to_gguf(self.engine, directory, target))  # fmt: skip
+        return self.made(self.directory / "base-f32.gguf", "converting the base model to GGUF", self.model, self._convert)
+
+    def _convert(self, target: Path) -> Path:
+        """Writes the f32 base with llama.cpp's converter from the model's directory; a model loaded from a GGUF
+        file whose tokenizer the converter does not know (Gemma 3's, in this llama.cpp) is that file dequantized
+        instead: the same values, tokenizer and metadata."""
+        try:
+            return convert_to_gguf(self.engine, resolve_model_directory(self.model, self.reporter), target)
+        except UserError as error:
+            source = builtin_gguf_path(self.model) if self.model in BUILTIN_MODELS else Path(self.model).expanduser()
+            if "pre-tokenizer was not recognized" not in str(error) or source.suffix != ".gguf":
+                raise
+            return dequantized_copy(source, target)
 
     def text(self, split_or_file: str) -> Path:
         """Returns a text file the tools read: a split of the corpus (one document per line), or the file given."""

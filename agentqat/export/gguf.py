@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from agentqat.engines.ggml_blocks import encode
-from agentqat.engines.gguf_tensors import GgufNameError, arch_name_map, field_value, row_permutation, stored_values
+from agentqat.engines.gguf_tensors import GgufNameError, arch_name_map, copy_fields, field_value, row_permutation, stored_values
 from agentqat.export.base import ExportError, ExportModule, ExportSource, register_exporter
 from agentqat.export.gguf_engine import export_engine_gguf
 from agentqat.export.gguf_types import ENGINE_MADE, GGUF, OWN_BLOCKS, PACKED, ggml_type, gguf_problem, packed_blocks
@@ -104,12 +104,7 @@ def _copy_metadata(reader, writer, source: ExportSource, linear_types: Counter, 
     strategy, its figures, its effective bits and the bits per weight the file spends on linear weights)."""
     import gguf
 
-    for field in reader.fields.values():
-        if field.name.startswith("GGUF.") or field.name in (gguf.Keys.General.ARCHITECTURE, gguf.Keys.General.FILE_TYPE):
-            continue  # GGUF.* are the reader's own; the writer adds the architecture, the file type is set below
-        value_type = field.types[0]
-        sub_type = field.types[-1] if value_type == gguf.GGUFValueType.ARRAY else None
-        writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
+    copy_fields(reader, writer, (gguf.Keys.General.FILE_TYPE,))  # the file type is set below
     main_type = linear_types.most_common(1)[0][0]
     file_type = {"F32": "ALL_F32"}.get(main_type, f"MOSTLY_{main_type}")
     if file_type in gguf.LlamaFileType.__members__:
