@@ -347,3 +347,18 @@ def test_the_gguf_gptq_calibration_seeds_are_their_records():
         changes[label] = change
     _claim(f"every GPTQ file is under every stock file on both texts (exact Mann-Whitney p = 0.0079; mean {changes['test split']:+.1f}% on the "
            f"test split, {changes['GPL-3']:+.1f}% on the licence text)", ROOT / "README.md")  # fmt: skip
+
+
+def test_the_gguf_gptq_second_model_figures_are_its_records():
+    """Gemma 3 270M's two files (reports/gguf-gptq/gemma3-270m.jsonl) as the report and the README give them."""
+    import json
+
+    records = [json.loads(line) for line in (ROOT / "reports" / "gguf-gptq" / "gemma3-270m.jsonl").read_text().splitlines()]
+    kl = {(r["arm"], "gpl-3" if r["text"].endswith("gpl-3.txt") else r["text"]): r["kl"]["mean_kl"] for r in records}
+    gptq, stock = "IQ4_NL by GPTQ", "stock IQ4_NL + imatrix"
+    change = {text: 100 * (kl[(gptq, text)] / kl[(stock, text)] - 1) for text in ("test", "gpl-3")}
+    report = ROOT / "reports" / "gguf-gptq" / "README.md"
+    _claim(f"| **{kl[(gptq, 'test')]:.4f} ({change['test']:+.1f}%)** |", report)
+    _claim(f"| **{kl[(gptq, 'gpl-3')]:.4f} ({change['gpl-3']:+.1f}%)** |", report)
+    _claim(f"| {kl[(stock, 'test')]:.4f} |", report)
+    _claim(f"same rounding gives {kl[(gptq, 'test')]:.4f} against {kl[(stock, 'test')]:.4f} on the test split ({change['test']:+.1f}%)", ROOT / "README.md")
