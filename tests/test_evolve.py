@@ -221,6 +221,36 @@ def test_a_resumed_run_hands_the_generator_back_what_it_noted(arena, pool, tmp_p
     assert [n["told"] for n in notes[: len(finished)]] == [before[g] for g in finished]
 
 
+class RunsDryGenerator(NotingGenerator):
+    """The noting generator, whose replies are all rejected from generation 2 on: it notes the rejection and
+    proposes nothing, which ends the run."""
+
+    def propose(self, population, count, rng):
+        if len(self.told) < 2:
+            return super().propose(population, count, rng)
+        self._records.append(GeneratorRecord("rejections", {"reason": "every reply rejected"}))
+        return []
+
+    def tell(self, evaluated):
+        self.told.append(len(evaluated))
+        super().tell(evaluated)
+
+
+def test_a_run_that_ended_with_nothing_new_is_not_noted_twice_when_resumed(arena, pool, tmp_path):
+    """Resuming a run that ended because its generator proposed nothing (the LLM arm whose every reply was
+    rejected) proposes that generation again, to the same end; its notes stay recorded once."""
+    settings = EvolveSettings(generator="random", seed=2, population=2, generations=5, stop_when_clear=False, patience=5)
+    space = SearchSpace(load_facts(arena.model), arena.bits_budget)
+    noted = []
+    for _ in range(2):
+        generator = RunsDryGenerator(space)
+        generator.told = []
+        outcome, _ = run_evolve(arena, pool, tmp_path / "run", settings, generator=generator)
+        assert outcome.stop_reason == "the generator proposed nothing new" and len(outcome.generations) == 2
+        noted.append(RunStore.open(tmp_path / "run").read("rejections"))
+    assert noted[0] == noted[1] and noted[0] and {n["generation"] for n in noted[0]} == {2}
+
+
 def test_clear_winner_needs_a_full_population_and_separate_intervals():
     from agentqat.arena.scoring import Aggregate, Ranked
 

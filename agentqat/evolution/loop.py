@@ -323,7 +323,9 @@ def evolve(
             observer.generation_started(generation, count)
         outcome = play_tournament(play, arena, proposals(), arena.seed)
         if not documents:
-            journal.record_generator(generation, generator.take_records())  # e.g. the rejected replies
+            noted = generator.take_records()  # e.g. the rejected replies, recorded once: a resumed run that ended
+            if not journal.generator_records(generation):  # here proposes this generation again, to the same end
+                journal.record_generator(generation, noted)
             stop = ("", "the generator proposed nothing new")
             break
         state.documents.update({strategy_id(d): d for d in documents})
