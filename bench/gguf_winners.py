@@ -1,11 +1,12 @@
 """Measures a GGUF comparison's winners with llama.cpp itself: for every run of the comparison, its best survivor of
 the arena's last stage (what `agentqat export RUN --best` takes) is written by llama-quantize as the exact scored
 file, and llama-perplexity --kl-divergence scores it on each `--text` (default: the corpus's test split, which no
-search read, and the GPL-3 text the project never searched on). Appends one JSON record per (run, text) to `--out`
-(skipping those it holds), writes each winner's strategy to `<comparison>/winners/gguf-<run>.json`, and prints the
-table.
+search read, and the GPL-3 text the project never searched on). llama.cpp's stock file the arena's budget is made
+from (`--stock`, with the arena's importance matrix) is measured on the same texts. Appends one JSON record per
+(run or stock file, text) to `--out` (skipping those it holds), writes each winner's strategy to
+`<comparison>/winners/gguf-<run>.json`, and prints the table. `agentqat report` reads the records.
 
-    .venv/bin/python bench/gguf_winners.py runs/compare-gguf [--text test,reports/unseen/gpl-3.txt]
+    .venv/bin/python bench/gguf_winners.py runs/compare-gguf [--text test,reports/unseen/gpl-3.txt] [--stock IQ4_NL]
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ def main() -> None:
     parser.add_argument("comparison", type=Path)
     parser.add_argument("--text", default="test,reports/unseen/gpl-3.txt")
     parser.add_argument("--chunks", type=int, default=16)
+    parser.add_argument("--stock", default="IQ4_NL", help="llama.cpp's stock types (with the imatrix) to measure too")
     parser.add_argument("--out", type=Path, default=None, help="default: <comparison>/engine.jsonl")
     args = parser.parse_args()
     out = args.out or args.comparison / "engine.jsonl"
-    done = {(r["run"], r["text"]) for r in map(json.loads, out.read_text().splitlines())} if out.exists() else set()
+    records = list(map(json.loads, out.read_text().splitlines())) if out.exists() else []
+    done = {(r.get("run") or r["stock"], r["text"]) for r in records}
     runs = sorted(path for path in (args.comparison / "runs").iterdir() if (path / "manifest.json").is_file())
     bench = None
     for run in runs:
@@ -56,6 +59,21 @@ def main() -> None:
                 with out.open("a") as handle:
                     handle.write(json.dumps(record, sort_keys=True) + "\n")
                 print(f"{run.name:16} {text[-24:]:24} {engine.file_bytes:>11,} B  KL {engine.kl.mean_kl:.4f}  top {engine.kl.same_top:.3f}  ppl {engine.kl.perplexity:.3f}", flush=True)
+
+    for type_name in filter(None, args.stock.split(",")):
+        texts = [text for text in args.text.split(",") if (type_name, text) not in done]
+        if not texts:
+            continue
+        bench = bench or Workbench(best_of_run(runs[0])[1])
+        bench.engine_files()  # the arena's engine workspace, its imatrix (32 x 512 calibration tokens) made once
+        path = bench._engine.stock(type_name, with_imatrix=True)
+        for text in texts:
+            engine = bench._engine.measure(path, text, args.chunks)
+            record = {"stock": type_name, "imatrix": True, "text": text, "file_bytes": engine.file_bytes,
+                      "bits_per_weight": engine.bits_per_weight, "kl": engine.as_dict()["kl"]}  # fmt: skip
+            with out.open("a") as handle:
+                handle.write(json.dumps(record, sort_keys=True) + "\n")
+            print(f"stock {type_name:10} {text[-24:]:24} {engine.file_bytes:>11,} B  KL {engine.kl.mean_kl:.4f}  top {engine.kl.same_top:.3f}  ppl {engine.kl.perplexity:.3f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,39 @@ def test_the_pareto_zoom_holds_the_budgets_neighbourhood_and_bit_maps_name_group
     assert label(WeightQuant(3, 64)) == "g64" and label(WeightQuant(4, 0)) == "per-channel" and label(WeightQuant(16)) == "16-bit"
     assert label(WeightQuant(4, 32, format="gguf_q4_k", rounding="imatrix"), 1536) == "Q4_K"
     assert label(WeightQuant(4, 32, format="gguf_q4_k", rounding="imatrix"), 576) == "Q4_K as Q5_0"  # llama.cpp's fallback there
+
+
+def test_llama_cpps_measurement_of_the_winners_has_its_own_columns_tests_and_stock_file(comparison, tmp_path):
+    """DIR/engine.jsonl (bench/gguf_winners.py) adds per text llama.cpp's KL and perplexity of every run's winner,
+    tested like every other quantity, with the stock file they are held against and whether the engine orders the
+    arms as the search did."""
+    import shutil
+
+    from agentqat.report.analysis import summarize
+    from agentqat.report.engine_section import order_sentence
+
+    directory = tmp_path / "tiny"
+    shutil.copytree(comparison, directory)
+    lines = []
+    for k, run in enumerate(sorted(path.name for path in (directory / "runs").iterdir())):
+        for text, kl in (("test", 0.05 + 0.01 * k), ("reports/unseen/gpl-3.txt", 0.07 + 0.01 * k)):
+            figures = {"mean_kl": kl, "perplexity": 30 + k, "same_top": 0.9, "base_perplexity": 29.0, "chunks": 16, "context": 512}
+            lines.append({"run": run, "text": text, "file_bytes": 1000 + k, "kl": figures})
+    for text in ("test", "reports/unseen/gpl-3.txt"):
+        figures = {"mean_kl": 0.1, "perplexity": 33.0, "same_top": 0.85, "base_perplexity": 29.0, "chunks": 16, "context": 512}
+        lines.append({"stock": "IQ4_NL", "imatrix": True, "text": text, "file_bytes": 1200, "kl": figures})
+    (directory / "engine.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert main(["report", str(directory)]) == 0
+    markdown = (directory / "report.md").read_text()
+    assert "| arm | row | engine test KL | engine test perplexity | engine gpl-3.txt KL | engine gpl-3.txt perplexity |" in markdown
+    assert "llama.cpp's stock IQ4_NL + imatrix file, 1,200 bytes, made by llama-quantize alone (test: KL 0.1" in markdown
+    assert "on 16 chunks of 512 tokens of each text" in markdown
+    tests = markdown.split("Tests:")[1]
+    assert "| evo vs random | engine test KL |" in tests and "| evo vs random | engine gpl-3.txt perplexity |" in tests
+    records = read_comparison(directory)
+    by_arm = {s.arm: s for s in summarize(records)}
+    evo = sorted(path.name for path in (directory / "runs").iterdir()).index("evo-seed0")
+    assert by_arm["evo"].values["engine test KL"][0] == pytest.approx(0.05 + 0.01 * evo)
+    sentence = order_sentence(summarize(records))
+    assert sentence in markdown and "Spearman's rank correlation of the two over the 6 runs" in sentence
+    assert read_comparison(comparison).engine == ()  # nothing of it leaks into the fixture's own report

@@ -4,7 +4,8 @@ Per arm: best-so-far curves of KL and perplexity against tokens and matches on a
 under its KL curve (up to the smallest budget any run spent, so every run is judged on an equal budget), the
 tokens each run needed to reach the best uniform baseline within the bits budget, the final best KL and
 perplexity, and the winners' KL and perplexity on every unseen text recorded (the test split and each
---test-corpus file, each its own quantity) and on the full arena: per arm the mean over seeds with a seeded
+--test-corpus file, each its own quantity), on the full arena, and as llama.cpp measured their GGUF files (DIR/
+engine.jsonl, each text its own quantity): per arm the mean over seeds with a seeded
 bootstrap interval, and the best single run. Between arms: the reference arm (llm when present) against each
 other arm on each of those per-run numbers, and the best searcher (lowest mean final KL) against every other arm
 when it is not the reference; exact tests, Holm-adjusted over that family.
@@ -125,11 +126,25 @@ def unseen_label(stage: str) -> str:
     return stage if stage == TEST_STAGE else stage.partition(":")[2]
 
 
+def engine_texts(records: ComparisonRecords) -> list[str]:
+    """Returns the texts the engine measured the winners on (DIR/engine.jsonl): "test" first, then files by name."""
+    return sorted({record["text"] for record in records.engine if "run" in record}, key=lambda text: (text != TEST_STAGE, text))
+
+
+def engine_label(text: str) -> str:
+    """Returns the quantity prefix of an engine measurement: "engine test", or "engine <file name>"."""
+    return f"engine {text if text == TEST_STAGE else text.rpartition('/')[2]}"
+
+
+ENGINE_METRICS = (("mean_kl", "KL"), ("perplexity", "perplexity"))
+
+
 def quantities(records: ComparisonRecords) -> list[str]:
     """Returns every quantity of the comparison: the search's, then KL and perplexity on each unseen text recorded
-    (the test split, each --test-corpus file), then the full arena's."""
+    (the test split, each --test-corpus file), then the full arena's, then llama.cpp's on each text it measured."""
     unseen = [f"{unseen_label(stage)} {metric}" for stage in unseen_stages(records) for metric in ("KL", "perplexity")]
-    return [*SEARCH_QUANTITIES, *(unseen or ("test KL", "test perplexity")), *CONFIRM_QUANTITIES]
+    engine = [f"{engine_label(text)} {name}" for text in engine_texts(records) for _, name in ENGINE_METRICS]
+    return [*SEARCH_QUANTITIES, *(unseen or ("test KL", "test perplexity")), *CONFIRM_QUANTITIES, *engine]
 
 
 def winner_runs(results, records: ComparisonRecords, arm: str, stage: str | None = None) -> list[str]:
@@ -163,6 +178,11 @@ def arm_values_and_runs(records: ComparisonRecords, arm: str) -> tuple[dict[str,
     for quantity, metric in zip(CONFIRM_QUANTITIES, METRICS):
         values[quantity] = winner_values(records.confirms, records, arm, metric)
         of_run[quantity] = winner_runs(records.confirms, records, arm)
+    for text in engine_texts(records):
+        measured = {record["run"]: record["kl"] for record in records.engine if record.get("text") == text and "run" in record}
+        for key, name in ENGINE_METRICS:
+            values[f"{engine_label(text)} {name}"] = [measured[run][key] for run in names if run in measured]
+            of_run[f"{engine_label(text)} {name}"] = [run for run in names if run in measured]
     return values, of_run
 
 

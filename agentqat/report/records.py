@@ -4,10 +4,12 @@ DIR/runs/<generator>-seed<k>/   evolve runs (agentqat.rundir.journal layout)
 DIR/baseline/                   a baseline run (optional)
 DIR/test/results.jsonl          re-evaluations of final winners on unseen text (agentqat.study.unseen)
 DIR/confirm/results.jsonl       final winners and the shared prior confirmed on a full arena (agentqat.study.confirm)
+DIR/engine.jsonl                winners and llama.cpp's stock file measured by llama.cpp (bench/gguf_winners.py)
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,7 @@ from agentqat.arena.config import Arena
 from agentqat.arena.result import MatchResult
 from agentqat.arena.scoring import Ranked
 from agentqat.rundir.journal import read_results, read_run
-from agentqat.rundir.paths import BASELINE_DIR, MANIFEST_FILE, PLAN_FILE, PREPARATION_FILE, PRIOR_FILE
+from agentqat.rundir.paths import BASELINE_DIR, ENGINE_FILE, MANIFEST_FILE, PLAN_FILE, PREPARATION_FILE, PRIOR_FILE
 from agentqat.rundir.store import RunStore, read_json_object
 from agentqat.study.confirm import read_confirmations
 from agentqat.study.unseen import read_test_results, run_directories
@@ -100,6 +102,7 @@ class ComparisonRecords:
     prior: dict | None = None  # DIR/prior.json: a prior made for the comparison (--prior uniform+knapsack)
     preparation: dict | None = None  # DIR/preparation.json: what was measured once before the runs, charged to no arm
     plan: str | None = None  # DIR/PLAN.md: the pre-registration (agentqat.study.plan)
+    engine: tuple[dict, ...] = ()  # DIR/engine.jsonl: one record per (run or stock file, text) measured by llama.cpp
 
     @property
     def arms(self) -> list[str]:
@@ -143,5 +146,7 @@ def read_comparison(directory: Path) -> ComparisonRecords:
     prior = read_json_object(directory / PRIOR_FILE) if (directory / PRIOR_FILE).is_file() else None
     preparation = read_json_object(directory / PREPARATION_FILE) if (directory / PREPARATION_FILE).is_file() else None
     plan = (directory / PLAN_FILE).read_text(encoding="utf-8") if (directory / PLAN_FILE).is_file() else None
+    engine = directory / ENGINE_FILE
+    measured = tuple(json.loads(line) for line in engine.read_text().splitlines() if line.strip()) if engine.is_file() else ()
     return ComparisonRecords(directory, runs, baseline, tuple(read_test_results(directory)), tuple(read_confirmations(directory)),
-                             prior, preparation, plan)  # fmt: skip
+                             prior, preparation, plan, measured)  # fmt: skip

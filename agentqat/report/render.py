@@ -20,12 +20,14 @@ from agentqat.report.analysis import (
     ArmSummary,
     best_searcher,
     comparisons,
+    engine_texts,
     quantities,
     reference_arm,
     summarize,
     unseen_label,
     unseen_stages,
 )
+from agentqat.report.engine_section import engine_chunks, engine_intro, engine_quantities, order_sentence, stock_sentence
 from agentqat.report.patterns import Played, contrasts
 from agentqat.report.records import ComparisonRecords, read_comparison
 from agentqat.rundir.paths import FIGURES_DIR
@@ -180,7 +182,8 @@ def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
     summaries = summarize(records, seed)
     present = [quantity for quantity in quantities(records) if any(summary.values[quantity] for summary in summaries)]
     search = [quantity for quantity in present if quantity in SEARCH_QUANTITIES]
-    unseen = [quantity for quantity in present if quantity not in SEARCH_QUANTITIES]
+    engine = engine_quantities(present)
+    unseen = [quantity for quantity in present if quantity not in SEARCH_QUANTITIES and quantity not in engine]
     texts = [unseen_label(stage) for stage in unseen_stages(records)]
     tests = comparisons(records, summaries, seed)
     test_rows = [("arms", "quantity", "test", "medians (a vs b)", "U or W+", "p one-sided (a lower)", "p two-sided",
@@ -214,6 +217,12 @@ def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
             Block("p", "Out of sample: each run's rank-1 winner re-scored on every unseen text recorded, each text its own "
                        f"columns ({where or 'none recorded'}), and confirmed on the full arena's last stage (full arena):"),  # fmt: skip
             Block("table", rows=(("arm", "row", *unseen), *_arm_rows(summaries, unseen))),
+        ]
+    if engine:
+        notes = " ".join(note for note in (stock_sentence(records.engine), order_sentence(summaries)) if note)
+        blocks += [
+            Block("p", engine_intro(engine_texts(records), engine_chunks(records.engine)) + (" " + notes if notes else "")),
+            Block("table", rows=(("arm", "row", *engine), *_arm_rows(summaries, engine))),
         ]
     return blocks + [
         Block("p", f"Tests: reference arm {reference_arm(records)} against each other arm{also}, on every quantity both measured. "

@@ -16,6 +16,7 @@ A comparison (`agentqat compare DIR`, agentqat.session.compare):
 
     DIR/compare.json, DIR/PLAN.md, DIR/plan-registered.json, DIR/preparation.json, DIR/prior.json
     DIR/runs/<arm>-seed<k>/   DIR/baseline/   DIR/winners/<run>.json   DIR/test/   DIR/confirm/   DIR/figures/
+    DIR/engine.jsonl          winners (and llama.cpp's stock file) measured by the engine (bench/gguf_winners.py)
 
 A polish (`agentqat polish`, agentqat.session.polish): results.jsonl, heldout.jsonl, ablation.jsonl.
 """
@@ -40,6 +41,7 @@ WINNERS_DIR = "winners"
 TEST_DIR = "test"
 CONFIRM_DIR = "confirm"
 FIGURES_DIR = "figures"
+ENGINE_FILE = "engine.jsonl"
 
 # a polish
 RESULTS_FILE = f"{RESULTS_STREAM}.jsonl"
