@@ -61,7 +61,7 @@ def engine_intro(texts: list[str], chunks: int | None) -> str:
     size = f"{chunks} chunks of 512 tokens" if chunks else "its chunks"
     return ("Measured by llama.cpp itself (DIR/engine.jsonl, bench/gguf_winners.py): each run's rank-1 winner written as "
             "the GGUF file the arena scored (llama-quantize with the arena's importance matrix), then llama-perplexity "
-            f"--kl-divergence against the f32 model on {size} of each text ({where}):")
+            f"--kl-divergence against the f32 model on {size} of each text ({where}).")
 
 
 def engine_chunks(engine: tuple[dict, ...]) -> int | None:

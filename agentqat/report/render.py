@@ -221,7 +221,7 @@ def _statistics_blocks(records: ComparisonRecords, seed: int) -> list[Block]:
     if engine:
         notes = " ".join(note for note in (stock_sentence(records.engine), order_sentence(summaries)) if note)
         blocks += [
-            Block("p", engine_intro(engine_texts(records), engine_chunks(records.engine)) + (" " + notes if notes else "")),
+            Block("p", engine_intro(engine_texts(records), engine_chunks(records.engine)) + (" " + notes if notes else "") + " Per arm:"),
             Block("table", rows=(("arm", "row", *engine), *_arm_rows(summaries, engine))),
         ]
     return blocks + [
