@@ -1,5 +1,5 @@
 """Measures a GGUF comparison's winners with llama.cpp itself: for every run of the comparison, its best survivor of
-the arena's last stage (what `agentqat export RUN --best` takes) is written by llama-quantize as the exact scored
+the arena's last stage (what `agentqat export RUN --best` takes; runs that have not finished are left for later) is written by llama-quantize as the exact scored
 file, and llama-perplexity --kl-divergence scores it on each `--text` (default: the corpus's test split, which no
 search read, and the GPL-3 text the project never searched on). llama.cpp's stock file the arena's budget is made
 from (`--stock`, with the arena's importance matrix) is measured on the same texts. Appends one JSON record per
@@ -20,6 +20,7 @@ from agentqat.arena.match import Workbench
 from agentqat.export.gguf_engine import write_mix
 from agentqat.export.select import best_of_run
 from agentqat.quant.ggml_engine import ENGINE_TYPE_OF_FORMAT
+from agentqat.rundir.paths import SUMMARY_FILE
 from agentqat.rundir.store import write_json_atomic
 from agentqat.strategy.document import parse_strategy, strategy_id
 from agentqat.strategy.resolve import resolve_strategy
@@ -36,7 +37,7 @@ def main() -> None:
     out = args.out or args.comparison / "engine.jsonl"
     records = list(map(json.loads, out.read_text().splitlines())) if out.exists() else []
     done = {(r.get("run") or r["stock"], r["text"]) for r in records}
-    runs = sorted(path for path in (args.comparison / "runs").iterdir() if (path / "manifest.json").is_file())
+    runs = sorted(path for path in (args.comparison / "runs").iterdir() if (path / SUMMARY_FILE).is_file())  # finished runs
     bench = None
     for run in runs:
         texts = [text for text in args.text.split(",") if (run.name, text) not in done]

@@ -362,3 +362,77 @@ def test_the_gguf_gptq_second_model_figures_are_its_records():
     _claim(f"| **{kl[(gptq, 'gpl-3')]:.4f} ({change['gpl-3']:+.1f}%)** |", report)
     _claim(f"| {kl[(stock, 'test')]:.4f} |", report)
     _claim(f"same rounding gives {kl[(gptq, 'test')]:.4f} against {kl[(stock, 'test')]:.4f} on the test split ({change['test']:+.1f}%)", ROOT / "README.md")
+
+
+@pytest.fixture(scope="module")
+def gguf():
+    return Study("compare-gguf")
+
+
+def test_the_gguf_comparison_paragraphs_are_its_records(gguf):
+    """The pre-registered GGUF comparison (reports/compare-gguf) as the README, reports/README.md and its own README
+    give it: the plan's hypotheses and their exact p-values, llama.cpp's KL of the winners per arm, the winner chosen
+    on search data, the engine's order against the search's, and the Holm note."""
+    from agentqat.report.engine_section import order_sentence
+    from agentqat.study.plan import evaluate, parse_plan
+
+    s, readme, own = gguf, ROOT / "README.md", ROOT / "reports" / "compare-gguf" / "README.md"
+    outcomes = evaluate(parse_plan(s.records.plan), s.records, list(s.summaries.values()))
+    assert [o.verdict for o in outcomes] == ["not held"] * 4 and all(o.p_holm == 1 for o in outcomes)
+    p = {o.hypothesis.b: o.test.p_two_sided for o in outcomes}
+    shown = [f"{p[arm]:.3g}" for arm in ("random", "llm-random-edits", "llm-no-reflection", "evo")]
+    assert shown == ["0.278", "0.722", "1", "0.762"]
+    _claim("on final KL, llm against random p = 0.278, against the random-reply pipeline p = 0.722, against no reflection p = 1", readme)
+    _claim("and against evo p = 0.762 (exact Mann-Whitney, Holm-adjusted 1 each)", readme)
+    _claim("llm-no-reflection and evo on final KL, exact Mann-Whitney p = 0.278, 0.722, 1 and 0.762, Holm-adjusted 1 each")
+    for o in outcomes:
+        _claim(f"| {o.hypothesis.name}: llm < {o.hypothesis.b} | {o.test.p_two_sided:.3g} | 1 | {o.test.cliffs_delta:+.2f} |".replace("+0.00", "0.00"), own)
+    final = {arm: s.mean(arm, "final KL") for arm in ("llm", "llm-no-reflection")}
+    assert _shown("0.1057", final["llm"]) and _shown("0.1057", final["llm-no-reflection"])
+
+    engine = {arm: s.mean(arm, "engine test KL") for arm in s.summaries}
+    stock = {r["text"]: r["kl"]["mean_kl"] for r in s.records.engine if r.get("stock") == "IQ4_NL"}
+    _claim(f"llm's winners average KL {engine['llm']:.4f} against {stock['test']:.4f} for the stock file", readme)
+    _claim(f"a Gemma 3 270M proposer (5 seeds) {engine['llm-gemma3-270m']:.4f}", readme)
+    _claim(f"llm {engine['llm']:.4f}, evo {engine['evo']:.4f}, random {engine['random']:.4f}, the knapsack {engine['knapsack']:.4f}, "
+           f"the Gemma 3 270M proposer {engine['llm-gemma3-270m']:.4f}, and the stock IQ4_NL + imatrix file {stock['test']:.4f}")  # fmt: skip
+    labels = {"llm": "llm", "llm-no-reflection": "llm-no-reflection", "llm-random-edits": "llm-random-edits", "evo": "evo",
+              "random": "random", "llm-gemma3-270m": "llm-gemma3-270m (exploratory)"}  # fmt: skip
+    for arm, label in labels.items():
+        cells = []
+        for quantity in ("engine test KL", "engine gpl-3.txt KL"):
+            i = s.summaries[arm].intervals[quantity]
+            cells.append(f"{i.value:.4f} [{i.low:.4f}, {i.high:.4f}]")
+        _claim(f"| {label} | {cells[0]} | {cells[1]} |", own)
+
+    # the winner chosen on search data alone: the lowest final KL of any run
+    run = min((v, r) for su in s.summaries.values() for v, r in zip(su.values["final KL"], su.runs["final KL"]))[1]
+    chosen = {r["text"]: r["kl"]["mean_kl"] for r in s.records.engine if r.get("run") == run}
+    assert run == "evo-seed2"
+    _claim(f"the winner chosen on search data (evo, seed 2) is {chosen['test']:.4f}", readme)
+    change = {t: 100 * (1 - chosen[t] / stock[t]) for t in chosen}
+    _claim(f"is {chosen['test']:.4f} on the test split, {change['test']:.1f}% under the stock file, and "
+           f"{chosen['reports/unseen/gpl-3.txt']:.4f} on GPL-3 ({change['reports/unseen/gpl-3.txt']:.1f}% under)", own)  # fmt: skip
+
+    # the engine's KL: no arm differs from llm; the order differs from the search split's
+    engine_ps = [c.p_two_sided for c in s.tests if c.a == "llm" and c.metric in ("engine test KL", "engine gpl-3.txt KL")]
+    assert len(engine_ps) == 12 and _shown("0.278", min(engine_ps)) and max(engine_ps) == 1
+    _claim("No arm differs from llm on the engine's KL (p from 0.278 to 1)")
+    sentence = order_sentence(list(s.summaries.values()))
+    rho = re.search(r"over the (\d+) runs: ([0-9]\.[0-9]+)", sentence)
+    assert "(a different order)" in sentence and rho.groups() == ("31", "0.25")
+    _claim("The engine orders the arms differently from the search split (Spearman 0.25 over 31 runs)", readme)
+    auc = [s.test("llm", arm, "KL AUC (tokens)") for arm in ("evo", "random")]
+    assert all(_shown("0.0079", c.p_two_sided) and c.cliffs_delta == -1 for c in auc)
+    tested = [c for c in s.tests if c.kind != "no result"]
+    assert len(tested) == 132 and min(c.p_holm for c in tested) == 1
+    speed = ("KL AUC (tokens)", "tokens to baseline KL")
+    below = [c for c in tested if c.p_two_sided < 0.05]
+    assert {(c.a, c.b, c.metric) for c in below if c.metric not in speed} == {("evo", "random", "final perplexity")}
+    for c in below:  # the LLM pipeline's arms faster than evo, llm faster than random
+        if c.metric in speed:
+            assert (c.a == "llm" and c.cliffs_delta < 0) or (c.a == "evo" and c.b.startswith("llm") and c.cliffs_delta > 0)
+    assert _shown("0.0079", min(c.p_two_sided for c in below)) and _shown("0.048", max(c.p_two_sided for c in below))
+    assert _shown("0.032", s.test("evo", "random", "final perplexity").p_two_sided)
+    _claim("tokens to baseline KL, p from 0.0079 to 0.048), and evo's final perplexity is under random's (p = 0.032); none of "
+           "the report's 132 tests survives Holm's adjustment")  # fmt: skip
