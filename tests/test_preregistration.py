@@ -61,5 +61,7 @@ def test_the_gguf_study_plan_names_its_arms_and_one_primary_quantity():
     settings = json.loads((directory / "compare.json").read_text())
     assert registered_hash(directory) == sha256(text) and "`--tokens 48128`" in text
     assert settings["token_budget"] == 48128 and settings["seeds"] == [0, 1, 2, 3, 4] and settings["population"] == 16
-    assert [arm["name"] for arm in settings["arms"]] == ["llm", "llm-random-edits", "llm-no-reflection", "evo", "random", "knapsack"]
+    registered, added = settings["arms"][:6], settings["arms"][6:]
+    assert [arm["name"] for arm in registered] == ["llm", "llm-random-edits", "llm-no-reflection", "evo", "random", "knapsack"]
+    assert [arm["name"] for arm in added] == ["llm-gemma3-270m"] and "`llm@gemma3-270m`, 5 seeds) if added with" in text  # exploratory
     assert plan_template("a", ["x", "y"], "0-4", "9 matches").count("H1: arm x < arm y on final_kl") == 1
