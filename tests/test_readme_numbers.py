@@ -436,3 +436,24 @@ def test_the_gguf_comparison_paragraphs_are_its_records(gguf):
     assert _shown("0.032", s.test("evo", "random", "final perplexity").p_two_sided)
     _claim("tokens to baseline KL, p from 0.0079 to 0.048), and evo's final perplexity is under random's (p = 0.032); none of "
            "the report's 132 tests survives Holm's adjustment")  # fmt: skip
+
+
+def test_the_tight_gptq_study_figures_are_llama_cpps_records():
+    """What reports/README.md and the study's NOTES.md say of compare-gguf-gptq-tight is its engine.jsonl: the
+    allocation arm's file against the stock one, and every evo winner the same file."""
+    import json
+
+    directory = ROOT / "reports" / "compare-gguf-gptq-tight"
+    records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
+    kl = {(r.get("run") or r["stock"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
+    size = {r.get("run") or r["stock"]: r["file_bytes"] for r in records}
+    smaller = 100 * (1 - size["knapsack-seed0"] / size["IQ4_NL"])
+    assert _shown("15.4", smaller) and kl[("knapsack-seed0", "test")] < kl[("IQ4_NL", "test")] and kl[("knapsack-seed0", "gpl-3")] > kl[("IQ4_NL", "gpl-3")]
+    figures = [f"{kl[(name, text)]:.4f}" for name in ("knapsack-seed0", "IQ4_NL") for text in ("test", "gpl-3")]
+    _claim(f"the allocation arm's file is 15.4% smaller than the stock IQ4_NL + imatrix file with llama.cpp KL {figures[0]} against "
+           f"{figures[2]} on the test split ({figures[1]} against {figures[3]} on GPL-3)")  # fmt: skip
+    evo = {(kl[(f"evo-seed{k}", "test")], kl[(f"evo-seed{k}", "gpl-3")]) for k in range(5)}
+    assert len(evo) == 1
+    notes = directory / "NOTES.md"
+    _claim(f"| evo, all 5 seeds (one and the same strategy) | 77,571,328 | {next(iter(evo))[0]:.4f} | {next(iter(evo))[1]:.4f} |", notes)
+    _claim(f"| knapsack (the allocation arm, one run) | 77,571,328 | {figures[0]} | {figures[1]} |", notes)
