@@ -1,8 +1,8 @@
 """Measures a GGUF comparison's winners with llama.cpp itself: for every run of the comparison, its best survivor of
 the arena's last stage (what `agentqat export RUN --best` takes; runs that have not finished are left for later) is
 exported as the exact scored file (`agentqat export --format gguf`: llama-quantize's levels, agentqat's own blocks
-such as GPTQ's and a GPTQ head written in place), and llama-perplexity --kl-divergence scores it on each `--text` (default: the corpus's test split, which no
-search read, and the GPL-3 text the project never searched on). llama.cpp's stock file the arena's budget is made
+such as GPTQ's and a GPTQ head written in place), and llama-perplexity --kl-divergence scores it on each `--text`
+(default: the corpus's test split, which no search read, and the GPL-3 text the project never searched on). llama.cpp's stock file the arena's budget is made
 from (`--stock`, with the arena's importance matrix) is measured on the same texts. Appends one JSON record per
 (run or stock file, text) to `--out` (skipping those it holds), writes each winner's strategy to
 `<comparison>/winners/gguf-<run>.json`, and prints the table. `agentqat report` reads the records.
@@ -20,7 +20,7 @@ from pathlib import Path
 from agentqat.engines.measure import EngineWorkspace
 from agentqat.export import export, prepare_source
 from agentqat.export.select import best_of_run
-from agentqat.rundir.paths import SUMMARY_FILE
+from agentqat.rundir.paths import ENGINE_FILE, SUMMARY_FILE
 from agentqat.rundir.store import write_json_atomic
 from agentqat.strategy.document import strategy_id
 
@@ -31,9 +31,9 @@ def main() -> None:
     parser.add_argument("--text", default="test,reports/unseen/gpl-3.txt")
     parser.add_argument("--chunks", type=int, default=16)
     parser.add_argument("--stock", default="IQ4_NL", help="llama.cpp's stock types (with the imatrix) to measure too")
-    parser.add_argument("--out", type=Path, default=None, help="default: <comparison>/engine.jsonl")
+    parser.add_argument("--out", type=Path, default=None, help=f"default: <comparison>/{ENGINE_FILE}")
     args = parser.parse_args()
-    out = args.out or args.comparison / "engine.jsonl"
+    out = args.out or args.comparison / ENGINE_FILE
     records = list(map(json.loads, out.read_text().splitlines())) if out.exists() else []
     done = {(r.get("run") or r["stock"], r["text"]) for r in records}
     runs = sorted(path for path in (args.comparison / "runs").iterdir() if (path / SUMMARY_FILE).is_file())  # finished runs

@@ -60,7 +60,8 @@ def engine_intro(texts: list[str], chunks: int | None) -> str:
     where = ", ".join(f"'{_label(text)}' = " + ("the corpus's test split" if text == "test" else f"the text file {text}") for text in texts)
     size = f"{chunks} chunks of 512 tokens" if chunks else "its chunks"
     return ("Measured by llama.cpp itself (DIR/engine.jsonl, bench/gguf_winners.py): each run's rank-1 winner written as "
-            "the GGUF file the arena scored (llama-quantize with the arena's importance matrix), then llama-perplexity "
+            "the GGUF file the arena scored (as `agentqat export --format gguf` writes it: llama-quantize's levels with the arena's "
+        "importance matrix, agentqat's own blocks in place), then llama-perplexity "
             f"--kl-divergence against the f32 model on {size} of each text ({where}).")
 
 
