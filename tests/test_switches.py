@@ -9,6 +9,7 @@ from agentqat.generators.evopress import EvoGenerator
 from agentqat.generators.switches import (
     best_uniform_level,
     ladder_switch,
+    lateral_switch,
     layer_units,
     layout_at,
     module_units,
@@ -123,3 +124,44 @@ def test_every_arm_proposes_ladder_allocations_on_a_ladder_arena(space):
     already = _document([best_uniform_level(space)] * len(space.facts.linears), space)
 
     assert on_ladder(already, space, np.random.default_rng(0)) is already
+
+
+@pytest.fixture(scope="module")
+def tight_gguf_space(smollm2_shaped_facts):
+    """The tight GPTQ GGUF arena's ladder at its 4.5-bit budget: GPTQ's and llama-quantize's IQ4_NL cost the same,
+    and Q3_K costs what IQ4_NL does except on ffn_down (llama.cpp's Q4_0 fallback elsewhere)."""
+    ladder = ladder_configs(load_arena("smollm2-gguf-gptq-tight").levels.ladder, smollm2_shaped_facts)
+    return SearchSpace(smollm2_shaped_facts, 4.5, ladder=ladder)
+
+
+def test_snap_keeps_a_unit_at_one_of_several_levels_of_equal_cost(tight_gguf_space):
+    space = tight_gguf_space
+    names = [level_name(level) for level in space.ladder]
+    for name in ("gptq-w4-g32-asym-format-gguf_iq4_nl", "imatrix-w4-g32-asym-format-gguf_iq4_nl"):
+        levels = [names.index(name)] * len(space.facts.linears)
+        assert snap_to_ladder(layout_at(levels, space), space, np.random.default_rng(0)) == levels
+
+
+def test_evo_moves_between_levels_of_equal_cost_at_a_budget_the_start_fills(tight_gguf_space):
+    from agentqat.generators.base import Evaluated
+
+    space = tight_gguf_space
+    names = [level_name(level) for level in space.ladder]
+    start = [names.index("imatrix-w4-g32-asym-format-gguf_iq4_nl")] * len(space.facts.linears)
+    assert best_uniform_level(space) == start[0]
+    proposals = EvoGenerator(space).propose(
+        [Evaluated(_document(start, space), -1.0, True, "ok", 0.1, 4.5)], 16, np.random.default_rng(0)
+    )
+    assert len(proposals) == 16  # the start fills the budget: only lateral moves and rises paid by Q3_K's ffn_down
+    used = set()
+    for document in proposals:
+        layout = layout_of(document, space.facts)
+        assert set(layout.configs) <= set(space.ladder) and layout_bits(layout, space.facts) <= 4.5
+        used |= {level_name(config) for config in layout.configs}
+    assert {"gptq-w4-g32-asym-format-gguf_iq4_nl", "gptq-w5-g32-asym-format-gguf_q5_0",
+            "imatrix-w3-g32-asym-format-gguf_q3_k"} <= used  # fmt: skip
+    rng = np.random.default_rng(1)
+    moved = lateral_switch(start, module_units(space.facts), space, rng)
+    changed = [i for i, (a, b) in enumerate(zip(start, moved)) if a != b]
+    assert len(changed) in (1, 2, 3) and {moved[i] for i in changed} <= {names.index("gptq-w4-g32-asym-format-gguf_iq4_nl"),
+                                                                           names.index("imatrix-w3-g32-asym-format-gguf_q3_k")}  # fmt: skip

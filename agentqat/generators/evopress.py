@@ -25,7 +25,9 @@ module at a ladder level, fused sets (q/k/v, gate/up) moving together. The start
 within the budget, and the first generation is that start and its offspring (no random strategies). Every
 offspring of the best is min(U{1,3}, U{1,3}) level switches of `agentqat.generators.switches` (EvoPress draws its
 mutation count so), each over layers with P P_LAYER_SWITCH and over module units otherwise; a parent off the
-ladder (a seeded strategy of another kind) is snapped onto it first. Unlike EvoPress, whose selection steps run
+ladder (a seeded strategy of another kind) is snapped onto it first. Where the ladder has levels of equal cost on
+some module (two roundings of one GGML type), a switch is lateral with P P_LATERAL_SWITCH (a unit moves to the other
+rounding), and also whenever no unit can rise within the budget. Unlike EvoPress, whose selection steps run
 inside one generation, the staged tournament of the evolution loop selects: few tokens for every offspring, more
 for the best share (the arena's stages).
 """
@@ -40,7 +42,15 @@ import numpy as np
 from agentqat.generators.base import Evaluated, GeneratorRecord, ranked_parents, register_generator
 from agentqat.generators.operators import CROSSOVERS, MUTATIONS
 from agentqat.generators.random import RandomGenerator
-from agentqat.generators.switches import ladder_switch, layer_units, layout_at, module_units, snap_to_ladder
+from agentqat.generators.switches import (
+    has_equal_cost_levels,
+    ladder_switch,
+    lateral_switch,
+    layer_units,
+    layout_at,
+    module_units,
+    snap_to_ladder,
+)
 from agentqat.strategy.document import strategy_id
 from agentqat.strategy.layout import Layout, document_of, layout_bits, layout_of
 from agentqat.strategy.repair import fix_config, repair_layout
@@ -53,6 +63,7 @@ MAX_SWITCHES = 3
 UNIT_ROLES = ("attn", "mlp")
 DRAWS_PER_PROPOSAL = 20
 P_LAYER_SWITCH = 0.25  # ladder switches that move whole layers; the rest move module units
+P_LATERAL_SWITCH = 0.25  # on a ladder with levels of equal cost: switches to another level of the same cost
 
 
 def units_of(space: SearchSpace) -> list[list[int]]:
@@ -127,9 +138,14 @@ class EvoGenerator:
         space = self.space
         levels = snap_to_ladder(layout_of(parent, space.facts), space, rng)
         switches = int(min(rng.integers(1, MAX_SWITCHES + 1), rng.integers(1, MAX_SWITCHES + 1)))
+        lateral = has_equal_cost_levels(space)
         for _ in range(switches):
             units = layer_units(space.facts) if rng.random() < P_LAYER_SWITCH else module_units(space.facts)
-            levels = ladder_switch(levels, units, space, rng) or levels
+            if lateral and rng.random() < P_LATERAL_SWITCH:
+                levels = lateral_switch(levels, units, space, rng) or levels
+                continue
+            switched = ladder_switch(levels, units, space, rng)
+            levels = switched or (lateral_switch(levels, units, space, rng) if lateral else None) or levels
         notes = f"{switches} ladder switch(es) of {parent.get('name', 'unnamed')}"
         return document_of(layout_at(levels, space), space.facts, "evo", notes)
 
