@@ -9,7 +9,7 @@ import pytest
 from agentqat.cli import build_parser, main
 
 COMMANDS = ("info", "validate", "quantize", "baseline", "evolve", "show", "llm", "levels", "compare", "report",
-           "sensitivity", "polish", "export", "engine-costs", "transfer", "plan", "engines", "engine-eval")
+           "sensitivity", "polish", "export", "engine-costs", "transfer", "plan", "engines", "engine-eval", "fold-awq")
 
 
 def test_help_lists_every_command_with_a_line_each():

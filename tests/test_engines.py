@@ -202,3 +202,34 @@ def test_a_256_block_level_is_what_llama_quantize_stores_and_costs_its_exact_byt
         kinds.add(tensor.tensor_type.name)
     assert type_name in kinds and len(kinds) == 2  # down_proj at the type, the rest at its fallback
     assert {t.name: t.tensor_type.name for t in GGUFReader(str(path)).tensors}["token_embd.weight"] == "Q8_0"
+
+
+def test_fold_awq_writes_a_model_llama_cpp_computes_as_the_one_it_came_from(llama_cpp, make_tiny_gguf, small_corpus_file, tmp_path, capsys):
+    model = make_tiny_gguf(weight_std=0.25)
+    arena = tmp_path / "arena.toml"
+    arena.write_text(f'name = "tiny-fold"\nmodel = "{model}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\n'
+                     'calibration_windows = 4\nbits_budget = 6.0\n\n[[stages]]\nname = "screen"\nwindows = 2\n')  # fmt: skip
+    out = tmp_path / "folded"
+    assert main(["fold-awq", "--arena", str(arena), "--type", "q4_0", "--out", str(out)]) == 0
+    summary = json.loads((out / "awq-fold.json").read_text())
+    assert summary["type"] == "Q4_0" and len(summary["groups"]) == 3 * 2
+    assert all(group["proxy_error"] <= group["proxy_error_unscaled"] for group in summary["groups"])
+    assert main(["fold-awq", "--arena", str(arena), "--out", str(out)]) == 2  # not an empty directory
+    assert main(["fold-awq", "--arena", str(arena), "--type", "Q4_1", "--out", str(tmp_path / "other")]) == 2
+    capsys.readouterr()
+    original = EngineWorkspace(str(model), str(small_corpus_file))
+    folded_base = EngineWorkspace(str(out), str(small_corpus_file)).base()
+    assert original.measure(folded_base, "evaluation", chunks=4, context=64).kl.mean_kl < 1e-4  # the same function
+    from gguf import GGUFReader
+    from transformers import AutoModelForCausalLM
+
+    directory = AutoModelForCausalLM.from_pretrained(str(out))
+    names = [name for name, module in directory.named_modules() if isinstance(module, torch.nn.Linear) and "layers" in name]
+    in_file = module_values(GGUFReader(str(folded_base)), names)
+    for name in names:  # the file's fold is the directory's
+        assert torch.allclose(in_file[name], directory.get_submodule(name).weight.detach(), rtol=1e-5, atol=1e-6), name
+    args = ["engine-eval", "--model", str(out), "--corpus", str(small_corpus_file), "--stock", "Q4_0", "--imatrix",
+            "--reference", str(model), "--text", "evaluation", "--chunks", "4", "--context", "64", "--json"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] == str(model) and 0 < report["kl"]["mean_kl"] < 1

@@ -227,8 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     engine_eval.add_argument("--chunks", type=int, default=16, help="chunks llama-perplexity scores, fewer where the text is shorter (default: %(default)s)")
     engine_eval.add_argument("--context", type=int, default=defaults.WINDOW_TOKENS, help="tokens per chunk (default: %(default)s)")
     engine_eval.add_argument("--json", action="store_true", help="print JSON")
+    engine_eval.add_argument("--reference", default=None, metavar="MODEL", help="measure against this model's logits instead of --model's (e.g. the model a folded one came from)")
     _add_model_corpus(engine_eval)
     engine_eval.set_defaults(handler=engine_commands.cmd_engine_eval)
+
+    fold = commands.add_parser("fold-awq", help="the arena's model with AWQ's scales folded into its norms, for any GGUF type", description=engine_commands.cmd_fold_awq.__doc__)
+    fold.add_argument("--arena", default=DEFAULT_ARENA, help="the arena whose model and calibration windows are used (default: %(default)s)")
+    fold.add_argument("--type", default="IQ4_NL", help="the GGML type the scales are chosen for: Q4_0, Q5_0, Q8_0 or IQ4_NL (default: %(default)s)")
+    fold.add_argument("--out", type=Path, required=True, help="the new model directory")
+    fold.set_defaults(handler=engine_commands.cmd_fold_awq)
 
     report = commands.add_parser("report", help="rebuild a comparison's report (report.md, report.html) from its records", description=handlers.cmd_report.__doc__)
     report.add_argument("comparison_dir", metavar="DIR", help="a comparison directory holding runs/<generator>-seed<k>/")

@@ -3,6 +3,7 @@ order llama.cpp stores llama q/k weights in, and exact values through gguf.quant
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -120,9 +121,10 @@ def copy_fields(reader, writer, skipped: tuple[str, ...] = ()) -> None:
         writer.add_key_value(field.name, field.contents(), value_type, sub_type=sub_type)
 
 
-def dequantized_copy(source: Path, target: Path) -> Path:
+def dequantized_copy(source: Path, target: Path, factors: Mapping[str, tuple[np.ndarray | None, np.ndarray]] | None = None) -> Path:
     """Returns `target`: the GGUF `source` with every tensor dequantized to F32 by gguf.quants (the values
-    transformers loads from it) and its key-values, tokenizer included, as they are."""
+    transformers loads from it) and its key-values, tokenizer included, as they are. `factors` maps tensor names to
+    (row factors or None, column factors) that multiply the tensor's stored values (a 1-D tensor's by the columns')."""
     import gguf
 
     reader = gguf.GGUFReader(str(source))
@@ -131,7 +133,13 @@ def dequantized_copy(source: Path, target: Path) -> Path:
     copy_fields(reader, writer, (gguf.Keys.General.FILE_TYPE,))
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     for tensor in reader.tensors:
-        writer.add_tensor(tensor.name, np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32))
+        values = np.asarray(gguf.quants.dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
+        rows, columns = (factors or {}).get(tensor.name, (None, None))
+        if columns is not None:
+            values = values * columns.astype(np.float32)
+        if rows is not None:
+            values = values * rows.astype(np.float32)[:, None]
+        writer.add_tensor(tensor.name, values)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from agentqat.data import SPLITS, load_corpus
 from agentqat.defaults import CALIBRATION_WINDOWS, WINDOW_TOKENS, cache_dir
+from agentqat.engines.gguf_fold import fold_record, write_folded_base
 from agentqat.engines.gguf_tensors import dequantized_copy
 from agentqat.engines.llama_cpp import (
     KlFigures,
@@ -92,13 +93,19 @@ class EngineWorkspace:
         return target
 
     def base(self) -> Path:
-        """Returns the unquantized GGUF of the model: a .gguf model whose tensors are all F32/F16/BF16 as it is, else
-        the f32 file llama.cpp's converter writes from the model's Hugging Face directory."""
+        """Returns the unquantized GGUF of the model: a .gguf model whose tensors are all F32/F16/BF16 as it is, a
+        directory `agentqat fold-awq` wrote as its source's base with the fold applied (`agentqat.engines.gguf_fold`),
+        else the f32 file llama.cpp's converter writes from the model's Hugging Face directory."""
         if self.model.endswith(".gguf") and _unquantized(Path(self.model).expanduser()):
             return Path(self.model).expanduser()
         directory = resolve_model_directory(self.model, self.reporter)
         if directory is None:
             raise UserError(f"engine measurements need a local model; '{self.model}' is a hub id", "pass a directory or a .gguf file")
+        record = fold_record(directory)
+        if record is not None:  # written by agentqat fold-awq: its source's base with the scales applied
+            source = EngineWorkspace(record["model"], self.corpus, self.reporter).base()
+            return self.made(self.directory / "base-f32.gguf", "folding AWQ's scales into the base GGUF", self.model,
+                             lambda target: write_folded_base(directory, source, target))  # fmt: skip
         return self.made(self.directory / "base-f32.gguf", "converting the base model to GGUF", self.model, self._convert)
 
     def _convert(self, target: Path) -> Path:

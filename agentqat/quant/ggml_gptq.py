@@ -33,7 +33,7 @@ SCALE_ROWS = 2048  # rows searched at once (about 0.5 GB at 640 columns)
 GPTQ_TYPES = tuple(t for t in (*GGML_TYPES, IQ4_NL) if t.type_name in LAYOUTS and not t.has_min)
 
 
-class _Table:
+class TypeTable:
     """A type's value table sorted, with each sorted entry's index in the type's own table and the midpoints."""
 
     def __init__(self, type_name: str):
@@ -50,11 +50,11 @@ def block_scales(weight: torch.Tensor, type_name: str, importance: torch.Tensor,
     """Returns each 32-weight block's scale d, [rows, columns / 32] float32 holding fp16 values, found by llama.cpp's
     IQ4_NL search over the type's table (step 1 of the module docstring); `importance` [columns] weighs the inputs.
     Rows are searched in chunks, so that a 262k-row embedding needs no more memory than a linear layer."""
-    table = _Table(type_name)
+    table = TypeTable(type_name)
     return torch.cat([_chunk_scales(chunk, table, importance, tries) for chunk in weight.split(SCALE_ROWS)])
 
 
-def _chunk_scales(weight: torch.Tensor, table: _Table, importance: torch.Tensor, tries: int) -> torch.Tensor:
+def _chunk_scales(weight: torch.Tensor, table: TypeTable, importance: torch.Tensor, tries: int) -> torch.Tensor:
     rows, columns = weight.shape
     x = weight.reshape(rows, columns // BLOCK, BLOCK)
     sigma2 = 2.0 * (x * x).mean(-1, keepdim=True)
@@ -83,7 +83,7 @@ def gptq_blocks(
         raise ValueError(f"{type_name} blocks are {BLOCK} wide; in_features {columns} is not a multiple")
     if hessian.shape != (columns, columns):
         raise ValueError(f"hessian shape {tuple(hessian.shape)} does not match in_features {columns}")
-    table = _Table(type_name)
+    table = TypeTable(type_name)
     w = weight.detach().to("cpu", torch.float32).clone()
     h = hessian.to("cpu", torch.float32).clone()
     dead = h.diagonal() == 0
