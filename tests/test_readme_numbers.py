@@ -457,3 +457,30 @@ def test_the_tight_gptq_study_figures_are_llama_cpps_records():
     notes = directory / "NOTES.md"
     _claim(f"| evo, all 5 seeds (one and the same strategy) | 77,571,328 | {next(iter(evo))[0]:.4f} | {next(iter(evo))[1]:.4f} |", notes)
     _claim(f"| knapsack (the allocation arm, one run) | 77,571,328 | {figures[0]} | {figures[1]} |", notes)
+
+
+def test_the_awq_fold_figures_are_llama_cpps_records():
+    """reports/gguf-awq/README.md's table is its engine.jsonl: each file's KL and its change against the stock file."""
+    import json
+
+    directory = ROOT / "reports" / "gguf-awq"
+    records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
+    kl = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
+    stock = "stock IQ4_NL + imatrix"
+    for arm, bold in (("AWQ, then stock IQ4_NL + imatrix", "**"), ("AWQ, then IQ4_NL by GPTQ", "")):
+        test, gpl = (100 * (kl[(arm, text)] / kl[(stock, text)] - 1) for text in ("test", "gpl-3"))
+        row = (f"| {arm} | 91,727,136 | **{kl[(arm, 'test')]:.4f} ({test:.1f}%)** | ")
+        _claim(row, directory / "README.md")
+        gpl_cell = f"{bold}{kl[(arm, 'gpl-3')]:.4f} ({gpl:.1f}%){bold}"
+        _claim(gpl_cell, directory / "README.md")
+    gptq, folded = kl[("IQ4_NL by GPTQ", "test")], kl[("AWQ, then IQ4_NL by GPTQ", "test")]
+    _claim(f"AWQ then GPTQ is {100 * (1 - folded / gptq):.1f}% under GPTQ alone on the test split", directory / "README.md")
+    over = 100 * (kl[("AWQ, then IQ4_NL by GPTQ", "gpl-3")] / kl[("IQ4_NL by GPTQ", "gpl-3")] - 1)
+    _claim(f"and {over:.1f}% over it on GPL-3", directory / "README.md")
+    readme = ROOT / "README.md"
+    stock_test, stock_gpl = kl[(stock, "test")], kl[(stock, "gpl-3")]
+    awq_test, awq_gpl = kl[("AWQ, then stock IQ4_NL + imatrix", "test")], kl[("AWQ, then stock IQ4_NL + imatrix", "gpl-3")]
+    _claim(f"IQ4_NL + imatrix recipe from {stock_test:.4f} to {awq_test:.4f} on the test split ({100 * (awq_test / stock_test - 1):.1f}%) "
+           f"and from {stock_gpl:.4f} to {awq_gpl:.4f} on the licence text ({100 * (awq_gpl / stock_gpl - 1):.1f}%)", readme)  # fmt: skip
+    _claim(f"GPTQ after the fold gives {folded:.4f} ({100 * (folded / stock_test - 1):.1f}%), though on the licence text it is "
+           f"{over:.1f}% over GPTQ alone", readme)  # fmt: skip
