@@ -484,3 +484,33 @@ def test_the_awq_fold_figures_are_llama_cpps_records():
            f"and from {stock_gpl:.4f} to {awq_gpl:.4f} on the licence text ({100 * (awq_gpl / stock_gpl - 1):.1f}%)", readme)  # fmt: skip
     _claim(f"GPTQ after the fold gives {folded:.4f} ({100 * (folded / stock_test - 1):.1f}%), though on the licence text it is "
            f"{over:.1f}% over GPTQ alone", readme)  # fmt: skip
+
+
+def test_the_rerun_tight_gptq_study_figures_are_its_records():
+    """What README.md, reports/README.md and the study's README say of compare-gguf-gptq-tight-2 is its records: the
+    file chosen on search data (the lowest rank-1 KL of the searched runs), llama.cpp's KL of it, of the allocation
+    arm's and of the stock file, and the registered hypothesis as the report states it."""
+    import json
+
+    directory = ROOT / "reports" / "compare-gguf-gptq-tight-2"
+    records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
+    kl = {(r.get("run") or r["stock"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
+    size = {r.get("run") or r["stock"]: r["file_bytes"] for r in records}
+    searched = {run.name: json.loads((run / "summary.json").read_text())["leaderboard"][0]["aggregate"]["kl"]
+                for run in (directory / "runs").iterdir() if not run.name.startswith("knapsack")}  # fmt: skip
+    chosen = min(searched, key=searched.get)
+    assert chosen == "evo-seed0" and _shown("15.4", 100 * (1 - size[chosen] / size["IQ4_NL"]))
+    change = {text: 100 * (kl[(chosen, text)] / kl[("IQ4_NL", text)] - 1) for text in ("test", "gpl-3")}
+    _claim(f"15.4% smaller than the stock one with llama.cpp's KL {kl[(chosen, 'test')]:.4f} against {kl[('IQ4_NL', 'test')]:.4f} on the test "
+           f"split ({change['test']:.1f}%), but {kl[(chosen, 'gpl-3')]:.4f} against {kl[('IQ4_NL', 'gpl-3')]:.4f} on the licence text "
+           f"(+{change['gpl-3']:.1f}%)", ROOT / "README.md")  # fmt: skip
+    _claim(f"knapsack, one run, a single measurement: {kl[('knapsack-seed0', 'test')]:.4f} and {kl[('knapsack-seed0', 'gpl-3')]:.4f})", ROOT / "README.md")
+    _claim(f"15.4% smaller than the stock file with llama.cpp KL {kl[(chosen, 'test')]:.4f} against {kl[('IQ4_NL', 'test')]:.4f} on the test "
+           f"split ({change['test']:.1f}%), {kl[(chosen, 'gpl-3')]:.4f} against {kl[('IQ4_NL', 'gpl-3')]:.4f} on GPL-3 (+{change['gpl-3']:.1f}%)")  # fmt: skip
+    evo_test = [kl[(f"evo-seed{k}", "test")] for k in range(5)]
+    random_test = [kl[(f"random-seed{k}", "test")] for k in range(5)]
+    assert max(evo_test) < min(random_test)  # "every evo winner is under every random one"
+    study = directory / "README.md"
+    _claim(f"| evo, mean of 5 | 77,564,416-77,571,328 | {sum(evo_test) / 5:.4f} | {sum(kl[(f'evo-seed{k}', 'gpl-3')] for k in range(5)) / 5:.4f} |", study)
+    _claim(f"its KL on the test split is {-change['test']:.1f}% lower. On the GPL-3 text it is {change['gpl-3']:.1f}% higher", study)
+    assert "1 of 1 held (H1)" in (directory / "report.md").read_text()
