@@ -216,6 +216,7 @@ def test_fold_awq_writes_a_model_llama_cpp_computes_as_the_one_it_came_from(llam
     assert all(group["proxy_error"] <= group["proxy_error_unscaled"] for group in summary["groups"])
     assert main(["fold-awq", "--arena", str(arena), "--out", str(out)]) == 2  # not an empty directory
     assert main(["fold-awq", "--arena", str(arena), "--type", "Q4_1", "--out", str(tmp_path / "other")]) == 2
+    assert main(["fold-awq", "--arena", str(arena), "--model", str(tmp_path / "none"), "--out", str(tmp_path / "other")]) == 2
     capsys.readouterr()
     original = EngineWorkspace(str(model), str(small_corpus_file))
     folded_base = EngineWorkspace(str(out), str(small_corpus_file)).base()

@@ -61,7 +61,7 @@ def cmd_engine_eval(args: argparse.Namespace) -> int:
 def cmd_fold_awq(args: argparse.Namespace) -> int:
     """Writes the arena's model with AWQ's scales folded into its norms and up projections (`agentqat.quant.awq_fold`)
     as a Hugging Face directory (and the scales, which llama.cpp's base file of it is made with): the same function, weights that round into `--type` with less error. The scales come
-    from the arena's calibration windows. Quantize the directory with any GGUF tool: `agentqat engine-eval --model DIR
+    from the arena's calibration windows; `--model` folds another model with them (e.g. gemma3-270m). Quantize the directory with any GGUF tool: `agentqat engine-eval --model DIR
     --stock IQ4_NL --imatrix --reference MODEL`, or an arena whose model is DIR. Records every group's alpha and proxy
     errors in DIR/awq-fold.json."""
     from safetensors.torch import save_file
@@ -79,6 +79,8 @@ def cmd_fold_awq(args: argparse.Namespace) -> int:
     if args.out.exists() and any(args.out.iterdir()):
         raise UserError(f"--out {args.out} is not empty", "name a new directory")
     arena = load_arena(args.arena)
+    if args.model is not None:  # the arena's calibration (corpus, windows, seed) on another model
+        arena = arena.model_copy(update={"model": args.model})
     view = ui.PhaseView()
     bench = Workbench(arena, reporter=view)
     calibration = bench.calibration(arena.calibration_windows)

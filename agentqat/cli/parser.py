@@ -234,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     fold = commands.add_parser("fold-awq", help="the arena's model with AWQ's scales folded into its norms, for any GGUF type", description=engine_commands.cmd_fold_awq.__doc__)
     fold.add_argument("--arena", default=DEFAULT_ARENA, help="the arena whose model and calibration windows are used (default: %(default)s)")
     fold.add_argument("--type", default="IQ4_NL", help="the GGML type the scales are chosen for: Q4_0, Q5_0, Q8_0 or IQ4_NL (default: %(default)s)")
+    fold.add_argument("--model", default=None, help="fold this model instead of the arena's (built-in name, HF directory or .gguf file)")
     fold.add_argument("--out", type=Path, required=True, help="the new model directory")
     fold.set_defaults(handler=engine_commands.cmd_fold_awq)
 
