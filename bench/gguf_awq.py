@@ -12,6 +12,9 @@ record per (arm, text) to `--out`, skipping those it holds, and prints them. No 
 
     .venv/bin/agentqat fold-awq --arena smollm2-gguf --type IQ4_NL --out ~/smollm2-awq-iq4nl
     .venv/bin/python bench/gguf_awq.py --folded ~/smollm2-awq-iq4nl --out reports/gguf-awq/engine.jsonl
+
+Another model (`agentqat fold-awq --model gemma3-270m ...`) is measured the same way, its GPTQ arms on
+smollm2-gguf-gptq with the model replaced and no file budget (as `bench/gguf_calibration_seeds.py --model` does).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ def _file(arm: str, original: str, folded: Path, scratch: Path) -> Path:
     model = str(folded) if arm.startswith("AWQ") else original
     if "stock" in arm:
         return EngineWorkspace(model, "lee-news").stock("IQ4_NL", True)
-    arena = load_arena("smollm2-gguf-gptq").model_copy(update={"levels": None, "model": model})  # GPTQ on the fly
+    arena = load_arena("smollm2-gguf-gptq")
+    engine = arena.engine if original == arena.model else arena.engine.model_copy(update={"file_bytes": None})  # SmolLM2's budget
+    arena = arena.model_copy(update={"levels": None, "model": model, "engine": engine})  # GPTQ on the fly
     return export(prepare_source(json.loads(STRATEGY.read_text()), arena), "gguf", scratch / "out", arena.deploy) / "model.gguf"
 
 
