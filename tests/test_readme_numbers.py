@@ -525,3 +525,16 @@ def test_the_rerun_tight_gptq_study_figures_are_its_records():
     _claim(f"| evo, mean of 5 | 77,564,416-77,571,328 | {sum(evo_test) / 5:.4f} | {sum(kl[(f'evo-seed{k}', 'gpl-3')] for k in range(5)) / 5:.4f} |", study)
     _claim(f"its KL on the test split is {-change['test']:.1f}% lower. On the GPL-3 text it is {change['gpl-3']:.1f}% higher", study)
     assert "1 of 1 held (H1)" in (directory / "report.md").read_text()
+
+
+def test_the_gemma_awq_fold_figures_are_llama_cpps_records():
+    """reports/gguf-awq/README.md's Gemma table is gemma3-270m.jsonl."""
+    import json
+
+    directory = ROOT / "reports" / "gguf-awq"
+    records = [json.loads(line) for line in (directory / "gemma3-270m.jsonl").read_text().splitlines()]
+    kl = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
+    stock, folded = "stock IQ4_NL + imatrix", "AWQ, then stock IQ4_NL + imatrix"
+    cells = [f"{kl[(folded, text)]:.4f} ({100 * (kl[(folded, text)] / kl[(stock, text)] - 1):.1f}%)" for text in ("test", "gpl-3")]
+    _claim(f"| {stock} | {kl[(stock, 'test')]:.4f} | {kl[(stock, 'gpl-3')]:.4f} |", directory / "README.md")
+    _claim(f"| {folded} | {cells[0]} | {cells[1]} |", directory / "README.md")
