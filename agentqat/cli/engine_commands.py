@@ -76,8 +76,8 @@ def cmd_fold_awq(args: argparse.Namespace) -> int:
     type_name = args.type.upper()
     if type_name not in FOLD_TYPES:
         raise UserError(f"--type {args.type}: AWQ folds for the 32-wide types without a minimum", f"use one of {', '.join(FOLD_TYPES)}")
-    if args.out.exists() and any(args.out.iterdir()):
-        raise UserError(f"--out {args.out} is not empty", "name a new directory")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise UserError(f"--out {args.out} is a file or a directory that is not empty", "name a new directory")
     arena = load_arena(args.arena)
     if args.model is not None:  # the arena's calibration (corpus, windows, seed) on another model
         arena = arena.model_copy(update={"model": args.model})
