@@ -39,9 +39,7 @@ def _file(arm: str, original: str, folded: Path, scratch: Path) -> Path:
     model = str(folded) if arm.startswith("AWQ") else original
     if "stock" in arm:
         return EngineWorkspace(model, "lee-news").stock("IQ4_NL", True)
-    arena = load_arena("smollm2-gguf-gptq")
-    engine = arena.engine if original == arena.model else arena.engine.model_copy(update={"file_bytes": None})  # SmolLM2's budget
-    arena = arena.model_copy(update={"levels": None, "model": model, "engine": engine})  # GPTQ on the fly
+    arena = load_arena("smollm2-gguf-gptq").on_model(model)  # GPTQ on the fly; the file budget is SmolLM2's
     return export(prepare_source(json.loads(STRATEGY.read_text()), arena), "gguf", scratch / "out", arena.deploy) / "model.gguf"
 
 

@@ -186,3 +186,12 @@ def test_packaged_arena_loads_and_bad_arenas_are_clear(tmp_path):
         load_arena(str(bad))
     with pytest.raises(UserError, match="does not exist"):
         load_arena("no-such-arena")
+
+
+def test_an_arena_on_another_model_quantizes_on_the_fly_without_its_file_budget():
+    arena = load_arena("smollm2-gguf-gptq")
+    moved = arena.on_model("gemma3-270m")
+    assert (moved.model, moved.levels, moved.engine.file_bytes) == ("gemma3-270m", None, None)
+    assert moved.engine.embedding == arena.engine.embedding and moved.stages == arena.stages
+    same = arena.on_model(arena.model)
+    assert same.levels is None and same.engine.file_bytes == arena.engine.file_bytes

@@ -173,6 +173,14 @@ class Arena(_Frozen):
                 return stage
         raise UserError(f"arena {self.name} has no stage '{name}'", f"use one of {[s.name for s in self.stages]}")
 
+    def on_model(self, model: str) -> Arena:
+        """Returns this arena played on `model` with every level quantized on the fly (no level database, which is
+        this arena's model's), and no file budget unless `model` is this arena's own (the budget is its file's)."""
+        engine = self.engine
+        if engine is not None and model != self.model:
+            engine = engine.model_copy(update={"file_bytes": None})
+        return self.model_copy(update={"model": model, "levels": None, "engine": engine})
+
 
 def packaged_arenas() -> list[str]:
     """Returns the names of the arenas packaged with agentqat."""
