@@ -3,8 +3,9 @@ stock IQ4_NL + imatrix file and the uniform IQ4_NL-by-GPTQ file.
 
 Each winner (a committed strategy, e.g. `reports/<comparison>/winners/gguf-evo-seed0.json`) is carried to the model by
 relative depth (`agentqat transfer`: same module roles, the source layer at the same depth) and exported as GGUF on
-`smollm2-gguf-gptq` played on that model (`Arena.on_model`: its levels quantized on the fly, the importance matrix
-from the model's own 32 x 512 calibration tokens of seed 0, the tied head Q8_0 by GPTQ). Nothing was searched on the
+`smollm2-gguf-gptq` played on that model (`Arena.on_model`: its ladder built again for the model, llama-quantize's
+levels with an importance matrix from the model's own 32 x 512 calibration tokens, GPTQ's from the model's own
+calibration windows of seed 0; the tied head Q8_0 by GPTQ). Nothing was searched on the
 model. llama.cpp's stock IQ4_NL + imatrix file (`--pure`, Q8_0 embedding: the arena's IQ4_NL level file, the same
 imatrix) and the uniform IQ4_NL-by-GPTQ strategy are measured the same way. llama-perplexity --kl-divergence scores every file
 against the model's f32 GGUF on each text: the corpus's test split and the GPL-3 text. Appends one JSON record per
@@ -42,7 +43,7 @@ def main() -> None:
     args = parser.parse_args()
     done = {(r["arm"], r["text"]) for r in map(json.loads, args.out.read_text().splitlines())} if args.out.exists() else set()
     source = load_arena(ARENA)
-    arena = source.on_model(args.model)
+    arena = source.on_model(args.model, keep_levels=True)
     workspace = EngineWorkspace(arena.model, arena.corpus)
     source_facts, target_facts = load_facts(source.model), load_facts(arena.model)
     arms = [STOCK, str(UNIFORM_GPTQ), *map(str, args.winners)]

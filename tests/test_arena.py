@@ -195,3 +195,4 @@ def test_an_arena_on_another_model_quantizes_on_the_fly_without_its_file_budget(
     assert moved.engine.embedding == arena.engine.embedding and moved.stages == arena.stages
     same = arena.on_model(arena.model)
     assert same.levels is None and same.engine.file_bytes == arena.engine.file_bytes
+    assert arena.on_model("gemma3-270m", keep_levels=True).levels == arena.levels

@@ -173,13 +173,14 @@ class Arena(_Frozen):
                 return stage
         raise UserError(f"arena {self.name} has no stage '{name}'", f"use one of {[s.name for s in self.stages]}")
 
-    def on_model(self, model: str) -> Arena:
-        """Returns this arena played on `model` with every level quantized on the fly (no level database, which is
-        this arena's model's), and no file budget unless `model` is this arena's own (the budget is its file's)."""
+    def on_model(self, model: str, keep_levels: bool = False) -> Arena:
+        """Returns this arena played on `model`, with no file budget unless `model` is this arena's own (the budget is
+        its file's size), and its levels quantized on the fly, or (`keep_levels`, which levels made by llama-quantize
+        need) its ladder built into a level database of `model`'s own."""
         engine = self.engine
         if engine is not None and model != self.model:
             engine = engine.model_copy(update={"file_bytes": None})
-        return self.model_copy(update={"model": model, "levels": None, "engine": engine})
+        return self.model_copy(update={"model": model, "levels": self.levels if keep_levels else None, "engine": engine})
 
 
 def packaged_arenas() -> list[str]:
