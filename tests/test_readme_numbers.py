@@ -548,3 +548,23 @@ def test_the_gemma_awq_fold_figures_are_llama_cpps_records():
     over, under = 100 * (kl[(both, "test")] / kl[(gptq, "test")] - 1), 100 * (1 - kl[(both, "gpl-3")] / kl[(gptq, "gpl-3")])
     _claim(f"AWQ then GPTQ is {over:.1f}% over GPTQ alone on the test split", directory / "README.md")
     _claim(f"{under:.1f}% under it on GPL-3", directory / "README.md")
+
+def test_the_gguf_transfer_figures_are_llama_cpps_records():
+    """reports/gguf-transfer/README.md's table is gemma3-270m.jsonl, each winner's change against the stock file."""
+    import json
+
+    directory = ROOT / "reports" / "gguf-transfer"
+    records = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r for r in map(json.loads, (directory / "gemma3-270m.jsonl").read_text().splitlines())}
+    stock = "stock IQ4_NL + imatrix"
+    rows = {stock: "llama.cpp's stock IQ4_NL + imatrix", "reports/gguf-gptq/uniform-iq4nl-gptq.json": "uniform IQ4_NL by GPTQ",
+            "reports/compare-gguf-gptq/winners/gguf-evo-seed0.json": "`compare-gguf-gptq`'s winner, carried over",
+            "reports/compare-gguf-gptq-tight-2/winners/gguf-evo-seed0.json": "`compare-gguf-gptq-tight-2`'s winner, carried over"}  # fmt: skip
+    for arm, shown in rows.items():
+        cells = []
+        for text in ("test", "gpl-3"):
+            kl, base = records[(arm, text)]["kl"]["mean_kl"], records[(stock, text)]["kl"]["mean_kl"]
+            change = f" ({100 * (kl / base - 1):+.1f}%)".replace("+-", "-") if "winner" in shown else ""
+            value = f"**{kl:.4f}{change}**" if "gptq`'s" in shown else f"{kl:.4f}{change}"
+            cells.append(f"{value} ({records[(arm, text)]['kl']['perplexity']:.2f})")
+        arena = "-" if arm == stock else records[(arm, "test")]["arena"]
+        _claim(f"| {shown} | {arena} | {records[(arm, 'test')]['file_bytes']:,} | {' | '.join(cells)} |", directory / "README.md")
