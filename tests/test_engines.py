@@ -234,3 +234,32 @@ def test_fold_awq_writes_a_model_llama_cpp_computes_as_the_one_it_came_from(llam
     assert main(args) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["reference"] == str(model) and 0 < report["kl"]["mean_kl"] < 1
+
+
+def test_a_strategy_carried_to_another_model_is_exported_there_as_the_engine_stores_it(llama_cpp, make_tiny_gguf, small_corpus_file, tmp_path, capsys):
+    from gguf import GGUFReader
+
+    source, target = make_tiny_gguf(weight_std=0.25), make_tiny_gguf(weight_std=0.25, num_layers=4)
+    arena_file = tmp_path / "arena.toml"
+    arena_file.write_text(
+        f'name = "tiny-gguf"\nmodel = "{source}"\ncorpus = "{small_corpus_file}"\nwindow_tokens = 64\ncalibration_windows = 4\n'
+        'bits_budget = 6.0\ndeploy = "gguf"\n[engine]\nembedding = "Q8_0"\nfile_bytes = 1000000\n[[stages]]\nname = "screen"\nwindows = 2\n'
+        '[levels]\nladder = [{ bits = 4, group_size = 32, format = "gguf_iq4_nl", rounding = "imatrix" },'
+        ' { bits = 8, group_size = 32, format = "gguf_q8_0", rounding = "imatrix" }]\n'
+    )  # fmt: skip
+    strategy = tmp_path / "s.json"
+    strategy.write_text(json.dumps(uniform("gguf_iq4_nl", 4) | {"rules": [{"layers": "1", "modules": ["mlp.down_proj"], "weight": {"format": "gguf_q8_0", "bits": 8}}]}))
+    carried = tmp_path / "carried.json"
+    assert main(["transfer", str(strategy), "--from", str(source), "--to", str(target), "--out", str(carried)]) == 0
+    out = tmp_path / "out"
+    assert main(["export", "--strategy", str(carried), "--arena", str(arena_file), "--model", str(target), "--format", "gguf", "--out", str(out)]) == 0
+    types = {tensor.name: tensor.tensor_type.name for tensor in GGUFReader(str(out / "model.gguf")).tensors}
+    # Layer 1 of 2 spans layers 2 and 3 of 4 at the same relative depth.
+    assert [types[f"blk.{layer}.ffn_down.weight"] for layer in range(4)] == ["IQ4_NL", "IQ4_NL", "Q8_0", "Q8_0"]
+    assert types["blk.3.attn_q.weight"] == "IQ4_NL" and types["token_embd.weight"] == "Q8_0"
+    capsys.readouterr()
+    assert main(["engine-eval", str(out / "model.gguf"), "--model", str(target), "--corpus", str(small_corpus_file),
+                 "--text", "evaluation", "--chunks", "4", "--context", "64", "--json"]) == 0  # fmt: skip
+    assert json.loads(capsys.readouterr().out)["file_bytes"] == (out / "model.gguf").stat().st_size
+    assert main(["export", "--polished", str(tmp_path), "--model", str(target), "--format", "gguf", "--out", str(tmp_path / "x")]) == 2
+    assert "--model with --polished" in capsys.readouterr().err

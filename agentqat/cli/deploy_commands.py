@@ -17,7 +17,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     bytes written). compressed-tensors: packed integer codes and scales that vLLM serves (W4A16, W8A8, ...);
     fake-quant: the dequantized weights as float32 safetensors, the arena's quality but none of the memory gain.
     A strategy the format (or, with --deploy, its engine) cannot hold is an error naming the modules and why.
-    `--polished DIR` exports a polish (agentqat polish): its strategy with the trained weights and grids."""
+    `--polished DIR` exports a polish (agentqat polish): its strategy with the trained weights and grids.
+    `--model M` quantizes on another model with the arena's settings (its ladder built for M, no file budget): a
+    strategy carried there by `agentqat transfer`."""
     from agentqat import ui
     from agentqat.arena.config import DEFAULT_ARENA, load_arena
     from agentqat.export import best_of_run, check_destination, export, polished_of, prepare_source
@@ -25,6 +27,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     named = [args.strategy is not None, args.run_dir is not None, args.polished is not None]
     if sum(named) != 1 or args.best != (args.run_dir is not None) or (args.max_bits is not None and not args.best):
         raise UserError("name the strategy one way: RUN_DIR --best [--max-bits X], --strategy S.json or --polished DIR", "see agentqat export --help")
+    if args.model is not None and args.polished is not None:
+        raise UserError("--model with --polished: a polish's trained weights are its arena's model's", "export the polish without --model")
     check_destination(args.format, args.out, args.deploy)
     if args.strategy is not None:
         document, arena, figures = strategy_document(args.strategy), load_arena(args.arena or DEFAULT_ARENA), {}
@@ -34,6 +38,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         document, arena, figures = best_of_run(Path(args.run_dir), args.max_bits)
         arena = load_arena(args.arena) if args.arena else arena
+    if args.model is not None:
+        arena, figures = arena.on_model(args.model, keep_levels=True), {}  # the arena's figures are its own model's
     source = prepare_source(document, arena, reporter=ui.PhaseView(), figures=figures, polished=Path(args.polished) if args.polished else None)
     out = export(source, args.format, args.out, args.deploy)
     print(f"exported {document.get('name', 'strategy')} as {args.format} to {out} (see {out / 'agentqat-export.json'})")

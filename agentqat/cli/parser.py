@@ -204,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True, help="directory to write (new or empty)")
     export.add_argument("--deploy", default=defaults.DEPLOY, choices=defaults.DEPLOY_TARGETS, help="refuse what this engine cannot run: any, vllm-cpu, vllm-cuda or gguf (default: %(default)s)")
     export.add_argument("--arena", default=None, help=f"arena to quantize on (default: the run's or the polish's, or {DEFAULT_ARENA} with --strategy)")
+    export.add_argument("--model", default=None, help="quantize on this model with the arena's settings (its ladder built for it, no file budget); "
+                        "a strategy made for another model is carried by `agentqat transfer` first")
     export.set_defaults(handler=deploy_commands.cmd_export)
 
     engine = commands.add_parser("engine-costs", help="decode latency and memory per scheme of a vLLM target, measured on the engine", description=deploy_commands.cmd_engine_costs.__doc__)
