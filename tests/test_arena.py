@@ -196,3 +196,10 @@ def test_an_arena_on_another_model_quantizes_on_the_fly_without_its_file_budget(
     same = arena.on_model(arena.model)
     assert same.levels is None and same.engine.file_bytes == arena.engine.file_bytes
     assert arena.on_model("gemma3-270m", keep_levels=True).levels == arena.levels
+
+
+def test_the_gemma_gguf_arena_is_the_smollm2_one_on_gemma_with_gemmas_stock_file_as_budget():
+    smollm2, gemma = load_arena("smollm2-gguf-gptq"), load_arena("gemma3-gguf-gptq")
+    same = smollm2.on_model("gemma3-270m", keep_levels=True)
+    assert gemma.model_copy(update={"name": same.name, "source": same.source, "engine": same.engine}) == same
+    assert gemma.engine.file_bytes == 241_409_056 and gemma.engine.embedding == smollm2.engine.embedding
