@@ -46,8 +46,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     done = {(r["seed"], r["arm"], r["text"]) for r in map(json.loads, args.out.read_text().splitlines())} if args.out.exists() else set()
-    arena = load_arena("smollm2-gguf-gptq")
-    base = arena.on_model(args.model or arena.model)  # GPTQ on the fly: the same values as the level
+    base = load_arena("smollm2-gguf-gptq")
+    base = base.on_model(args.model or base.model)  # GPTQ on the fly: the same values as the level
     document = json.loads(STRATEGY.read_text())
     for seed in _seeds(args.seeds):
         arena = base.model_copy(update={"seed": seed})

@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 import torch
+from gguf import GGUFReader
 
 from agentqat.arena.config import Arena, Engine, Levels, Stage
 from agentqat.arena.match import Workbench
@@ -102,8 +103,6 @@ def test_kl_figures_are_read_from_llama_perplexitys_closing_lines():
 
 
 def test_a_stock_file_is_made_by_llama_quantize_and_measured_by_llama_perplexity(workspace):
-    from gguf import GGUFReader
-
     plain, with_imatrix = workspace.stock("Q4_0", False), workspace.stock("q4_0", True)
     tensors = [{t.name: (t.tensor_type.name, bytes(t.data)) for t in GGUFReader(str(path)).tensors} for path in (plain, with_imatrix)]
     assert {name: kind for name, (kind, _) in tensors[0].items()} == {name: kind for name, (kind, _) in tensors[1].items()}
@@ -117,8 +116,6 @@ def test_a_stock_file_is_made_by_llama_quantize_and_measured_by_llama_perplexity
 
 
 def test_the_base_gguf_read_back_is_the_model_transformers_loads(workspace, bench):
-    from gguf import GGUFReader
-
     names = [info.name for info in bench.loaded.facts.linears]
     values = module_values(GGUFReader(str(workspace.base())), names)  # q/k rows un-permuted to the model's order
     for name in names:
@@ -142,8 +139,6 @@ def test_an_engine_arena_plays_llama_quantizes_levels_and_its_embedding(bench):
 
 
 def test_a_gguf_export_is_the_scored_model_byte_for_byte_with_its_llama_quantize_command(bench, tmp_path, capsys):
-    from gguf import GGUFReader
-
     from agentqat.export import export, prepare_source
 
     document = uniform("gguf_iq4_nl", 4) | {"rules": [{"layers": "1", "modules": ["mlp.down_proj"], "weight": {"format": "gguf_q8_0", "bits": 8}}]}
@@ -179,8 +174,6 @@ def test_an_engine_arena_deploys_gguf(small_corpus_file):
 def test_a_256_block_level_is_what_llama_quantize_stores_and_costs_its_exact_bytes(llama_cpp, make_tiny_gguf, small_corpus_file, type_name):
     """On the tiny model with MLP width 256, down_proj (input 256) takes the k-quant itself and every 64-wide module
     llama.cpp's fallback; the bits the arena counts are the file's bytes."""
-    from gguf import GGUFReader
-
     from agentqat.engines.levels import engine_level, level_tensors
     from agentqat.models import load_facts
     from agentqat.quant.base import ActivationQuant, OutlierPolicy, WeightQuant
@@ -221,7 +214,6 @@ def test_fold_awq_writes_a_model_llama_cpp_computes_as_the_one_it_came_from(llam
     original = EngineWorkspace(str(model), str(small_corpus_file))
     folded_base = EngineWorkspace(str(out), str(small_corpus_file)).base()
     assert original.measure(folded_base, "evaluation", chunks=4, context=64).kl.mean_kl < 1e-4  # the same function
-    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM
 
     directory = AutoModelForCausalLM.from_pretrained(str(out))
@@ -237,8 +229,6 @@ def test_fold_awq_writes_a_model_llama_cpp_computes_as_the_one_it_came_from(llam
 
 
 def test_a_strategy_carried_to_another_model_is_exported_there_as_the_engine_stores_it(llama_cpp, make_tiny_gguf, small_corpus_file, tmp_path, capsys):
-    from gguf import GGUFReader
-
     source, target = make_tiny_gguf(weight_std=0.25), make_tiny_gguf(weight_std=0.25, num_layers=4)
     arena_file = tmp_path / "arena.toml"
     arena_file.write_text(

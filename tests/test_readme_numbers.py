@@ -5,6 +5,7 @@ arm means and intervals in the tables, every p-value quoted in the key compariso
 reports print them), the Holm note, and the percentages under the prior, arm means and best single winners apart.
 No model is needed: only the records are read."""
 
+import json
 import math
 import re
 from pathlib import Path
@@ -277,8 +278,6 @@ def test_the_sensitivity_probes_are_not_said_to_be_charged_to_the_budget():
 def test_the_gguf_polish_figures_are_llama_cpps_records():
     """The polish-in-IQ4_NL figures (reports/gguf-polish) in its README, reports/README.md, docs and the README are
     llama.cpp's records in engine.jsonl: KL per file and text, and the change against the stock file."""
-    import json
-
     records = [json.loads(line) for line in (ROOT / "reports" / "gguf-polish" / "engine.jsonl").read_text().splitlines()]
     kl = {(r["polish"], r["file"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
     stock, polished = kl[("stock-iq4nl", "unpolished", "test")], kl[("stock-iq4nl", "polished", "test")]
@@ -300,8 +299,6 @@ def test_the_gguf_gptq_figures_are_llama_cpps_records():
     """The GPTQ-inside-IQ4_NL figures (reports/gguf-gptq) in its README, reports/README.md, docs and the README are
     llama.cpp's records in engine.jsonl: KL per arena, strategy and text, bytes, and the changes against the stock
     IQ4_NL + imatrix file."""
-    import json
-
     records = [json.loads(line) for line in (ROOT / "reports" / "gguf-gptq" / "engine.jsonl").read_text().splitlines()]
     kl = {(r["arena"], r["name"], "gpl-3" if r["text"].endswith("gpl-3.txt") else r["text"]): r["kl"]["mean_kl"] for r in records}
     size = {(r["arena"], r["name"]): r["file_bytes"] for r in records}
@@ -326,8 +323,6 @@ def test_the_gguf_gptq_figures_are_llama_cpps_records():
 def test_the_gguf_gptq_calibration_seeds_are_their_records():
     """The calibration-seed comparison (reports/gguf-gptq/seeds.jsonl) as its README and the README say it: each
     arm's mean and range of llama.cpp's KL per text, and the exact Mann-Whitney p of GPTQ against the stock file."""
-    import json
-
     import numpy as np
 
     from agentqat.study.stats import compare_arms
@@ -352,7 +347,6 @@ def test_the_gguf_gptq_calibration_seeds_are_their_records():
 def test_the_gguf_gptq_second_model_figures_are_its_records():
     """Gemma 3 270M's files over 5 calibration seeds (reports/gguf-gptq/gemma3-270m.jsonl) as its README and the
     README give them: per arm and text the mean and range, the change of the mean and the exact test."""
-    import json
     import statistics
 
     from agentqat.study.stats import compare_arms
@@ -452,8 +446,6 @@ def test_the_gguf_comparison_paragraphs_are_its_records(gguf):
 def test_the_tight_gptq_study_figures_are_llama_cpps_records():
     """What reports/README.md and the study's NOTES.md say of compare-gguf-gptq-tight is its engine.jsonl: the
     allocation arm's file against the stock one, and every evo winner the same file."""
-    import json
-
     directory = ROOT / "reports" / "compare-gguf-gptq-tight"
     records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
     kl = {(r.get("run") or r["stock"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
@@ -472,8 +464,6 @@ def test_the_tight_gptq_study_figures_are_llama_cpps_records():
 
 def test_the_awq_fold_figures_are_llama_cpps_records():
     """reports/gguf-awq/README.md's table is its engine.jsonl: each file's KL and its change against the stock file."""
-    import json
-
     directory = ROOT / "reports" / "gguf-awq"
     records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
     kl = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
@@ -501,8 +491,6 @@ def test_the_rerun_tight_gptq_study_figures_are_its_records():
     """What README.md, reports/README.md and the study's README say of compare-gguf-gptq-tight-2 is its records: the
     file chosen on search data (the lowest rank-1 KL of the searched runs), llama.cpp's KL of it, of the allocation
     arm's and of the stock file, and the registered hypothesis as the report states it."""
-    import json
-
     directory = ROOT / "reports" / "compare-gguf-gptq-tight-2"
     records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
     kl = {(r.get("run") or r["stock"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
@@ -530,8 +518,6 @@ def test_the_rerun_tight_gptq_study_figures_are_its_records():
 def test_the_gemma_awq_fold_figures_are_llama_cpps_records():
     """reports/gguf-awq/README.md's Gemma table is gemma3-270m.jsonl, each change against the stock file, and its
     comparison of AWQ then GPTQ with GPTQ alone."""
-    import json
-
     directory = ROOT / "reports" / "gguf-awq"
     records = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r for r in map(json.loads, (directory / "gemma3-270m.jsonl").read_text().splitlines())}
     kl = {key: r["kl"]["mean_kl"] for key, r in records.items()}
@@ -551,8 +537,6 @@ def test_the_gemma_awq_fold_figures_are_llama_cpps_records():
 
 def test_the_gguf_transfer_figures_are_llama_cpps_records():
     """reports/gguf-transfer/README.md's table is gemma3-270m.jsonl, each winner's change against the stock file."""
-    import json
-
     directory = ROOT / "reports" / "gguf-transfer"
     records = {(r["arm"], "test" if r["text"] == "test" else "gpl-3"): r for r in map(json.loads, (directory / "gemma3-270m.jsonl").read_text().splitlines())}
     stock = "stock IQ4_NL + imatrix"
@@ -574,8 +558,6 @@ def test_the_gptq_study_at_the_stock_size_figures_are_its_records():
     """What README.md, reports/README.md and the study's README say of compare-gguf-gptq is its records: the file
     chosen on search data, llama.cpp's KL of it against the stock file, the allocation arm's and uniform GPTQ's, and
     the registered hypothesis as the report states it."""
-    import json
-
     directory = ROOT / "reports" / "compare-gguf-gptq"
     records = [json.loads(line) for line in (directory / "engine.jsonl").read_text().splitlines()]
     kl = {(r.get("run") or r["stock"], "test" if r["text"] == "test" else "gpl-3"): r["kl"]["mean_kl"] for r in records}
